@@ -1,0 +1,86 @@
+/* The built-in backend: level-triggered epoll.  Each registration carries
+ * the fd and its slot generation, so an event collected for a watcher that
+ * was stopped, freed, or replaced by another on a reused fd number is
+ * dropped instead of reaching the wrong callback. */
+#include "loop-private.h"
+
+#include <errno.h>
+#include <sys/epoll.h>
+#include <unistd.h>
+
+#define WEFT__EPOLL_BATCH 1024
+
+int weft__epoll_init(weft_loop *loop)
+{
+	loop->epfd = epoll_create1(EPOLL_CLOEXEC);
+	return loop->epfd < 0 ? -errno : 0;
+}
+
+void weft__epoll_fini(weft_loop *loop)
+{
+	if (loop->epfd >= 0)
+		close(loop->epfd);
+	loop->epfd = -1;
+}
+
+static uint32_t to_epoll(unsigned events)
+{
+	uint32_t e = 0;
+	if (events & WEFT_IO_READ)
+		e |= EPOLLIN;
+	if (events & WEFT_IO_WRITE)
+		e |= EPOLLOUT;
+	return e;
+}
+
+int weft__epoll_ctl(weft_loop *loop, int fd, unsigned old_events, unsigned new_events)
+{
+	struct epoll_event ev = {0};
+	int op;
+	if (new_events == 0) {
+		op = EPOLL_CTL_DEL;
+	} else {
+		op = old_events == 0 ? EPOLL_CTL_ADD : EPOLL_CTL_MOD;
+		ev.events = to_epoll(new_events);
+		ev.data.u64 = (uint64_t)(uint32_t)fd | ((uint64_t)loop->slots[fd].gen << 32);
+	}
+	if (epoll_ctl(loop->epfd, op, fd, &ev) == 0)
+		return 0;
+	int err = errno;
+	if (op == EPOLL_CTL_DEL)
+		return 0; /* closed already (EBADF) or gone: nothing left to stop */
+	if (op == EPOLL_CTL_ADD && err == EEXIST) {
+		/* A dup of a closed fd still registered under this number. */
+		if (epoll_ctl(loop->epfd, EPOLL_CTL_MOD, fd, &ev) == 0)
+			return 0;
+		err = errno;
+	}
+	if (err == EPERM)
+		return -EPERM; /* a regular file: not pollable */
+	return -err;
+}
+
+int weft__epoll_poll(weft_loop *loop, int timeout_ms)
+{
+	struct epoll_event events[WEFT__EPOLL_BATCH];
+	int n = epoll_wait(loop->epfd, events, WEFT__EPOLL_BATCH, timeout_ms);
+	if (n < 0)
+		return errno == EINTR ? 0 : -errno;
+	loop->dispatching++;
+	for (int i = 0; i < n; i++) {
+		uint32_t e = events[i].events;
+		unsigned rev = 0;
+		if (e & EPOLLIN)
+			rev |= WEFT_IO_READ;
+		if (e & EPOLLOUT)
+			rev |= WEFT_IO_WRITE;
+		if (e & EPOLLERR)
+			rev |= WEFT_IO_ERR;
+		if (e & EPOLLHUP)
+			rev |= WEFT_IO_HUP;
+		uint64_t u = events[i].data.u64;
+		weft__io_dispatch(loop, (int)(uint32_t)u, (uint32_t)(u >> 32), rev);
+	}
+	loop->dispatching--;
+	return n;
+}

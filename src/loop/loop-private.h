@@ -1,0 +1,158 @@
+/* Internals of the loop module, shared with the other weft modules (which
+ * embed timers and deferred calls in their own objects). */
+#ifndef WEFT_LOOP_PRIVATE_H
+#define WEFT_LOOP_PRIVATE_H
+
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <weft/loop.h>
+
+#define WEFT__NS_PER_MS UINT64_C(1000000)
+#define WEFT__NO_DEADLINE UINT64_MAX
+
+/* What every handle shares: whether it counts towards "the loop is alive". */
+struct weft__handle {
+	weft_loop *loop;
+	bool active;   /* started / scheduled */
+	bool ref;      /* counts towards weft_loop_alive when active */
+	bool internal; /* created by weft itself: not counted by weft_loop_free */
+};
+
+struct weft_io {
+	struct weft__handle h;
+	int fd;
+	unsigned events; /* current interest; 0 when stopped */
+	weft_io_cb cb;
+	void *data;
+};
+
+struct weft_timer {
+	struct weft__handle h;
+	size_t heap_idx; /* position in the heap while active */
+	uint64_t due_ns;
+	uint64_t repeat_ns;
+	uint64_t seq;  /* tie-break: equal deadlines fire in start order */
+	uint64_t pass; /* dispatch pass it was (re)started in */
+	weft_timer_cb cb;
+	void *data;
+};
+
+struct weft_defer {
+	struct weft__handle h;
+	struct weft_defer *prev, *next; /* circular list while scheduled */
+	weft_defer_cb cb;
+	void *data;
+	bool owned_by_loop; /* a weft_loop_call_soon node */
+};
+
+struct weft_async {
+	struct weft__handle h;
+	struct weft_async *prev, *next;
+	atomic_int pending;
+	weft_async_cb cb;
+	void *data;
+};
+
+struct weft_signal {
+	struct weft__handle h;
+	struct weft_signal *prev, *next;
+	int signum; /* 0 when stopped */
+	weft_signal_cb cb;
+	void *data;
+};
+
+struct weft__slot {
+	weft_io *io;   /* started watcher on this fd, or NULL */
+	uint32_t gen;  /* bumped on every registration: stale events are dropped */
+	void *fd_data; /* the external backend's pointer for this fd */
+};
+
+enum weft__backend_kind { WEFT__BACKEND_EPOLL, WEFT__BACKEND_EXTERNAL };
+
+struct weft_loop {
+	enum weft__backend_kind kind;
+	int epfd; /* epoll backend only */
+
+	struct weft__slot *slots;
+	size_t nslots;
+
+	weft_timer **heap;
+	size_t heap_len, heap_cap;
+	uint64_t timer_seq;
+	uint64_t timer_pass;
+
+	struct weft_defer defers; /* sentinel of the scheduled list */
+	size_t ndefers;           /* scheduled, including the batch being run */
+
+	uint64_t now_ns;
+	size_t active;   /* active, referenced handles */
+	size_t nhandles; /* user handles alive: weft_loop_free refuses while > 0 */
+	bool stop;
+	bool running;
+	unsigned dispatching; /* nesting depth of weft dispatching callbacks */
+
+	/* thread-safe wake-up */
+	int wake_fd;
+	weft_io *wake_io;
+	atomic_int wake_pending;
+	struct weft_async asyncs; /* sentinel */
+	struct weft_async *async_iter;
+
+	/* signals */
+	int sig_fd;
+	weft_io *sig_io;
+	sigset_t sigset;
+	unsigned sig_count[_NSIG];
+	bool sig_was_blocked[_NSIG];
+	struct weft_signal signals; /* sentinel */
+	struct weft_signal *sig_iter;
+
+	/* external backend */
+	weft_loop_ops ops;
+	void *user;
+	uint64_t reported_deadline; /* last deadline told through ops.timer */
+	bool reported_any;
+};
+
+/* Handle bookkeeping. */
+void weft__handle_init(struct weft__handle *h, weft_loop *loop, bool internal);
+void weft__handle_set_active(struct weft__handle *h, bool active);
+void weft__handle_set_ref(struct weft__handle *h, bool ref);
+void weft__handle_fini(struct weft__handle *h);
+
+/* Embedded timers and deferred calls (the memory belongs to the caller;
+ * internal ones do not count as user handles for weft_loop_free). */
+void weft__timer_init(weft_loop *loop, weft_timer *timer, weft_timer_cb cb, void *data);
+void weft__defer_init(weft_loop *loop, weft_defer *defer, weft_defer_cb cb, void *data);
+
+uint64_t weft__clock_ns(void);
+
+/* Deliver an event collected by a backend to the watcher on fd.  gen is the
+ * slot generation captured when the event was armed (epoll), or the current
+ * one (external). */
+void weft__io_dispatch(weft_loop *loop, int fd, uint32_t gen, unsigned revents);
+
+/* Run expired timers; run the deferred calls scheduled before this call. */
+bool weft__run_timers(weft_loop *loop);
+bool weft__run_defers(weft_loop *loop);
+
+/* The next deadline in ns (0: work is ready now), or WEFT__NO_DEADLINE. */
+uint64_t weft__next_deadline(const weft_loop *loop);
+
+/* Called after every change to timers or deferred calls. */
+void weft__timers_changed(weft_loop *loop);
+
+/* Backends. */
+int weft__epoll_init(weft_loop *loop);
+void weft__epoll_fini(weft_loop *loop);
+int weft__epoll_ctl(weft_loop *loop, int fd, unsigned old_events, unsigned new_events);
+int weft__epoll_poll(weft_loop *loop, int timeout_ms);
+
+int weft__external_ctl(weft_loop *loop, int fd, unsigned old_events, unsigned new_events);
+void weft__external_report_timer(weft_loop *loop);
+
+#endif

@@ -1,0 +1,46 @@
+/* Internals of requests and queues (src/req/). */
+#ifndef WEFT_REQ_PRIVATE_H
+#define WEFT_REQ_PRIVATE_H
+
+#include <stdalign.h>
+#include <stddef.h>
+
+#include <weft/req.h>
+
+#include "loop-private.h"
+
+struct weft_req {
+	weft_loop *loop;
+	const char *name;
+	weft_req_status status;
+	int err; /* positive errno when failed */
+	uint64_t progress;
+
+	weft_req_cb cb;
+	void *cb_data;
+	weft_req_cleanup_fn cleanup;
+	weft_req_stage cleanup_done; /* last stage the cleanup ran for */
+	weft_req_cancel_fn cancel_fn;
+
+	bool force_post;   /* a completion now must be posted (inside cancel) */
+	bool has_timeout;
+	weft_timer timeout;
+	weft_defer post;   /* runs the callback of a posted completion */
+
+	/* queue membership */
+	weft_queue *queue;
+	weft_req *q_prev, *q_next;
+	weft_queue_trigger_fn trigger;
+	void *trigger_data;
+	bool triggered;
+
+	alignas(max_align_t) unsigned char state[];
+};
+
+/* Take req out of its queue (if any); the queue starts its next request. */
+void weft__queue_remove(weft_req *req);
+
+/* Complete req with the given status (no-op if already complete). */
+void weft__req_finish(weft_req *req, weft_req_status status, int err);
+
+#endif

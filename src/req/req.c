@@ -1,0 +1,229 @@
+/* Asynchronous requests: one completion, a callback that never runs
+ * re-entrantly from _send or cancel, cleanup at completion and at free,
+ * cancellation, timeouts and progress. */
+#include "req-private.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void post_cb(weft_defer *defer, void *data);
+static void timeout_cb(weft_timer *timer, void *data);
+
+weft_req *weft_req_new(weft_loop *loop, size_t state_size, const char *name)
+{
+	if (loop == NULL || state_size > SIZE_MAX / 2)
+		return NULL;
+	weft_req *req = calloc(1, sizeof(*req) + state_size);
+	if (req == NULL)
+		return NULL;
+	req->loop = loop;
+	req->name = name ? name : "req";
+	req->status = WEFT_REQ_IN_PROGRESS;
+	weft__timer_init(loop, &req->timeout, timeout_cb, req);
+	weft__defer_init(loop, &req->post, post_cb, req);
+	loop->nhandles++; /* a live request pins its loop */
+	return req;
+}
+
+void *weft_req_state(const weft_req *req)
+{
+	return req ? (void *)req->state : NULL;
+}
+
+weft_loop *weft_req_loop(const weft_req *req)
+{
+	return req ? req->loop : NULL;
+}
+
+const char *weft_req_name(const weft_req *req)
+{
+	return req ? req->name : NULL;
+}
+
+void weft_req_set_cleanup(weft_req *req, weft_req_cleanup_fn fn)
+{
+	if (req)
+		req->cleanup = fn;
+}
+
+void weft_req_set_cancel_fn(weft_req *req, weft_req_cancel_fn fn)
+{
+	if (req)
+		req->cancel_fn = fn;
+}
+
+static void run_cleanup(weft_req *req, weft_req_stage stage)
+{
+	if (req->cleanup == NULL || req->cleanup_done >= stage)
+		return;
+	req->cleanup_done = stage;
+	req->cleanup(req, stage);
+}
+
+void weft__req_finish(weft_req *req, weft_req_status status, int err)
+{
+	if (req->status != WEFT_REQ_IN_PROGRESS)
+		return;
+	req->status = status;
+	req->err = err;
+	weft_timer_stop(&req->timeout);
+	run_cleanup(req, WEFT_REQ_STAGE_FINISHED);
+	weft__queue_remove(req);
+	if (req->cb == NULL || req->force_post) {
+		/* Inside _send (no callback yet) or inside cancel: the callback
+		 * runs from the loop, never under the caller's feet. */
+		weft_defer_schedule(&req->post);
+		return;
+	}
+	req->cb(req, req->cb_data);
+}
+
+static void post_cb(weft_defer *defer, void *data)
+{
+	weft_req *req = data;
+	(void)defer;
+	if (req->cb)
+		req->cb(req, req->cb_data);
+}
+
+void weft_req_done(weft_req *req)
+{
+	if (req)
+		weft__req_finish(req, WEFT_REQ_DONE, 0);
+}
+
+bool weft_req_error(weft_req *req, int err)
+{
+	if (err == 0)
+		return false;
+	if (err < 0)
+		err = -err;
+	if (req)
+		weft__req_finish(req, err == ECANCELED ? WEFT_REQ_CANCELED : WEFT_REQ_ERROR, err);
+	return true;
+}
+
+bool weft_req_nomem(const void *ptr, weft_req *req)
+{
+	if (ptr != NULL)
+		return false;
+	return weft_req_error(req, ENOMEM);
+}
+
+void weft_req_set_progress(weft_req *req, uint64_t progress)
+{
+	if (req)
+		req->progress = progress;
+}
+
+void weft_req_set_callback(weft_req *req, weft_req_cb cb, void *data)
+{
+	if (req == NULL)
+		return;
+	req->cb = cb;
+	req->cb_data = data;
+}
+
+weft_req_status weft_req_get_status(const weft_req *req)
+{
+	return req ? req->status : WEFT_REQ_ERROR;
+}
+
+bool weft_req_is_in_progress(const weft_req *req)
+{
+	return req != NULL && req->status == WEFT_REQ_IN_PROGRESS;
+}
+
+uint64_t weft_req_progress(const weft_req *req)
+{
+	return req ? req->progress : 0;
+}
+
+bool weft_req_is_error(const weft_req *req, int *perrno)
+{
+	if (req == NULL || req->status == WEFT_REQ_IN_PROGRESS || req->status == WEFT_REQ_DONE)
+		return false;
+	if (perrno)
+		*perrno = req->err;
+	return true;
+}
+
+int weft_req_simple_recv(const weft_req *req, int *perrno)
+{
+	if (req == NULL)
+		return -EINVAL;
+	if (req->status == WEFT_REQ_IN_PROGRESS)
+		return -EINPROGRESS;
+	int err;
+	if (weft_req_is_error(req, &err)) {
+		if (perrno)
+			*perrno = err;
+		return -err;
+	}
+	return 0;
+}
+
+int weft_req_cancel(weft_req *req)
+{
+	if (req == NULL)
+		return -EINVAL;
+	if (req->status != WEFT_REQ_IN_PROGRESS)
+		return -EALREADY;
+	req->force_post = true;
+	int r = 0;
+	if (req->cancel_fn == NULL)
+		weft__req_finish(req, WEFT_REQ_CANCELED, ECANCELED);
+	else if (!req->cancel_fn(req))
+		r = -EBUSY;
+	req->force_post = false;
+	return r;
+}
+
+static void timeout_cb(weft_timer *timer, void *data)
+{
+	(void)timer;
+	weft__req_finish(data, WEFT_REQ_TIMED_OUT, ETIMEDOUT);
+}
+
+int weft_req_set_timeout(weft_req *req, uint64_t timeout_ms)
+{
+	if (req == NULL)
+		return -EINVAL;
+	if (req->status != WEFT_REQ_IN_PROGRESS)
+		return -EALREADY;
+	if (timeout_ms == 0) {
+		weft_timer_stop(&req->timeout);
+		return 0;
+	}
+	return weft_timer_start(&req->timeout, timeout_ms, 0);
+}
+
+int weft_req_wait(weft_req *req)
+{
+	if (req == NULL)
+		return -EINVAL;
+	while (req->status == WEFT_REQ_IN_PROGRESS || weft_defer_scheduled(&req->post)) {
+		int r = weft_loop_run(req->loop, WEFT_RUN_ONCE);
+		if (r < 0)
+			return r;
+		if (r == 0 && req->status == WEFT_REQ_IN_PROGRESS && !weft_loop_alive(req->loop))
+			return -EDEADLK;
+	}
+	return 0;
+}
+
+void weft_req_free(weft_req *req)
+{
+	if (req == NULL)
+		return;
+	weft_loop *loop = req->loop;
+	weft_timer_stop(&req->timeout);
+	weft_defer_cancel(&req->post);
+	weft__queue_remove(req);
+	run_cleanup(req, WEFT_REQ_STAGE_FREED);
+	weft__handle_fini(&req->timeout.h);
+	weft__handle_fini(&req->post.h);
+	loop->nhandles--;
+	free(req);
+}

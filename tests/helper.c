@@ -1,0 +1,78 @@
+#include "helper.h"
+
+#include <dirent.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <time.h>
+
+static int t_count;
+static int t_failed_total;
+static int t_failures_here;
+
+void t_fail(const char *file, int line, const char *expr)
+{
+	t_failures_here++;
+	printf("# %s:%d: check failed: %s\n", file, line, expr);
+	fflush(stdout);
+}
+
+void t_check_eq(const char *file, int line, const char *expr, long long a, long long b)
+{
+	if (a == b)
+		return;
+	t_failures_here++;
+	printf("# %s:%d: check failed: %s (%lld != %lld)\n", file, line, expr, a, b);
+	fflush(stdout);
+}
+
+int t_fd_count(void)
+{
+	DIR *d = opendir("/proc/self/fd");
+	if (d == NULL)
+		return -1;
+	int n = 0;
+	struct dirent *e;
+	while ((e = readdir(d)) != NULL)
+		if (e->d_name[0] != '.')
+			n++;
+	closedir(d);
+	return n - 1; /* the directory stream's own fd */
+}
+
+uint64_t t_now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+void t_run(const char *name, void (*fn)(void))
+{
+	static bool sigpipe_ignored;
+	if (!sigpipe_ignored) {
+		signal(SIGPIPE, SIG_IGN);
+		sigpipe_ignored = true;
+	}
+	t_failures_here = 0;
+	int before = t_fd_count();
+	fn();
+	int after = t_fd_count();
+	if (before != after) {
+		printf("# %s: %d open fds before, %d after\n", name, before, after);
+		t_failures_here++;
+	}
+	t_count++;
+	if (t_failures_here) {
+		t_failed_total++;
+		printf("not ok %d - %s\n", t_count, name);
+	} else {
+		printf("ok %d - %s\n", t_count, name);
+	}
+	fflush(stdout);
+}
+
+int t_finish(void)
+{
+	printf("1..%d\n", t_count);
+	return t_failed_total ? EXIT_FAILURE : EXIT_SUCCESS;
+}

@@ -1,0 +1,36 @@
+/* Shared helper for weft's test programs: a small TAP runner that also
+ * checks every test for leaked file descriptors. */
+#ifndef WEFT_TEST_HELPER_H
+#define WEFT_TEST_HELPER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+/* Record a failure (with the expression and position) and go on. */
+#define CHECK(cond) \
+	((cond) ? (void)0 : t_fail(__FILE__, __LINE__, #cond))
+/* Compare two integers, printing both on failure. */
+#define CHECK_EQ(a, b) \
+	t_check_eq(__FILE__, __LINE__, #a " == " #b, (long long)(a), (long long)(b))
+/* Record a failure and leave the current test function. */
+#define REQUIRE(cond) \
+	do { if (!(cond)) { t_fail(__FILE__, __LINE__, #cond); return; } } while (0)
+
+void t_fail(const char *file, int line, const char *expr);
+void t_check_eq(const char *file, int line, const char *expr, long long a, long long b);
+
+/* Run one test: prints "ok N - name" or "not ok N - name".  A test fails if
+ * any CHECK failed or if the number of open fds differs afterwards. */
+void t_run(const char *name, void (*fn)(void));
+
+/* Print the TAP plan; returns the process exit status (0: all passed). */
+int t_finish(void);
+
+/* Number of open file descriptors of this process (/proc/self/fd). */
+int t_fd_count(void);
+
+/* CLOCK_MONOTONIC in milliseconds. */
+uint64_t t_now_ms(void);
+
+#endif
