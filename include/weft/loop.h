@@ -125,10 +125,15 @@ WEFT_EXPORT int weft_loop_dispatch(weft_loop *loop);
  *        timeout_ms milliseconds (0: as soon as possible, before waiting);
  *        -1: no timer needed.  Called only when the value changes meaning;
  *        each call replaces the previous request.
+ *   release(loop, user)   optional (may be NULL): called by weft_loop_free
+ *        after every fd was removed, so an adapter can free what it
+ *        allocated for the loop.  Not called if weft_loop_new_external
+ *        fails.
  */
 typedef struct weft_loop_ops {
 	int (*watch)(weft_loop *loop, int fd, unsigned events, void *fd_data, void *user);
 	void (*timer)(weft_loop *loop, int64_t timeout_ms, void *user);
+	void (*release)(weft_loop *loop, void *user);
 } weft_loop_ops;
 
 /* Create a loop whose interest is reported through ops (copied).  Both

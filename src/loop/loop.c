@@ -137,6 +137,8 @@ static void loop_release(weft_loop *loop)
 		close(loop->sig_fd);
 	if (loop->kind == WEFT__BACKEND_EPOLL)
 		weft__epoll_fini(loop);
+	if (loop->ops.release)
+		loop->ops.release(loop, loop->user);
 	free(loop->slots);
 	free(loop->heap);
 	free(loop);
@@ -186,6 +188,7 @@ int weft_loop_new_external(const weft_loop_ops *ops, void *user, weft_loop **ret
 	loop->user = user;
 	r = loop_finish_setup(loop);
 	if (r < 0) {
+		loop->ops.release = NULL; /* the caller still owns what user holds */
 		loop_release(loop);
 		return r;
 	}
@@ -199,10 +202,13 @@ int weft_loop_free(weft_loop *loop)
 		return 0;
 	if (loop->nhandles > 0 || loop->running)
 		return -EBUSY;
-	/* What is left in the deferred list are weft_loop_call_soon nodes. */
-	while (loop->defers.next != &loop->defers) {
-		weft_defer *d = loop->defers.next;
-		weft_defer_cancel(d);
+	/* What is left in the deferred list are weft_loop_call_soon nodes (any
+	 * other scheduled defer belongs to a live handle, refused above). */
+	struct weft_defer *head = &loop->defers;
+	while (head->next != head) {
+		weft_defer *d = head->next;
+		head->next = d->next;
+		d->next->prev = head;
 		if (d->owned_by_loop)
 			free(d);
 	}
@@ -268,12 +274,20 @@ int weft_io_start(weft_io *io, unsigned events)
 	if (slot->io != NULL && slot->io != io)
 		return -EEXIST;
 	bool fresh = slot->io == NULL;
-	if (fresh)
+	if (fresh) {
+		/* Claimed before the backend hears of it, so an external watch
+		 * callback may attach its fd_data at once. */
 		slot->gen++;
+		slot->io = io;
+	}
 	r = backend_ctl(loop, io->fd, io->events, events);
-	if (r < 0)
+	if (r < 0) {
+		if (fresh) {
+			slot->io = NULL;
+			slot->fd_data = NULL;
+		}
 		return r;
-	slot->io = io;
+	}
 	io->events = events;
 	weft__handle_set_active(&io->h, true);
 	return 0;
