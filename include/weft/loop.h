@@ -196,7 +196,8 @@ typedef void (*weft_timer_cb)(weft_timer *timer, void *data);
 
 WEFT_EXPORT int weft_timer_new(weft_loop *loop, weft_timer_cb cb, void *data, weft_timer **ret_timer);
 
-/* Fire after timeout_ms milliseconds (monotonic clock), then, if repeat_ms
+/* Fire timeout_ms milliseconds from this call (the monotonic clock is read
+ * now, not taken from the cached weft_loop_now()), then, if repeat_ms
  * is non-zero, every repeat_ms milliseconds (a late repeating timer skips
  * the periods it missed rather than firing in a burst).  Restarting a
  * started timer reschedules it.  A timer started from a timer callback never

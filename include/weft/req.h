@@ -57,7 +57,8 @@ typedef enum weft_req_status {
 	WEFT_REQ_DONE = 1,      /* weft_req_done() */
 	WEFT_REQ_ERROR = 2,     /* weft_req_error() with an errno */
 	WEFT_REQ_TIMED_OUT = 3, /* the timeout expired: errno ETIMEDOUT */
-	WEFT_REQ_CANCELED = 4,  /* weft_req_cancel(): errno ECANCELED */
+	WEFT_REQ_CANCELED = 4,  /* errno ECANCELED: weft_req_cancel(), or the
+	                         * operation failed with ECANCELED */
 } weft_req_status;
 
 typedef enum weft_req_stage {
@@ -133,9 +134,10 @@ WEFT_EXPORT int weft_req_cancel(weft_req *req);
 WEFT_EXPORT int weft_req_set_timeout(weft_req *req, uint64_t timeout_ms);
 
 /* Run the loop (built-in backend only) until the request completes and its
- * callback, if any, has run.  For tests and blocking wrappers; never from a
- * loop callback.  Returns 0, or -EINVAL / -EBUSY / -EDEADLK (the loop ran
- * out of work with the request still in progress). */
+ * callback, if any, has run (the callback may free the request).  For tests
+ * and blocking wrappers; never from a loop callback.  Returns 0, or -EINVAL
+ * / -EBUSY (called from a callback, or already waited on) / -EDEADLK (the
+ * loop ran out of work with the request still in progress). */
 WEFT_EXPORT int weft_req_wait(weft_req *req);
 
 /* Free: an in-progress request is abandoned (its cleanup runs with FREED; it

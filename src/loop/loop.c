@@ -750,8 +750,10 @@ int weft_loop_run(weft_loop *loop, weft_run_mode mode)
 		ran |= weft__run_defers(loop);
 		if (mode == WEFT_RUN_DEFAULT && (loop->stop || loop->active == 0))
 			break;
+		/* The deadline is already 0 when deferred calls or due timers
+		 * wait; ONCE also must not block after it did some work. */
 		int timeout = 0;
-		if (mode != WEFT_RUN_NOWAIT && !ran && loop->active > 0)
+		if (mode == WEFT_RUN_DEFAULT || (mode == WEFT_RUN_ONCE && !ran && loop->active > 0))
 			timeout = (int)deadline_to_timeout(weft__next_deadline(loop));
 		r = weft__epoll_poll(loop, timeout);
 		if (r < 0)

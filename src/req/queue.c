@@ -148,7 +148,10 @@ void weft_queue_free(weft_queue *queue)
 {
 	if (queue == NULL)
 		return;
-	weft_defer_cancel(&queue->kick);
+	/* Completing a waiting request runs its cleanup, which may free or add
+	 * requests here: with the queue stopped nothing re-arms the kick, and
+	 * the loop below takes whatever is in the queue until it is empty. */
+	queue->running = false;
 	while (queue->head != NULL) {
 		weft_req *req = queue->head;
 		bool waiting = !req->triggered;
@@ -160,6 +163,7 @@ void weft_queue_free(weft_queue *queue)
 			req->force_post = false;
 		}
 	}
+	weft_defer_cancel(&queue->kick);
 	weft__handle_fini(&queue->kick.h);
 	queue->loop->nhandles--;
 	free(queue);

@@ -23,6 +23,7 @@ struct weft_req {
 	weft_req_cancel_fn cancel_fn;
 
 	bool force_post;   /* a completion now must be posted (inside cancel) */
+	bool *freed_flag;  /* set by weft_req_free: weft_req_wait is watching */
 	bool has_timeout;
 	weft_timer timeout;
 	weft_defer post;   /* runs the callback of a posted completion */

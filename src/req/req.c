@@ -203,14 +203,27 @@ int weft_req_wait(weft_req *req)
 {
 	if (req == NULL)
 		return -EINVAL;
+	if (req->freed_flag != NULL)
+		return -EBUSY;
+	/* The callback may free the request: it tells us through this flag. */
+	bool freed = false;
+	weft_loop *loop = req->loop;
+	int r = 0;
+	req->freed_flag = &freed;
 	while (req->status == WEFT_REQ_IN_PROGRESS || weft_defer_scheduled(&req->post)) {
-		int r = weft_loop_run(req->loop, WEFT_RUN_ONCE);
+		r = weft_loop_run(loop, WEFT_RUN_ONCE);
+		if (freed)
+			return r < 0 ? r : 0;
 		if (r < 0)
-			return r;
-		if (r == 0 && req->status == WEFT_REQ_IN_PROGRESS && !weft_loop_alive(req->loop))
-			return -EDEADLK;
+			break;
+		r = 0;
+		if (req->status == WEFT_REQ_IN_PROGRESS && !weft_loop_alive(loop)) {
+			r = -EDEADLK;
+			break;
+		}
 	}
-	return 0;
+	req->freed_flag = NULL;
+	return r;
 }
 
 void weft_req_free(weft_req *req)
@@ -218,6 +231,8 @@ void weft_req_free(weft_req *req)
 	if (req == NULL)
 		return;
 	weft_loop *loop = req->loop;
+	if (req->freed_flag)
+		*req->freed_flag = true;
 	weft_timer_stop(&req->timeout);
 	weft_defer_cancel(&req->post);
 	weft__queue_remove(req);
