@@ -54,7 +54,7 @@ int weft_loop_process_timeout(weft_loop *loop)
 	if (loop == NULL || loop->kind != WEFT__BACKEND_EXTERNAL)
 		return -EINVAL;
 	loop->dispatching++;
-	weft__run_timers(loop);
+	weft__run_timers(loop, true);
 	weft__run_defers(loop);
 	end_dispatch(loop, true);
 	return 0;

@@ -136,8 +136,10 @@ uint64_t weft__clock_ns(void);
  * one (external). */
 void weft__io_dispatch(weft_loop *loop, int fd, uint32_t gen, unsigned revents);
 
-/* Run expired timers; run the deferred calls scheduled before this call. */
-bool weft__run_timers(weft_loop *loop);
+/* Run expired timers (new_iteration false: a second pass within the same
+ * iteration, skipping timers its callbacks started); run the deferred calls
+ * scheduled before this call.  Both return whether a callback ran. */
+bool weft__run_timers(weft_loop *loop, bool new_iteration);
 bool weft__run_defers(weft_loop *loop);
 
 /* The next deadline in ns (0: work is ready now), or WEFT__NO_DEADLINE. */

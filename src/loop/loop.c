@@ -305,9 +305,8 @@ void weft_io_stop(weft_io *io)
 	weft_loop *loop = io->h.loop;
 	struct weft__slot *slot = &loop->slots[io->fd];
 	(void)backend_ctl(loop, io->fd, io->events, 0);
-	slot->io = NULL;
+	slot->io = NULL; /* events collected before the stop find no watcher */
 	slot->fd_data = NULL;
-	slot->gen++; /* events collected before the stop are now stale */
 	io->events = 0;
 	weft__handle_set_active(&io->h, false);
 }
@@ -535,12 +534,14 @@ void weft_timer_free(weft_timer *timer)
 	free(timer);
 }
 
-bool weft__run_timers(weft_loop *loop)
+bool weft__run_timers(weft_loop *loop, bool new_iteration)
 {
 	bool ran = false;
 	uint64_t now = weft__clock_ns();
 	loop->now_ns = now;
-	uint64_t pass = ++loop->timer_pass;
+	if (new_iteration)
+		loop->timer_pass++;
+	uint64_t pass = loop->timer_pass;
 	/* Timers (re)started during this pass carry its number and wait for the
 	 * next one; they sort after every older expired timer, so stopping at
 	 * the first of them is exact. */
@@ -746,7 +747,7 @@ int weft_loop_run(weft_loop *loop, weft_run_mode mode)
 		loop->stop = false;
 	int r = 0;
 	for (;;) {
-		bool ran = weft__run_timers(loop);
+		bool ran = weft__run_timers(loop, true);
 		ran |= weft__run_defers(loop);
 		if (mode == WEFT_RUN_DEFAULT && (loop->stop || loop->active == 0))
 			break;
@@ -759,7 +760,9 @@ int weft_loop_run(weft_loop *loop, weft_run_mode mode)
 		if (r < 0)
 			break;
 		if (mode != WEFT_RUN_DEFAULT) {
-			weft__run_timers(loop);
+			/* Timers that came due while waiting; still this iteration,
+			 * so timers started by its callbacks wait for the next. */
+			weft__run_timers(loop, false);
 			break;
 		}
 		if (loop->stop)
