@@ -176,7 +176,7 @@ int weft_loop_new_glib(struct _GMainContext *ctx, weft_loop **ret_loop)
 		return -EINVAL;
 	GSource *source = g_source_new(&gsrc_funcs, sizeof(struct glib_source));
 	g_source_set_name(source, "weft");
-	static const weft_loop_ops ops = {gla_watch, gla_timer, gla_release};
+	static const weft_loop_ops ops = {.watch = gla_watch, .timer = gla_timer, .release = gla_release};
 	struct glib_source *s = (struct glib_source *)source;
 	int r = weft_loop_new_external(&ops, s, &s->loop);
 	if (r < 0) {

@@ -1,6 +1,7 @@
 /* weft on libevent: weft's external backend, with one persistent event per
  * watched fd and one timer event for its deadline. */
 #include <errno.h>
+#include <stdbool.h>
 #include <stdlib.h>
 
 #include <event2/event.h>
@@ -54,7 +55,8 @@ static int eva_watch(weft_loop *loop, int fd, unsigned events, void *fd_data, vo
 		flags |= EV_READ;
 	if (events & WEFT_IO_WRITE)
 		flags |= EV_WRITE;
-	if (f == NULL) {
+	bool fresh = f == NULL;
+	if (fresh) {
 		f = calloc(1, sizeof(*f));
 		if (f == NULL)
 			return -ENOMEM;
@@ -72,9 +74,16 @@ static int eva_watch(weft_loop *loop, int fd, unsigned events, void *fd_data, vo
 		if (event_assign(f->ev, ad->base, fd, flags, on_event, f) < 0)
 			return -EINVAL;
 	}
-	if (event_add(f->ev, NULL) < 0)
-		return -EINVAL;
-	return 0;
+	errno = 0;
+	if (event_add(f->ev, NULL) == 0)
+		return 0;
+	int r = errno ? -errno : -EINVAL; /* epoll_ctl's reason, e.g. EPERM */
+	if (fresh) {
+		/* weft forgets the fd when watch fails: so do we. */
+		event_free(f->ev);
+		free(f);
+	}
+	return r;
 }
 
 static void eva_timer(weft_loop *loop, int64_t timeout_ms, void *user)
@@ -110,7 +119,7 @@ int weft_loop_new_libevent(struct event_base *base, weft_loop **ret_loop)
 		free(ad);
 		return -ENOMEM;
 	}
-	static const weft_loop_ops ops = {eva_watch, eva_timer, eva_release};
+	static const weft_loop_ops ops = {.watch = eva_watch, .timer = eva_timer, .release = eva_release};
 	int r = weft_loop_new_external(&ops, ad, &ad->loop);
 	if (r < 0) {
 		event_free(ad->timer);

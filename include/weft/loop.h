@@ -52,8 +52,10 @@ typedef struct weft_signal weft_signal;
  * Returns 0 and sets *ret_loop, or -ENOMEM / -EMFILE / -ENFILE. */
 WEFT_EXPORT int weft_loop_new(weft_loop **ret_loop);
 
-/* Free a loop.  Every handle created on it must have been freed first,
- * otherwise -EBUSY is returned and the loop is left intact.  NULL → 0. */
+/* Free a loop.  Every handle created on it must have been freed first, and
+ * the loop must not be running or dispatching (no weft_loop_free from the
+ * loop's own callbacks); otherwise -EBUSY is returned and the loop is left
+ * intact.  NULL → 0. */
 WEFT_EXPORT int weft_loop_free(weft_loop *loop);
 
 typedef enum weft_run_mode {
@@ -129,11 +131,16 @@ WEFT_EXPORT int weft_loop_dispatch(weft_loop *loop);
  *        after every fd was removed, so an adapter can free what it
  *        allocated for the loop.  Not called if weft_loop_new_external
  *        fails.
+ *   alive(loop, alive, user)   optional (may be NULL): weft_loop_alive()
+ *        changed, from whatever call changed it, so an outer loop that
+ *        counts references (libuv) keeps running exactly while weft has
+ *        work.
  */
 typedef struct weft_loop_ops {
 	int (*watch)(weft_loop *loop, int fd, unsigned events, void *fd_data, void *user);
 	void (*timer)(weft_loop *loop, int64_t timeout_ms, void *user);
 	void (*release)(weft_loop *loop, void *user);
+	void (*alive)(weft_loop *loop, bool alive, void *user);
 } weft_loop_ops;
 
 /* Create a loop whose interest is reported through ops (copied).  Both

@@ -47,17 +47,25 @@ void weft__handle_init(struct weft__handle *h, weft_loop *loop, bool internal)
 		loop->nhandles++;
 }
 
+/* One more or one fewer active, referenced handle; an external loop hears
+ * when the count crosses zero. */
+static void count_active(weft_loop *loop, bool more)
+{
+	if (more)
+		loop->active++;
+	else
+		loop->active--;
+	if (loop->ops.alive != NULL && loop->active == (more ? 1u : 0u))
+		loop->ops.alive(loop, more, loop->user);
+}
+
 void weft__handle_set_active(struct weft__handle *h, bool active)
 {
 	if (h->active == active)
 		return;
 	h->active = active;
-	if (h->ref) {
-		if (active)
-			h->loop->active++;
-		else
-			h->loop->active--;
-	}
+	if (h->ref)
+		count_active(h->loop, active);
 }
 
 void weft__handle_set_ref(struct weft__handle *h, bool ref)
@@ -65,12 +73,8 @@ void weft__handle_set_ref(struct weft__handle *h, bool ref)
 	if (h->ref == ref)
 		return;
 	h->ref = ref;
-	if (h->active) {
-		if (ref)
-			h->loop->active++;
-		else
-			h->loop->active--;
-	}
+	if (h->active)
+		count_active(h->loop, ref);
 }
 
 void weft__handle_fini(struct weft__handle *h)
@@ -200,7 +204,7 @@ int weft_loop_free(weft_loop *loop)
 {
 	if (loop == NULL)
 		return 0;
-	if (loop->nhandles > 0 || loop->running)
+	if (loop->nhandles > 0 || loop->running || loop->dispatching > 0)
 		return -EBUSY;
 	/* What is left in the deferred list are weft_loop_call_soon nodes (any
 	 * other scheduled defer belongs to a live handle, refused above). */
