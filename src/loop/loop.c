@@ -93,12 +93,14 @@ bool weft_loop_alive(const weft_loop *loop)
 
 static void wake_cb(weft_io *io, unsigned revents, void *data);
 
-static int io_new_internal(weft_loop *loop, int fd, weft_io_cb cb, void *data, weft_io **ret)
+/* weft_io_new, and the loop's own watchers (internal: not counted as user
+ * handles, not keeping the loop alive). */
+static int io_alloc(weft_loop *loop, int fd, weft_io_cb cb, void *data, bool internal, weft_io **ret)
 {
 	weft_io *io = calloc(1, sizeof(*io));
 	if (io == NULL)
 		return -ENOMEM;
-	weft__handle_init(&io->h, loop, true);
+	weft__handle_init(&io->h, loop, internal);
 	io->fd = fd;
 	io->cb = cb;
 	io->data = data;
@@ -155,7 +157,7 @@ static int loop_finish_setup(weft_loop *loop)
 	loop->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (loop->wake_fd < 0)
 		return -errno;
-	int r = io_new_internal(loop, loop->wake_fd, wake_cb, loop, &loop->wake_io);
+	int r = io_alloc(loop, loop->wake_fd, wake_cb, loop, true, &loop->wake_io);
 	if (r < 0)
 		return r;
 	return weft_io_start(loop->wake_io, WEFT_IO_READ);
@@ -249,15 +251,7 @@ int weft_io_new(weft_loop *loop, int fd, weft_io_cb cb, void *data, weft_io **re
 {
 	if (loop == NULL || fd < 0 || cb == NULL || ret_io == NULL)
 		return -EINVAL;
-	weft_io *io = calloc(1, sizeof(*io));
-	if (io == NULL)
-		return -ENOMEM;
-	weft__handle_init(&io->h, loop, false);
-	io->fd = fd;
-	io->cb = cb;
-	io->data = data;
-	*ret_io = io;
-	return 0;
+	return io_alloc(loop, fd, cb, data, false, ret_io);
 }
 
 int weft_io_start(weft_io *io, unsigned events)
@@ -935,7 +929,7 @@ static int signalfd_update(weft_loop *loop)
 		return -errno;
 	if (loop->sig_fd < 0) {
 		loop->sig_fd = fd;
-		int r = io_new_internal(loop, fd, signal_cb, loop, &loop->sig_io);
+		int r = io_alloc(loop, fd, signal_cb, loop, true, &loop->sig_io);
 		if (r == 0)
 			r = weft_io_start(loop->sig_io, WEFT_IO_READ);
 		if (r < 0) {

@@ -209,6 +209,8 @@ int weft_req_wait(weft_req *req)
 	bool freed = false;
 	weft_loop *loop = req->loop;
 	int r = 0;
+	/* Cleared before every return below, or the request is gone. */
+	// cppcheck-suppress autoVariables
 	req->freed_flag = &freed;
 	while (req->status == WEFT_REQ_IN_PROGRESS || weft_defer_scheduled(&req->post)) {
 		r = weft_loop_run(loop, WEFT_RUN_ONCE);
