@@ -4,5 +4,6 @@
 
 #include <weft/loop.h>
 #include <weft/req.h>
+#include <weft/sock.h>
 
 #endif

@@ -1,0 +1,608 @@
+/* The stream core: readv with a next-vector callback, writev, the write
+ * queue and shutdown, written once against weft_stream_ops.
+ *
+ * Rules kept here: one read request at a time; the write side is served
+ * before the read side; the transport is asked to watch READ only while a
+ * read waits for data and WRITE only while a write is blocked; a short read
+ * means the transport is drained, so no read is tried again before it says
+ * it is readable (no EAGAIN syscall per message); bytes read past the
+ * caller's vector stay in a small read-ahead buffer for the next vector. */
+#include "sock-private.h"
+#include "req-private.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_IOV 64            /* iovecs per syscall */
+#define READ_BUDGET (1u << 20) /* bytes read per wake-up before yielding */
+
+struct weft_stream {
+	weft_loop *loop;
+	const weft_stream_ops *ops;
+	void *impl;
+
+	weft_req *reader;
+	uint64_t read_seq; /* bumped per reader: detects a reader replaced in next() */
+	bool drained;      /* last read was short: wait for readiness */
+	weft_req *writer;
+	bool write_blocked; /* the writer hit EAGAIN */
+	unsigned watching;  /* what the transport was last asked to watch */
+
+	weft_queue *wqueue;
+	struct weft__stream_op ops_list; /* sentinel: every live request */
+
+	unsigned char *ra;  /* read-ahead buffer */
+	size_t ra_off, ra_len;
+
+	weft_defer kick; /* serve from the loop without fd readiness */
+	unsigned depth;  /* >0 while the core is on the stack */
+	bool closing;
+	weft_stream_close_cb close_cb;
+	void *close_data;
+};
+
+struct readv_state {
+	struct weft__stream_op op;
+	uint64_t seq;
+	weft_stream_next_vector_fn next;
+	void *data;
+	const struct iovec *vec;
+	size_t count, idx, off;
+	bool have_vector;
+	uint64_t total;
+};
+
+struct writev_state {
+	struct weft__stream_op op;
+	struct iovec *vec;
+	size_t count, idx;
+	uint64_t total;
+	bool shutdown; /* a shutdown request, not a write */
+	struct iovec inline_vec[4];
+};
+
+static void stream_serve(weft_stream *s, unsigned revents);
+static void stream_update_watch(weft_stream *s);
+static void stream_finish_close(weft_stream *s);
+
+/* ---- the stream object ---------------------------------------------------- */
+
+static void kick_cb(weft_defer *defer, void *data)
+{
+	(void)defer;
+	stream_serve(data, 0);
+}
+
+int weft_stream_new(weft_loop *loop, const weft_stream_ops *ops, void *impl, weft_stream **ret_stream)
+{
+	if (loop == NULL || ops == NULL || ops->readv == NULL || ops->writev == NULL ||
+	    ops->close == NULL || ops->watch == NULL || ret_stream == NULL)
+		return -EINVAL;
+	weft_stream *s = calloc(1, sizeof(*s));
+	if (s == NULL)
+		return -ENOMEM;
+	int r = weft_queue_new(loop, "stream-write", &s->wqueue);
+	if (r < 0) {
+		free(s);
+		return r;
+	}
+	s->loop = loop;
+	s->ops = ops;
+	s->impl = impl;
+	s->ops_list.prev = s->ops_list.next = &s->ops_list;
+	weft__defer_init(loop, &s->kick, kick_cb, s);
+	loop->nhandles++; /* a live stream pins its loop */
+	*ret_stream = s;
+	return 0;
+}
+
+void *weft_stream_impl(const weft_stream *s)
+{
+	return s ? s->impl : NULL;
+}
+
+weft_loop *weft_stream_loop(const weft_stream *s)
+{
+	return s ? s->loop : NULL;
+}
+
+const char *weft_stream_name(const weft_stream *s)
+{
+	return s ? s->ops->name : NULL;
+}
+
+size_t weft_stream_pending(const weft_stream *s)
+{
+	if (s == NULL || s->closing)
+		return 0;
+	size_t n = s->ra_len;
+	if (s->ops->pending)
+		n += s->ops->pending((weft_stream *)s);
+	return n;
+}
+
+int weft_stream_fd(const weft_stream *s)
+{
+	if (s == NULL || s->closing)
+		return -EINVAL;
+	return s->ops->fd ? s->ops->fd((weft_stream *)s) : -ENOTSOCK;
+}
+
+size_t weft_stream_write_queue_length(const weft_stream *s)
+{
+	return s ? weft_queue_length(s->wqueue) : 0;
+}
+
+static void op_link(weft_stream *s, struct weft__stream_op *op, weft_req *req)
+{
+	op->s = s;
+	op->req = req;
+	op->prev = s->ops_list.prev;
+	op->next = &s->ops_list;
+	s->ops_list.prev->next = op;
+	s->ops_list.prev = op;
+}
+
+/* Detach a request from its stream: called from its cleanup, so it runs at
+ * completion, cancel, timeout and free alike. */
+static weft_stream *op_unlink(struct weft__stream_op *op)
+{
+	weft_stream *s = op->s;
+	if (s == NULL)
+		return NULL;
+	op->prev->next = op->next;
+	op->next->prev = op->prev;
+	op->prev = op->next = NULL;
+	op->s = NULL;
+	if (s->reader == op->req)
+		s->reader = NULL;
+	if (s->writer == op->req) {
+		s->writer = NULL;
+		s->write_blocked = false;
+	}
+	if (!s->closing)
+		stream_update_watch(s);
+	return s;
+}
+
+void weft_stream_close(weft_stream *s, weft_stream_close_cb cb, void *data)
+{
+	if (s == NULL || s->closing)
+		return;
+	s->closing = true;
+	s->close_cb = cb;
+	s->close_data = data;
+	weft_defer_cancel(&s->kick);
+	/* Cancel every request of this stream: callbacks are posted, and each
+	 * cleanup detaches it, so none will touch the stream again. */
+	while (s->ops_list.next != &s->ops_list) {
+		struct weft__stream_op *op = s->ops_list.next;
+		weft_req *req = op->req;
+		op_unlink(op);
+		weft_req_cancel(req);
+	}
+	if (s->depth == 0)
+		stream_finish_close(s);
+}
+
+static void close_cb_trampoline(void *data)
+{
+	weft_stream *s = data;
+	weft_stream_close_cb cb = s->close_cb;
+	void *cb_data = s->close_data;
+	s->loop->nhandles--;
+	free(s);
+	if (cb)
+		cb(cb_data);
+}
+
+static void stream_finish_close(weft_stream *s)
+{
+	if (s->watching)
+		s->ops->watch(s, 0); /* announced before the fd goes */
+	s->watching = 0;
+	s->ops->close(s);
+	s->impl = NULL;
+	weft_queue_free(s->wqueue); /* empty: every request was detached */
+	s->wqueue = NULL;
+	free(s->ra);
+	s->ra = NULL;
+	weft__handle_fini(&s->kick.h);
+	/* The stream's memory goes on the next iteration, with the close
+	 * callback: callers may still hold the pointer until then. */
+	if (weft_loop_call_soon(s->loop, close_cb_trampoline, s) < 0)
+		close_cb_trampoline(s); /* out of memory: at least do not leak */
+}
+
+/* ---- readiness ------------------------------------------------------------ */
+
+static void stream_update_watch(weft_stream *s)
+{
+	unsigned want = 0;
+	if (s->reader != NULL && s->ra_len == 0) {
+		struct readv_state *st = weft_req_state(s->reader);
+		if (st->have_vector)
+			want |= WEFT_IO_READ;
+	}
+	if (s->writer != NULL && s->write_blocked)
+		want |= WEFT_IO_WRITE;
+	if (want == s->watching)
+		return;
+	if (s->ops->watch(s, want) == 0)
+		s->watching = want;
+}
+
+void weft_stream_ready(weft_stream *s, unsigned revents)
+{
+	if (s == NULL || s->closing)
+		return;
+	stream_serve(s, revents);
+}
+
+static void serve_write(weft_stream *s);
+static void serve_read(weft_stream *s);
+
+/* Write side first (tsocket's rule), then the read side. */
+static void stream_serve(weft_stream *s, unsigned revents)
+{
+	s->depth++;
+	if (revents & (WEFT_IO_WRITE | WEFT_IO_ERR | WEFT_IO_HUP))
+		s->write_blocked = false;
+	if (revents & (WEFT_IO_READ | WEFT_IO_ERR | WEFT_IO_HUP))
+		s->drained = false;
+	if (s->writer != NULL && !s->write_blocked && !s->closing)
+		serve_write(s);
+	if (s->reader != NULL && !s->closing)
+		serve_read(s);
+	if (!s->closing)
+		stream_update_watch(s);
+	if (--s->depth == 0 && s->closing)
+		stream_finish_close(s);
+}
+
+/* ---- readv ---------------------------------------------------------------- */
+
+static void readv_cleanup(weft_req *req, weft_req_stage stage)
+{
+	struct readv_state *st = weft_req_state(req);
+	(void)stage;
+	op_unlink(&st->op);
+}
+
+static void stream_kick(weft_stream *s)
+{
+	weft_defer_schedule(&s->kick);
+}
+
+weft_req *weft_stream_readv_send(weft_stream *s, weft_stream_next_vector_fn next, void *data)
+{
+	if (s == NULL)
+		return NULL;
+	weft_req *req = weft_req_new(s->loop, sizeof(struct readv_state), "stream-readv");
+	if (req == NULL)
+		return NULL;
+	struct readv_state *st = weft_req_state(req);
+	if (next == NULL || s->closing) {
+		weft_req_error(req, next == NULL ? EINVAL : ECANCELED);
+		return req;
+	}
+	if (s->reader != NULL) {
+		weft_req_error(req, EBUSY);
+		return req;
+	}
+	st->next = next;
+	st->data = data;
+	st->seq = ++s->read_seq;
+	op_link(s, &st->op, req);
+	weft_req_set_cleanup(req, readv_cleanup);
+	s->reader = req;
+	stream_kick(s); /* next() is first asked from the loop */
+	return req;
+}
+
+int weft_stream_readv_recv(weft_req *req, int *perrno)
+{
+	return weft_req_simple_recv(req, perrno);
+}
+
+/* Ask the caller for the next vector.  Returns false if the request ended
+ * (completed, freed, replaced) or the stream is closing. */
+static bool ask_next(weft_stream *s, weft_req *req, struct readv_state *st)
+{
+	const struct iovec *vec = NULL;
+	size_t count = 0;
+	uint64_t seq = st->seq;
+	int r = st->next(s, st->data, &vec, &count);
+	if (s->closing || s->reader == NULL || s->read_seq != seq)
+		return false; /* next() closed the stream or ended the request */
+	if (r < 0) {
+		weft_req_error(req, r);
+		return false;
+	}
+	if (r > 0 || (count > 0 && vec == NULL)) {
+		weft_req_error(req, EINVAL);
+		return false;
+	}
+	if (count == 0) {
+		weft_req_done(req);
+		return false;
+	}
+	st->vec = vec;
+	st->count = count;
+	st->idx = 0;
+	st->off = 0;
+	st->have_vector = true;
+	return true;
+}
+
+/* Advance the vector position by n bytes; true when it is full. */
+static bool vector_advance(struct readv_state *st, size_t n)
+{
+	while (st->idx < st->count) {
+		size_t room = st->vec[st->idx].iov_len - st->off;
+		if (n < room) {
+			st->off += n;
+			return false;
+		}
+		n -= room;
+		st->idx++;
+		st->off = 0;
+	}
+	return true;
+}
+
+/* Copy read-ahead bytes into the vector.  True when the vector is full. */
+static bool fill_from_readahead(weft_stream *s, struct readv_state *st)
+{
+	while (s->ra_len > 0 && st->idx < st->count) {
+		const struct iovec *v = &st->vec[st->idx];
+		size_t room = v->iov_len - st->off;
+		size_t n = room < s->ra_len ? room : s->ra_len;
+		memcpy((unsigned char *)v->iov_base + st->off, s->ra + s->ra_off, n);
+		s->ra_off += n;
+		s->ra_len -= n;
+		st->total += n;
+		vector_advance(st, n);
+	}
+	if (s->ra_len == 0)
+		s->ra_off = 0;
+	return st->idx >= st->count;
+}
+
+/* One syscall: the rest of the caller's vector, then the read-ahead
+ * buffer.  Returns bytes read, 0 at EOF, or -errno. */
+static ssize_t read_once(weft_stream *s, struct readv_state *st, size_t *ret_asked)
+{
+	struct iovec iov[MAX_IOV + 1];
+	int n = 0;
+	size_t asked = 0;
+	for (size_t i = st->idx; i < st->count && n < MAX_IOV; i++) {
+		size_t skip = i == st->idx ? st->off : 0;
+		if (st->vec[i].iov_len == skip)
+			continue;
+		iov[n].iov_base = (unsigned char *)st->vec[i].iov_base + skip;
+		iov[n].iov_len = st->vec[i].iov_len - skip;
+		asked += iov[n].iov_len;
+		n++;
+	}
+	size_t user = asked;
+	if (s->ra == NULL)
+		s->ra = malloc(WEFT__READAHEAD);
+	if (s->ra != NULL && user < WEFT__READAHEAD) {
+		iov[n].iov_base = s->ra;
+		iov[n].iov_len = WEFT__READAHEAD;
+		asked += WEFT__READAHEAD;
+		n++;
+	}
+	*ret_asked = asked;
+	ssize_t got = s->ops->readv(s, iov, n);
+	if (got <= 0)
+		return got;
+	size_t to_user = (size_t)got < user ? (size_t)got : user;
+	st->total += to_user;
+	vector_advance(st, to_user);
+	if ((size_t)got > user) {
+		s->ra_off = 0;
+		s->ra_len = (size_t)got - user;
+	}
+	return got;
+}
+
+static void serve_read(weft_stream *s)
+{
+	weft_req *req = s->reader;
+	struct readv_state *st = weft_req_state(req);
+	size_t budget = READ_BUDGET;
+	for (;;) {
+		if (!st->have_vector || st->idx >= st->count) {
+			st->have_vector = false;
+			if (!ask_next(s, req, st))
+				return;
+			/* Skip a vector of empty buffers straight to the next ask. */
+			if (vector_advance(st, 0))
+				continue;
+		}
+		if (fill_from_readahead(s, st))
+			continue;
+		if (s->drained || budget == 0) {
+			if (budget == 0)
+				stream_kick(s); /* yield: let other fds run, come back */
+			return;
+		}
+		size_t asked;
+		ssize_t got = read_once(s, st, &asked);
+		weft_req_set_progress(req, st->total);
+		if (got == -EAGAIN || got == -EWOULDBLOCK || got == -EINTR) {
+			s->drained = got != -EINTR;
+			continue;
+		}
+		if (got == 0) {
+			weft_req_error(req, EPIPE); /* the end of the stream */
+			return;
+		}
+		if (got < 0) {
+			weft_req_error(req, (int)got);
+			return;
+		}
+		if ((size_t)got < asked && weft_stream_pending(s) == s->ra_len)
+			s->drained = true; /* short read: the transport is empty */
+		budget = (size_t)got >= budget ? 0 : budget - (size_t)got;
+	}
+}
+
+/* ---- writev --------------------------------------------------------------- */
+
+static void writev_cleanup(weft_req *req, weft_req_stage stage)
+{
+	struct writev_state *st = weft_req_state(req);
+	(void)stage;
+	op_unlink(&st->op);
+	if (st->vec != st->inline_vec)
+		free(st->vec);
+	st->vec = NULL;
+}
+
+static weft_req *writev_new(weft_stream *s, const struct iovec *vector, size_t count, bool shutdown)
+{
+	if (s == NULL)
+		return NULL;
+	weft_req *req = weft_req_new(s->loop, sizeof(struct writev_state), shutdown ? "stream-shutdown" : "stream-writev");
+	if (req == NULL)
+		return NULL;
+	struct writev_state *st = weft_req_state(req);
+	if (s->closing) {
+		weft_req_error(req, ECANCELED);
+		return req;
+	}
+	if (!shutdown && (vector == NULL) != (count == 0)) {
+		weft_req_error(req, EINVAL);
+		return req;
+	}
+	st->shutdown = shutdown;
+	if (count <= sizeof(st->inline_vec) / sizeof(st->inline_vec[0])) {
+		st->vec = st->inline_vec;
+	} else {
+		st->vec = malloc(count * sizeof(*vector));
+		if (weft_req_nomem(st->vec, req))
+			return req;
+	}
+	if (count > 0)
+		memcpy(st->vec, vector, count * sizeof(*vector));
+	st->count = count;
+	op_link(s, &st->op, req);
+	weft_req_set_cleanup(req, writev_cleanup);
+	return req;
+}
+
+static void serve_write(weft_stream *s)
+{
+	weft_req *req = s->writer;
+	struct writev_state *st = weft_req_state(req);
+	if (st->shutdown) {
+		int r = s->ops->shutdown ? s->ops->shutdown(s) : -EOPNOTSUPP;
+		if (!weft_req_error(req, r))
+			weft_req_done(req);
+		return;
+	}
+	while (st->idx < st->count) {
+		if (st->vec[st->idx].iov_len == 0) {
+			st->idx++;
+			continue;
+		}
+		size_t n = st->count - st->idx;
+		ssize_t w = s->ops->writev(s, &st->vec[st->idx], n > MAX_IOV ? MAX_IOV : (int)n);
+		if (w == -EAGAIN || w == -EWOULDBLOCK) {
+			s->write_blocked = true;
+			return;
+		}
+		if (w == -EINTR)
+			continue;
+		if (w < 0) {
+			weft_req_error(req, (int)w); /* EPIPE, ECONNRESET, ... */
+			return;
+		}
+		st->total += (uint64_t)w;
+		weft_req_set_progress(req, st->total);
+		size_t left = (size_t)w;
+		while (left > 0) {
+			struct iovec *v = &st->vec[st->idx];
+			if (left < v->iov_len) {
+				v->iov_base = (unsigned char *)v->iov_base + left;
+				v->iov_len -= left;
+				left = 0;
+			} else {
+				left -= v->iov_len;
+				st->idx++;
+			}
+		}
+	}
+	weft_req_done(req);
+}
+
+/* Start a write that is now allowed to run (plain, or at a queue's head). */
+static void write_start(weft_req *req, void *data)
+{
+	struct writev_state *st = weft_req_state(req);
+	weft_stream *s = st->op.s;
+	(void)data;
+	if (s == NULL)
+		return; /* detached by close: already canceled */
+	if (s->writer != NULL && s->writer != req) {
+		weft_req_error(req, EBUSY);
+		return;
+	}
+	s->writer = req;
+	s->write_blocked = false;
+	/* Write at once, even from inside a readv callback (an echo server
+	 * answers from next()): only the write side runs here, so the read
+	 * side is never re-entered, and a completion inside _send is posted. */
+	s->depth++;
+	serve_write(s);
+	if (!s->closing)
+		stream_update_watch(s);
+	if (--s->depth == 0 && s->closing)
+		stream_finish_close(s);
+}
+
+weft_req *weft_stream_writev_send(weft_stream *s, const struct iovec *vector, size_t count)
+{
+	weft_req *req = writev_new(s, vector, count, false);
+	if (req != NULL && weft_req_is_in_progress(req))
+		write_start(req, NULL);
+	return req;
+}
+
+ssize_t weft_stream_writev_recv(weft_req *req, int *perrno)
+{
+	int r = weft_req_simple_recv(req, perrno);
+	if (r < 0)
+		return r;
+	return (ssize_t)weft_req_progress(req);
+}
+
+weft_req *weft_stream_writev_queue_send(weft_stream *s, weft_queue *queue, const struct iovec *vector, size_t count)
+{
+	weft_req *req = writev_new(s, vector, count, false);
+	if (req == NULL || !weft_req_is_in_progress(req))
+		return req;
+	int r = weft_queue_add_now(queue ? queue : s->wqueue, req, write_start, NULL);
+	weft_req_error(req, r);
+	return req;
+}
+
+ssize_t weft_stream_writev_queue_recv(weft_req *req, int *perrno)
+{
+	return weft_stream_writev_recv(req, perrno);
+}
+
+weft_req *weft_stream_shutdown_send(weft_stream *s)
+{
+	weft_req *req = writev_new(s, NULL, 0, true);
+	if (req == NULL || !weft_req_is_in_progress(req))
+		return req;
+	int r = weft_queue_add_now(s->wqueue, req, write_start, NULL);
+	weft_req_error(req, r);
+	return req;
+}
