@@ -192,7 +192,7 @@ static int update_watch(weft_dgram *d)
 
 /* ---- receiving ----------------------------------------------------------- */
 
-static void recv_detach(weft_req *req, struct recv_state *s)
+static void recv_detach(const weft_req *req, struct recv_state *s)
 {
 	weft_dgram *d = s->d;
 	if (d == NULL)
@@ -297,11 +297,13 @@ ssize_t weft_dgram_recvfrom_recv(weft_req *req, uint8_t **ret_buf, weft_addr *re
 		int *perrno)
 {
 	int r = -EINVAL;
-	if (req != NULL && weft_req_name(req) == recvfrom_name)
+	struct recv_state *s = NULL;
+	if (req != NULL && weft_req_name(req) == recvfrom_name) {
+		s = weft_req_state(req);
 		r = weft_req_simple_recv(req, NULL);
-	struct recv_state *s = r == 0 ? weft_req_state(req) : NULL;
-	if (s != NULL && ret_buf != NULL && s->taken)
-		r = -EALREADY;
+	}
+	if (r == 0 && ret_buf != NULL && s->taken)
+		r = -EALREADY; /* the buffer was handed out already */
 	if (r < 0) {
 		if (perrno != NULL)
 			*perrno = -r;
