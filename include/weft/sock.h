@@ -155,8 +155,11 @@ WEFT_EXPORT int weft_stream_new_pipe(weft_loop *loop, int rfd, int wfd, weft_str
  * the transport is released (its fds closed) now, and cb (may be NULL) runs
  * from the loop on the next iteration, when the stream's memory is freed —
  * so run the loop once more before weft_loop_free (-EBUSY until then).  The
- * stream must not be used after this call; no other callback concerning it
- * fires afterwards.  May be called from any callback.  NULL is allowed. */
+ * stream must not be used after this call.  Only the callbacks of requests
+ * still fire afterwards: ECANCELED for those pending, and the result of a
+ * request that had completed just before the close but whose callback had
+ * not run yet; neither may use the stream.  May be called from any
+ * callback.  NULL is allowed. */
 typedef void (*weft_stream_close_cb)(void *data);
 WEFT_EXPORT void weft_stream_close(weft_stream *s, weft_stream_close_cb cb, void *data);
 
@@ -281,7 +284,10 @@ typedef struct weft_dgram weft_dgram;
 /* A UDP or Unix-domain datagram socket.  local (may be NULL: an ephemeral
  * port / autobound Unix name of remote's family) is bound; remote (may be
  * NULL) becomes the default destination and the only accepted source
- * (connect(2)).  At least one of them is required.  Returns 0 or -errno. */
+ * (connect(2)).  At least one of them is required.  A Unix path that
+ * exists is EADDRINUSE (remove a stale one first).  Returns 0 or -errno:
+ * -EINVAL (a TCP address, local and remote of different families),
+ * -EADDRINUSE, -EACCES, -ECONNREFUSED, ... */
 WEFT_EXPORT int weft_dgram_open(weft_loop *loop, const weft_addr *local, const weft_addr *remote,
 		weft_dgram **ret_dgram);
 
@@ -291,16 +297,23 @@ WEFT_EXPORT int weft_dgram_fd(const weft_dgram *d);
 /* Receive the next datagram (one receive request at a time: EBUSY). */
 WEFT_EXPORT weft_req *weft_dgram_recvfrom_send(weft_dgram *d);
 /* Returns the datagram's length (0 is a valid empty datagram) and hands
- * out *ret_buf (malloc'd, caller frees with free(); may be NULL when
- * the length is 0) and *ret_src (may be NULL to ignore); or -errno with
- * *perrno set (ECANCELED on close; EMSGSIZE never: datagrams up to 65535
- * bytes are received whole). */
+ * out, once, *ret_buf (malloc'd, caller frees with free(); NULL when the
+ * length is 0; ret_buf may be NULL to drop it) and *ret_src (may be NULL);
+ * or -errno with *perrno set: ECANCELED on close, ECONNREFUSED (a connected
+ * socket's peer is gone: ICMP, or the Unix receiver closed), EMSGSIZE only
+ * for a Unix datagram over 65536 bytes (it is dropped; UDP payloads always
+ * fit). */
 WEFT_EXPORT ssize_t weft_dgram_recvfrom_recv(weft_req *req, uint8_t **ret_buf, weft_addr *ret_src,
 		int *perrno);
 
 /* Send one datagram to dst (NULL: the remote given at open).  buf is
- * borrowed until completion.  One plain sendto at a time (EBUSY); use
- * sendto_queue to serialize (queue NULL: the socket's own queue). */
+ * borrowed until completion.  One plain sendto at a time per socket (EBUSY),
+ * independent of queued sends; use sendto_queue to serialize (queue NULL:
+ * the socket's own queue).  Sends never overtake sends already blocked.
+ * Errors: EDESTADDRREQ / ENOTCONN (no destination), EMSGSIZE (too large),
+ * ECONNREFUSED, ECANCELED (closed).  A Unix receiver with a full queue is
+ * retried on a short backoff timer (1..32 ms): Linux reports an unconnected
+ * Unix datagram socket writable even then. */
 WEFT_EXPORT weft_req *weft_dgram_sendto_send(weft_dgram *d, const void *buf, size_t len,
 		const weft_addr *dst);
 WEFT_EXPORT ssize_t weft_dgram_sendto_recv(weft_req *req, int *perrno);
@@ -308,8 +321,10 @@ WEFT_EXPORT weft_req *weft_dgram_sendto_queue_send(weft_dgram *d, weft_queue *qu
 		const void *buf, size_t len, const weft_addr *dst);
 WEFT_EXPORT ssize_t weft_dgram_sendto_queue_recv(weft_req *req, int *perrno);
 
-/* Close: pending requests complete with ECANCELED; the socket is closed
- * now (a Unix socket file it bound is removed).  NULL is allowed. */
+/* Close: pending requests complete with ECANCELED (callbacks from the
+ * loop; a request that had just completed still gets its result); the
+ * socket is closed now (a Unix socket file it bound is removed).  May be
+ * called from any callback.  NULL is allowed. */
 WEFT_EXPORT void weft_dgram_close(weft_dgram *d);
 
 #ifdef __cplusplus
