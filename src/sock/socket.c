@@ -241,7 +241,7 @@ int weft_stream_peer_cred(const weft_stream *s, pid_t *ret_pid, uid_t *ret_uid, 
 	int fd = weft_stream_fd(s);
 	if (fd < 0)
 		return fd;
-	struct sockaddr_storage ss;
+	struct sockaddr_storage ss = {0};
 	socklen_t len = sizeof(ss);
 	if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0)
 		return -errno;
@@ -506,6 +506,8 @@ static void listener_destroy(weft_listener *l);
 
 static int accept_one(weft_listener *l, weft_stream **ret_stream, weft_addr *ret_peer)
 {
+	memset(ret_peer, 0, sizeof(*ret_peer));
+	*ret_stream = NULL;
 	struct sockaddr_storage ss;
 	socklen_t len = sizeof(ss);
 	int fd;
