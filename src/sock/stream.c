@@ -424,7 +424,9 @@ static void serve_read(weft_stream *s)
 			if (vector_advance(st, 0))
 				continue;
 		}
-		if (fill_from_readahead(s, st))
+		bool full = fill_from_readahead(s, st);
+		weft_req_set_progress(req, st->total);
+		if (full)
 			continue;
 		if (s->drained || budget == 0) {
 			if (budget == 0)
