@@ -14,6 +14,11 @@
 #define WEFT__NS_PER_MS UINT64_C(1000000)
 #define WEFT__NO_DEADLINE UINT64_MAX
 
+/* Small blocks a loop keeps for reuse: a request per message (a write, a
+ * reply) then costs a memset instead of a malloc and a free. */
+#define WEFT__BLOCK_SIZE 512
+#define WEFT__BLOCK_CACHE 64
+
 /* What every handle shares: whether it counts towards "the loop is alive". */
 struct weft__handle {
 	weft_loop *loop;
@@ -111,6 +116,10 @@ struct weft_loop {
 	struct weft_signal signals; /* sentinel */
 	struct weft_signal *sig_iter;
 
+	/* recycled small blocks (requests): see weft__block_alloc */
+	void *blocks[WEFT__BLOCK_CACHE];
+	unsigned nblocks;
+
 	/* external backend */
 	weft_loop_ops ops;
 	void *user;
@@ -130,6 +139,11 @@ void weft__timer_init(weft_loop *loop, weft_timer *timer, weft_timer_cb cb, void
 void weft__defer_init(weft_loop *loop, weft_defer *defer, weft_defer_cb cb, void *data);
 
 uint64_t weft__clock_ns(void);
+
+/* Zeroed memory of size bytes, from the loop's cache when it fits a block;
+ * release it with weft__block_free and the same size. */
+void *weft__block_alloc(weft_loop *loop, size_t size);
+void weft__block_free(weft_loop *loop, void *p, size_t size);
 
 /* Deliver an event collected by a backend to the watcher on fd.  gen is the
  * slot generation captured when the event was armed (epoll), or the current

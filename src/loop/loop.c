@@ -35,6 +35,27 @@ void weft_loop_update_time(weft_loop *loop)
 		loop->now_ns = weft__clock_ns();
 }
 
+/* ---- recycled blocks ---------------------------------------------------- */
+
+void *weft__block_alloc(weft_loop *loop, size_t size)
+{
+	if (size > WEFT__BLOCK_SIZE)
+		return calloc(1, size);
+	if (loop->nblocks == 0)
+		return calloc(1, WEFT__BLOCK_SIZE);
+	void *p = loop->blocks[--loop->nblocks];
+	memset(p, 0, size);
+	return p;
+}
+
+void weft__block_free(weft_loop *loop, void *p, size_t size)
+{
+	if (p != NULL && size <= WEFT__BLOCK_SIZE && loop->nblocks < WEFT__BLOCK_CACHE)
+		loop->blocks[loop->nblocks++] = p;
+	else
+		free(p);
+}
+
 /* ---- handles ------------------------------------------------------------- */
 
 void weft__handle_init(struct weft__handle *h, weft_loop *loop, bool internal)
@@ -145,6 +166,8 @@ static void loop_release(weft_loop *loop)
 		weft__epoll_fini(loop);
 	if (loop->ops.release)
 		loop->ops.release(loop, loop->user);
+	while (loop->nblocks > 0)
+		free(loop->blocks[--loop->nblocks]);
 	free(loop->slots);
 	free(loop->heap);
 	free(loop);

@@ -11,6 +11,7 @@
 
 struct weft_req {
 	weft_loop *loop;
+	size_t alloc_size; /* for weft__block_free */
 	const char *name;
 	weft_req_status status;
 	int err; /* positive errno when failed */

@@ -14,9 +14,11 @@ weft_req *weft_req_new(weft_loop *loop, size_t state_size, const char *name)
 {
 	if (loop == NULL || state_size > SIZE_MAX / 2)
 		return NULL;
-	weft_req *req = calloc(1, sizeof(*req) + state_size);
+	size_t size = sizeof(struct weft_req) + state_size;
+	weft_req *req = weft__block_alloc(loop, size);
 	if (req == NULL)
 		return NULL;
+	req->alloc_size = size;
 	req->loop = loop;
 	req->name = name ? name : "req";
 	req->status = WEFT_REQ_IN_PROGRESS;
@@ -242,5 +244,5 @@ void weft_req_free(weft_req *req)
 	weft__handle_fini(&req->timeout.h);
 	weft__handle_fini(&req->post.h);
 	loop->nhandles--;
-	free(req);
+	weft__block_free(loop, req, req->alloc_size);
 }

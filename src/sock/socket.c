@@ -94,7 +94,8 @@ static const weft_stream_ops sock_ops = {
 	.fd = sock_fd,
 };
 
-int weft_stream_new_socket(weft_loop *loop, int fd, weft_stream **ret_stream)
+/* fd_ready: the flags are known to be set (accept4, our own socket()). */
+static int stream_from_fd(weft_loop *loop, int fd, bool fd_ready, weft_stream **ret_stream)
 {
 	if (fd < 0)
 		return -EINVAL;
@@ -102,8 +103,7 @@ int weft_stream_new_socket(weft_loop *loop, int fd, weft_stream **ret_stream)
 	struct sock_impl *si = NULL;
 	if (loop == NULL || ret_stream == NULL)
 		goto fail;
-	r = weft__fd_prepare(fd);
-	if (r < 0)
+	if (!fd_ready && (r = weft__fd_prepare(fd)) < 0)
 		goto fail;
 	r = -ENOMEM;
 	si = calloc(1, sizeof(*si));
@@ -125,6 +125,11 @@ fail:
 	free(si);
 	close(fd);
 	return r;
+}
+
+int weft_stream_new_socket(weft_loop *loop, int fd, weft_stream **ret_stream)
+{
+	return stream_from_fd(loop, fd, false, ret_stream);
 }
 
 /* ---- the pipe-pair stream --------------------------------------------------- */
@@ -324,7 +329,7 @@ static void connect_finish(weft_req *req)
 	st->io = NULL;
 	int fd = st->fd;
 	st->fd = -1;
-	int r = weft_stream_new_socket(weft_req_loop(req), fd, &st->stream);
+	int r = stream_from_fd(weft_req_loop(req), fd, true, &st->stream);
 	if (!weft_req_error(req, r))
 		weft_req_done(req);
 }
@@ -518,7 +523,7 @@ static int accept_one(weft_listener *l, weft_stream **ret_stream, weft_addr *ret
 		return -errno;
 	if (weft_addr_from_sockaddr((struct sockaddr *)&ss, len, l->kind, ret_peer) < 0)
 		memset(ret_peer, 0, sizeof(*ret_peer));
-	return weft_stream_new_socket(l->loop, fd, ret_stream);
+	return stream_from_fd(l->loop, fd, true, ret_stream);
 }
 
 static void resume_accepting(weft_timer *t, void *data)

@@ -162,8 +162,8 @@ static weft_stream *op_unlink(struct weft__stream_op *op)
 		s->writer = NULL;
 		s->write_blocked = false;
 	}
-	if (!s->closing)
-		stream_update_watch(s);
+	if (!s->closing && s->depth == 0)
+		stream_update_watch(s); /* inside the core, stream_serve does it once */
 	return s;
 }
 
@@ -220,12 +220,11 @@ static void stream_finish_close(weft_stream *s)
 
 static void stream_update_watch(weft_stream *s)
 {
+	/* A reader between two vectors still wants data: keeping READ armed
+	 * costs nothing, dropping and re-adding it costs two syscalls. */
 	unsigned want = 0;
-	if (s->reader != NULL && s->ra_len == 0) {
-		struct readv_state *st = weft_req_state(s->reader);
-		if (st->have_vector)
-			want |= WEFT_IO_READ;
-	}
+	if (s->reader != NULL && s->ra_len == 0)
+		want |= WEFT_IO_READ;
 	if (s->writer != NULL && s->write_blocked)
 		want |= WEFT_IO_WRITE;
 	if (want == s->watching)
@@ -562,10 +561,12 @@ static void write_start(weft_req *req, void *data)
 	 * side is never re-entered, and a completion inside _send is posted. */
 	s->depth++;
 	serve_write(s);
-	if (!s->closing)
-		stream_update_watch(s);
-	if (--s->depth == 0 && s->closing)
-		stream_finish_close(s);
+	if (--s->depth == 0) {
+		if (s->closing)
+			stream_finish_close(s);
+		else
+			stream_update_watch(s);
+	}
 }
 
 weft_req *weft_stream_writev_send(weft_stream *s, const struct iovec *vector, size_t count)
