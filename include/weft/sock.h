@@ -206,10 +206,14 @@ WEFT_EXPORT weft_req *weft_stream_readv_send(weft_stream *s, weft_stream_next_ve
 WEFT_EXPORT int weft_stream_readv_recv(weft_req *req, int *perrno);
 
 /* Write the whole vector (as many partial writes as needed).  The iovec
- * array is copied; the buffers are borrowed until completion.  Only one
- * plain writev may be in progress per stream (EBUSY); use writev_queue to
- * serialize.  weft_req_progress(req) = bytes written so far (also after a
- * cancel or timeout). */
+ * array is copied; the buffers are borrowed until completion.  A plain
+ * writev needs an idle stream: while another write (plain or queued) is in
+ * progress or waiting it fails with EBUSY; writes queued and shutdowns
+ * requested after it wait behind it.  Use writev_queue to serialize.
+ * weft_req_progress(req) = bytes written so far (also after a cancel or
+ * timeout).  A write from a foreign queue (writev_queue_send with a queue
+ * of your own) that reaches its head while another write of the stream
+ * runs fails with EBUSY: give all writers of a stream the same queue. */
 WEFT_EXPORT weft_req *weft_stream_writev_send(weft_stream *s, const struct iovec *vector, size_t count);
 /* Bytes written (the whole vector), or -errno with *perrno set (EPIPE or
  * ECONNRESET when the peer went away, ECANCELED on close). */

@@ -572,8 +572,13 @@ static void write_start(weft_req *req, void *data)
 weft_req *weft_stream_writev_send(weft_stream *s, const struct iovec *vector, size_t count)
 {
 	weft_req *req = writev_new(s, vector, count, false);
-	if (req != NULL && weft_req_is_in_progress(req))
-		write_start(req, NULL);
+	if (req == NULL || !weft_req_is_in_progress(req))
+		return req;
+	/* Through the stream's own queue, so queued writes and a shutdown
+	 * issued meanwhile wait behind it; but only if it is idle. */
+	int r = weft_queue_length(s->wqueue) > 0 || s->writer != NULL ? -EBUSY
+		: weft_queue_add_now(s->wqueue, req, write_start, NULL);
+	weft_req_error(req, r);
 	return req;
 }
 
