@@ -30,7 +30,6 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -47,6 +46,8 @@
 
 #include <weft/loop.h>
 
+#include "bench-util.h"
+
 #define NOINLINE __attribute__((noinline))
 
 /* ---- libraries and scenarios ------------------------------------------- */
@@ -59,32 +60,27 @@ static const char *const scen_names[NSCEN] = { "active", "idle", "timers", "fire
 
 /* ---- options ------------------------------------------------------------ */
 
+/* (-r, -o, -v and -q: bench, in bench-util.h) */
 static struct {
-	int rounds;     /* measured rounds (plus one warm-up round) */
+	bool libs[NLIBS];    /* -s */
+	bool scens[NSCEN];   /* -t */
+	unsigned watchdog_s; /* a round that takes longer aborts the program */
 	int npipes;     /* pipes of the idle scenario */
 	int nactive;    /* active pipes (= all pipes of the active scenario) */
 	long nwrites;   /* writes per round */
 	int ntimers;    /* timers of the timer scenarios */
 	int fire_ms;    /* timers of the fire scenario are spread over 0..fire_ms */
 	bool use_pipes; /* pipe() instead of socketpair() */
-	bool verbose;
-	bool rotate;    /* rotate which loop goes first in each round */
-	bool libs[NLIBS];
-	bool scens[NSCEN];
-	unsigned watchdog_s; /* a round that takes longer aborts the program */
 } opt = {
-	.rounds = 5,
+	.libs = { true, true, true },
+	.scens = { true, true, true, true },
+	.watchdog_s = 300,
 	.npipes = 10000,
 	.nactive = 100,
 	.nwrites = 100000,
 	.ntimers = 100000,
 	.fire_ms = 50,
 	.use_pipes = false,
-	.verbose = false,
-	.rotate = false,
-	.libs = { true, true, true },
-	.scens = { true, true, true, true },
-	.watchdog_s = 300,
 };
 
 static int nlibs_selected(void)
@@ -99,77 +95,6 @@ static int nlibs_selected(void)
 
 static int exit_status;
 
-__attribute__((format(printf, 1, 2), noreturn))
-static void die(const char *fmt, ...)
-{
-	va_list ap;
-	fflush(stdout);
-	fputs("bench-loop: ", stderr);
-	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	fputc('\n', stderr);
-	exit(1);
-}
-
-__attribute__((format(printf, 1, 2)))
-static void warn(const char *fmt, ...)
-{
-	va_list ap;
-	fflush(stdout);
-	fputs("bench-loop: warning: ", stderr);
-	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	fputc('\n', stderr);
-}
-
-static void *xcalloc(size_t n, size_t size)
-{
-	void *p = calloc(n ? n : 1, size);
-	if (p == NULL)
-		die("out of memory");
-	return p;
-}
-
-static double now_s(clockid_t clk)
-{
-	struct timespec ts;
-	clock_gettime(clk, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-/* weft returns 0 / a count or -errno. */
-static void wcheck(int r, const char *what)
-{
-	if (r < 0)
-		die("weft: %s: %s", what, strerror(-r));
-}
-
-static void uvcheck(int r, const char *what)
-{
-	if (r < 0)
-		die("libuv: %s: %s", what, uv_strerror(r));
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return (x > y) - (x < y);
-}
-
-static double median(double *v, int n)
-{
-	if (n <= 0)
-		return 0.0;
-	double *tmp = xcalloc((size_t)n, sizeof *tmp);
-	memcpy(tmp, v, (size_t)n * sizeof *tmp);
-	qsort(tmp, (size_t)n, sizeof *tmp, cmp_double);
-	double m = (n & 1) ? tmp[n / 2] : (tmp[n / 2 - 1] + tmp[n / 2]) / 2.0;
-	free(tmp);
-	return m;
-}
-
 /* splitmix64: the same sequence of timeouts for every loop. */
 static uint64_t rng_state;
 static uint64_t rng_next(void)
@@ -178,41 +103,6 @@ static uint64_t rng_next(void)
 	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
 	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
 	return z ^ (z >> 31);
-}
-
-/* ---- watchdog: a loop that misses an event would otherwise hang -------- */
-
-static volatile sig_atomic_t wd_lib = -1, wd_scen = -1;
-
-static void wd_write(const char *s)
-{
-	ssize_t r = write(STDERR_FILENO, s, strlen(s));
-	(void)r;
-}
-
-static void on_alarm(int signum)
-{
-	(void)signum;
-	wd_write("\nbench-loop: watchdog: a round of ");
-	wd_write(wd_lib >= 0 ? lib_names[wd_lib] : "?");
-	wd_write(" / ");
-	wd_write(wd_scen >= 0 ? scen_names[wd_scen] : "?");
-	wd_write(" did not finish in time (missed events?)\n");
-	_exit(3);
-}
-
-static void wd_arm(int lib, int scen)
-{
-	wd_lib = lib;
-	wd_scen = scen;
-	alarm(opt.watchdog_s);
-}
-
-static void wd_disarm(void)
-{
-	alarm(0);
-	wd_lib = -1;
-	wd_scen = -1;
 }
 
 /* ---- the three loops ----------------------------------------------------- */
@@ -454,6 +344,8 @@ static NOINLINE void timed_run_libuv(void)
 	uv_run(&uloop, UV_RUN_DEFAULT);
 }
 
+static void (*const timed_run[NLIBS])(void) = { timed_run_weft, timed_run_libevent, timed_run_libuv };
+
 /* One round; returns events per second. */
 static double io_round(int lib, int scen, int npipes, int nactive, long nwrites)
 {
@@ -473,13 +365,9 @@ static double io_round(int lib, int scen, int npipes, int nactive, long nwrites)
 			die("initial write: %s", strerror(errno));
 
 	wd_arm(lib, scen);
-	double t0 = now_s(CLOCK_MONOTONIC);
-	switch (lib) {
-	case L_WEFT: timed_run_weft(); break;
-	case L_EVENT: timed_run_libevent(); break;
-	case L_UV: timed_run_libuv(); break;
-	}
-	double t1 = now_s(CLOCK_MONOTONIC);
+	double t0 = now_mono();
+	timed_run[lib]();
+	double t1 = now_mono();
 	wd_disarm();
 
 	io_teardown(lib, npipes);
@@ -489,7 +377,7 @@ static double io_round(int lib, int scen, int npipes, int nactive, long nwrites)
 		     lib_names[lib], scen_names[scen], io.events, io.bytes, io.expected, io.failures);
 		exit_status = 1;
 	}
-	if (opt.verbose)
+	if (bench.verbose)
 		printf("  %-8s %-6s %8ld events in %8.3f ms = %10.0f events/s\n", lib_names[lib],
 		       scen_names[scen], io.events, (t1 - t0) * 1e3, (double)io.events / (t1 - t0));
 	return (double)io.events / (t1 - t0);
@@ -614,43 +502,34 @@ static NOINLINE void timed_stop_libuv(void)
 		uv_timer_stop(&utimers[i]);
 }
 
-static void timers_start(int lib)
-{
-	switch (lib) {
-	case L_WEFT: timed_start_weft(); break;
-	case L_EVENT: timed_start_libevent(); break;
-	case L_UV: timed_start_libuv(); break;
-	}
-}
-
-static void timers_stop(int lib)
-{
-	switch (lib) {
-	case L_WEFT: timed_stop_weft(); break;
-	case L_EVENT: timed_stop_libevent(); break;
-	case L_UV: timed_stop_libuv(); break;
-	}
-}
-
-struct timer_ops_result {
-	double start_rate, stop_rate, both_rate;
+static void (*const timers_start[NLIBS])(void) = {
+	timed_start_weft, timed_start_libevent, timed_start_libuv
+};
+static void (*const timers_stop[NLIBS])(void) = {
+	timed_stop_weft, timed_stop_libevent, timed_stop_libuv
 };
 
-static struct timer_ops_result timer_ops_round(int lib)
+/* The start of a timer round: both weft and libuv cache "now"; bring it up
+ * to date (outside the clock).  Then arm the watchdog and start the clock:
+ * returns CLOCK_MONOTONIC. */
+static double timer_round_begin(int lib, int scen)
 {
-	struct timer_ops_result res;
-	/* Both loops cache "now"; bring it up to date, outside the clock. */
 	if (lib == L_WEFT)
 		weft_loop_update_time(wloop);
 	else if (lib == L_UV)
 		uv_update_time(&uloop);
+	wd_arm(lib, scen);
+	return now_mono();
+}
 
-	wd_arm(lib, S_TIMERS);
-	double t0 = now_s(CLOCK_MONOTONIC);
-	timers_start(lib);
-	double t1 = now_s(CLOCK_MONOTONIC);
-	timers_stop(lib);
-	double t2 = now_s(CLOCK_MONOTONIC);
+/* Start all timers, then stop all.  rate[]: start+stop, start, stop (ops/s). */
+static void timer_ops_round(int lib, double rate[3])
+{
+	double t0 = timer_round_begin(lib, S_TIMERS);
+	timers_start[lib]();
+	double t1 = now_mono();
+	timers_stop[lib]();
+	double t2 = now_mono();
 	wd_disarm();
 
 	bool still = false;
@@ -665,64 +544,38 @@ static struct timer_ops_result timer_ops_round(int lib)
 		exit_status = 1;
 	}
 
-	res.start_rate = ntimers / (t1 - t0);
-	res.stop_rate = ntimers / (t2 - t1);
-	res.both_rate = 2.0 * ntimers / (t2 - t0);
-	if (opt.verbose)
+	rate[0] = 2.0 * ntimers / (t2 - t0);
+	rate[1] = ntimers / (t1 - t0);
+	rate[2] = ntimers / (t2 - t1);
+	if (bench.verbose)
 		printf("  %-8s timers %d starts %8.3f ms, %d stops %8.3f ms = %10.0f ops/s\n",
-		       lib_names[lib], ntimers, (t1 - t0) * 1e3, ntimers, (t2 - t1) * 1e3, res.both_rate);
-	return res;
+		       lib_names[lib], ntimers, (t1 - t0) * 1e3, ntimers, (t2 - t1) * 1e3, rate[0]);
 }
 
-struct fire_result {
-	double cpu_rate, wall_rate;
-};
-
-/* Start all timers (0..fire_ms), run until all fired.  The CPU rate counts
- * the run only (user + system time of this thread, the waiting excluded);
- * the wall rate runs from the first start to the last callback. */
-static struct fire_result timer_fire_round(int lib)
+/* Start all timers (0..fire_ms), run until all fired.  rate[0] counts the
+ * run only (callbacks per CPU second: user + system time of this thread, the
+ * waiting excluded); rate[1] the wall clock from the first start to the last
+ * callback. */
+static void timer_fire_round(int lib, double rate[2])
 {
-	struct fire_result res;
 	timer_fired = 0;
-	if (lib == L_WEFT)
-		weft_loop_update_time(wloop);
-	else if (lib == L_UV)
-		uv_update_time(&uloop);
-
-	wd_arm(lib, S_FIRE);
-	double w0 = now_s(CLOCK_MONOTONIC);
-	timers_start(lib);
-	double c0 = now_s(CLOCK_THREAD_CPUTIME_ID);
-	switch (lib) {
-	case L_WEFT: timed_run_weft(); break;
-	case L_EVENT: timed_run_libevent(); break;
-	case L_UV: timed_run_libuv(); break;
-	}
-	double c1 = now_s(CLOCK_THREAD_CPUTIME_ID);
-	double w1 = now_s(CLOCK_MONOTONIC);
+	double w0 = timer_round_begin(lib, S_FIRE);
+	timers_start[lib]();
+	double c0 = now_cpu();
+	timed_run[lib]();
+	double c1 = now_cpu();
+	double w1 = now_mono();
 	wd_disarm();
 
 	if (timer_fired != ntimers) {
 		warn("%s: %ld of %d timers fired", lib_names[lib], timer_fired, ntimers);
 		exit_status = 1;
 	}
-	res.cpu_rate = timer_fired / (c1 - c0);
-	res.wall_rate = timer_fired / (w1 - w0);
-	if (opt.verbose)
+	rate[0] = timer_fired / (c1 - c0);
+	rate[1] = timer_fired / (w1 - w0);
+	if (bench.verbose)
 		printf("  %-8s fire   %ld callbacks, run cpu %8.3f ms, wall %8.3f ms\n",
 		       lib_names[lib], timer_fired, (c1 - c0) * 1e3, (w1 - w0) * 1e3);
-	return res;
-}
-
-/* The i-th loop to run in round `round` (-1: warm-up): weft, libevent, libuv
- * in turn, or with -o rotated by one per round so that no loop always runs
- * right after the same other one. */
-static int lib_at(int round, int i)
-{
-	if (!opt.rotate)
-		return i;
-	return (i + round + 1) % NLIBS;
 }
 
 /* ---- results table ----------------------------------------------------------- */
@@ -735,7 +588,7 @@ static struct row {
 } rows[MAX_ROWS];
 static int nrows;
 
-static void add_row(const char *name, const char *unit, double samples[NLIBS][64], int n)
+static void add_row(const char *name, const char *unit, double samples[NLIBS][MAX_ROUNDS + 1], int n)
 {
 	if (nrows >= MAX_ROWS)
 		return;
@@ -747,27 +600,15 @@ static void add_row(const char *name, const char *unit, double samples[NLIBS][64
 	}
 }
 
-static void fmt_rate(char *buf, size_t len, double v)
-{
-	if (v >= 1e6)
-		snprintf(buf, len, "%.3f M", v / 1e6);
-	else if (v >= 1e3)
-		snprintf(buf, len, "%.1f k", v / 1e3);
-	else
-		snprintf(buf, len, "%.0f", v);
-}
-
 static void print_table(void)
 {
-	printf("\n%-44s | %10s | %10s | %10s | %13s | %10s\n", "scenario (median rate)", "weft",
-	       "libevent", "libuv", "weft/libevent", "weft/libuv");
-	printf("%.45s+%.12s+%.12s+%.12s+%.15s+%.11s\n",
-	       "-----------------------------------------------------------------",
-	       "----------------", "----------------", "----------------",
-	       "-------------------", "----------------");
+	static const int widths[5] = { 10, 10, 10, 13, 10 };
+	static const char *const heads[5] = { "weft", "libevent", "libuv", "weft/libevent", "weft/libuv" };
+	table_head(44, "scenario (median rate)", 5, widths, heads);
 	for (int i = 0; i < nrows; i++) {
 		struct row *r = &rows[i];
-		char cell[NLIBS][32], ratio[2][32];
+		char cell[5][32];
+		const char *cells[5];
 		for (int l = 0; l < NLIBS; l++) {
 			if (r->have[l])
 				fmt_rate(cell[l], sizeof cell[l], r->med[l]);
@@ -776,45 +617,60 @@ static void print_table(void)
 		}
 		for (int k = 0; k < 2; k++) {
 			int other = k == 0 ? L_EVENT : L_UV;
-			if (r->have[L_WEFT] && r->have[other] && r->med[other] > 0)
-				snprintf(ratio[k], sizeof ratio[k], "%.2f", r->med[L_WEFT] / r->med[other]);
-			else
-				snprintf(ratio[k], sizeof ratio[k], "-");
+			fmt_ratio(cell[NLIBS + k], sizeof cell[NLIBS + k], r->have[L_WEFT] && r->have[other],
+			          r->med[L_WEFT], r->med[other]);
 		}
-		printf("%-44s | %10s | %10s | %10s | %13s | %10s\n", r->name, cell[0], cell[1], cell[2],
-		       ratio[0], ratio[1]);
+		for (int c = 0; c < 5; c++)
+			cells[c] = cell[c];
+		table_row(44, r->name, 5, widths, cells);
 	}
 	printf("\nRates are per second (k = 10^3, M = 10^6); ratios > 1 mean weft is faster.\n");
 }
 
 /* ---- driver --------------------------------------------------------------------- */
 
-#define MAX_ROUNDS 63
+/* The rates of one scenario: samples[k][lib][round] for its rate k. */
+static struct scenario_run {
+	int scen, npipes, nactive;
+	double samples[3][NLIBS][MAX_ROUNDS + 1];
+} run;
 
-static void run_io_scenario(int scen, int npipes, int nactive, long nwrites)
+static void scenario_round(int lib, int round, void *arg)
 {
-	static double samples[NLIBS][64];
+	(void)arg;
+	double rate[3] = { 0.0, 0.0, 0.0 };
+	switch (run.scen) {
+	case S_TIMERS: timer_ops_round(lib, rate); break;
+	case S_FIRE: timer_fire_round(lib, rate); break;
+	default: rate[0] = io_round(lib, run.scen, run.npipes, run.nactive, opt.nwrites); break;
+	}
+	if (round >= 0)
+		for (int k = 0; k < 3; k++)
+			run.samples[k][lib][round] = rate[k];
+}
+
+/* One warm-up round, then the measured ones, of every selected loop. */
+static void run_scenario(int scen)
+{
+	run.scen = scen;
+	run_interleaved(NLIBS, opt.libs, scenario_round, NULL);
+}
+
+static void run_io_scenario(int scen, int npipes, int nactive)
+{
 	printf("# %s: %d %s, %d active, %ld writes\n", scen_names[scen], npipes,
-	       opt.use_pipes ? "pipes" : "socketpairs", nactive, nwrites);
+	       opt.use_pipes ? "pipes" : "socketpairs", nactive, opt.nwrites);
 	fflush(stdout);
-	for (int round = -1; round < opt.rounds; round++) /* -1: warm-up */
-		for (int i = 0; i < NLIBS; i++) {
-			int l = lib_at(round, i);
-			if (opt.libs[l]) {
-				double rate = io_round(l, scen, npipes, nactive, nwrites);
-				if (round >= 0)
-					samples[l][round] = rate;
-			}
-		}
+	run.npipes = npipes;
+	run.nactive = nactive;
+	run_scenario(scen);
 	char name[80];
 	snprintf(name, sizeof name, "io %s: %d fds, %d active", scen_names[scen], npipes, nactive);
-	add_row(name, "events/s", samples, opt.rounds);
+	add_row(name, "events/s", run.samples[0], bench.rounds);
 }
 
 static void run_timer_scenarios(void)
 {
-	static double s_start[NLIBS][64], s_stop[NLIBS][64], s_both[NLIBS][64];
-	static double s_cpu[NLIBS][64], s_wall[NLIBS][64];
 	char name[80];
 
 	timers_create(opt.ntimers);
@@ -823,84 +679,27 @@ static void run_timer_scenarios(void)
 		printf("# timers: %d timers, timeouts 1..100000 ms, start all then stop all\n", opt.ntimers);
 		fflush(stdout);
 		timers_set_timeouts(1, 100000);
-		for (int round = -1; round < opt.rounds; round++)
-			for (int i = 0; i < NLIBS; i++) {
-				int l = lib_at(round, i);
-				if (opt.libs[l]) {
-					struct timer_ops_result r = timer_ops_round(l);
-					if (round >= 0) {
-						s_start[l][round] = r.start_rate;
-						s_stop[l][round] = r.stop_rate;
-						s_both[l][round] = r.both_rate;
-					}
-				}
-			}
+		run_scenario(S_TIMERS);
 		snprintf(name, sizeof name, "timer start+stop: %d timers", opt.ntimers);
-		add_row(name, "ops/s", s_both, opt.rounds);
-		add_row("  of which start", "ops/s", s_start, opt.rounds);
-		add_row("  of which stop", "ops/s", s_stop, opt.rounds);
+		add_row(name, "ops/s", run.samples[0], bench.rounds);
+		add_row("  of which start", "ops/s", run.samples[1], bench.rounds);
+		add_row("  of which stop", "ops/s", run.samples[2], bench.rounds);
 	}
 
 	if (opt.scens[S_FIRE]) {
 		printf("# fire: %d timers, timeouts 0..%d ms, run until all fired\n", opt.ntimers, opt.fire_ms);
 		fflush(stdout);
 		timers_set_timeouts(0, (uint64_t)opt.fire_ms);
-		for (int round = -1; round < opt.rounds; round++)
-			for (int i = 0; i < NLIBS; i++) {
-				int l = lib_at(round, i);
-				if (opt.libs[l]) {
-					struct fire_result r = timer_fire_round(l);
-					if (round >= 0) {
-						s_cpu[l][round] = r.cpu_rate;
-						s_wall[l][round] = r.wall_rate;
-					}
-				}
-			}
+		run_scenario(S_FIRE);
 		snprintf(name, sizeof name, "timer fire: %d over 0..%d ms", opt.ntimers, opt.fire_ms);
-		add_row(name, "cb/cpu-s", s_cpu, opt.rounds);
-		add_row("  same, wall clock incl. starts", "cb/s", s_wall, opt.rounds);
+		add_row(name, "cb/cpu-s", run.samples[0], bench.rounds);
+		add_row("  same, wall clock incl. starts", "cb/s", run.samples[1], bench.rounds);
 	}
 
 	timers_destroy();
 }
 
-static bool parse_list(const char *arg, const char *const *names, int n, bool *sel)
-{
-	char *copy = strdup(arg), *save = NULL;
-	if (copy == NULL)
-		die("out of memory");
-	for (int i = 0; i < n; i++)
-		sel[i] = false;
-	bool ok = true;
-	for (char *tok = strtok_r(copy, ",", &save); tok != NULL; tok = strtok_r(NULL, ",", &save)) {
-		bool found = false;
-		if (strcmp(tok, "all") == 0) {
-			for (int i = 0; i < n; i++)
-				sel[i] = true;
-			found = true;
-		}
-		for (int i = 0; i < n && !found; i++)
-			if (strcmp(tok, names[i]) == 0 || (names == lib_names && strcmp(tok, "uv") == 0 && i == L_UV) ||
-			    (names == lib_names && strcmp(tok, "event") == 0 && i == L_EVENT)) {
-				sel[i] = true;
-				found = true;
-			}
-		if (!found)
-			ok = false;
-	}
-	free(copy);
-	return ok;
-}
-
-static long parse_num(const char *arg, char o, long lo, long hi)
-{
-	char *end;
-	errno = 0;
-	long v = strtol(arg, &end, 10);
-	if (errno != 0 || end == arg || *end != '\0' || v < lo || v > hi)
-		die("-%c: expected a number in %ld..%ld, got '%s'", o, lo, hi, arg);
-	return v;
-}
+static const char *const lib_aliases[] = { "uv", "libuv", "event", "libevent", NULL };
 
 static void usage(FILE *f)
 {
@@ -924,48 +723,37 @@ static void usage(FILE *f)
 
 int main(int argc, char **argv)
 {
-	bool set_r = false, set_n = false, set_a = false, set_w = false, set_T = false, set_F = false;
-	bool quick = false;
+	bench_init("bench-loop", 1);
 	int c;
-	while ((c = getopt(argc, argv, "r:n:a:w:T:F:s:t:opqvh")) != -1) {
+	while ((c = bench_getopt(argc, argv, "r:n:a:w:T:F:s:t:opqvh", usage)) != -1) {
 		switch (c) {
-		case 'r': opt.rounds = (int)parse_num(optarg, 'r', 1, MAX_ROUNDS); set_r = true; break;
-		case 'n': opt.npipes = (int)parse_num(optarg, 'n', 1, 1 << 24); set_n = true; break;
-		case 'a': opt.nactive = (int)parse_num(optarg, 'a', 1, 1 << 24); set_a = true; break;
-		case 'w': opt.nwrites = parse_num(optarg, 'w', 0, 1L << 40); set_w = true; break;
-		case 'T': opt.ntimers = (int)parse_num(optarg, 'T', 1, 1 << 26); set_T = true; break;
-		case 'F': opt.fire_ms = (int)parse_num(optarg, 'F', 0, 1000000); set_F = true; break;
+		case 'n': opt.npipes = (int)parse_num(optarg, 'n', 1, 1 << 24); break;
+		case 'a': opt.nactive = (int)parse_num(optarg, 'a', 1, 1 << 24); break;
+		case 'w': opt.nwrites = parse_num(optarg, 'w', 0, 1L << 40); break;
+		case 'T': opt.ntimers = (int)parse_num(optarg, 'T', 1, 1 << 26); break;
+		case 'F': opt.fire_ms = (int)parse_num(optarg, 'F', 0, 1000000); break;
 		case 's':
-			if (!parse_list(optarg, lib_names, NLIBS, opt.libs) || nlibs_selected() == 0)
+			if (!parse_list(optarg, lib_names, NLIBS, lib_aliases, opt.libs) || nlibs_selected() == 0)
 				die("-s: expected weft, libevent, libuv (comma-separated), got '%s'", optarg);
 			break;
 		case 't':
-			if (!parse_list(optarg, scen_names, NSCEN, opt.scens))
+			if (!parse_list(optarg, scen_names, NSCEN, NULL, opt.scens))
 				die("-t: expected active, idle, timers, fire (comma-separated), got '%s'", optarg);
 			break;
-		case 'o': opt.rotate = true; break;
 		case 'p': opt.use_pipes = true; break;
-		case 'q': quick = true; break;
-		case 'v': opt.verbose = true; break;
-		case 'h': usage(stdout); return 0;
-		default: usage(stderr); return 2;
 		}
 	}
-	if (optind != argc) {
-		usage(stderr);
-		return 2;
-	}
-	if (quick) {
-		if (!set_r) opt.rounds = 1;
-		if (!set_n) opt.npipes = 500;
-		if (!set_a) opt.nactive = 20;
-		if (!set_w) opt.nwrites = 5000;
-		if (!set_T) opt.ntimers = 5000;
-		if (!set_F) opt.fire_ms = 10;
+	if (bench.quick) { /* explicit options win */
+		if (!option_given('n')) opt.npipes = 500;
+		if (!option_given('a')) opt.nactive = 20;
+		if (!option_given('w')) opt.nwrites = 5000;
+		if (!option_given('T')) opt.ntimers = 5000;
+		if (!option_given('F')) opt.fire_ms = 10;
 	}
 
 	signal(SIGPIPE, SIG_IGN);
-	signal(SIGALRM, on_alarm);
+	wd_init(opt.watchdog_s, lib_names, scen_names, "missed events?");
+	signal(SIGALRM, wd_on_alarm);
 
 	struct utsname un;
 	uname(&un);
@@ -973,7 +761,7 @@ int main(int argc, char **argv)
 	       uv_version_string(), un.sysname, un.release);
 	loops_init();
 	printf("# libevent backend: %s; %d measured rounds (median) after 1 warm-up, interleaved%s\n",
-	       event_base_get_method(ebase), opt.rounds, opt.rotate ? ", order rotated" : "");
+	       event_base_get_method(ebase), bench.rounds, bench.rotate ? ", order rotated" : "");
 	fflush(stdout);
 
 	int pairs = 0;
@@ -1003,9 +791,9 @@ int main(int argc, char **argv)
 		evs = xcalloc((size_t)pairs, sizeof *evs);
 		uvps = xcalloc((size_t)pairs, sizeof *uvps);
 		if (opt.scens[S_ACTIVE])
-			run_io_scenario(S_ACTIVE, opt.nactive, opt.nactive, opt.nwrites);
+			run_io_scenario(S_ACTIVE, opt.nactive, opt.nactive);
 		if (opt.scens[S_IDLE])
-			run_io_scenario(S_IDLE, opt.npipes, idle_active, opt.nwrites);
+			run_io_scenario(S_IDLE, opt.npipes, idle_active);
 	}
 	if (opt.scens[S_TIMERS] || opt.scens[S_FIRE])
 		run_timer_scenarios();
