@@ -11,8 +11,9 @@
  *   weft      weft_listen (callback mode); per connection ONE long-lived
  *             weft_stream_readv_send whose next-vector callback asks for the
  *             4-byte length prefix, then for the body, and when the body is
- *             full queues the frame with weft_stream_writev_queue_send(s,
- *             NULL, ...) and asks for the next prefix.  Frames are read
+ *             full writes the frame with weft_stream_try_writev and queues
+ *             only what the socket did not take (weft_stream_writev_queue_send
+ *             (s, NULL, ...)), then asks for the next prefix.  Frames are read
  *             straight into pooled buffers that go out unchanged (no copy).
  *   libevent  evconnlistener + bufferevent_socket; the read callback moves
  *             the input into the output (bufferevent_write_buffer).
@@ -349,6 +350,17 @@ static int w_echo(struct wconn *c, weft_stream *s)
 {
 	struct blk *b = c->blk;
 	struct iovec v = { b->data, b->len };
+	/* Write what the socket takes now (uv_try_write style); only a
+	 * remainder becomes a queued request. */
+	ssize_t n = weft_stream_try_writev(s, &v, 1);
+	if (n == (ssize_t)b->len)
+		return 0; /* all sent: c->blk is free for the next frame */
+	if (n > 0) {
+		v.iov_base = b->data + n;
+		v.iov_len = b->len - (size_t)n;
+	} else if (n != -EAGAIN && n != -EBUSY) {
+		return (int)n;
+	}
 	weft_req *w = weft_stream_writev_queue_send(s, NULL, &v, 1);
 	if (w == NULL)
 		return -ENOMEM;

@@ -219,6 +219,15 @@ WEFT_EXPORT weft_req *weft_stream_writev_send(weft_stream *s, const struct iovec
  * ECONNRESET when the peer went away, ECANCELED on close). */
 WEFT_EXPORT ssize_t weft_stream_writev_recv(weft_req *req, int *perrno);
 
+/* Write what the transport takes now, without a request (uv_try_write):
+ * returns the bytes written (possibly fewer than the vector holds; queue
+ * the rest with writev_queue_send), -EAGAIN if nothing could be written,
+ * -EBUSY if another write of the stream is in progress or queued (writing
+ * now would reorder the stream), or another -errno (-EPIPE, -ECONNRESET).
+ * The buffers are not retained.  The cheapest way to answer small
+ * requests: no allocation, no callback. */
+WEFT_EXPORT ssize_t weft_stream_try_writev(weft_stream *s, const struct iovec *vector, size_t count);
+
 /* As writev_send, serialized through queue — or, with queue NULL, through
  * the stream's own write queue, which is what most callers want. */
 WEFT_EXPORT weft_req *weft_stream_writev_queue_send(weft_stream *s, weft_queue *queue,

@@ -590,6 +590,36 @@ ssize_t weft_stream_writev_recv(weft_req *req, int *perrno)
 	return (ssize_t)weft_req_progress(req);
 }
 
+ssize_t weft_stream_try_writev(weft_stream *s, const struct iovec *vector, size_t count)
+{
+	if (s == NULL || (vector == NULL && count > 0))
+		return -EINVAL;
+	if (s->closing)
+		return -EPIPE;
+	if (s->writer != NULL || weft_queue_length(s->wqueue) > 0)
+		return -EBUSY;
+	size_t total = 0;
+	while (count > 0) {
+		int n = count > MAX_IOV ? MAX_IOV : (int)count;
+		ssize_t w;
+		do
+			w = s->ops->writev(s, vector, n);
+		while (w == -EINTR);
+		if (w < 0)
+			return total > 0 ? (ssize_t)total : w;
+		total += (size_t)w;
+		/* Stop at the first partial write: the transport is full. */
+		size_t chunk = 0;
+		for (int i = 0; i < n; i++)
+			chunk += vector[i].iov_len;
+		if ((size_t)w < chunk)
+			break;
+		vector += n;
+		count -= (size_t)n;
+	}
+	return (ssize_t)total;
+}
+
 weft_req *weft_stream_writev_queue_send(weft_stream *s, weft_queue *queue, const struct iovec *vector, size_t count)
 {
 	weft_req *req = writev_new(s, vector, count, false);
