@@ -205,6 +205,15 @@ WEFT_EXPORT weft_req *weft_stream_readv_send(weft_stream *s, weft_stream_next_ve
  * stream was closed.  weft_req_progress(req) = bytes read. */
 WEFT_EXPORT int weft_stream_readv_recv(weft_req *req, int *perrno);
 
+/* Read what is there: complete as soon as at least one byte is in buf
+ * (up to len), like read(2) or libuv's read callback — for proxies and
+ * streams without PDUs.  Shares the one-read-at-a-time rule with readv
+ * (EBUSY).  buf is borrowed until completion. */
+WEFT_EXPORT weft_req *weft_stream_read_send(weft_stream *s, void *buf, size_t len);
+/* Bytes read (>= 1), or -errno with *perrno set: EPIPE at the end of the
+ * stream, ECONNRESET, ECANCELED, ETIMEDOUT, EINVAL (len 0 or buf NULL). */
+WEFT_EXPORT ssize_t weft_stream_read_recv(weft_req *req, int *perrno);
+
 /* Write the whole vector (as many partial writes as needed).  The iovec
  * array is copied; the buffers are borrowed until completion.  A plain
  * writev needs an idle stream: while another write (plain or queued) is in

@@ -51,6 +51,8 @@ struct readv_state {
 	const struct iovec *vec;
 	size_t count, idx, off;
 	bool have_vector;
+	bool some;            /* weft_stream_read_send: done at the first bytes */
+	struct iovec one;     /* its buffer */
 	uint64_t total;
 };
 
@@ -275,16 +277,17 @@ static void stream_kick(weft_stream *s)
 	weft_defer_schedule(&s->kick);
 }
 
-weft_req *weft_stream_readv_send(weft_stream *s, weft_stream_next_vector_fn next, void *data)
+/* A read request: with next, readv; with buf, read_send. */
+static weft_req *read_new(weft_stream *s, weft_stream_next_vector_fn next, void *data, void *buf, size_t len)
 {
 	if (s == NULL)
 		return NULL;
-	weft_req *req = weft_req_new(s->loop, sizeof(struct readv_state), "stream-readv");
+	weft_req *req = weft_req_new(s->loop, sizeof(struct readv_state), next ? "stream-readv" : "stream-read");
 	if (req == NULL)
 		return NULL;
 	struct readv_state *st = weft_req_state(req);
-	if (next == NULL || s->closing) {
-		weft_req_error(req, next == NULL ? EINVAL : ECANCELED);
+	if ((next == NULL && (buf == NULL || len == 0)) || s->closing) {
+		weft_req_error(req, s->closing ? ECANCELED : EINVAL);
 		return req;
 	}
 	if (s->reader != NULL) {
@@ -293,6 +296,14 @@ weft_req *weft_stream_readv_send(weft_stream *s, weft_stream_next_vector_fn next
 	}
 	st->next = next;
 	st->data = data;
+	if (next == NULL) {
+		st->some = true;
+		st->one.iov_base = buf;
+		st->one.iov_len = len;
+		st->vec = &st->one;
+		st->count = 1;
+		st->have_vector = true;
+	}
 	st->seq = ++s->read_seq;
 	op_link(s, &st->op, req);
 	weft_req_set_cleanup(req, readv_cleanup);
@@ -301,9 +312,27 @@ weft_req *weft_stream_readv_send(weft_stream *s, weft_stream_next_vector_fn next
 	return req;
 }
 
+weft_req *weft_stream_readv_send(weft_stream *s, weft_stream_next_vector_fn next, void *data)
+{
+	return read_new(s, next, data, NULL, 0); /* next NULL: EINVAL */
+}
+
 int weft_stream_readv_recv(weft_req *req, int *perrno)
 {
 	return weft_req_simple_recv(req, perrno);
+}
+
+weft_req *weft_stream_read_send(weft_stream *s, void *buf, size_t len)
+{
+	return read_new(s, NULL, NULL, buf, len);
+}
+
+ssize_t weft_stream_read_recv(weft_req *req, int *perrno)
+{
+	int r = weft_req_simple_recv(req, perrno);
+	if (r < 0)
+		return r;
+	return (ssize_t)weft_req_progress(req);
 }
 
 /* Ask the caller for the next vector.  Returns false if the request ended
@@ -416,6 +445,10 @@ static void serve_read(weft_stream *s)
 	size_t budget = READ_BUDGET;
 	for (;;) {
 		if (!st->have_vector || st->idx >= st->count) {
+			if (st->some) {
+				weft_req_done(req); /* the buffer is full */
+				return;
+			}
 			st->have_vector = false;
 			if (!ask_next(s, req, st))
 				return;
@@ -425,6 +458,10 @@ static void serve_read(weft_stream *s)
 		}
 		bool full = fill_from_readahead(s, st);
 		weft_req_set_progress(req, st->total);
+		if (st->some && st->total > 0) {
+			weft_req_done(req); /* read what is there */
+			return;
+		}
 		if (full)
 			continue;
 		if (s->drained || budget == 0) {
