@@ -2,8 +2,11 @@
 
 #include <dirent.h>
 #include <signal.h>
+#include <errno.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 static int t_count;
 static int t_failed_total;
@@ -46,6 +49,13 @@ uint64_t t_now_ms(void)
 	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
+void t_sleep_ms(unsigned ms)
+{
+	struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
+	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+		;
+}
+
 void t_run(const char *name, void (*fn)(void))
 {
 	static bool sigpipe_ignored;
@@ -69,6 +79,34 @@ void t_run(const char *name, void (*fn)(void))
 		printf("ok %d - %s\n", t_count, name);
 	}
 	fflush(stdout);
+}
+
+static const char *t_current_test;
+
+static void t_on_alarm(int sig)
+{
+	(void)sig;
+	static const char pre[] = "Bail out! watchdog: test ";
+	static const char post[] = " hangs\n";
+	ssize_t ignored = write(1, pre, sizeof pre - 1);
+	if (t_current_test)
+		ignored = write(1, t_current_test, strlen(t_current_test));
+	ignored = write(1, post, sizeof post - 1);
+	(void)ignored;
+	_exit(2);
+}
+
+void t_run_watchdog(const char *name, void (*fn)(void), unsigned seconds)
+{
+	static bool handler_set;
+	if (!handler_set) {
+		signal(SIGALRM, t_on_alarm);
+		handler_set = true;
+	}
+	t_current_test = name;
+	alarm(seconds);
+	t_run(name, fn);
+	alarm(0);
 }
 
 int t_finish(void)

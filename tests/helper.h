@@ -24,6 +24,10 @@ void t_check_eq(const char *file, int line, const char *expr, long long a, long 
  * any CHECK failed or if the number of open fds differs afterwards. */
 void t_run(const char *name, void (*fn)(void));
 
+/* t_run under a watchdog: a test still running after `seconds` ends the
+ * program with "Bail out! watchdog: test NAME hangs" (exit status 2). */
+void t_run_watchdog(const char *name, void (*fn)(void), unsigned seconds);
+
 /* Print the TAP plan; returns the process exit status (0: all passed). */
 int t_finish(void);
 
@@ -32,5 +36,8 @@ int t_fd_count(void);
 
 /* CLOCK_MONOTONIC in milliseconds. */
 uint64_t t_now_ms(void);
+
+/* Sleep for ms milliseconds (resumed after signals). */
+void t_sleep_ms(unsigned ms);
 
 #endif

@@ -365,13 +365,6 @@ static void drain(int fd)
 		;
 }
 
-static void sleep_ms(long ms)
-{
-	struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
-		;
-}
-
 /* ---- 1. socketpair echo -------------------------------------------------- */
 
 #define ECHO_MSGS 1000
@@ -748,7 +741,7 @@ struct async_state {
 	uint64_t got_at;
 	uint64_t sent_at;
 	int send_rc;
-	long delay_ms;
+	unsigned delay_ms;
 };
 
 static void async_cb(weft_async *a, void *data)
@@ -763,7 +756,7 @@ static void async_cb(weft_async *a, void *data)
 static void *async_thread(void *p)
 {
 	struct async_state *s = p;
-	sleep_ms(s->delay_ms);
+	t_sleep_ms(s->delay_ms);
 	s->sent_at = t_now_ms();
 	s->send_rc = weft_async_send(s->a);
 	weft_async_send(s->a);

@@ -33,13 +33,6 @@ static uint64_t late_ms = 250;
 
 /* ---- small utilities --------------------------------------------------- */
 
-static void msleep(unsigned ms)
-{
-	struct timespec ts = { (time_t)(ms / 1000), (long)(ms % 1000) * 1000000L };
-	while (nanosleep(&ts, &ts) == -1 && errno == EINTR)
-		;
-}
-
 static int mk_sp(int sv[2])
 {
 	return socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv);
@@ -237,7 +230,7 @@ static void test_loop_new_free(void)
 	weft_loop_update_time(loop);
 	uint64_t now = weft_loop_now(loop), real = t_now_ms();
 	CHECK(now + 2 >= real && now <= real + 2);
-	msleep(20);
+	t_sleep_ms(20);
 	CHECK_EQ(weft_loop_now(loop), now);
 	weft_loop_update_time(loop);
 	CHECK(weft_loop_now(loop) >= now + 20);
@@ -992,7 +985,7 @@ static void late_cb(weft_timer *t, void *data)
 	struct late_ctx *c = data;
 	c->at[c->calls++] = t_now_ms();
 	if (c->calls == 1)
-		msleep(65); /* miss ~6 periods */
+		t_sleep_ms(65); /* miss ~6 periods */
 	if (c->calls == 4)
 		weft_timer_stop(t);
 }
@@ -1050,7 +1043,7 @@ static void test_timer_stop_in_callback(void)
 		REQUIRE(weft_timer_new(loop, kill_cb, &c, &c.t[1]) == 0);
 		CHECK_EQ(weft_timer_start(c.t[0], 10, 0), 0);
 		CHECK_EQ(weft_timer_start(c.t[1], 10, 0), 0);
-		msleep(15); /* both are overdue when the loop looks */
+		t_sleep_ms(15); /* both are overdue when the loop looks */
 		CHECK_EQ(weft_loop_run(loop, WEFT_RUN_DEFAULT), 0);
 		CHECK_EQ(c.calls[0], 1);
 		CHECK_EQ(c.calls[1], 0);
@@ -1278,7 +1271,7 @@ static void test_timer_remaining(void)
 	CHECK_EQ(weft_timer_start(t, 1000, 0), 0);
 	int64_t rem = weft_timer_remaining(t);
 	CHECK(rem > 900 && rem <= 1000);
-	msleep(30);
+	t_sleep_ms(30);
 	weft_loop_update_time(loop);
 	rem = weft_timer_remaining(t);
 	CHECK(rem >= 900 && rem <= 970);
@@ -1289,7 +1282,7 @@ static void test_timer_remaining(void)
 
 	/* overdue → 0 */
 	CHECK_EQ(weft_timer_start(t, 1, 0), 0);
-	msleep(20);
+	t_sleep_ms(20);
 	weft_loop_update_time(loop);
 	CHECK_EQ(weft_timer_remaining(t), 0);
 	CHECK_EQ(weft_loop_run(loop, WEFT_RUN_NOWAIT), 0);
@@ -1909,7 +1902,7 @@ static void test_get_timeout_defer(void)
 	CHECK(to > 900 && to <= 1000);
 	/* an overdue timer → 0 */
 	CHECK_EQ(weft_timer_start(t, 1, 0), 0);
-	msleep(10);
+	t_sleep_ms(10);
 	CHECK_EQ(weft_loop_get_timeout(loop) == 0 || weft_loop_get_timeout(loop) == 1, 1);
 	weft_timer_stop(t);
 	CHECK_EQ(weft_loop_get_timeout(loop), -1);
@@ -2240,7 +2233,7 @@ struct thr {
 static void *thr_send(void *arg)
 {
 	struct thr *t = arg;
-	msleep(t->delay_ms);
+	t_sleep_ms(t->delay_ms);
 	for (int i = 0; i < t->sends; i++) {
 		int r = weft_async_send(t->async);
 		if (r != 0)
@@ -2258,7 +2251,7 @@ static void *thr_send(void *arg)
 static void *thr_wakeup(void *arg)
 {
 	struct thr *t = arg;
-	msleep(t->delay_ms);
+	t_sleep_ms(t->delay_ms);
 	t->ret = weft_loop_wakeup(t->loop);
 	return NULL;
 }

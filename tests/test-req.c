@@ -18,7 +18,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <signal.h>
 #include <stdalign.h>
 #include <stddef.h>
 #include <stdlib.h>
@@ -2597,34 +2596,14 @@ static void test_queue_free_reentrant_cleanup(void)
  * main
  * ========================================================================= */
 
-static const char *g_current_test;
-
-static void on_alarm(int sig)
-{
-	(void)sig;
-	static const char pre[] = "Bail out! watchdog: test ";
-	static const char post[] = " hangs\n";
-	ssize_t ignored = write(1, pre, sizeof pre - 1);
-	if (g_current_test)
-		ignored = write(1, g_current_test, strlen(g_current_test));
-	ignored = write(1, post, sizeof post - 1);
-	(void)ignored;
-	_exit(2);
-}
-
 static void run(const char *name, void (*fn)(void))
 {
-	g_current_test = name;
 	tr_reset();
-	alarm(60);
-	t_run(name, fn);
-	alarm(0);
+	t_run_watchdog(name, fn, 60);
 }
 
 int main(void)
 {
-	signal(SIGALRM, on_alarm);
-
 	run("req: new, state, accessors", test_new_and_state);
 	run("req: sleep completes, callback data, recv, status", test_sleep_done);
 	run("req: read one byte from a socketpair", test_readbyte);

@@ -55,22 +55,20 @@ static weft_loop *new_loop(void)
 	return loop;
 }
 
-/* Run the loop until the streams closed so far are gone, then free it. */
-static void free_loop(weft_loop *loop)
+/* Run the loop until the streams closed so far are gone, then free it:
+ * weft_loop_free's result (also for forked children, which cannot CHECK). */
+static int drain_and_free(weft_loop *loop)
 {
-	if (loop == NULL)
-		return;
 	int r = -EBUSY;
 	for (int i = 0; i < 100 && (r = weft_loop_free(loop)) == -EBUSY; i++)
 		weft_loop_run(loop, WEFT_RUN_NOWAIT);
-	CHECK_EQ(r, 0);
+	return r;
 }
 
-static void sleep_ms(unsigned ms)
+static void free_loop(weft_loop *loop)
 {
-	struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
-	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
-		;
+	if (loop != NULL)
+		CHECK_EQ(drain_and_free(loop), 0);
 }
 
 /* A fresh Unix path "unix:/tmp/weft-sock-XXXXXX/NAME-SEQ". */
@@ -83,6 +81,48 @@ static void unix_path_text(char *buf, size_t size, const char *name)
 static void unix_abstract_text(char *buf, size_t size, const char *name)
 {
 	snprintf(buf, size, "unix:@weft-test-%d-%s-%d", (int)getpid(), name, ++g_seq);
+}
+
+/* The file of a Unix path address; NULL for any other address. */
+static const char *unix_path_of(const weft_addr *a)
+{
+	const char *path = ((const struct sockaddr_un *)&a->u.ss)->sun_path;
+	return a->kind == WEFT_ADDR_UNIX && path[0] != '\0' ? path : NULL;
+}
+
+/* A socket file is gone: removed by whoever created it. */
+static void check_removed(const char *path)
+{
+	struct stat st;
+	CHECK_EQ(stat(path, &st), -1);
+	CHECK_EQ(errno, ENOENT);
+}
+
+/* n iterations of the loop that do not block: what is ready runs. */
+static void run_nowait(weft_loop *loop, int n)
+{
+	for (int i = 0; i < n; i++)
+		weft_loop_run(loop, WEFT_RUN_NOWAIT);
+}
+
+static void tick(weft_timer *t, void *data)
+{
+	(void)t;
+	(void)data;
+}
+
+/* Run the loop until *count reaches n, for at most ms (a timer wakes it:
+ * it never blocks for good).  Returns whether *count got there. */
+static bool run_until(weft_loop *loop, const int *count, int n, unsigned ms)
+{
+	weft_timer *t = NULL;
+	if (weft_timer_new(loop, tick, NULL, &t) == 0)
+		weft_timer_start(t, 50, 50);
+	uint64_t end = t_now_ms() + ms;
+	while (*count < n && t_now_ms() < end)
+		weft_loop_run(loop, WEFT_RUN_ONCE);
+	weft_timer_free(t);
+	return *count >= n;
 }
 
 static double cpu_ms(void)
@@ -140,72 +180,110 @@ static int next_once(weft_stream *s, void *data, const struct iovec **vec, size_
 	return 0;
 }
 
-/* Read exactly len bytes.  Returns 0 or -errno; *progress (if not NULL)
- * gets weft_req_progress. */
-static int read_exact(weft_stream *s, void *buf, size_t len, uint64_t *progress)
+/* How a synchronous wrapper takes a request's result: its _recv function,
+ * handing out what it returns through out. */
+typedef ssize_t (*recv_fn)(weft_req *req, void *out, int *perrno);
+
+/* Wait for req (NULL: -ENOMEM), take its result with recv and free it.  A
+ * failed wait is a check failure (its value is returned); a -errno result
+ * that disagrees with *perrno becomes -1000. */
+static ssize_t finish_sync(weft_req *req, recv_fn recv, void *out)
 {
-	struct rx_once rx = {.iov = {buf, len}};
-	weft_req *req = weft_stream_readv_send(s, next_once, &rx);
 	if (req == NULL)
 		return -ENOMEM;
-	int r = weft_req_wait(req);
+	ssize_t r = weft_req_wait(req);
+	CHECK_EQ(r, 0);
 	if (r == 0) {
 		int err = 0;
-		r = weft_stream_readv_recv(req, &err);
+		r = recv(req, out, &err);
 		if (r < 0 && err != -r)
 			r = -1000; /* perrno disagrees */
 	}
-	if (progress)
-		*progress = weft_req_progress(req);
 	weft_req_free(req);
 	return r;
+}
+
+/* recv_fn for readv and writev: out (may be NULL) gets weft_req_progress. */
+static ssize_t readv_result(weft_req *req, void *progress, int *perrno)
+{
+	if (progress != NULL)
+		*(uint64_t *)progress = weft_req_progress(req);
+	return weft_stream_readv_recv(req, perrno);
+}
+
+static ssize_t writev_result(weft_req *req, void *progress, int *perrno)
+{
+	if (progress != NULL)
+		*(uint64_t *)progress = weft_req_progress(req);
+	return weft_stream_writev_recv(req, perrno);
+}
+
+/* out for accept_result and recvfrom_result: the stream / datagram and the
+ * peer's address handed out (each may be NULL). */
+struct recv_out {
+	void *ret;
+	weft_addr *addr;
+};
+
+static ssize_t connect_result(weft_req *req, void *stream, int *perrno)
+{
+	return weft_sock_connect_recv(req, stream, perrno);
+}
+
+/* readv with next until it completes: 0 or -errno; *progress (if not NULL)
+ * gets weft_req_progress. */
+static int readv_sync(weft_stream *s, weft_stream_next_vector_fn next, void *data, uint64_t *progress)
+{
+	return (int)finish_sync(weft_stream_readv_send(s, next, data), readv_result, progress);
+}
+
+/* Read exactly len bytes. */
+static int read_exact(weft_stream *s, void *buf, size_t len, uint64_t *progress)
+{
+	struct rx_once rx = {.iov = {buf, len}};
+	return readv_sync(s, next_once, &rx, progress);
 }
 
 /* Write all of buf (plain writev).  Returns bytes written or -errno. */
 static ssize_t write_all(weft_stream *s, const void *buf, size_t len)
 {
 	struct iovec iov = {(void *)buf, len};
-	weft_req *req = weft_stream_writev_send(s, &iov, 1);
-	if (req == NULL)
-		return -ENOMEM;
-	ssize_t n = weft_req_wait(req);
-	if (n == 0) {
-		int err = 0;
-		n = weft_stream_writev_recv(req, &err);
-		if (n < 0 && err != -n)
-			n = -1000;
-	}
-	weft_req_free(req);
-	return n;
+	return finish_sync(weft_stream_writev_send(s, &iov, 1), writev_result, NULL);
 }
 
 static int connect_sync(weft_loop *loop, const weft_addr *dst, weft_stream **ret)
 {
-	weft_req *req = weft_sock_connect_send(loop, dst);
-	if (req == NULL)
-		return -ENOMEM;
-	int r = weft_req_wait(req);
-	int err = 0;
-	if (r == 0) {
-		r = weft_sock_connect_recv(req, ret, &err);
-		if (r < 0 && err != -r)
-			r = -1000;
+	return (int)finish_sync(weft_sock_connect_send(loop, dst), connect_result, ret);
+}
+
+/* A socketpair(2): *s a stream on one end; returns the other end's fd, or
+ * -1 (a check failed). */
+static int stream_and_fd(weft_loop *loop, weft_stream **s)
+{
+	int sv[2];
+	*s = NULL;
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
+		CHECK(false);
+		return -1;
 	}
-	weft_req_free(req);
-	return r;
+	int r = weft_stream_new_socket(loop, sv[0], s); /* closes sv[0] on failure */
+	CHECK_EQ(r, 0);
+	if (r != 0) {
+		close(sv[1]);
+		return -1;
+	}
+	return sv[1];
 }
 
 /* A connected pair of socket streams over socketpair(2). */
 static bool stream_pair(weft_loop *loop, weft_stream **a, weft_stream **b)
 {
-	int sv[2];
-	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+	int fd = stream_and_fd(loop, a);
+	if (fd < 0)
 		return false;
-	int r1 = weft_stream_new_socket(loop, sv[0], a);
-	int r2 = weft_stream_new_socket(loop, sv[1], b);
-	CHECK_EQ(r1, 0);
-	CHECK_EQ(r2, 0);
-	return r1 == 0 && r2 == 0;
+	int r = weft_stream_new_socket(loop, fd, b);
+	CHECK_EQ(r, 0);
+	return r == 0;
 }
 
 /* ---- 1. addresses ------------------------------------------------------- */
@@ -453,25 +531,6 @@ static void on_accept(weft_listener *l, weft_stream *s, const weft_addr *peer, i
 	srv->streams[srv->n++] = s;
 }
 
-/* Run the loop until srv has n connections (at most 5 s). */
-static void tick(weft_timer *t, void *data)
-{
-	(void)t;
-	(void)data;
-}
-
-static bool wait_accepted(weft_loop *loop, struct srv *srv, int n)
-{
-	weft_timer *t = NULL; /* wakes the loop: never block for good */
-	if (weft_timer_new(loop, tick, NULL, &t) == 0)
-		weft_timer_start(t, 50, 50);
-	uint64_t end = t_now_ms() + 5000;
-	while (srv->n < n && t_now_ms() < end)
-		weft_loop_run(loop, WEFT_RUN_ONCE);
-	weft_timer_free(t);
-	return srv->n >= n;
-}
-
 static void srv_close_all(struct srv *srv)
 {
 	for (int i = 0; i < srv->n; i++)
@@ -495,27 +554,64 @@ static void echo_both_ways(weft_stream *a, weft_stream *b)
 	CHECK_EQ(memcmp(buf, m2, sizeof(m2)), 0);
 }
 
-static void check_connect_listen(const char *text)
+/* Listen on text with opts and cb (NULL: accept requests); *bound gets the
+ * address bound (the real port).  NULL if that failed (a check failed). */
+static weft_listener *listen_at(weft_loop *loop, const char *text, const weft_listen_opts *opts,
+		weft_accept_cb cb, void *data, weft_addr *bound)
 {
-	weft_loop *loop = new_loop();
-	REQUIRE(loop != NULL);
+	weft_addr addr;
+	weft_listener *l = NULL;
+	int r = weft_addr_parse(text, &addr);
+	if (r == 0)
+		r = weft_listen(loop, &addr, opts, cb, data, &l);
+	if (r == 0 && (r = weft_listener_addr(l, bound)) != 0)
+		weft_listener_free(l);
+	if (r != 0)
+		printf("# listen %s: %s\n", text, strerror(-r));
+	CHECK_EQ(r, 0);
+	return r == 0 ? l : NULL;
+}
+
+/* Connect to dst and run the loop until srv has accepted the connection:
+ * the client stream, or NULL (a check failed). */
+static weft_stream *connect_accepted(weft_loop *loop, const weft_addr *dst, struct srv *srv)
+{
+	int want = srv->n + 1; /* connect_sync runs the loop: it may be in already */
+	weft_stream *c = NULL;
+	int r = connect_sync(loop, dst, &c);
+	if (r != 0)
+		printf("# connect: %s\n", strerror(-r));
+	CHECK_EQ(r, 0);
+	if (r == 0)
+		CHECK(run_until(loop, &srv->n, want, 5000));
+	return c;
+}
+
+static ssize_t accept_result(weft_req *req, void *out, int *perrno)
+{
+	struct recv_out *o = out;
+	return weft_listener_accept_recv(req, o->ret, o->addr, perrno);
+}
+
+/* One accept request on l (made with cb NULL), waited for. */
+static int accept_sync(weft_listener *l, weft_stream **s, weft_addr *peer)
+{
+	return (int)finish_sync(weft_listener_accept_send(l), accept_result, &(struct recv_out){s, peer});
+}
+
+static void check_connect_listen(weft_loop *loop, const char *text)
+{
 	weft_addr addr, bound;
 	REQUIRE(weft_addr_parse(text, &addr) == 0);
 	struct srv srv = {0};
-	weft_listener *l = NULL;
-	int r = weft_listen(loop, &addr, NULL, on_accept, &srv, &l);
-	if (r != 0)
-		printf("# listen %s: %s\n", text, strerror(-r));
-	REQUIRE(r == 0);
+	weft_listener *l = listen_at(loop, text, NULL, on_accept, &srv, &bound);
+	REQUIRE(l != NULL);
 	CHECK(weft_listener_fd(l) >= 0);
-	CHECK_EQ(weft_listener_addr(l, &bound), 0);
 	bool is_unix = addr.kind == WEFT_ADDR_UNIX;
-	bool is_path = is_unix && ((struct sockaddr_un *)&addr.u.ss)->sun_path[0] != '\0';
-	char path[128] = "";
+	const char *path = unix_path_of(&addr);
 	if (is_unix) {
 		CHECK(weft_addr_equal(&addr, &bound));
-		if (is_path) {
-			snprintf(path, sizeof(path), "%s", ((struct sockaddr_un *)&addr.u.ss)->sun_path);
+		if (path != NULL) {
 			struct stat st;
 			CHECK_EQ(stat(path, &st), 0);
 			CHECK(S_ISSOCK(st.st_mode));
@@ -526,12 +622,8 @@ static void check_connect_listen(const char *text)
 		CHECK_EQ(bound.u.sa.sa_family, addr.u.sa.sa_family);
 	}
 
-	weft_stream *c = NULL;
-	r = connect_sync(loop, &bound, &c);
-	if (r != 0)
-		printf("# connect %s: %s\n", text, strerror(-r));
-	REQUIRE(r == 0 && c != NULL);
-	CHECK(wait_accepted(loop, &srv, 1));
+	weft_stream *c = connect_accepted(loop, &bound, &srv);
+	REQUIRE(c != NULL);
 	CHECK_EQ(srv.n, 1);
 	CHECK_EQ(srv.errs, 0);
 	if (srv.n == 1) {
@@ -576,9 +668,7 @@ static void check_connect_listen(const char *text)
 			CHECK_EQ(pid, 12345);
 		}
 		/* a second connection on the same listener */
-		weft_stream *c2 = NULL;
-		CHECK_EQ(connect_sync(loop, &bound, &c2), 0);
-		CHECK(wait_accepted(loop, &srv, 2));
+		weft_stream *c2 = connect_accepted(loop, &bound, &srv);
 		if (c2 != NULL && srv.n == 2)
 			echo_both_ways(srv.streams[1], c2);
 		weft_stream_close(c2, NULL, NULL);
@@ -586,71 +676,55 @@ static void check_connect_listen(const char *text)
 	weft_stream_close(c, NULL, NULL);
 	srv_close_all(&srv);
 	weft_listener_free(l);
-	if (is_path) {
-		struct stat st;
-		CHECK_EQ(stat(path, &st), -1);
-		CHECK_EQ(errno, ENOENT);
-	}
+	if (path != NULL)
+		check_removed(path);
 	/* the listener is gone: connecting fails */
-	CHECK_EQ(connect_sync(loop, &bound, &c), is_path ? -ENOENT : -ECONNREFUSED);
-	free_loop(loop);
+	CHECK_EQ(connect_sync(loop, &bound, &c), path != NULL ? -ENOENT : -ECONNREFUSED);
 }
 
-static void test_listen_tcp4(void)
+static void test_listen_tcp4(weft_loop *loop)
 {
-	check_connect_listen("tcp:127.0.0.1:0");
+	check_connect_listen(loop, "tcp:127.0.0.1:0");
 }
 
-static void test_listen_tcp6(void)
+static void test_listen_tcp6(weft_loop *loop)
 {
-	check_connect_listen("tcp:[::1]:0");
+	check_connect_listen(loop, "tcp:[::1]:0");
 }
 
-static void test_listen_unix_path(void)
+static void test_listen_unix_path(weft_loop *loop)
 {
 	char text[128];
 	unix_path_text(text, sizeof(text), "listen");
-	check_connect_listen(text);
+	check_connect_listen(loop, text);
 }
 
-static void test_listen_unix_abstract(void)
+static void test_listen_unix_abstract(weft_loop *loop)
 {
 	char text[128];
 	unix_abstract_text(text, sizeof(text), "listen");
-	check_connect_listen(text);
+	check_connect_listen(loop, text);
 }
 
 /* Accept-request mode (cb NULL). */
-static void test_accept_send(void)
+static void test_accept_send(weft_loop *loop)
 {
-	weft_loop *loop = new_loop();
-	REQUIRE(loop != NULL);
-	weft_addr addr, bound;
-	REQUIRE(weft_addr_parse("tcp:127.0.0.1:0", &addr) == 0);
-	weft_listener *l = NULL;
-	REQUIRE(weft_listen(loop, &addr, NULL, NULL, NULL, &l) == 0);
-	REQUIRE(weft_listener_addr(l, &bound) == 0);
+	weft_addr bound;
+	weft_listener *l = listen_at(loop, "tcp:127.0.0.1:0", NULL, NULL, NULL, &bound);
+	REQUIRE(l != NULL);
 
 	weft_req *acc = weft_listener_accept_send(l);
 	REQUIRE(acc != NULL);
 	/* one accept at a time */
-	weft_req *acc2 = weft_listener_accept_send(l);
-	REQUIRE(acc2 != NULL);
-	CHECK_EQ(weft_req_wait(acc2), 0);
-	int err = 0;
 	weft_stream *s = NULL;
-	CHECK_EQ(weft_listener_accept_recv(acc2, &s, NULL, &err), -EBUSY);
-	CHECK_EQ(err, EBUSY);
-	weft_req_free(acc2);
+	CHECK_EQ(finish_sync(weft_listener_accept_send(l), accept_result, &(struct recv_out){&s, NULL}), -EBUSY);
 	CHECK(weft_req_is_in_progress(acc));
 
 	weft_stream *c = NULL;
 	REQUIRE(connect_sync(loop, &bound, &c) == 0);
-	CHECK_EQ(weft_req_wait(acc), 0);
 	weft_addr peer, cl;
 	memset(&peer, 0, sizeof(peer));
-	CHECK_EQ(weft_listener_accept_recv(acc, &s, &peer, &err), 0);
-	weft_req_free(acc);
+	CHECK_EQ(finish_sync(acc, accept_result, &(struct recv_out){&s, &peer}), 0);
 	REQUIRE(s != NULL);
 	CHECK_EQ(weft_stream_local_addr(c, &cl), 0);
 	CHECK(weft_addr_equal(&peer, &cl));
@@ -660,12 +734,8 @@ static void test_accept_send(void)
 
 	/* a connection waiting in the kernel before the accept request */
 	REQUIRE(connect_sync(loop, &bound, &c) == 0);
-	acc = weft_listener_accept_send(l);
-	REQUIRE(acc != NULL);
-	CHECK_EQ(weft_req_wait(acc), 0);
 	s = NULL;
-	CHECK_EQ(weft_listener_accept_recv(acc, &s, NULL, &err), 0);
-	weft_req_free(acc);
+	CHECK_EQ(accept_sync(l, &s, NULL), 0);
 	if (s != NULL)
 		echo_both_ways(s, c);
 	weft_stream_close(s, NULL, NULL);
@@ -675,52 +745,66 @@ static void test_accept_send(void)
 	acc = weft_listener_accept_send(l);
 	REQUIRE(acc != NULL);
 	weft_listener_free(l);
-	CHECK_EQ(weft_req_wait(acc), 0);
-	CHECK_EQ(weft_listener_accept_recv(acc, &s, NULL, &err), -ECANCELED);
-	CHECK_EQ(err, ECANCELED);
-	weft_req_free(acc);
+	CHECK_EQ(finish_sync(acc, accept_result, &(struct recv_out){&s, NULL}), -ECANCELED);
 
 	/* accept_send on a callback listener is refused */
 	struct srv srv = {0};
-	REQUIRE(weft_listen(loop, &addr, NULL, on_accept, &srv, &l) == 0);
+	l = listen_at(loop, "tcp:127.0.0.1:0", NULL, on_accept, &srv, &bound);
+	REQUIRE(l != NULL);
 	acc = weft_listener_accept_send(l);
 	REQUIRE(acc != NULL);
-	CHECK_EQ(weft_req_wait(acc), 0);
-	CHECK(weft_listener_accept_recv(acc, &s, NULL, &err) < 0);
-	weft_req_free(acc);
+	CHECK(finish_sync(acc, accept_result, &(struct recv_out){&s, NULL}) < 0);
 	weft_listener_free(l);
-	free_loop(loop);
 }
 
 /* ---- 3. connection refused ------------------------------------------------ */
 
-static void test_connect_refused(void)
+/* A socket of type (SOCK_STREAM, SOCK_DGRAM) bound to a free port of the
+ * loopback address of family, and that address (TCP, UDP) in *ret: the fd,
+ * or -1 (a check failed). */
+static int bound_loopback(int family, int type, weft_addr *ret)
 {
-	weft_loop *loop = new_loop();
-	REQUIRE(loop != NULL);
+	struct sockaddr_storage ss = {.ss_family = (sa_family_t)family};
+	socklen_t len = sizeof(struct sockaddr_in6);
+	if (family == AF_INET) {
+		((struct sockaddr_in *)&ss)->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+		len = sizeof(struct sockaddr_in);
+	} else {
+		((struct sockaddr_in6 *)&ss)->sin6_addr = in6addr_loopback;
+	}
+	int fd = socket(family, type | SOCK_CLOEXEC, 0);
+	int r = fd < 0 ? -errno : 0;
+	if (r == 0 && bind(fd, (struct sockaddr *)&ss, len) < 0)
+		r = -errno;
+	if (r == 0 && getsockname(fd, (struct sockaddr *)&ss, &len) < 0)
+		r = -errno;
+	if (r == 0)
+		r = weft_addr_from_sockaddr((struct sockaddr *)&ss, len,
+				type == SOCK_STREAM ? WEFT_ADDR_TCP : WEFT_ADDR_UDP, ret);
+	if (r != 0) {
+		printf("# a bound loopback socket: %s\n", strerror(-r));
+		if (fd >= 0)
+			close(fd);
+		fd = -1;
+	}
+	CHECK_EQ(r, 0);
+	return fd;
+}
+
+static void test_connect_refused(weft_loop *loop)
+{
 	/* a bound TCP port with no listener */
-	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	REQUIRE(fd >= 0);
-	struct sockaddr_in sin = {.sin_family = AF_INET};
-	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	socklen_t len = sizeof(sin);
-	CHECK_EQ(bind(fd, (struct sockaddr *)&sin, sizeof(sin)), 0);
-	CHECK_EQ(getsockname(fd, (struct sockaddr *)&sin, &len), 0);
 	weft_addr a;
-	REQUIRE(weft_addr_from_sockaddr((struct sockaddr *)&sin, len, WEFT_ADDR_TCP, &a) == 0);
+	int fd = bound_loopback(AF_INET, SOCK_STREAM, &a);
+	REQUIRE(fd >= 0);
 	weft_stream *s = NULL;
 	CHECK_EQ(connect_sync(loop, &a, &s), -ECONNREFUSED);
 	CHECK(s == NULL);
 	close(fd);
 
 	/* the same on ::1 */
-	fd = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	fd = bound_loopback(AF_INET6, SOCK_STREAM, &a);
 	REQUIRE(fd >= 0);
-	struct sockaddr_in6 sin6 = {.sin6_family = AF_INET6, .sin6_addr = IN6ADDR_LOOPBACK_INIT};
-	len = sizeof(sin6);
-	CHECK_EQ(bind(fd, (struct sockaddr *)&sin6, sizeof(sin6)), 0);
-	CHECK_EQ(getsockname(fd, (struct sockaddr *)&sin6, &len), 0);
-	REQUIRE(weft_addr_from_sockaddr((struct sockaddr *)&sin6, len, WEFT_ADDR_TCP, &a) == 0);
 	CHECK_EQ(connect_sync(loop, &a, &s), -ECONNREFUSED);
 	close(fd);
 
@@ -737,7 +821,6 @@ static void test_connect_refused(void)
 	REQUIRE(weft_addr_parse("udp:127.0.0.1:9", &a) == 0);
 	CHECK_EQ(connect_sync(loop, &a, &s), -EINVAL);
 	CHECK_EQ(connect_sync(loop, NULL, &s), -EINVAL);
-	free_loop(loop);
 }
 
 /* ---- 4. readv with a next-vector callback: PDUs ---------------------------- */
@@ -905,30 +988,6 @@ static int line_next(weft_stream *s, void *data, const struct iovec **vec, size_
 	return 0;
 }
 
-/* Fork a child that writes buf to fd one byte per write(2), pausing a
- * little after most bytes.  Returns its pid. */
-static pid_t fork_trickler(int fd, const void *buf, size_t len)
-{
-	pid_t pid = fork();
-	if (pid != 0)
-		return pid;
-	child_keep_fds(&fd, 1);
-	const uint8_t *p = buf;
-	for (size_t i = 0; i < len; i++) {
-		ssize_t w;
-		do
-			w = write(fd, p + i, 1);
-		while (w < 0 && errno == EINTR);
-		if (w != 1)
-			_exit(3);
-		if (i % 5 != 4) {
-			struct timespec ts = {0, 20000};
-			nanosleep(&ts, NULL);
-		}
-	}
-	_exit(0);
-}
-
 static int reap(pid_t pid)
 {
 	int status = 0;
@@ -941,82 +1000,125 @@ static int reap(pid_t pid)
 	return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
-static void test_pdu_trickle(void)
+/* Fork a peer on the other end of a socketpair: the child closes every fd
+ * but stdio, its end and keep[], and leaves with _exit(child(its end, arg));
+ * the parent gets the pid and *s on its end, or -1 (a check failed). */
+static pid_t fork_peer(weft_loop *loop, int (*child)(int fd, const void *arg), const void *arg,
+		const int *keep, int nkeep, weft_stream **s)
 {
-	weft_loop *loop = new_loop();
-	REQUIRE(loop != NULL);
 	int sv[2];
-	REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+	*s = NULL;
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
+		CHECK(false);
+		return -1;
+	}
+	pid_t pid = fork();
+	if (pid == 0) {
+		int fds[8] = {sv[1]};
+		for (int i = 0; i < nkeep && i < 7; i++)
+			fds[i + 1] = keep[i];
+		child_keep_fds(fds, nkeep + 1);
+		_exit(child(sv[1], arg));
+	}
+	close(sv[1]);
+	CHECK(pid > 0);
+	if (pid < 0) {
+		close(sv[0]);
+		return -1;
+	}
+	int r = weft_stream_new_socket(loop, sv[0], s); /* closes sv[0] on failure */
+	CHECK_EQ(r, 0);
+	if (r != 0) {
+		reap(pid);
+		return -1;
+	}
+	return pid;
+}
+
+/* A peer that writes the iovec arg one byte per write(2), pausing a little
+ * after most bytes. */
+static int trickle_child(int fd, const void *arg)
+{
+	const struct iovec *iov = arg;
+	const uint8_t *p = iov->iov_base;
+	for (size_t i = 0; i < iov->iov_len; i++) {
+		ssize_t w;
+		do
+			w = write(fd, p + i, 1);
+		while (w < 0 && errno == EINTR);
+		if (w != 1)
+			return 3;
+		if (i % 5 != 4) {
+			struct timespec ts = {0, 20000};
+			nanosleep(&ts, NULL);
+		}
+	}
+	return 0;
+}
+
+/* A stream fed by a forked trickle_child writing buf: NULL if a check failed. */
+static weft_stream *trickle_stream(weft_loop *loop, const void *buf, size_t len, pid_t *pid)
+{
+	weft_stream *s;
+	*pid = fork_peer(loop, trickle_child, &(struct iovec){(void *)buf, len}, NULL, 0, &s);
+	return *pid > 0 ? s : NULL;
+}
+
+static void test_pdu_trickle(weft_loop *loop)
+{
 	enum { N = 60 };
 	size_t len;
 	uint8_t *buf = build_pdus(0, N, &len);
 	REQUIRE(buf != NULL);
-	pid_t pid = fork_trickler(sv[1], buf, len);
-	close(sv[1]);
-	REQUIRE(pid > 0);
-	weft_stream *s = NULL;
-	CHECK_EQ(weft_stream_new_socket(loop, sv[0], &s), 0);
+	pid_t pid;
+	weft_stream *s = trickle_stream(loop, buf, len, &pid);
+	REQUIRE(s != NULL);
 
 	struct pdu_rx rx;
 	pdu_rx_init(&rx, 0, N);
 	weft_req *req = weft_stream_readv_send(s, pdu_next, &rx);
 	REQUIRE(req != NULL);
 	CHECK_EQ(rx.calls, 0); /* next is first asked from the loop */
-	CHECK_EQ(weft_req_wait(req), 0);
-	int err = 0;
-	CHECK_EQ(weft_stream_readv_recv(req, &err), 0);
-	CHECK_EQ(weft_req_progress(req), len);
-	weft_req_free(req);
+	uint64_t progress = 0;
+	CHECK_EQ(finish_sync(req, readv_result, &progress), 0);
+	CHECK_EQ(progress, len);
 	CHECK_EQ(rx.done, N);
 	CHECK_EQ(rx.bad, 0);
 	/* after the last PDU: the child exits, end of stream */
 	uint8_t b;
-	uint64_t progress = 99;
+	progress = 99;
 	CHECK_EQ(read_exact(s, &b, 1, &progress), -EPIPE);
 	CHECK_EQ(progress, 0);
 	weft_stream_close(s, NULL, NULL);
 	CHECK_EQ(reap(pid), 0);
 	free(buf);
-	free_loop(loop);
 }
 
-static void test_lines_trickle(void)
+static void test_lines_trickle(weft_loop *loop)
 {
-	weft_loop *loop = new_loop();
-	REQUIRE(loop != NULL);
-	int sv[2];
-	REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
 	enum { N = 40 };
 	size_t len;
 	char *buf = build_lines(0, N, &len);
 	REQUIRE(buf != NULL);
-	pid_t pid = fork_trickler(sv[1], buf, len);
-	close(sv[1]);
-	REQUIRE(pid > 0);
-	weft_stream *s = NULL;
-	CHECK_EQ(weft_stream_new_socket(loop, sv[0], &s), 0);
+	pid_t pid;
+	weft_stream *s = trickle_stream(loop, buf, len, &pid);
+	REQUIRE(s != NULL);
 
 	struct line_rx rx = {.stop = N};
-	weft_req *req = weft_stream_readv_send(s, line_next, &rx);
-	REQUIRE(req != NULL);
-	CHECK_EQ(weft_req_wait(req), 0);
-	CHECK_EQ(weft_stream_readv_recv(req, NULL), 0);
-	CHECK_EQ(weft_req_progress(req), len);
-	weft_req_free(req);
+	uint64_t progress = 0;
+	CHECK_EQ(readv_sync(s, line_next, &rx, &progress), 0);
+	CHECK_EQ(progress, len);
 	CHECK_EQ(rx.done, N);
 	CHECK_EQ(rx.bad, 0);
 	weft_stream_close(s, NULL, NULL);
 	CHECK_EQ(reap(pid), 0);
 	free(buf);
-	free_loop(loop);
 }
 
 /* 1000 PDUs in one big write; read in two requests (the second must get
  * what the first read ahead). */
-static void test_pdu_burst(void)
+static void test_pdu_burst(weft_loop *loop)
 {
-	weft_loop *loop = new_loop();
-	REQUIRE(loop != NULL);
 	weft_stream *a, *b;
 	REQUIRE(stream_pair(loop, &a, &b));
 	enum { N = 1000, HALF = 437 };
@@ -1028,29 +1130,20 @@ static void test_pdu_burst(void)
 	REQUIRE(w != NULL);
 	struct pdu_rx rx;
 	pdu_rx_init(&rx, 0, HALF);
-	weft_req *r = weft_stream_readv_send(b, pdu_next, &rx);
-	REQUIRE(r != NULL);
-	CHECK_EQ(weft_req_wait(r), 0);
-	CHECK_EQ(weft_stream_readv_recv(r, NULL), 0);
+	uint64_t progress = 0;
+	CHECK_EQ(readv_sync(b, pdu_next, &rx, &progress), 0);
 	CHECK_EQ(rx.done, HALF);
 	CHECK_EQ(rx.bad, 0);
 	size_t first_len;
 	free(build_pdus(0, HALF, &first_len));
-	CHECK_EQ(weft_req_progress(r), first_len);
-	weft_req_free(r);
+	CHECK_EQ(progress, first_len);
 
 	pdu_rx_init(&rx, HALF, N);
-	r = weft_stream_readv_send(b, pdu_next, &rx);
-	REQUIRE(r != NULL);
-	CHECK_EQ(weft_req_wait(r), 0);
-	CHECK_EQ(weft_stream_readv_recv(r, NULL), 0);
+	CHECK_EQ(readv_sync(b, pdu_next, &rx, &progress), 0);
 	CHECK_EQ(rx.done, N - HALF);
 	CHECK_EQ(rx.bad, 0);
-	CHECK_EQ(weft_req_progress(r), len - first_len);
-	weft_req_free(r);
-	CHECK_EQ(weft_req_wait(w), 0);
-	CHECK_EQ(weft_stream_writev_recv(w, NULL), (ssize_t)len);
-	weft_req_free(w);
+	CHECK_EQ(progress, len - first_len);
+	CHECK_EQ(finish_sync(w, writev_result, NULL), (ssize_t)len);
 
 	/* 1000 lines in one write, read a byte at a time */
 	char *lines = build_lines(0, N, &len);
@@ -1058,80 +1151,60 @@ static void test_pdu_burst(void)
 	iov = (struct iovec){lines, len};
 	w = weft_stream_writev_send(b, &iov, 1);
 	struct line_rx lrx = {.stop = N};
-	r = weft_stream_readv_send(a, line_next, &lrx);
-	CHECK_EQ(weft_req_wait(r), 0);
-	CHECK_EQ(weft_stream_readv_recv(r, NULL), 0);
+	CHECK_EQ(readv_sync(a, line_next, &lrx, NULL), 0);
 	CHECK_EQ(lrx.done, N);
 	CHECK_EQ(lrx.bad, 0);
-	weft_req_free(r);
-	CHECK_EQ(weft_req_wait(w), 0);
-	CHECK_EQ(weft_stream_writev_recv(w, NULL), (ssize_t)len);
-	weft_req_free(w);
+	CHECK_EQ(finish_sync(w, writev_result, NULL), (ssize_t)len);
 
 	weft_stream_close(a, NULL, NULL);
 	weft_stream_close(b, NULL, NULL);
 	free(lines);
 	free(buf);
-	free_loop(loop);
 }
 
 /* ---- 5. readv errors ------------------------------------------------------- */
 
-static void test_readv_eof_mid_pdu(void)
+static void test_readv_eof_mid_pdu(weft_loop *loop)
 {
-	weft_loop *loop = new_loop();
-	REQUIRE(loop != NULL);
-	int sv[2];
-	REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
-	weft_stream *s = NULL;
-	REQUIRE(weft_stream_new_socket(loop, sv[0], &s) == 0);
+	weft_stream *s;
+	int fd = stream_and_fd(loop, &s);
+	REQUIRE(fd >= 0);
 	/* two whole PDUs, then a header announcing 10 bytes and 6 of them */
 	size_t len;
 	uint8_t *buf = build_pdus(1, 2, &len); /* PDUs 1 and 2: 37 and 74 bytes */
 	REQUIRE(buf != NULL);
-	CHECK_EQ(write(sv[1], buf, len), (ssize_t)len);
+	CHECK_EQ(write(fd, buf, len), (ssize_t)len);
 	uint32_t n = htonl(10);
-	CHECK_EQ(write(sv[1], &n, 4), 4);
-	CHECK_EQ(write(sv[1], "abcdef", 6), 6);
-	close(sv[1]);
+	CHECK_EQ(write(fd, &n, 4), 4);
+	CHECK_EQ(write(fd, "abcdef", 6), 6);
+	close(fd);
 
 	struct pdu_rx rx;
 	pdu_rx_init(&rx, 1, 100);
-	weft_req *req = weft_stream_readv_send(s, pdu_next, &rx);
-	REQUIRE(req != NULL);
-	CHECK_EQ(weft_req_wait(req), 0);
-	int err = 0;
-	CHECK_EQ(weft_stream_readv_recv(req, &err), -EPIPE);
-	CHECK_EQ(err, EPIPE);
-	CHECK_EQ(weft_req_progress(req), len + 10);
+	uint64_t progress = 0;
+	CHECK_EQ(readv_sync(s, pdu_next, &rx, &progress), -EPIPE);
+	CHECK_EQ(progress, len + 10);
 	CHECK_EQ(rx.done, 2);
 	CHECK_EQ(rx.bad, 0);
 	CHECK(rx.in_body); /* the caller can tell it was truncated */
-	weft_req_free(req);
 	weft_stream_close(s, NULL, NULL);
 
 	/* a clean end between PDUs: progress = whole PDUs */
-	REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
-	REQUIRE(weft_stream_new_socket(loop, sv[0], &s) == 0);
-	CHECK_EQ(write(sv[1], buf, len), (ssize_t)len);
-	close(sv[1]);
+	fd = stream_and_fd(loop, &s);
+	REQUIRE(fd >= 0);
+	CHECK_EQ(write(fd, buf, len), (ssize_t)len);
+	close(fd);
 	pdu_rx_init(&rx, 1, 100);
-	req = weft_stream_readv_send(s, pdu_next, &rx);
-	CHECK_EQ(weft_req_wait(req), 0);
-	CHECK_EQ(weft_stream_readv_recv(req, &err), -EPIPE);
-	CHECK_EQ(weft_req_progress(req), len);
+	CHECK_EQ(readv_sync(s, pdu_next, &rx, &progress), -EPIPE);
+	CHECK_EQ(progress, len);
 	CHECK_EQ(rx.done, 2);
 	CHECK(!rx.in_body);
-	weft_req_free(req);
 	weft_stream_close(s, NULL, NULL);
 	free(buf);
-	free_loop(loop);
 }
 
-static void test_readv_next_error(void)
+static void test_readv_next_error(weft_loop *loop)
 {
-	weft_loop *loop = new_loop();
-	REQUIRE(loop != NULL);
 	weft_stream *a, *b;
 	REQUIRE(stream_pair(loop, &a, &b));
 	size_t len;
@@ -1141,19 +1214,13 @@ static void test_readv_next_error(void)
 	struct pdu_rx rx;
 	pdu_rx_init(&rx, 3, 100);
 	rx.max_len = 100; /* PDU 3 is too long: next fails with EPROTO */
-	weft_req *req = weft_stream_readv_send(b, pdu_next, &rx);
-	REQUIRE(req != NULL);
-	CHECK_EQ(weft_req_wait(req), 0);
-	int err = 0;
-	CHECK_EQ(weft_stream_readv_recv(req, &err), -EPROTO);
-	CHECK_EQ(err, EPROTO);
-	CHECK_EQ(weft_req_progress(req), 4);
-	weft_req_free(req);
+	uint64_t progress = 0;
+	CHECK_EQ(readv_sync(b, pdu_next, &rx, &progress), -EPROTO);
+	CHECK_EQ(progress, 4);
 	/* the stream still works: the body is still there */
 	uint8_t body[111];
 	CHECK_EQ(read_exact(b, body, sizeof(body), NULL), 0);
 	CHECK_EQ(memcmp(body, buf + 4, sizeof(body)), 0);
-
 
 	/* the same after two good PDUs that arrived in the same write: the
 	 * progress counts the bytes served from the read-ahead buffer too */
@@ -1163,20 +1230,15 @@ static void test_readv_next_error(void)
 	CHECK_EQ(write_all(a, buf, len), (ssize_t)len);
 	pdu_rx_init(&rx, 1, 100);
 	rx.max_len = 100;
-	req = weft_stream_readv_send(b, pdu_next, &rx);
-	REQUIRE(req != NULL);
-	CHECK_EQ(weft_req_wait(req), 0);
-	CHECK_EQ(weft_stream_readv_recv(req, &err), -EPROTO);
+	CHECK_EQ(readv_sync(b, pdu_next, &rx, &progress), -EPROTO);
 	CHECK_EQ(rx.done, 2);
-	CHECK_EQ(weft_req_progress(req), 4 + 37 + 4 + 74 + 4);
-	weft_req_free(req);
+	CHECK_EQ(progress, 4 + 37 + 4 + 74 + 4);
 	CHECK_EQ(read_exact(b, body, sizeof(body), NULL), 0);
 	CHECK_EQ(memcmp(body, buf + len - 111, sizeof(body)), 0);
 
 	weft_stream_close(a, NULL, NULL);
 	weft_stream_close(b, NULL, NULL);
 	free(buf);
-	free_loop(loop);
 }
 
 struct rec {
@@ -1201,10 +1263,8 @@ static void rec_cb(weft_req *req, void *data)
 	weft_req_is_error(req, &r->err);
 }
 
-static void test_readv_busy(void)
+static void test_readv_busy(weft_loop *loop)
 {
-	weft_loop *loop = new_loop();
-	REQUIRE(loop != NULL);
 	weft_stream *a, *b;
 	REQUIRE(stream_pair(loop, &a, &b));
 	char buf[16];
@@ -1233,12 +1293,14 @@ static void test_readv_busy(void)
 	weft_req_free(r1);
 	weft_stream_close(a, NULL, NULL);
 	weft_stream_close(b, NULL, NULL);
-	free_loop(loop);
 }
 
 /* ---- 6. a big write to a slow reader --------------------------------------- */
 
 #define BIG (64u << 20)
+
+/* More than a socket buffer holds: a write of FILL bytes waits for the peer. */
+enum { FILL = 4 << 20 };
 
 static uint8_t big_byte(uint64_t pos)
 {
@@ -1262,14 +1324,16 @@ struct slow_report {
 /* The slow reader: 64 KiB, then 1 ms of sleep; once, after `pause_at`
  * bytes, 'P' to notify_fd, a pause of pause_ms, 'R'.  At EOF the count
  * goes to result_fd. */
-static pid_t fork_slow_reader(int fd, int notify_fd, int result_fd, uint64_t pause_at, unsigned pause_ms,
-		const uint8_t *pattern)
+struct slow_reader {
+	int notify_fd, result_fd;
+	uint64_t pause_at;
+	unsigned pause_ms;
+	const uint8_t *pattern;
+};
+
+static int slow_reader_child(int fd, const void *arg)
 {
-	pid_t pid = fork();
-	if (pid != 0)
-		return pid;
-	int keep[3] = {fd, notify_fd, result_fd};
-	child_keep_fds(keep, 3);
+	const struct slow_reader *sr = arg;
 	static uint8_t buf[65536];
 	struct slow_report rep = {0, 0};
 	bool paused = false;
@@ -1279,24 +1343,24 @@ static pid_t fork_slow_reader(int fd, int notify_fd, int result_fd, uint64_t pau
 			continue;
 		if (n <= 0)
 			break;
-		if (rep.total + (uint64_t)n > BIG || memcmp(buf, pattern + rep.total, (size_t)n) != 0)
+		if (rep.total + (uint64_t)n > BIG || memcmp(buf, sr->pattern + rep.total, (size_t)n) != 0)
 			rep.bad++;
 		rep.total += (uint64_t)n;
-		if (!paused && rep.total >= pause_at) {
+		if (!paused && rep.total >= sr->pause_at) {
 			paused = true;
-			if (write(notify_fd, "P", 1) != 1)
-				_exit(4);
-			sleep_ms(pause_ms);
-			if (write(notify_fd, "R", 1) != 1)
-				_exit(4);
+			if (write(sr->notify_fd, "P", 1) != 1)
+				return 4;
+			t_sleep_ms(sr->pause_ms);
+			if (write(sr->notify_fd, "R", 1) != 1)
+				return 4;
 		} else {
 			struct timespec ts = {0, 1000000};
 			nanosleep(&ts, NULL);
 		}
 	}
-	if (write(result_fd, &rep, sizeof(rep)) != (ssize_t)sizeof(rep))
-		_exit(5);
-	_exit(0);
+	if (write(sr->result_fd, &rep, sizeof(rep)) != (ssize_t)sizeof(rep))
+		return 5;
+	return 0;
 }
 
 struct pause_watch {
@@ -1326,24 +1390,20 @@ static void on_notify(weft_io *io, unsigned revents, void *data)
 	}
 }
 
-static void test_big_write_slow_reader(void)
+static void test_big_write_slow_reader(weft_loop *loop)
 {
-	weft_loop *loop = new_loop();
-	REQUIRE(loop != NULL);
 	uint8_t *buf = big_buffer();
 	REQUIRE(buf != NULL);
-	int sv[2], np[2], rp[2];
-	REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+	int np[2], rp[2];
 	REQUIRE(pipe2(np, O_CLOEXEC) == 0);
 	REQUIRE(pipe2(rp, O_CLOEXEC) == 0);
-	pid_t pid = fork_slow_reader(sv[1], np[1], rp[1], 16u << 20, 300, buf);
-	REQUIRE(pid > 0);
-	close(sv[1]);
+	struct slow_reader sr = {np[1], rp[1], 16u << 20, 300, buf};
+	weft_stream *s;
+	pid_t pid = fork_peer(loop, slow_reader_child, &sr, (int[]){np[1], rp[1]}, 2, &s);
 	close(np[1]);
 	close(rp[1]);
+	REQUIRE(pid > 0);
 
-	weft_stream *s = NULL;
-	REQUIRE(weft_stream_new_socket(loop, sv[0], &s) == 0);
 	struct pause_watch pw = {0};
 	weft_io *io = NULL;
 	REQUIRE(weft_io_new(loop, np[0], on_notify, &pw, &io) == 0);
@@ -1358,14 +1418,11 @@ static void test_big_write_slow_reader(void)
 	weft_req *w = weft_stream_writev_send(s, iov, 3);
 	REQUIRE(w != NULL);
 	pw.w = w;
-	CHECK_EQ(weft_req_wait(w), 0);
-	int err = 0;
-	CHECK_EQ(weft_stream_writev_recv(w, &err), (ssize_t)BIG);
-	CHECK_EQ(weft_req_progress(w), BIG);
-	weft_req_free(w);
+	uint64_t progress = 0;
+	CHECK_EQ(finish_sync(w, writev_result, &progress), (ssize_t)BIG);
+	CHECK_EQ(progress, BIG);
 	/* the pause was seen while the write waited */
-	while (pw.events < 2 && t_now_ms() - t0 < 10000)
-		weft_loop_run(loop, WEFT_RUN_ONCE);
+	run_until(loop, &pw.events, 2, 10000);
 	CHECK_EQ(pw.events, 2);
 	weft_io_free(io);
 	close(np[0]);
@@ -1391,7 +1448,6 @@ static void test_big_write_slow_reader(void)
 	CHECK(pw.progress_p < BIG);
 	CHECK(pw.progress_r < BIG);
 	free(buf);
-	free_loop(loop);
 }
 
 /* ---- 7. the write queue ------------------------------------------------------- */
@@ -1422,15 +1478,13 @@ static void qrec_cb(weft_req *req, void *data)
 	weft_req_free(req);
 }
 
-static void test_writev_queue(void)
+static void test_writev_queue(weft_loop *loop)
 {
-	weft_loop *loop = new_loop();
-	REQUIRE(loop != NULL);
 	weft_stream *a, *b;
 	REQUIRE(stream_pair(loop, &a, &b));
 	uint8_t *buf = big_buffer();
 	REQUIRE(buf != NULL);
-	enum { N = 100, FILL = 4 << 20 };
+	enum { N = 100 };
 	struct qrec q = {0};
 	struct qent ents[N + 1];
 	char msgs[N][16];
@@ -1449,8 +1503,7 @@ static void test_writev_queue(void)
 		weft_req_set_callback(w, qrec_cb, &ents[i + 1]);
 	}
 	CHECK_EQ(weft_stream_write_queue_length(a), N + 1);
-	for (int i = 0; i < 5; i++)
-		weft_loop_run(loop, WEFT_RUN_NOWAIT);
+	run_nowait(loop, 5);
 	CHECK_EQ(weft_stream_write_queue_length(a), N + 1);
 	CHECK_EQ(q.n, 0);
 	CHECK_EQ(weft_stream_write_queue_length(b), 0);
@@ -1504,11 +1557,7 @@ static void test_writev_queue(void)
 	x = weft_stream_writev_send(a, &iov, 1);
 	y = weft_stream_writev_send(a, &small, 1);
 	REQUIRE(x != NULL && y != NULL);
-	CHECK_EQ(weft_req_wait(y), 0);
-	int err = 0;
-	CHECK_EQ(weft_stream_writev_recv(y, &err), -EBUSY);
-	CHECK_EQ(err, EBUSY);
-	weft_req_free(y);
+	CHECK_EQ(finish_sync(y, writev_result, NULL), -EBUSY);
 	CHECK(weft_req_is_in_progress(x));
 	CHECK_EQ(read_exact(b, got, FILL, NULL), 0);
 	CHECK_EQ(memcmp(got, buf, FILL), 0);
@@ -1520,7 +1569,6 @@ static void test_writev_queue(void)
 	weft_stream_close(b, NULL, NULL);
 	free(got);
 	free(buf);
-	free_loop(loop);
 }
 
 /* ---- 8. the peer resets / goes away ------------------------------------------ */
@@ -1536,21 +1584,10 @@ static void count_sigpipe(int sig)
 /* A TCP pair on 127.0.0.1 through a weft listener: *c connected, *s accepted. */
 static bool tcp_pair(weft_loop *loop, weft_stream **c, weft_stream **s)
 {
-	weft_addr addr, bound;
-	if (weft_addr_parse("tcp:127.0.0.1:0", &addr) != 0)
-		return false;
-	weft_listener *l = NULL;
-	if (weft_listen(loop, &addr, NULL, NULL, NULL, &l) != 0)
-		return false;
-	bool ok = false;
+	weft_addr bound;
+	weft_listener *l = listen_at(loop, "tcp:127.0.0.1:0", NULL, NULL, NULL, &bound);
 	*c = *s = NULL;
-	if (weft_listener_addr(l, &bound) == 0) {
-		weft_req *acc = weft_listener_accept_send(l);
-		if (connect_sync(loop, &bound, c) == 0 && weft_req_wait(acc) == 0 &&
-		    weft_listener_accept_recv(acc, s, NULL, NULL) == 0)
-			ok = true;
-		weft_req_free(acc);
-	}
+	bool ok = l != NULL && connect_sync(loop, &bound, c) == 0 && accept_sync(l, s, NULL) == 0;
 	weft_listener_free(l);
 	if (!ok) {
 		weft_stream_close(*c, NULL, NULL);
@@ -1567,10 +1604,8 @@ static void close_stream_timer(weft_timer *t, void *data)
 	*sp = NULL;
 }
 
-static void test_reset_mid_write(void)
+static void test_reset_mid_write(weft_loop *loop)
 {
-	weft_loop *loop = new_loop();
-	REQUIRE(loop != NULL);
 	struct sigaction sa = {.sa_handler = count_sigpipe}, old;
 	sigemptyset(&sa.sa_mask);
 	sigaction(SIGPIPE, &sa, &old);
@@ -1608,7 +1643,6 @@ static void test_reset_mid_write(void)
 	CHECK_EQ(g_sigpipes, 0);
 	sigaction(SIGPIPE, &old, NULL);
 	free(buf);
-	free_loop(loop);
 }
 
 /* In a child with SIGPIPE at SIG_DFL: write to a closed TCP peer (and to a
@@ -1628,23 +1662,17 @@ static int sigpipe_child(void)
 		return 11;
 	weft_stream_close(s, NULL, NULL); /* FIN */
 	weft_loop_run(loop, WEFT_RUN_NOWAIT);
-	sleep_ms(20);
+	t_sleep_ms(20);
 	static char buf[1 << 20];
-	struct iovec iov = {buf, sizeof(buf)};
 	int rc = 0;
 	for (int i = 0; i < 3 && rc == 0; i++) {
-		weft_req *w = weft_stream_writev_send(c, &iov, 1);
-		int err = 0;
-		if (weft_req_wait(w) != 0)
-			rc = 12;
-		else if (weft_stream_writev_recv(w, &err) >= 0)
-			rc = 0; /* the first write may still be taken: try again */
-		else if (err == EPIPE)
+		/* the first write may still be taken (>= 0): try again */
+		ssize_t r = write_all(c, buf, sizeof(buf));
+		if (r == -EPIPE)
 			rc = -1;
-		else
-			rc = 20 + err;
-		weft_req_free(w);
-		sleep_ms(10);
+		else if (r < 0)
+			rc = r == -1000 ? 12 : 20 + (int)-r; /* 12: perrno disagrees */
+		t_sleep_ms(10);
 	}
 	if (rc == -1)
 		rc = 0;
@@ -1653,20 +1681,17 @@ static int sigpipe_child(void)
 	weft_stream_close(c, NULL, NULL);
 
 	/* a socketpair whose peer is gone */
-	int sv[2];
-	if (rc == 0 && socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0) {
-		close(sv[1]);
-		if (weft_stream_new_socket(loop, sv[0], &c) < 0)
+	if (rc == 0) {
+		int fd = stream_and_fd(loop, &c);
+		if (fd < 0)
 			return 14;
-		weft_req *w = weft_stream_writev_send(c, &iov, 1);
-		int err = 0;
-		if (weft_req_wait(w) != 0 || weft_stream_writev_recv(w, &err) >= 0 || err != EPIPE)
+		close(fd);
+		if (write_all(c, buf, sizeof(buf)) != -EPIPE)
 			rc = 15;
-		weft_req_free(w);
 		weft_stream_close(c, NULL, NULL);
 	}
-	for (int i = 0; i < 10 && weft_loop_free(loop) == -EBUSY; i++)
-		weft_loop_run(loop, WEFT_RUN_NOWAIT);
+	if (drain_and_free(loop) != 0 && rc == 0)
+		rc = 16;
 	return rc;
 }
 
@@ -1684,15 +1709,12 @@ static void test_sigpipe_child(void)
 
 /* ---- 9. shutdown after queued writes ------------------------------------------ */
 
-static void test_shutdown_after_writes(void)
+static void test_shutdown_after_writes(weft_loop *loop)
 {
-	weft_loop *loop = new_loop();
-	REQUIRE(loop != NULL);
 	weft_stream *c, *s;
 	REQUIRE(tcp_pair(loop, &c, &s));
 	uint8_t *buf = big_buffer();
 	REQUIRE(buf != NULL);
-	enum { FILL = 4 << 20 };
 	g_order = 0;
 	struct rec rw[4] = {{0}}, rs = {0};
 	struct iovec big = {buf, FILL};
@@ -1743,17 +1765,11 @@ static void test_shutdown_after_writes(void)
 	CHECK_EQ(read_exact(c, reply, 5, NULL), 0);
 	CHECK_EQ(memcmp(reply, "reply", 5), 0);
 	/* writing after the shutdown fails */
-	struct iovec v = {(void *)"late", 4};
-	weft_req *late = weft_stream_writev_send(c, &v, 1);
-	REQUIRE(late != NULL);
-	CHECK_EQ(weft_req_wait(late), 0);
-	CHECK_EQ(weft_stream_writev_recv(late, &err), -EPIPE);
-	weft_req_free(late);
+	CHECK_EQ(write_all(c, "late", 4), -EPIPE);
 	weft_stream_close(c, NULL, NULL);
 	weft_stream_close(s, NULL, NULL);
 	free(got);
 	free(buf);
-	free_loop(loop);
 }
 
 /* ---- 10. close with requests pending ------------------------------------------ */
@@ -1763,15 +1779,12 @@ static void count_cb(void *data)
 	(*(int *)data)++;
 }
 
-static void test_close_pending(void)
+static void test_close_pending(weft_loop *loop)
 {
-	weft_loop *loop = new_loop();
-	REQUIRE(loop != NULL);
 	weft_stream *a, *b;
 	REQUIRE(stream_pair(loop, &a, &b));
 	uint8_t *buf = big_buffer();
 	REQUIRE(buf != NULL);
-	enum { FILL = 4 << 20 };
 	char rbuf[16];
 	struct rx_once rx = {.iov = {rbuf, sizeof(rbuf)}};
 	struct rec rr = {0}, rw[4] = {{0}};
@@ -1787,8 +1800,7 @@ static void test_close_pending(void)
 		REQUIRE(w[i] != NULL);
 		weft_req_set_callback(w[i], rec_cb, &rw[i]);
 	}
-	for (int i = 0; i < 3; i++)
-		weft_loop_run(loop, WEFT_RUN_NOWAIT);
+	run_nowait(loop, 3);
 	CHECK(weft_req_is_in_progress(r));
 	CHECK(weft_req_is_in_progress(w[0]));
 	uint64_t written = weft_req_progress(w[0]);
@@ -1806,8 +1818,7 @@ static void test_close_pending(void)
 	for (int i = 0; i < 4; i++)
 		CHECK_EQ(rw[i].calls, 0);
 	CHECK_EQ(closed, 0);
-	for (int i = 0; i < 3; i++)
-		weft_loop_run(loop, WEFT_RUN_NOWAIT);
+	run_nowait(loop, 3);
 	CHECK_EQ(closed, 1);
 	CHECK_EQ(rr.calls, 1);
 	CHECK_EQ(rr.err, ECANCELED);
@@ -1836,14 +1847,11 @@ static void test_close_pending(void)
 	weft_stream_close(b, NULL, NULL);
 	free(got);
 	free(buf);
-	free_loop(loop);
 }
 
 /* next() closes its own stream after the first header */
-static void test_close_in_next(void)
+static void test_close_in_next(weft_loop *loop)
 {
-	weft_loop *loop = new_loop();
-	REQUIRE(loop != NULL);
 	weft_stream *a, *b;
 	REQUIRE(stream_pair(loop, &a, &b));
 	size_t len;
@@ -1861,13 +1869,11 @@ static void test_close_in_next(void)
 	/* a write waiting behind a blocked one */
 	uint8_t *big = big_buffer();
 	REQUIRE(big != NULL);
-	struct iovec v = {big, 4 << 20};
+	struct iovec v = {big, FILL};
 	weft_req *w = weft_stream_writev_queue_send(a, NULL, &v, 1);
 	REQUIRE(w != NULL);
 	weft_req_set_callback(w, rec_cb, &rw);
-	uint64_t end = t_now_ms() + 5000;
-	while (rr.calls == 0 && t_now_ms() < end)
-		weft_loop_run(loop, WEFT_RUN_ONCE);
+	run_until(loop, &rr.calls, 1, 5000);
 	CHECK_EQ(rr.calls, 1);
 	CHECK_EQ(rr.err, ECANCELED);
 	CHECK_EQ(rx.done, 2);
@@ -1879,7 +1885,6 @@ static void test_close_in_next(void)
 	weft_stream_close(b, NULL, NULL);
 	free(big);
 	free(buf);
-	free_loop(loop);
 }
 
 struct close_in_cb {
@@ -1899,10 +1904,18 @@ static void close_from_cb(weft_req *req, void *data)
 	weft_stream_close(c->s, count_cb, &c->closed); /* a second close: ignored */
 }
 
-static void test_close_in_callback(void)
+/* Run the loop until the request with close_from_cb closed c->s: one call
+ * that saw want_err, one close. */
+static void check_closed_from_cb(weft_loop *loop, struct close_in_cb *c, int want_err)
 {
-	weft_loop *loop = new_loop();
-	REQUIRE(loop != NULL);
+	run_until(loop, &c->closed, 1, 5000);
+	CHECK_EQ(c->calls, 1);
+	CHECK_EQ(c->err, want_err);
+	CHECK_EQ(c->closed, 1);
+}
+
+static void test_close_in_callback(weft_loop *loop)
+{
 	weft_stream *a, *b;
 	REQUIRE(stream_pair(loop, &a, &b));
 	/* a readv that completes normally */
@@ -1913,12 +1926,7 @@ static void test_close_in_callback(void)
 	REQUIRE(r != NULL);
 	weft_req_set_callback(r, close_from_cb, &c);
 	CHECK_EQ(write_all(b, "abcdEXTRA", 9), 9); /* more than it asked for */
-	uint64_t end = t_now_ms() + 5000;
-	while (c.closed == 0 && t_now_ms() < end)
-		weft_loop_run(loop, WEFT_RUN_ONCE);
-	CHECK_EQ(c.calls, 1);
-	CHECK_EQ(c.err, 0);
-	CHECK_EQ(c.closed, 1);
+	check_closed_from_cb(loop, &c, 0);
 	CHECK_EQ(memcmp(buf, "abcd", 4), 0);
 
 	/* a readv that ends with EPIPE */
@@ -1927,12 +1935,7 @@ static void test_close_in_callback(void)
 	r = weft_stream_readv_send(b, next_once, &rx);
 	REQUIRE(r != NULL);
 	weft_req_set_callback(r, close_from_cb, &c2);
-	end = t_now_ms() + 5000;
-	while (c2.closed == 0 && t_now_ms() < end)
-		weft_loop_run(loop, WEFT_RUN_ONCE);
-	CHECK_EQ(c2.calls, 1);
-	CHECK_EQ(c2.err, EPIPE);
-	CHECK_EQ(c2.closed, 1);
+	check_closed_from_cb(loop, &c2, EPIPE);
 
 	/* a writev completion closes the stream */
 	REQUIRE(stream_pair(loop, &a, &b));
@@ -1941,25 +1944,17 @@ static void test_close_in_callback(void)
 	weft_req *w = weft_stream_writev_send(a, &v, 1);
 	REQUIRE(w != NULL);
 	weft_req_set_callback(w, close_from_cb, &c3);
-	end = t_now_ms() + 5000;
-	while (c3.closed == 0 && t_now_ms() < end)
-		weft_loop_run(loop, WEFT_RUN_ONCE);
-	CHECK_EQ(c3.calls, 1);
-	CHECK_EQ(c3.err, 0);
-	CHECK_EQ(c3.closed, 1);
+	check_closed_from_cb(loop, &c3, 0);
 	CHECK_EQ(read_exact(b, buf, 2, NULL), 0);
 	weft_stream_close(b, NULL, NULL);
 	/* close(NULL) is allowed */
 	weft_stream_close(NULL, NULL, NULL);
-	free_loop(loop);
 }
 
 /* ---- 11. timeouts ------------------------------------------------------------- */
 
-static void test_readv_timeout(void)
+static void test_readv_timeout(weft_loop *loop)
 {
-	weft_loop *loop = new_loop();
-	REQUIRE(loop != NULL);
 	weft_stream *a, *b;
 	REQUIRE(stream_pair(loop, &a, &b));
 	char buf[8];
@@ -1989,11 +1984,10 @@ static void test_readv_timeout(void)
 	r = weft_stream_readv_send(a, next_once, &rx);
 	REQUIRE(r != NULL);
 	CHECK_EQ(weft_req_set_timeout(r, 50), 0);
-	CHECK_EQ(weft_req_wait(r), 0);
-	CHECK_EQ(weft_stream_readv_recv(r, &err), -ETIMEDOUT);
-	CHECK_EQ(weft_req_progress(r), 3);
+	uint64_t progress = 0;
+	CHECK_EQ(finish_sync(r, readv_result, &progress), -ETIMEDOUT);
+	CHECK_EQ(progress, 3);
 	CHECK_EQ(memcmp(buf, "abc", 3), 0);
-	weft_req_free(r);
 	CHECK_EQ(write_all(b, "12345678", 8), 8);
 	CHECK_EQ(read_exact(a, buf, 8, NULL), 0);
 	CHECK_EQ(memcmp(buf, "12345678", 8), 0);
@@ -2001,15 +1995,13 @@ static void test_readv_timeout(void)
 	/* a writev blocked on a full socket times out with its progress */
 	uint8_t *big = big_buffer();
 	REQUIRE(big != NULL);
-	struct iovec v = {big, 4 << 20};
+	struct iovec v = {big, FILL};
 	weft_req *w = weft_stream_writev_send(a, &v, 1);
 	REQUIRE(w != NULL);
 	CHECK_EQ(weft_req_set_timeout(w, 50), 0);
-	CHECK_EQ(weft_req_wait(w), 0);
-	CHECK_EQ(weft_stream_writev_recv(w, &err), -ETIMEDOUT);
-	uint64_t written = weft_req_progress(w);
-	CHECK(written > 0 && written < (4u << 20));
-	weft_req_free(w);
+	uint64_t written = 0;
+	CHECK_EQ(finish_sync(w, writev_result, &written), -ETIMEDOUT);
+	CHECK(written > 0 && written < FILL);
 	/* the stream goes on: a second write follows the partial one */
 	w = weft_stream_writev_send(a, &(struct iovec){(void *)"tail", 4}, 1);
 	uint8_t *got = malloc(written + 4);
@@ -2024,15 +2016,12 @@ static void test_readv_timeout(void)
 	free(big);
 	weft_stream_close(a, NULL, NULL);
 	weft_stream_close(b, NULL, NULL);
-	free_loop(loop);
 }
 
 /* ---- 12. a pipe stream to /bin/cat ----------------------------------------- */
 
-static void test_pipe_cat(void)
+static void test_pipe_cat(weft_loop *loop)
 {
-	weft_loop *loop = new_loop();
-	REQUIRE(loop != NULL);
 	int in[2], out[2];
 	REQUIRE(pipe2(in, O_CLOEXEC) == 0);
 	REQUIRE(pipe2(out, O_CLOEXEC) == 0);
@@ -2096,7 +2085,6 @@ static void test_pipe_cat(void)
 	REQUIRE(pipe2(in, O_CLOEXEC) == 0);
 	CHECK_EQ(weft_stream_new_pipe(loop, -1, -1, &s), -EINVAL);
 	CHECK_EQ(weft_stream_new_pipe(NULL, in[0], in[1], &s), -EINVAL); /* closes both */
-	free_loop(loop);
 }
 
 /* ---- 13. many concurrent connections ------------------------------------------ */
@@ -2227,7 +2215,7 @@ static void many_accept(weft_listener *l, weft_stream *s, const weft_addr *peer,
 	weft_req_set_callback(weft_stream_readv_send(s, sconn_next, c), sconn_ended, c);
 }
 
-static void test_many_connections(void)
+static void test_many_connections(weft_loop *loop)
 {
 	int n = 1000;
 	struct rlimit rl;
@@ -2237,15 +2225,11 @@ static void test_many_connections(void)
 		printf("# RLIMIT_NOFILE is %llu: %d connections instead of 1000\n",
 		       (unsigned long long)rl.rlim_cur, n);
 	}
-	weft_loop *loop = new_loop();
-	REQUIRE(loop != NULL);
 	struct many m = {.n = n};
-	weft_addr addr, bound;
-	REQUIRE(weft_addr_parse("tcp:127.0.0.1:0", &addr) == 0);
-	weft_listener *l = NULL;
+	weft_addr bound;
 	weft_listen_opts opts = {.backlog = 2048};
-	REQUIRE(weft_listen(loop, &addr, &opts, many_accept, &m, &l) == 0);
-	REQUIRE(weft_listener_addr(l, &bound) == 0);
+	weft_listener *l = listen_at(loop, "tcp:127.0.0.1:0", &opts, many_accept, &m, &bound);
+	REQUIRE(l != NULL);
 	struct client *cl = calloc((size_t)n, sizeof(*cl));
 	REQUIRE(cl != NULL);
 	uint64_t t0 = t_now_ms();
@@ -2273,53 +2257,60 @@ static void test_many_connections(void)
 	CHECK(t_fd_count() >= 2 * n);
 	for (int i = 0; i < n; i++)
 		weft_stream_close(cl[i].s, NULL, NULL);
-	while (m.server_closed < m.accepted && t_now_ms() - t1 < 20000)
-		weft_loop_run(loop, WEFT_RUN_ONCE);
+	run_until(loop, &m.server_closed, m.accepted, 20000);
 	CHECK_EQ(m.server_closed, n);
 	printf("# %d connections echoed in %llu ms\n", n, (unsigned long long)(t1 - t0));
 	weft_listener_free(l);
 	free(cl);
-	free_loop(loop);
 }
 
 /* ---- 14. datagrams -------------------------------------------------------------- */
 
+static ssize_t sendto_result(weft_req *req, void *out, int *perrno)
+{
+	(void)out;
+	return weft_dgram_sendto_recv(req, perrno);
+}
+
+static ssize_t recvfrom_result(weft_req *req, void *out, int *perrno)
+{
+	struct recv_out *o = out;
+	return weft_dgram_recvfrom_recv(req, o->ret, o->addr, perrno);
+}
+
 static ssize_t dgram_send_sync(weft_dgram *d, const void *buf, size_t len, const weft_addr *dst)
 {
-	weft_req *req = weft_dgram_sendto_send(d, buf, len, dst);
-	if (req == NULL)
-		return -ENOMEM;
-	ssize_t r = weft_req_wait(req);
-	if (r == 0) {
-		int err = 0;
-		r = weft_dgram_sendto_recv(req, &err);
-		if (r < 0 && err != -r)
-			r = -1000;
-	}
-	weft_req_free(req);
-	return r;
+	return finish_sync(weft_dgram_sendto_send(d, buf, len, dst), sendto_result, NULL);
 }
 
 static ssize_t dgram_recv_sync(weft_dgram *d, uint8_t **buf, weft_addr *src)
 {
-	weft_req *req = weft_dgram_recvfrom_send(d);
-	if (req == NULL)
-		return -ENOMEM;
-	ssize_t r = weft_req_wait(req);
-	if (r == 0) {
-		int err = 0;
-		r = weft_dgram_recvfrom_recv(req, buf, src, &err);
-		if (r < 0 && err != -r)
-			r = -1000;
-	}
-	weft_req_free(req);
-	return r;
+	return finish_sync(weft_dgram_recvfrom_send(d), recvfrom_result, &(struct recv_out){buf, src});
 }
 
-static void check_dgram(const char *text1, const char *text2)
+/* Two Unix datagram sockets on fresh abstract names: *d1 bound to *a1, *d2
+ * connected to it and bound to *a2 (a2 NULL: autobound).  false if that
+ * failed (a check failed). */
+static bool dgram_pair(weft_loop *loop, const char *name, weft_addr *a1, weft_addr *a2,
+		weft_dgram **d1, weft_dgram **d2)
 {
-	weft_loop *loop = new_loop();
-	REQUIRE(loop != NULL);
+	char t1[128], t2[128];
+	unix_abstract_text(t1, sizeof(t1), name);
+	unix_abstract_text(t2, sizeof(t2), name);
+	*d1 = *d2 = NULL;
+	int r = weft_addr_parse(t1, a1);
+	if (r == 0 && a2 != NULL)
+		r = weft_addr_parse(t2, a2);
+	if (r == 0)
+		r = weft_dgram_open(loop, a1, NULL, d1);
+	if (r == 0 && (r = weft_dgram_open(loop, a2, a1, d2)) != 0)
+		weft_dgram_close(*d1);
+	CHECK_EQ(r, 0);
+	return r == 0;
+}
+
+static void check_dgram(weft_loop *loop, const char *text1, const char *text2)
+{
 	weft_addr a1, a2, l1, l2;
 	REQUIRE(weft_addr_parse(text1, &a1) == 0);
 	REQUIRE(weft_addr_parse(text2, &a2) == 0);
@@ -2332,9 +2323,7 @@ static void check_dgram(const char *text1, const char *text2)
 	CHECK(weft_dgram_fd(d1) >= 0);
 	CHECK_EQ(weft_dgram_local_addr(d1, &l1), 0);
 	CHECK_EQ(weft_dgram_local_addr(d2, &l2), 0);
-	bool is_unix = a1.kind == WEFT_ADDR_UNIX;
-	bool is_path = is_unix && ((struct sockaddr_un *)&a1.u.ss)->sun_path[0] != '\0';
-	if (is_unix) {
+	if (a1.kind == WEFT_ADDR_UNIX) {
 		CHECK(weft_addr_equal(&l1, &a1));
 		CHECK(weft_addr_equal(&l2, &a2));
 	} else {
@@ -2378,15 +2367,12 @@ static void check_dgram(const char *text1, const char *text2)
 	weft_req *r1 = weft_dgram_recvfrom_send(d1);
 	weft_req *r2 = weft_dgram_recvfrom_send(d1);
 	REQUIRE(r1 != NULL && r2 != NULL);
-	CHECK_EQ(weft_req_wait(r2), 0);
-	int err = 0;
-	CHECK_EQ(weft_dgram_recvfrom_recv(r2, &buf, NULL, &err), -EBUSY);
-	CHECK_EQ(err, EBUSY);
-	weft_req_free(r2);
+	CHECK_EQ(finish_sync(r2, recvfrom_result, &(struct recv_out){&buf, NULL}), -EBUSY);
 	CHECK(weft_req_is_in_progress(r1));
 	CHECK_EQ(dgram_send_sync(d2, "second", 6, &l1), 6);
 	CHECK_EQ(weft_req_wait(r1), 0);
 	buf = NULL;
+	int err = 0;
 	CHECK_EQ(weft_dgram_recvfrom_recv(r1, &buf, NULL, &err), 6);
 	CHECK(buf != NULL && memcmp(buf, "second", 6) == 0);
 	free(buf);
@@ -2394,43 +2380,37 @@ static void check_dgram(const char *text1, const char *text2)
 	CHECK_EQ(weft_dgram_recvfrom_recv(r1, &buf, NULL, &err), -EALREADY);
 	weft_req_free(r1);
 
-	char path[128] = "";
-	if (is_path)
-		snprintf(path, sizeof(path), "%s", ((struct sockaddr_un *)&a1.u.ss)->sun_path);
 	weft_dgram_close(d1);
 	weft_dgram_close(d2);
-	if (is_path) {
-		struct stat st;
-		CHECK_EQ(stat(path, &st), -1);
-	}
+	if (unix_path_of(&a1) != NULL)
+		check_removed(unix_path_of(&a1));
 	free(bigd);
-	free_loop(loop);
 }
 
-static void test_dgram_udp4(void)
+static void test_dgram_udp4(weft_loop *loop)
 {
-	check_dgram("udp:127.0.0.1:0", "udp:127.0.0.1:0");
+	check_dgram(loop, "udp:127.0.0.1:0", "udp:127.0.0.1:0");
 }
 
-static void test_dgram_udp6(void)
+static void test_dgram_udp6(weft_loop *loop)
 {
-	check_dgram("udp:[::1]:0", "udp:[::1]:0");
+	check_dgram(loop, "udp:[::1]:0", "udp:[::1]:0");
 }
 
-static void test_dgram_unix_path(void)
+static void test_dgram_unix_path(weft_loop *loop)
 {
 	char t1[128], t2[128];
 	unix_path_text(t1, sizeof(t1), "dgram");
 	unix_path_text(t2, sizeof(t2), "dgram");
-	check_dgram(t1, t2);
+	check_dgram(loop, t1, t2);
 }
 
-static void test_dgram_unix_abstract(void)
+static void test_dgram_unix_abstract(weft_loop *loop)
 {
 	char t1[128], t2[128];
 	unix_abstract_text(t1, sizeof(t1), "dgram");
 	unix_abstract_text(t2, sizeof(t2), "dgram");
-	check_dgram(t1, t2);
+	check_dgram(loop, t1, t2);
 }
 
 struct dg_sink {
@@ -2484,18 +2464,11 @@ static void dg_sent_cb(weft_req *req, void *data)
 
 /* 1000 datagrams through the send queue, both directions of a Unix pair
  * (receive queue of 10: the senders block many times) */
-static void test_dgram_queue_1000(void)
+static void test_dgram_queue_1000(weft_loop *loop)
 {
-	weft_loop *loop = new_loop();
-	REQUIRE(loop != NULL);
-	char t1[128], t2[128];
-	unix_abstract_text(t1, sizeof(t1), "q");
-	unix_abstract_text(t2, sizeof(t2), "q");
 	weft_addr a1, a2;
-	REQUIRE(weft_addr_parse(t1, &a1) == 0 && weft_addr_parse(t2, &a2) == 0);
-	weft_dgram *d1 = NULL, *d2 = NULL;
-	REQUIRE(weft_dgram_open(loop, &a1, NULL, &d1) == 0);
-	REQUIRE(weft_dgram_open(loop, &a2, &a1, &d2) == 0); /* connected to d1 */
+	weft_dgram *d1, *d2;
+	REQUIRE(dgram_pair(loop, "q", &a1, &a2, &d1, &d2)); /* d2 connected to d1 */
 	enum { N = 1000 };
 	static uint8_t msgs[N][64];
 	for (int dir = 0; dir < 2; dir++) {
@@ -2526,21 +2499,13 @@ static void test_dgram_queue_1000(void)
 	}
 	weft_dgram_close(d1);
 	weft_dgram_close(d2);
-	free_loop(loop);
 }
 
-static void test_dgram_close_pending(void)
+static void test_dgram_close_pending(weft_loop *loop)
 {
-	weft_loop *loop = new_loop();
-	REQUIRE(loop != NULL);
-	char t1[128], t2[128];
-	unix_abstract_text(t1, sizeof(t1), "c");
-	unix_abstract_text(t2, sizeof(t2), "c");
 	weft_addr a1, a2;
-	REQUIRE(weft_addr_parse(t1, &a1) == 0 && weft_addr_parse(t2, &a2) == 0);
-	weft_dgram *d1 = NULL, *d2 = NULL;
-	REQUIRE(weft_dgram_open(loop, &a1, NULL, &d1) == 0);
-	REQUIRE(weft_dgram_open(loop, &a2, &a1, &d2) == 0);
+	weft_dgram *d1, *d2;
+	REQUIRE(dgram_pair(loop, "c", &a1, &a2, &d1, &d2));
 	/* nobody reads d1: d2's sends block after 10 */
 	struct dg_sent st = {0};
 	struct rec rr = {0}, rp = {0};
@@ -2556,8 +2521,7 @@ static void test_dgram_close_pending(void)
 	weft_req *r = weft_dgram_recvfrom_send(d2);
 	REQUIRE(r != NULL);
 	weft_req_set_callback(r, rec_cb, &rr);
-	for (int i = 0; i < 5; i++)
-		weft_loop_run(loop, WEFT_RUN_NOWAIT);
+	run_nowait(loop, 5);
 	int sent_before = st.ok;
 	CHECK(sent_before >= 1);
 	CHECK(sent_before < 30);
@@ -2566,8 +2530,7 @@ static void test_dgram_close_pending(void)
 	weft_dgram_close(d2);
 	g_in_close = false;
 	CHECK_EQ(rr.calls, 0);
-	for (int i = 0; i < 3; i++)
-		weft_loop_run(loop, WEFT_RUN_NOWAIT);
+	run_nowait(loop, 3);
 	CHECK_EQ(st.ok, sent_before);
 	CHECK_EQ(st.canceled, 30 - sent_before);
 	CHECK_EQ(st.errs, 0);
@@ -2590,7 +2553,6 @@ static void test_dgram_close_pending(void)
 	}
 	weft_dgram_close(d1);
 	weft_dgram_close(NULL);
-	free_loop(loop);
 }
 
 /* ---- 15. resolving -------------------------------------------------------------- */
@@ -2629,10 +2591,8 @@ static int resolve_sync(weft_loop *loop, const char *text, weft_addr **ret, int 
 	return r;
 }
 
-static void test_resolve(void)
+static void test_resolve(weft_loop *loop)
 {
-	weft_loop *loop = new_loop();
-	REQUIRE(loop != NULL);
 	weft_addr *addrs = NULL, want;
 	int err = 0;
 
@@ -2712,14 +2672,11 @@ static void test_resolve(void)
 	CHECK(addrs == NULL);
 	CHECK(ms < 15000);
 	printf("# no-such-host.invalid: %s after %llu ms\n", strerror(err), (unsigned long long)ms);
-	free_loop(loop);
 }
 
 /* A name request canceled or freed while c-ares works on it */
-static void test_resolve_cancel(void)
+static void test_resolve_cancel(weft_loop *loop)
 {
-	weft_loop *loop = new_loop();
-	REQUIRE(loop != NULL);
 	weft_req *req = weft_resolve_send(loop, "tcp:no-such-host-2.invalid:80");
 	REQUIRE(req != NULL);
 	if (weft_req_is_in_progress(req)) {
@@ -2736,32 +2693,27 @@ static void test_resolve_cancel(void)
 	req = weft_resolve_send(loop, "tcp:no-such-host-3.invalid:80");
 	REQUIRE(req != NULL);
 	weft_req_free(req);
-	free_loop(loop);
 }
 
 /* ---- 16. listen options ------------------------------------------------------------ */
 
-static void test_listen_mode(void)
+static void test_listen_mode(weft_loop *loop)
 {
-	weft_loop *loop = new_loop();
-	REQUIRE(loop != NULL);
 	char text[128];
 	static const unsigned modes[] = {0600, 0660, 0777};
 	for (size_t i = 0; i < sizeof(modes) / sizeof(modes[0]); i++) {
 		unix_path_text(text, sizeof(text), "mode");
-		weft_addr a;
-		REQUIRE(weft_addr_parse(text, &a) == 0);
 		weft_listen_opts opts = {.mode = modes[i]};
-		weft_listener *l = NULL;
-		REQUIRE(weft_listen(loop, &a, &opts, NULL, NULL, &l) == 0);
+		weft_addr bound;
+		weft_listener *l = listen_at(loop, text, &opts, NULL, NULL, &bound);
+		REQUIRE(l != NULL);
 		struct stat st;
 		CHECK_EQ(stat(text + 5, &st), 0);
 		CHECK(S_ISSOCK(st.st_mode));
 		CHECK_EQ(st.st_mode & 07777, modes[i]);
 		weft_listener_free(l);
-		CHECK_EQ(stat(text + 5, &st), -1);
+		check_removed(text + 5);
 	}
-	free_loop(loop);
 }
 
 /* Leave a socket file no one listens on at path. */
@@ -2777,10 +2729,8 @@ static bool make_stale(const char *path)
 	return ok;
 }
 
-static void test_listen_replace_stale(void)
+static void test_listen_replace_stale(weft_loop *loop)
 {
-	weft_loop *loop = new_loop();
-	REQUIRE(loop != NULL);
 	char text[128];
 	unix_path_text(text, sizeof(text), "stale");
 	const char *path = text + 5;
@@ -2803,9 +2753,7 @@ static void test_listen_replace_stale(void)
 	REQUIRE(weft_listen(loop, &a, &opts, on_accept, &srv, &l) == 0);
 	CHECK_EQ(stat(path, &st), 0);
 	CHECK(S_ISSOCK(st.st_mode));
-	weft_stream *c = NULL;
-	CHECK_EQ(connect_sync(loop, &a, &c), 0);
-	CHECK(wait_accepted(loop, &srv, 1));
+	weft_stream *c = connect_accepted(loop, &a, &srv);
 	if (c != NULL && srv.n == 1)
 		echo_both_ways(c, srv.streams[0]);
 	weft_stream_close(c, NULL, NULL);
@@ -2819,20 +2767,16 @@ static void test_listen_replace_stale(void)
 	CHECK_EQ(stat(path, &st2), 0);
 	CHECK_EQ(st2.st_ino, st.st_ino);
 	/* the first still works (a probe connection may have come in: drop it) */
-	for (int i = 0; i < 5; i++)
-		weft_loop_run(loop, WEFT_RUN_NOWAIT);
+	run_nowait(loop, 5);
 	srv_close_all(&srv);
-	c = NULL;
-	CHECK_EQ(connect_sync(loop, &a, &c), 0);
-	CHECK(wait_accepted(loop, &srv, 1));
-	for (int i = 0; i < 5; i++)
-		weft_loop_run(loop, WEFT_RUN_NOWAIT);
+	c = connect_accepted(loop, &a, &srv);
+	run_nowait(loop, 5);
 	if (c != NULL && srv.n > 0)
 		echo_both_ways(c, srv.streams[srv.n - 1]); /* accepted last */
 	weft_stream_close(c, NULL, NULL);
 	srv_close_all(&srv);
 	weft_listener_free(l);
-	CHECK_EQ(stat(path, &st), -1);
+	check_removed(path);
 
 	/* a file that is not a socket is not replaced */
 	int fd = open(path, O_CREAT | O_WRONLY | O_CLOEXEC, 0600);
@@ -2853,25 +2797,20 @@ static void test_listen_replace_stale(void)
 	CHECK_EQ(connect_sync(loop, &a, &c), 0);
 	weft_stream_close(c, NULL, NULL);
 	weft_listener_free(l2);
-	CHECK_EQ(stat(path, &st), -1);
+	check_removed(path);
 
 	/* datagram sockets: an existing path is EADDRINUSE */
 	REQUIRE(make_stale(path));
 	weft_dgram *d = NULL;
 	CHECK_EQ(weft_dgram_open(loop, &a, NULL, &d), -EADDRINUSE);
 	unlink(path);
-	free_loop(loop);
 }
 
-static void test_listen_tcp_options(void)
+static void test_listen_tcp_options(weft_loop *loop)
 {
-	weft_loop *loop = new_loop();
-	REQUIRE(loop != NULL);
 	weft_addr a, bound;
-	REQUIRE(weft_addr_parse("tcp:127.0.0.1:0", &a) == 0);
-	weft_listener *l = NULL, *l2 = NULL;
-	REQUIRE(weft_listen(loop, &a, NULL, NULL, NULL, &l) == 0);
-	REQUIRE(weft_listener_addr(l, &bound) == 0);
+	weft_listener *l = listen_at(loop, "tcp:127.0.0.1:0", NULL, NULL, NULL, &bound), *l2 = NULL;
+	REQUIRE(l != NULL);
 	/* the same port twice */
 	CHECK_EQ(weft_listen(loop, &bound, NULL, NULL, NULL, &l2), -EADDRINUSE);
 	weft_listen_opts opts = {.no_reuseaddr = true};
@@ -2882,17 +2821,17 @@ static void test_listen_tcp_options(void)
 	CHECK(one != 0);
 	weft_listener_free(l);
 
-	REQUIRE(weft_listen(loop, &a, &opts, NULL, NULL, &l) == 0);
+	l = listen_at(loop, "tcp:127.0.0.1:0", &opts, NULL, NULL, &bound);
+	REQUIRE(l != NULL);
 	one = 1;
 	CHECK_EQ(getsockopt(weft_listener_fd(l), SOL_SOCKET, SO_REUSEADDR, &one, &len), 0);
 	CHECK_EQ(one, 0);
 	weft_listener_free(l);
 
 	/* [::] with ipv6_only: 127.0.0.1 on its port is refused */
-	REQUIRE(weft_addr_parse("tcp:[::]:0", &a) == 0);
 	weft_listen_opts v6 = {.ipv6_only = true};
-	REQUIRE(weft_listen(loop, &a, &v6, NULL, NULL, &l) == 0);
-	REQUIRE(weft_listener_addr(l, &bound) == 0);
+	l = listen_at(loop, "tcp:[::]:0", &v6, NULL, NULL, &bound);
+	REQUIRE(l != NULL);
 	int v6only = 0;
 	len = sizeof(v6only);
 	CHECK_EQ(getsockopt(weft_listener_fd(l), IPPROTO_IPV6, IPV6_V6ONLY, &v6only, &len), 0);
@@ -2910,14 +2849,13 @@ static void test_listen_tcp_options(void)
 	CHECK_EQ(weft_listen(loop, &a, NULL, NULL, NULL, &l), -EINVAL);
 	CHECK_EQ(weft_listen(loop, NULL, NULL, NULL, NULL, &l), -EINVAL);
 	weft_listener_free(NULL);
-	free_loop(loop);
 }
 
 /* ---- extras from the header -------------------------------------------------------- */
 
 /* Out of descriptors: the accept callback gets EMFILE and the listener
  * pauses (about 100 ms) instead of spinning; accepting resumes. */
-static void test_accept_emfile(void)
+static void test_accept_emfile(weft_loop *loop)
 {
 	/* valgrind only emulates RLIMIT_NOFILE: the kernel accepts, valgrind
 	 * closes the new fd and reports EMFILE, so the connection is lost */
@@ -2926,14 +2864,10 @@ static void test_accept_emfile(void)
 		printf("# skipped under valgrind (RLIMIT_NOFILE is emulated there)\n");
 		return;
 	}
-	weft_loop *loop = new_loop();
-	REQUIRE(loop != NULL);
-	weft_addr addr, bound;
-	REQUIRE(weft_addr_parse("tcp:127.0.0.1:0", &addr) == 0);
+	weft_addr bound;
 	struct srv srv = {0};
-	weft_listener *l = NULL;
-	REQUIRE(weft_listen(loop, &addr, NULL, on_accept, &srv, &l) == 0);
-	REQUIRE(weft_listener_addr(l, &bound) == 0);
+	weft_listener *l = listen_at(loop, "tcp:127.0.0.1:0", NULL, on_accept, &srv, &bound);
+	REQUIRE(l != NULL);
 	weft_timer *t = NULL;
 	REQUIRE(weft_timer_new(loop, tick, NULL, &t) == 0);
 	int cfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -2972,7 +2906,7 @@ static void test_accept_emfile(void)
 		close(dups[i]);
 	setrlimit(RLIMIT_NOFILE, &old);
 	/* accepting resumes after the pause */
-	CHECK(wait_accepted(loop, &srv, 1));
+	CHECK(run_until(loop, &srv.n, 1, 5000));
 	CHECK_EQ(srv.n, 1);
 	if (srv.n == 1) {
 		CHECK_EQ(write(cfd, "ping", 4), 4);
@@ -2984,25 +2918,16 @@ static void test_accept_emfile(void)
 	srv_close_all(&srv);
 	weft_timer_free(t);
 	weft_listener_free(l);
-	free_loop(loop);
 }
 
 /* A connected datagram socket whose peer is gone: ECONNREFUSED. */
-static void test_dgram_refused(void)
+static void test_dgram_refused(weft_loop *loop)
 {
-	weft_loop *loop = new_loop();
-	REQUIRE(loop != NULL);
 	/* UDP: a port nobody has (bound and closed again): ICMP unreachable */
-	int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-	REQUIRE(fd >= 0);
-	struct sockaddr_in sin = {.sin_family = AF_INET};
-	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	socklen_t len = sizeof(sin);
-	REQUIRE(bind(fd, (struct sockaddr *)&sin, sizeof(sin)) == 0);
-	REQUIRE(getsockname(fd, (struct sockaddr *)&sin, &len) == 0);
-	close(fd);
 	weft_addr remote;
-	REQUIRE(weft_addr_from_sockaddr((struct sockaddr *)&sin, len, WEFT_ADDR_UDP, &remote) == 0);
+	int fd = bound_loopback(AF_INET, SOCK_DGRAM, &remote);
+	REQUIRE(fd >= 0);
+	close(fd);
 	weft_dgram *d = NULL;
 	REQUIRE(weft_dgram_open(loop, NULL, &remote, &d) == 0);
 	weft_addr local;
@@ -3012,20 +2937,13 @@ static void test_dgram_refused(void)
 	REQUIRE(r != NULL);
 	CHECK_EQ(weft_req_set_timeout(r, 3000), 0);
 	CHECK_EQ(dgram_send_sync(d, "anyone?", 7, NULL), 7);
-	CHECK_EQ(weft_req_wait(r), 0);
-	int err = 0;
-	CHECK_EQ(weft_dgram_recvfrom_recv(r, NULL, NULL, &err), -ECONNREFUSED);
-	weft_req_free(r);
+	CHECK_EQ(finish_sync(r, recvfrom_result, &(struct recv_out){NULL, NULL}), -ECONNREFUSED);
 	weft_dgram_close(d);
 
 	/* Unix: the receiver closed */
-	char t1[128];
-	unix_abstract_text(t1, sizeof(t1), "gone");
 	weft_addr a1;
-	REQUIRE(weft_addr_parse(t1, &a1) == 0);
-	weft_dgram *d1 = NULL, *d2 = NULL;
-	REQUIRE(weft_dgram_open(loop, &a1, NULL, &d1) == 0);
-	REQUIRE(weft_dgram_open(loop, NULL, &a1, &d2) == 0); /* autobound */
+	weft_dgram *d1, *d2;
+	REQUIRE(dgram_pair(loop, "gone", &a1, NULL, &d1, &d2)); /* d2 autobound */
 	CHECK_EQ(weft_dgram_local_addr(d2, &local), 0);
 	CHECK_EQ(local.kind, WEFT_ADDR_UNIX);
 	CHECK_EQ(dgram_send_sync(d2, "one", 3, NULL), 3);
@@ -3047,14 +2965,11 @@ static void test_dgram_refused(void)
 	CHECK_EQ(weft_dgram_open(loop, &tcp, NULL, &d2), -EINVAL);
 	CHECK_EQ(weft_dgram_open(loop, NULL, NULL, &d2), -EINVAL);
 	weft_dgram_close(d1);
-	free_loop(loop);
 }
 
 /* An adopted fd is made non-blocking and close-on-exec; bad fds. */
-static void test_stream_new_socket(void)
+static void test_stream_new_socket(weft_loop *loop)
 {
-	weft_loop *loop = new_loop();
-	REQUIRE(loop != NULL);
 	int sv[2];
 	REQUIRE(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0);
 	weft_stream *a = NULL, *b = NULL;
@@ -3078,7 +2993,6 @@ static void test_stream_new_socket(void)
 	REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
 	CHECK_EQ(weft_stream_new_socket(NULL, sv[0], &a), -EINVAL);
 	CHECK_EQ(weft_stream_new_socket(loop, sv[1], NULL), -EINVAL);
-	free_loop(loop);
 }
 
 /* The listener freed from its own accept callback, with more connections
@@ -3117,10 +3031,8 @@ static void recv_and_close(weft_req *req, void *data)
 	c->d = NULL;
 }
 
-static void test_free_in_callbacks(void)
+static void test_free_in_callbacks(weft_loop *loop)
 {
-	weft_loop *loop = new_loop();
-	REQUIRE(loop != NULL);
 	char text[128];
 	unix_path_text(text, sizeof(text), "free-in-cb");
 	weft_addr a;
@@ -3133,24 +3045,18 @@ static void test_free_in_callbacks(void)
 		fds[i] = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 		CHECK_EQ(connect(fds[i], &a.u.sa, a.len), 0);
 	}
-	for (int i = 0; i < 5; i++)
-		weft_loop_run(loop, WEFT_RUN_NOWAIT);
+	run_nowait(loop, 5);
 	CHECK_EQ(f.calls, 1); /* no accept after the free */
 	CHECK(f.l == NULL);
-	struct stat st;
-	CHECK_EQ(stat(text + 5, &st), -1);
+	check_removed(text + 5);
 	for (int i = 0; i < 3; i++)
 		close(fds[i]);
 
 	/* a datagram socket closed from its own receive callback, with sends
 	 * queued on it */
-	char t1[128];
-	unix_abstract_text(t1, sizeof(t1), "closecb");
 	weft_addr a1;
-	REQUIRE(weft_addr_parse(t1, &a1) == 0);
-	weft_dgram *d1 = NULL, *d2 = NULL;
-	REQUIRE(weft_dgram_open(loop, &a1, NULL, &d1) == 0);
-	REQUIRE(weft_dgram_open(loop, NULL, &a1, &d2) == 0);
+	weft_dgram *d1, *d2;
+	REQUIRE(dgram_pair(loop, "closecb", &a1, NULL, &d1, &d2));
 	struct dg_close_cb c = {.d = d1};
 	weft_req *r = weft_dgram_recvfrom_send(d1);
 	REQUIRE(r != NULL);
@@ -3162,8 +3068,7 @@ static void test_free_in_callbacks(void)
 	CHECK_EQ(dgram_send_sync(d2, "hello", 5, NULL), 5);
 	for (int i = 0; i < 5 && c.calls == 0; i++)
 		weft_loop_run(loop, WEFT_RUN_NOWAIT);
-	for (int i = 0; i < 3; i++)
-		weft_loop_run(loop, WEFT_RUN_NOWAIT);
+	run_nowait(loop, 3);
 	CHECK_EQ(c.calls, 1);
 	CHECK(c.n == 5 || c.n == 4); /* "hello" or its own "self" */
 	CHECK_EQ(sent.ok + sent.canceled, 1);
@@ -3171,39 +3076,38 @@ static void test_free_in_callbacks(void)
 	if (sent.errs)
 		printf("# the queued send: %s\n", strerror(sent.last_err));
 	weft_dgram_close(d2);
-	free_loop(loop);
 }
 
 /* ---- the runner ------------------------------------------------------------ */
 
-static const char *g_current_test;
 static const char *g_only; /* argv[1]: run only tests whose name contains it */
-
-static void on_alarm(int sig)
-{
-	(void)sig;
-	static const char pre[] = "Bail out! watchdog: test ";
-	static const char post[] = " hangs\n";
-	ssize_t ignored = write(1, pre, sizeof pre - 1);
-	if (g_current_test)
-		ignored = write(1, g_current_test, strlen(g_current_test));
-	ignored = write(1, post, sizeof post - 1);
-	(void)ignored;
-	_exit(2);
-}
 
 static void run(const char *name, void (*fn)(void))
 {
 	if (g_only != NULL && strstr(name, g_only) == NULL && strstr(name, "cleanup:") == NULL)
 		return;
-	g_current_test = name;
-	alarm(40);
 	uint64_t t0 = t_now_ms();
-	t_run(name, fn);
-	alarm(0);
+	t_run_watchdog(name, fn, 40);
 	uint64_t dt = t_now_ms() - t0;
 	if (dt > 2000)
 		printf("# %s took %llu ms\n", name, (unsigned long long)dt);
+}
+
+static void (*g_loop_test)(weft_loop *loop);
+
+/* A test on a loop of its own, drained and freed (checked) after it. */
+static void with_loop(void)
+{
+	weft_loop *loop = new_loop();
+	REQUIRE(loop != NULL);
+	g_loop_test(loop);
+	free_loop(loop);
+}
+
+static void run_loop(const char *name, void (*fn)(weft_loop *loop))
+{
+	g_loop_test = fn;
+	run(name, with_loop);
 }
 
 /* Last test: every socket file was removed by whoever created it. */
@@ -3223,7 +3127,6 @@ static void test_dir_empty(void)
 int main(int argc, char **argv)
 {
 	g_only = argc > 1 ? argv[1] : NULL;
-	signal(SIGALRM, on_alarm);
 	setvbuf(stdout, NULL, _IOLBF, 0);
 
 	struct rlimit rl;
@@ -3240,44 +3143,44 @@ int main(int argc, char **argv)
 	run("addr: parse/format round trips", test_addr_roundtrip);
 	run("addr: malformed -> EINVAL, too long, names -> EADDRNOTAVAIL", test_addr_errors);
 	run("addr: port and equal", test_addr_port_equal);
-	run("listen: TCP 127.0.0.1, echo, addresses", test_listen_tcp4);
-	run("listen: TCP ::1, echo, addresses", test_listen_tcp6);
-	run("listen: Unix path, echo, peer_cred, file removed", test_listen_unix_path);
-	run("listen: Unix abstract, echo, peer_cred", test_listen_unix_abstract);
-	run("listen: accept_send mode", test_accept_send);
-	run("connect: refused / no such file", test_connect_refused);
-	run("readv: length-prefixed PDUs, one byte per write", test_pdu_trickle);
-	run("readv: lines, one byte per write", test_lines_trickle);
-	run("readv: 1000 PDUs and 1000 lines in one write", test_pdu_burst);
-	run("readv: EOF mid-PDU -> EPIPE, progress", test_readv_eof_mid_pdu);
-	run("readv: next returns -EPROTO", test_readv_next_error);
-	run("readv: a second read request -> EBUSY", test_readv_busy);
-	run("writev: 64 MiB to a slow reader, no spinning while it pauses", test_big_write_slow_reader);
-	run("writev_queue: 100 writes in order, queue length", test_writev_queue);
-	run("writev: reset by the peer mid-write -> ECONNRESET/EPIPE, no SIGPIPE", test_reset_mid_write);
+	run_loop("listen: TCP 127.0.0.1, echo, addresses", test_listen_tcp4);
+	run_loop("listen: TCP ::1, echo, addresses", test_listen_tcp6);
+	run_loop("listen: Unix path, echo, peer_cred, file removed", test_listen_unix_path);
+	run_loop("listen: Unix abstract, echo, peer_cred", test_listen_unix_abstract);
+	run_loop("listen: accept_send mode", test_accept_send);
+	run_loop("connect: refused / no such file", test_connect_refused);
+	run_loop("readv: length-prefixed PDUs, one byte per write", test_pdu_trickle);
+	run_loop("readv: lines, one byte per write", test_lines_trickle);
+	run_loop("readv: 1000 PDUs and 1000 lines in one write", test_pdu_burst);
+	run_loop("readv: EOF mid-PDU -> EPIPE, progress", test_readv_eof_mid_pdu);
+	run_loop("readv: next returns -EPROTO", test_readv_next_error);
+	run_loop("readv: a second read request -> EBUSY", test_readv_busy);
+	run_loop("writev: 64 MiB to a slow reader, no spinning while it pauses", test_big_write_slow_reader);
+	run_loop("writev_queue: 100 writes in order, queue length", test_writev_queue);
+	run_loop("writev: reset by the peer mid-write -> ECONNRESET/EPIPE, no SIGPIPE", test_reset_mid_write);
 	run("writev: closed peer with SIGPIPE at SIG_DFL -> EPIPE (child)", test_sigpipe_child);
-	run("shutdown: after queued writes, the peer reads all, then EOF", test_shutdown_after_writes);
-	run("close: pending readv/writevs -> ECANCELED after close returns", test_close_pending);
-	run("close: from inside the readv next callback", test_close_in_next);
-	run("close: from inside readv/writev completion callbacks", test_close_in_callback);
-	run("timeout: readv -> ETIMEDOUT, the stream goes on", test_readv_timeout);
-	run("pipe: /bin/cat echoes lines, shutdown, EOF", test_pipe_cat);
-	run("connections: 1000 concurrent on 127.0.0.1", test_many_connections);
-	run("dgram: UDP 127.0.0.1", test_dgram_udp4);
-	run("dgram: UDP ::1", test_dgram_udp6);
-	run("dgram: Unix path", test_dgram_unix_path);
-	run("dgram: Unix abstract", test_dgram_unix_abstract);
-	run("dgram: 1000 datagrams through the send queue", test_dgram_queue_1000);
-	run("dgram: close with requests pending -> ECANCELED", test_dgram_close_pending);
-	run("resolve: numeric, localhost, a name that does not exist", test_resolve);
-	run("resolve: cancel and free while in progress", test_resolve_cancel);
-	run("listen: mode of the socket file", test_listen_mode);
-	run("listen: replace_stale, live path, file ownership", test_listen_replace_stale);
-	run("listen: TCP address in use, SO_REUSEADDR, IPV6_V6ONLY", test_listen_tcp_options);
-	run("listen: EMFILE pauses accepting, then resumes", test_accept_emfile);
-	run("dgram: peer gone -> ECONNREFUSED; no destination", test_dgram_refused);
-	run("stream: adopted socket fd flags, bad arguments", test_stream_new_socket);
-	run("free: listener in its accept callback, dgram in its recv callback", test_free_in_callbacks);
+	run_loop("shutdown: after queued writes, the peer reads all, then EOF", test_shutdown_after_writes);
+	run_loop("close: pending readv/writevs -> ECANCELED after close returns", test_close_pending);
+	run_loop("close: from inside the readv next callback", test_close_in_next);
+	run_loop("close: from inside readv/writev completion callbacks", test_close_in_callback);
+	run_loop("timeout: readv -> ETIMEDOUT, the stream goes on", test_readv_timeout);
+	run_loop("pipe: /bin/cat echoes lines, shutdown, EOF", test_pipe_cat);
+	run_loop("connections: 1000 concurrent on 127.0.0.1", test_many_connections);
+	run_loop("dgram: UDP 127.0.0.1", test_dgram_udp4);
+	run_loop("dgram: UDP ::1", test_dgram_udp6);
+	run_loop("dgram: Unix path", test_dgram_unix_path);
+	run_loop("dgram: Unix abstract", test_dgram_unix_abstract);
+	run_loop("dgram: 1000 datagrams through the send queue", test_dgram_queue_1000);
+	run_loop("dgram: close with requests pending -> ECANCELED", test_dgram_close_pending);
+	run_loop("resolve: numeric, localhost, a name that does not exist", test_resolve);
+	run_loop("resolve: cancel and free while in progress", test_resolve_cancel);
+	run_loop("listen: mode of the socket file", test_listen_mode);
+	run_loop("listen: replace_stale, live path, file ownership", test_listen_replace_stale);
+	run_loop("listen: TCP address in use, SO_REUSEADDR, IPV6_V6ONLY", test_listen_tcp_options);
+	run_loop("listen: EMFILE pauses accepting, then resumes", test_accept_emfile);
+	run_loop("dgram: peer gone -> ECONNREFUSED; no destination", test_dgram_refused);
+	run_loop("stream: adopted socket fd flags, bad arguments", test_stream_new_socket);
+	run_loop("free: listener in its accept callback, dgram in its recv callback", test_free_in_callbacks);
 
 	run("cleanup: the temporary directory is empty", test_dir_empty);
 	return t_finish();
