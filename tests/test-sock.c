@@ -3124,6 +3124,81 @@ static void test_dir_empty(void)
 	CHECK_EQ(r, 0);
 }
 
+/* ---- read what is there; write without a request ------------------------- */
+
+static ssize_t read_result(weft_req *req, void *unused, int *perrno)
+{
+	(void)unused;
+	return weft_stream_read_recv(req, perrno);
+}
+
+static void test_read_some(weft_loop *loop)
+{
+	weft_stream *s;
+	int fd = stream_and_fd(loop, &s);
+	REQUIRE(fd >= 0);
+	char buf[64];
+	/* What is there, not more: 5 bytes into a 64-byte buffer. */
+	CHECK_EQ(write(fd, "hello", 5), 5);
+	CHECK_EQ(finish_sync(weft_stream_read_send(s, buf, sizeof(buf)), read_result, NULL), 5);
+	CHECK(memcmp(buf, "hello", 5) == 0);
+	/* A small buffer: the rest stays for the next read, in order. */
+	CHECK_EQ(write(fd, "abcdefghij", 10), 10);
+	CHECK_EQ(finish_sync(weft_stream_read_send(s, buf, 4), read_result, NULL), 4);
+	CHECK(memcmp(buf, "abcd", 4) == 0);
+	CHECK_EQ(finish_sync(weft_stream_read_send(s, buf, sizeof(buf)), read_result, NULL), 6);
+	CHECK(memcmp(buf, "efghij", 6) == 0);
+	/* Bytes left over by a readv are handed out first. */
+	CHECK_EQ(write(fd, "12345678", 8), 8);
+	CHECK_EQ(read_exact(s, buf, 3, NULL), 0);
+	CHECK_EQ(finish_sync(weft_stream_read_send(s, buf, sizeof(buf)), read_result, NULL), 5);
+	CHECK(memcmp(buf, "45678", 5) == 0);
+	/* One read at a time, shared with readv. */
+	weft_req *first = weft_stream_read_send(s, buf, sizeof(buf));
+	CHECK_EQ(finish_sync(weft_stream_read_send(s, buf, sizeof(buf)), read_result, NULL), -EBUSY);
+	CHECK_EQ(write(fd, "z", 1), 1);
+	CHECK_EQ(finish_sync(first, read_result, NULL), 1);
+	CHECK_EQ(finish_sync(weft_stream_read_send(s, buf, 0), read_result, NULL), -EINVAL);
+	/* The end of the stream. */
+	close(fd);
+	CHECK_EQ(finish_sync(weft_stream_read_send(s, buf, sizeof(buf)), read_result, NULL), -EPIPE);
+	weft_stream_close(s, NULL, NULL);
+}
+
+static void test_try_writev(weft_loop *loop)
+{
+	weft_stream *s;
+	int fd = stream_and_fd(loop, &s);
+	REQUIRE(fd >= 0);
+	int small = 4096;
+	setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
+	/* Everything fits: written at once, no request, nothing retained. */
+	char msg[] = "ping";
+	struct iovec two[2] = {{msg, 2}, {msg + 2, 2}};
+	CHECK_EQ(weft_stream_try_writev(s, two, 2), 4);
+	char in[8];
+	CHECK_EQ(read(fd, in, sizeof(in)), 4);
+	CHECK(memcmp(in, "ping", 4) == 0);
+	/* A full socket: a partial count, then -EAGAIN. */
+	static char big[1 << 20];
+	struct iovec v = {big, sizeof(big)};
+	ssize_t n = weft_stream_try_writev(s, &v, 1);
+	CHECK(n > 0 && n < (ssize_t)sizeof(big));
+	CHECK_EQ(weft_stream_try_writev(s, &v, 1), -EAGAIN);
+	/* A queued write in progress: -EBUSY, so the stream is never reordered. */
+	weft_req *w = weft_stream_writev_queue_send(s, NULL, &v, 1);
+	REQUIRE(w != NULL);
+	run_nowait(loop, 2);
+	CHECK(weft_req_is_in_progress(w));
+	CHECK_EQ(weft_stream_try_writev(s, two, 2), -EBUSY);
+	weft_req_free(w);
+	CHECK_EQ(weft_stream_try_writev(s, NULL, 1), -EINVAL);
+	/* The peer gone: -EPIPE (no SIGPIPE) once the buffer is drained. */
+	close(fd);
+	CHECK(weft_stream_try_writev(s, two, 2) < 0);
+	weft_stream_close(s, NULL, NULL);
+}
+
 int main(int argc, char **argv)
 {
 	g_only = argc > 1 ? argv[1] : NULL;
@@ -3181,6 +3256,8 @@ int main(int argc, char **argv)
 	run_loop("dgram: peer gone -> ECONNREFUSED; no destination", test_dgram_refused);
 	run_loop("stream: adopted socket fd flags, bad arguments", test_stream_new_socket);
 	run_loop("free: listener in its accept callback, dgram in its recv callback", test_free_in_callbacks);
+	run_loop("read_send: what is there, leftovers first, EBUSY, EOF", test_read_some);
+	run_loop("try_writev: at once, partial, EAGAIN, EBUSY behind a queued write", test_try_writev);
 
 	run("cleanup: the temporary directory is empty", test_dir_empty);
 	return t_finish();
