@@ -11,6 +11,8 @@
 
 #include <weft/loop.h>
 
+#include "list.h"
+
 #define WEFT__NS_PER_MS UINT64_C(1000000)
 #define WEFT__NO_DEADLINE UINT64_MAX
 
@@ -48,7 +50,7 @@ struct weft_timer {
 
 struct weft_defer {
 	struct weft__handle h;
-	struct weft_defer *prev, *next; /* circular list while scheduled */
+	struct weft__list link; /* in loop->defers (or a batch) while scheduled */
 	weft_defer_cb cb;
 	void *data;
 	bool owned_by_loop; /* a weft_loop_call_soon node */
@@ -56,7 +58,7 @@ struct weft_defer {
 
 struct weft_async {
 	struct weft__handle h;
-	struct weft_async *prev, *next;
+	struct weft__list link; /* in loop->asyncs */
 	atomic_int pending;
 	weft_async_cb cb;
 	void *data;
@@ -64,7 +66,7 @@ struct weft_async {
 
 struct weft_signal {
 	struct weft__handle h;
-	struct weft_signal *prev, *next;
+	struct weft__list link; /* in loop->signals while started */
 	int signum; /* 0 when stopped */
 	weft_signal_cb cb;
 	void *data;
@@ -90,7 +92,7 @@ struct weft_loop {
 	uint64_t timer_seq;
 	uint64_t timer_pass;
 
-	struct weft_defer defers; /* sentinel of the scheduled list */
+	struct weft__list defers; /* scheduled deferred calls */
 	size_t ndefers;           /* scheduled, including the batch being run */
 
 	uint64_t now_ns;
@@ -104,8 +106,8 @@ struct weft_loop {
 	int wake_fd;
 	weft_io *wake_io;
 	atomic_int wake_pending;
-	struct weft_async asyncs; /* sentinel */
-	struct weft_async *async_iter;
+	struct weft__list asyncs;
+	struct weft__list *async_iter; /* next to visit while dispatching */
 
 	/* signals */
 	int sig_fd;
@@ -113,8 +115,8 @@ struct weft_loop {
 	sigset_t sigset;
 	unsigned sig_count[_NSIG];
 	bool sig_was_blocked[_NSIG];
-	struct weft_signal signals; /* sentinel */
-	struct weft_signal *sig_iter;
+	struct weft__list signals;
+	struct weft__list *sig_iter; /* next to visit while dispatching */
 
 	/* recycled small blocks (requests): see weft__block_alloc */
 	void *blocks[WEFT__BLOCK_CACHE];

@@ -138,9 +138,9 @@ static int loop_alloc(enum weft__backend_kind kind, weft_loop **ret)
 	loop->epfd = -1;
 	loop->wake_fd = -1;
 	loop->sig_fd = -1;
-	loop->defers.prev = loop->defers.next = &loop->defers;
-	loop->asyncs.prev = loop->asyncs.next = &loop->asyncs;
-	loop->signals.prev = loop->signals.next = &loop->signals;
+	weft__list_init(&loop->defers);
+	weft__list_init(&loop->asyncs);
+	weft__list_init(&loop->signals);
 	sigemptyset(&loop->sigset);
 	loop->reported_deadline = WEFT__NO_DEADLINE;
 	loop->now_ns = weft__clock_ns();
@@ -233,11 +233,9 @@ int weft_loop_free(weft_loop *loop)
 		return -EBUSY;
 	/* What is left in the deferred list are weft_loop_call_soon nodes (any
 	 * other scheduled defer belongs to a live handle, refused above). */
-	struct weft_defer *head = &loop->defers;
-	while (head->next != head) {
-		weft_defer *d = head->next;
-		head->next = d->next;
-		d->next->prev = head;
+	while (!weft__list_empty(&loop->defers)) {
+		weft_defer *d = weft__container_of(loop->defers.next, weft_defer, link);
+		weft__list_remove(&d->link);
 		if (d->owned_by_loop)
 			free(d);
 	}
@@ -613,23 +611,12 @@ int weft_defer_new(weft_loop *loop, weft_defer_cb cb, void *data, weft_defer **r
 	return 0;
 }
 
-static void defer_unlink(weft_defer *d)
-{
-	d->prev->next = d->next;
-	d->next->prev = d->prev;
-	d->prev = d->next = NULL;
-}
-
 void weft_defer_schedule(weft_defer *defer)
 {
 	if (defer == NULL || defer->h.active)
 		return;
 	weft_loop *loop = defer->h.loop;
-	struct weft_defer *head = &loop->defers;
-	defer->prev = head->prev;
-	defer->next = head;
-	head->prev->next = defer;
-	head->prev = defer;
+	weft__list_append(&loop->defers, &defer->link);
 	loop->ndefers++;
 	weft__handle_set_active(&defer->h, true);
 	if (loop->ndefers == 1)
@@ -641,7 +628,7 @@ void weft_defer_cancel(weft_defer *defer)
 	if (defer == NULL || !defer->h.active)
 		return;
 	weft_loop *loop = defer->h.loop;
-	defer_unlink(defer);
+	weft__list_remove(&defer->link);
 	loop->ndefers--;
 	weft__handle_set_active(&defer->h, false);
 	if (loop->ndefers == 0)
@@ -664,20 +651,15 @@ void weft_defer_free(weft_defer *defer)
 
 bool weft__run_defers(weft_loop *loop)
 {
-	struct weft_defer *head = &loop->defers;
-	if (head->next == head)
+	if (weft__list_empty(&loop->defers))
 		return false;
 	/* Move the current batch to a local list: what callbacks schedule now
 	 * waits for the next iteration.  Cancel works on either list. */
-	struct weft_defer batch;
-	batch.next = head->next;
-	batch.prev = head->prev;
-	batch.next->prev = &batch;
-	batch.prev->next = &batch;
-	head->next = head->prev = head;
-	while (batch.next != &batch) {
-		weft_defer *d = batch.next;
-		defer_unlink(d);
+	struct weft__list batch;
+	weft__list_move(&batch, &loop->defers);
+	while (!weft__list_empty(&batch)) {
+		weft_defer *d = weft__container_of(batch.next, weft_defer, link);
+		weft__list_remove(&d->link);
 		loop->ndefers--;
 		weft__handle_set_active(&d->h, false);
 		d->cb(d, d->data);
@@ -839,9 +821,9 @@ static void wake_cb(weft_io *io, unsigned revents, void *data)
 	while (read(loop->wake_fd, &value, sizeof(value)) < 0 && errno == EINTR)
 		;
 	atomic_store(&loop->wake_pending, 0);
-	struct weft_async *head = &loop->asyncs;
-	for (struct weft_async *a = head->next; a != head; a = loop->async_iter) {
-		loop->async_iter = a->next; /* a callback may free the next one */
+	for (struct weft__list *n = loop->asyncs.next; n != &loop->asyncs; n = loop->async_iter) {
+		weft_async *a = weft__container_of(n, weft_async, link);
+		loop->async_iter = n->next; /* a callback may free the next one */
 		if (atomic_exchange(&a->pending, 0))
 			a->cb(a, a->data);
 	}
@@ -861,10 +843,7 @@ int weft_async_new(weft_loop *loop, weft_async_cb cb, void *data, weft_async **r
 	atomic_init(&a->pending, 0);
 	a->cb = cb;
 	a->data = data;
-	a->prev = loop->asyncs.prev;
-	a->next = &loop->asyncs;
-	loop->asyncs.prev->next = a;
-	loop->asyncs.prev = a;
+	weft__list_append(&loop->asyncs, &a->link);
 	weft__handle_set_active(&a->h, true);
 	*ret_async = a;
 	return 0;
@@ -893,10 +872,9 @@ void weft_async_free(weft_async *async)
 	if (async == NULL)
 		return;
 	weft_loop *loop = async->h.loop;
-	if (loop->async_iter == async)
-		loop->async_iter = async->next;
-	async->prev->next = async->next;
-	async->next->prev = async->prev;
+	if (loop->async_iter == &async->link)
+		loop->async_iter = async->link.next;
+	weft__list_remove(&async->link);
 	weft__handle_fini(&async->h);
 	free(async);
 }
@@ -916,9 +894,9 @@ static void signal_cb(weft_io *io, unsigned revents, void *data)
 		size_t count = (size_t)n / sizeof(info[0]);
 		for (size_t i = 0; i < count; i++) {
 			int signum = (int)info[i].ssi_signo;
-			struct weft_signal *head = &loop->signals;
-			for (struct weft_signal *s = head->next; s != head; s = loop->sig_iter) {
-				loop->sig_iter = s->next;
+			for (struct weft__list *it = loop->signals.next; it != &loop->signals; it = loop->sig_iter) {
+				weft_signal *s = weft__container_of(it, weft_signal, link);
+				loop->sig_iter = it->next; /* a callback may free the next one */
 				if (s->signum == signum)
 					s->cb(s, signum, s->data);
 			}
@@ -993,10 +971,7 @@ int weft_signal_start(weft_signal *sig, int signum)
 	}
 	loop->sig_count[signum]++;
 	sig->signum = signum;
-	sig->prev = loop->signals.prev;
-	sig->next = &loop->signals;
-	loop->signals.prev->next = sig;
-	loop->signals.prev = sig;
+	weft__list_append(&loop->signals, &sig->link);
 	weft__handle_set_active(&sig->h, true);
 	return 0;
 }
@@ -1007,11 +982,9 @@ void weft_signal_stop(weft_signal *sig)
 		return;
 	weft_loop *loop = sig->h.loop;
 	int signum = sig->signum;
-	if (loop->sig_iter == sig)
-		loop->sig_iter = sig->next;
-	sig->prev->next = sig->next;
-	sig->next->prev = sig->prev;
-	sig->prev = sig->next = NULL;
+	if (loop->sig_iter == &sig->link)
+		loop->sig_iter = sig->link.next;
+	weft__list_remove(&sig->link);
 	sig->signum = 0;
 	weft__handle_set_active(&sig->h, false);
 	if (--loop->sig_count[signum] > 0)

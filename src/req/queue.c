@@ -9,17 +9,22 @@
 struct weft_queue {
 	weft_loop *loop;
 	const char *name;
-	weft_req *head, *tail;
+	struct weft__list reqs; /* the running request first, then the waiting */
 	size_t length;
 	bool running;
 	weft_defer kick; /* triggers the head from the loop */
 };
 
+static weft_req *queue_head(const weft_queue *q)
+{
+	return weft__list_empty(&q->reqs) ? NULL : weft__container_of(q->reqs.next, weft_req, q_link);
+}
+
 static void kick_cb(weft_defer *defer, void *data)
 {
 	weft_queue *q = data;
 	(void)defer;
-	weft_req *req = q->head;
+	weft_req *req = queue_head(q);
 	if (req == NULL || req->triggered || !q->running)
 		return;
 	req->triggered = true;
@@ -28,7 +33,8 @@ static void kick_cb(weft_defer *defer, void *data)
 
 static void kick(weft_queue *q)
 {
-	if (q->running && q->head != NULL && !q->head->triggered)
+	weft_req *head = queue_head(q);
+	if (q->running && head != NULL && !head->triggered)
 		weft_defer_schedule(&q->kick);
 }
 
@@ -42,6 +48,7 @@ int weft_queue_new(weft_loop *loop, const char *name, weft_queue **ret_queue)
 	q->loop = loop;
 	q->name = name ? name : "queue";
 	q->running = true;
+	weft__list_init(&q->reqs);
 	weft__defer_init(loop, &q->kick, kick_cb, q);
 	loop->nhandles++;
 	*ret_queue = q;
@@ -50,15 +57,7 @@ int weft_queue_new(weft_loop *loop, const char *name, weft_queue **ret_queue)
 
 static void unlink_req(weft_queue *q, weft_req *req)
 {
-	if (req->q_prev)
-		req->q_prev->q_next = req->q_next;
-	else
-		q->head = req->q_next;
-	if (req->q_next)
-		req->q_next->q_prev = req->q_prev;
-	else
-		q->tail = req->q_prev;
-	req->q_prev = req->q_next = NULL;
+	weft__list_remove(&req->q_link);
 	req->queue = NULL;
 	q->length--;
 }
@@ -68,7 +67,7 @@ void weft__queue_remove(weft_req *req)
 	weft_queue *q = req->queue;
 	if (q == NULL)
 		return;
-	bool was_head = q->head == req;
+	bool was_head = queue_head(q) == req;
 	unlink_req(q, req);
 	if (was_head)
 		kick(q);
@@ -84,13 +83,7 @@ static int queue_append(weft_queue *q, weft_req *req, weft_queue_trigger_fn trig
 	req->trigger = trigger;
 	req->trigger_data = data;
 	req->triggered = false;
-	req->q_next = NULL;
-	req->q_prev = q->tail;
-	if (q->tail)
-		q->tail->q_next = req;
-	else
-		q->head = req;
-	q->tail = req;
+	weft__list_append(&q->reqs, &req->q_link);
 	q->length++;
 	return 0;
 }
@@ -152,8 +145,8 @@ void weft_queue_free(weft_queue *queue)
 	 * requests here: with the queue stopped nothing re-arms the kick, and
 	 * the loop below takes whatever is in the queue until it is empty. */
 	queue->running = false;
-	while (queue->head != NULL) {
-		weft_req *req = queue->head;
+	weft_req *req;
+	while ((req = queue_head(queue)) != NULL) {
 		bool waiting = !req->triggered;
 		unlink_req(queue, req);
 		if (waiting) {

@@ -31,7 +31,7 @@ struct weft_req {
 
 	/* queue membership */
 	weft_queue *queue;
-	weft_req *q_prev, *q_next;
+	struct weft__list q_link; /* in queue->reqs */
 	weft_queue_trigger_fn trigger;
 	void *trigger_data;
 	bool triggered;

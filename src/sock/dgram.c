@@ -65,8 +65,8 @@ struct weft_dgram {
 
 	weft_req *recv_req;   /* the pending recvfrom */
 	weft_req *plain_send; /* the plain sendto in progress */
-	struct send_state *att_head, *att_tail; /* every attached send */
-	struct send_state *blk_head, *blk_tail; /* sends waiting for WRITE */
+	struct weft__list attached; /* every attached send */
+	struct weft__list blocked;  /* sends waiting for WRITE, in order */
 	size_t nblocked;
 
 	unsigned busy; /* pinned by a dispatch on the stack */
@@ -96,8 +96,8 @@ struct send_state {
 	bool has_dst;
 	bool blocked;
 	size_t sent;
-	struct send_state *att_prev, *att_next;
-	struct send_state *blk_prev, *blk_next;
+	struct weft__list att_link; /* in d->attached */
+	struct weft__list blk_link; /* in d->blocked while blocked */
 };
 
 /* ---- helpers ------------------------------------------------------------- */
@@ -325,15 +325,7 @@ static void block_unlink(weft_dgram *d, struct send_state *s)
 {
 	if (!s->blocked)
 		return;
-	if (s->blk_prev)
-		s->blk_prev->blk_next = s->blk_next;
-	else
-		d->blk_head = s->blk_next;
-	if (s->blk_next)
-		s->blk_next->blk_prev = s->blk_prev;
-	else
-		d->blk_tail = s->blk_prev;
-	s->blk_prev = s->blk_next = NULL;
+	weft__list_remove(&s->blk_link);
 	s->blocked = false;
 	d->nblocked--;
 }
@@ -341,13 +333,7 @@ static void block_unlink(weft_dgram *d, struct send_state *s)
 static void send_attach(weft_dgram *d, struct send_state *s)
 {
 	s->d = d;
-	s->att_next = NULL;
-	s->att_prev = d->att_tail;
-	if (d->att_tail)
-		d->att_tail->att_next = s;
-	else
-		d->att_head = s;
-	d->att_tail = s;
+	weft__list_append(&d->attached, &s->att_link);
 }
 
 static void send_detach(struct send_state *s)
@@ -357,15 +343,7 @@ static void send_detach(struct send_state *s)
 		return;
 	s->d = NULL;
 	block_unlink(d, s);
-	if (s->att_prev)
-		s->att_prev->att_next = s->att_next;
-	else
-		d->att_head = s->att_next;
-	if (s->att_next)
-		s->att_next->att_prev = s->att_prev;
-	else
-		d->att_tail = s->att_prev;
-	s->att_prev = s->att_next = NULL;
+	weft__list_remove(&s->att_link);
 	if (d->plain_send == s->req)
 		d->plain_send = NULL;
 	(void)update_watch(d);
@@ -407,13 +385,7 @@ static void send_complete(struct send_state *s, ssize_t n)
 static void send_block(weft_dgram *d, struct send_state *s)
 {
 	s->blocked = true;
-	s->blk_next = NULL;
-	s->blk_prev = d->blk_tail;
-	if (d->blk_tail)
-		d->blk_tail->blk_next = s;
-	else
-		d->blk_head = s;
-	d->blk_tail = s;
+	weft__list_append(&d->blocked, &s->blk_link);
 	d->nblocked++;
 	weft_req_error(s->req, update_watch(d)); /* the cleanup unblocks */
 }
@@ -437,8 +409,8 @@ static void send_start(weft_dgram *d, struct send_state *s)
 static void serve_writes(weft_dgram *d)
 {
 	bool progressed = false;
-	for (unsigned i = 0; i < DGRAM_WRITES_PER_WAKE && !d->closed && d->blk_head != NULL; i++) {
-		struct send_state *s = d->blk_head;
+	for (unsigned i = 0; i < DGRAM_WRITES_PER_WAKE && !d->closed && !weft__list_empty(&d->blocked); i++) {
+		struct send_state *s = weft__container_of(d->blocked.next, struct send_state, blk_link);
 		ssize_t n = send_try(d, s);
 		if (n == -EAGAIN) {
 			if (!progressed) {
@@ -634,6 +606,8 @@ int weft_dgram_open(weft_loop *loop, const weft_addr *local, const weft_addr *re
 	weft_dgram *d = calloc(1, sizeof(*d));
 	if (d == NULL)
 		return -ENOMEM;
+	weft__list_init(&d->attached);
+	weft__list_init(&d->blocked);
 	d->loop = loop;
 	d->kind = local != NULL ? local->kind : remote->kind;
 	int r = dgram_setup(d, family, local, remote);
@@ -681,8 +655,8 @@ void weft_dgram_close(weft_dgram *d)
 	 * detaches its request from d. */
 	if (d->recv_req != NULL && weft_req_cancel(d->recv_req) < 0 && d->recv_req != NULL)
 		recv_detach(d->recv_req, weft_req_state(d->recv_req));
-	while (d->att_head != NULL) {
-		struct send_state *s = d->att_head;
+	while (!weft__list_empty(&d->attached)) {
+		struct send_state *s = weft__container_of(d->attached.next, struct send_state, att_link);
 		if (weft_req_cancel(s->req) < 0)
 			send_detach(s);
 	}

@@ -4,6 +4,8 @@
 
 #include <weft/sock.h>
 
+#include "list.h"
+
 /* How many bytes the stream core reads ahead past the caller's vector, so
  * one syscall can fill a small PDU and keep what follows. */
 #define WEFT__READAHEAD 16384
@@ -11,7 +13,7 @@
 /* A stream's requests, each linked here so closing the stream can cancel
  * them wherever they wait (a foreign queue included). */
 struct weft__stream_op {
-	struct weft__stream_op *prev, *next;
+	struct weft__list link;
 	weft_stream *s; /* NULL once detached */
 	weft_req *req;
 };

@@ -31,7 +31,7 @@ struct weft_stream {
 	unsigned watching;  /* what the transport was last asked to watch */
 
 	weft_queue *wqueue;
-	struct weft__stream_op ops_list; /* sentinel: every live request */
+	struct weft__list ops_list; /* every live request */
 
 	unsigned char *ra;  /* read-ahead buffer */
 	size_t ra_off, ra_len;
@@ -93,7 +93,7 @@ int weft_stream_new(weft_loop *loop, const weft_stream_ops *ops, void *impl, wef
 	s->loop = loop;
 	s->ops = ops;
 	s->impl = impl;
-	s->ops_list.prev = s->ops_list.next = &s->ops_list;
+	weft__list_init(&s->ops_list);
 	weft__defer_init(loop, &s->kick, kick_cb, s);
 	loop->nhandles++; /* a live stream pins its loop */
 	*ret_stream = s;
@@ -141,10 +141,7 @@ static void op_link(weft_stream *s, struct weft__stream_op *op, weft_req *req)
 {
 	op->s = s;
 	op->req = req;
-	op->prev = s->ops_list.prev;
-	op->next = &s->ops_list;
-	s->ops_list.prev->next = op;
-	s->ops_list.prev = op;
+	weft__list_append(&s->ops_list, &op->link);
 }
 
 /* Detach a request from its stream: called from its cleanup, so it runs at
@@ -154,9 +151,7 @@ static weft_stream *op_unlink(struct weft__stream_op *op)
 	weft_stream *s = op->s;
 	if (s == NULL)
 		return NULL;
-	op->prev->next = op->next;
-	op->next->prev = op->prev;
-	op->prev = op->next = NULL;
+	weft__list_remove(&op->link);
 	op->s = NULL;
 	if (s->reader == op->req)
 		s->reader = NULL;
@@ -179,8 +174,8 @@ void weft_stream_close(weft_stream *s, weft_stream_close_cb cb, void *data)
 	weft_defer_cancel(&s->kick);
 	/* Cancel every request of this stream: callbacks are posted, and each
 	 * cleanup detaches it, so none will touch the stream again. */
-	while (s->ops_list.next != &s->ops_list) {
-		struct weft__stream_op *op = s->ops_list.next;
+	while (!weft__list_empty(&s->ops_list)) {
+		struct weft__stream_op *op = weft__container_of(s->ops_list.next, struct weft__stream_op, link);
 		weft_req *req = op->req;
 		op_unlink(op);
 		weft_req_cancel(req);
