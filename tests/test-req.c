@@ -153,6 +153,27 @@ static void count_cleanup(weft_req_stage stage)
 		g_cleanup_free_total++;
 }
 
+/* A request of an operation whose state starts with an op_hdr tagged tag,
+ * with that cleanup. */
+static weft_req *op_new(weft_loop *loop, size_t size, const char *name, char tag,
+			weft_req_cleanup_fn cleanup)
+{
+	weft_req *req = weft_req_new(loop, size, name);
+	if (req == NULL)
+		return NULL;
+	struct op_hdr *h = weft_req_state(req);
+	h->tag = tag;
+	weft_req_set_cleanup(req, cleanup);
+	return req;
+}
+
+/* The end of every cleanup: trace and count the stage. */
+static void op_cleanup_done(const struct op_hdr *h, weft_req_stage stage)
+{
+	note_cleanup(h, stage);
+	count_cleanup(stage);
+}
+
 /* ---- operation: sleep ------------------------------------------------------ */
 
 enum { CANCEL_NONE, CANCEL_REFUSE, CANCEL_NOW };
@@ -169,8 +190,7 @@ static void sleep_cleanup(weft_req *req, weft_req_stage stage)
 	struct sleep_state *s = weft_req_state(req);
 	weft_timer_free(s->t);
 	s->t = NULL;
-	note_cleanup(&s->h, stage);
-	count_cleanup(stage);
+	op_cleanup_done(&s->h, stage);
 }
 
 static void sleep_fired(weft_timer *t, void *data)
@@ -201,12 +221,10 @@ static bool sleep_cancel_now(weft_req *req)
  * starts it with weft_timer_start(sleep_timer(req), ...)). */
 static weft_req *sleep_send(weft_loop *loop, uint64_t ms, char tag, int cancel_mode)
 {
-	weft_req *req = weft_req_new(loop, sizeof(struct sleep_state), "sleep");
+	weft_req *req = op_new(loop, sizeof(struct sleep_state), "sleep", tag, sleep_cleanup);
 	if (req == NULL)
 		return NULL;
 	struct sleep_state *s = weft_req_state(req);
-	s->h.tag = tag;
-	weft_req_set_cleanup(req, sleep_cleanup);
 	if (cancel_mode == CANCEL_REFUSE)
 		weft_req_set_cancel_fn(req, sleep_cancel_refuse);
 	else if (cancel_mode == CANCEL_NOW)
@@ -243,8 +261,7 @@ static void rb_cleanup(weft_req *req, weft_req_stage stage)
 	struct rb_state *s = weft_req_state(req);
 	weft_io_free(s->io);
 	s->io = NULL;
-	note_cleanup(&s->h, stage);
-	count_cleanup(stage);
+	op_cleanup_done(&s->h, stage);
 }
 
 static void rb_ready(weft_io *io, unsigned revents, void *data)
@@ -269,13 +286,11 @@ static void rb_ready(weft_io *io, unsigned revents, void *data)
 
 static weft_req *rb_send(weft_loop *loop, int fd, char tag)
 {
-	weft_req *req = weft_req_new(loop, sizeof(struct rb_state), "readbyte");
+	weft_req *req = op_new(loop, sizeof(struct rb_state), "readbyte", tag, rb_cleanup);
 	if (req == NULL)
 		return NULL;
 	struct rb_state *s = weft_req_state(req);
-	s->h.tag = tag;
 	s->fd = fd;
-	weft_req_set_cleanup(req, rb_cleanup);
 	g_in_send++;
 	int r = weft_io_new(loop, fd, rb_ready, req, &s->io);
 	if (!weft_req_error(req, r))
@@ -310,8 +325,7 @@ static void wr_cleanup(weft_req *req, weft_req_stage stage)
 	struct wr_state *s = weft_req_state(req);
 	weft_io_free(s->io);
 	s->io = NULL;
-	note_cleanup(&s->h, stage);
-	count_cleanup(stage);
+	op_cleanup_done(&s->h, stage);
 }
 
 static void wr_ready(weft_io *io, unsigned revents, void *data)
@@ -345,14 +359,12 @@ static bool wr_cancel(weft_req *req)
 
 static weft_req *wr_send(weft_loop *loop, int fd, uint64_t total, char tag)
 {
-	weft_req *req = weft_req_new(loop, sizeof(struct wr_state), "writer");
+	weft_req *req = op_new(loop, sizeof(struct wr_state), "writer", tag, wr_cleanup);
 	if (req == NULL)
 		return NULL;
 	struct wr_state *s = weft_req_state(req);
-	s->h.tag = tag;
 	s->fd = fd;
 	s->total = total;
-	weft_req_set_cleanup(req, wr_cleanup);
 	weft_req_set_cancel_fn(req, wr_cancel);
 	g_in_send++;
 	int r = weft_io_new(loop, fd, wr_ready, req, &s->io);
@@ -371,19 +383,15 @@ struct hdr_state {
 static void hdr_cleanup(weft_req *req, weft_req_stage stage)
 {
 	struct hdr_state *s = weft_req_state(req);
-	note_cleanup(&s->h, stage);
-	count_cleanup(stage);
+	op_cleanup_done(&s->h, stage);
 }
 
 /* err == 0: done; -ENOMEM: weft_req_nomem(NULL); otherwise weft_req_error. */
 static weft_req *instant_send(weft_loop *loop, int err, char tag)
 {
-	weft_req *req = weft_req_new(loop, sizeof(struct hdr_state), "instant");
+	weft_req *req = op_new(loop, sizeof(struct hdr_state), "instant", tag, hdr_cleanup);
 	if (req == NULL)
 		return NULL;
-	struct hdr_state *s = weft_req_state(req);
-	s->h.tag = tag;
-	weft_req_set_cleanup(req, hdr_cleanup);
 	g_in_send++;
 	if (err == -ENOMEM)
 		weft_req_nomem(NULL, req);
@@ -395,13 +403,7 @@ static weft_req *instant_send(weft_loop *loop, int err, char tag)
 
 static weft_req *manual_new(weft_loop *loop, char tag)
 {
-	weft_req *req = weft_req_new(loop, sizeof(struct hdr_state), "manual");
-	if (req == NULL)
-		return NULL;
-	struct hdr_state *s = weft_req_state(req);
-	s->h.tag = tag;
-	weft_req_set_cleanup(req, hdr_cleanup);
-	return req;
+	return op_new(loop, sizeof(struct hdr_state), "manual", tag, hdr_cleanup);
 }
 
 /* ---- operation for queues ------------------------------------------------ */
@@ -434,8 +436,7 @@ static void qop_cleanup(weft_req *req, weft_req_stage stage)
 	struct qop_state *s = weft_req_state(req);
 	weft_timer_free(s->t);
 	s->t = NULL;
-	note_cleanup(&s->h, stage);
-	count_cleanup(stage);
+	op_cleanup_done(&s->h, stage);
 }
 
 static void qop_trigger(weft_req *req, void *data)
@@ -472,14 +473,12 @@ static void qop_trigger(weft_req *req, void *data)
 
 static weft_req *qop_new(weft_loop *loop, uint64_t ms, char tag, int id)
 {
-	weft_req *req = weft_req_new(loop, sizeof(struct qop_state), "qop");
+	weft_req *req = op_new(loop, sizeof(struct qop_state), "qop", tag, qop_cleanup);
 	if (req == NULL)
 		return NULL;
 	struct qop_state *s = weft_req_state(req);
-	s->h.tag = tag;
 	s->h.id = id;
 	s->ms = ms;
-	weft_req_set_cleanup(req, qop_cleanup);
 	return req;
 }
 
@@ -527,11 +526,104 @@ static int cancel(weft_req *req)
 	return r;
 }
 
-static void close_pair(int fds[2])
+
+/* mkloop with an empty trace. */
+static weft_loop *loop_setup(void)
 {
-	close(fds[0]);
-	close(fds[1]);
+	weft_loop *loop = mkloop();
+	tr_reset();
+	return loop;
 }
+
+/* loop_setup for a test holding the fds fd0 and fd1 (-1: none): on
+ * failure they are closed. */
+static weft_loop *loop_setup_fds(int fd0, int fd1)
+{
+	weft_loop *loop = loop_setup();
+	if (loop == NULL) {
+		if (fd0 >= 0)
+			close(fd0);
+		if (fd1 >= 0)
+			close(fd1);
+	}
+	return loop;
+}
+
+/* Ends a test holding the fds fd0 and fd1 (-1: none). */
+static void endloop_fds(weft_loop *loop, int fd0, int fd1)
+{
+	endloop(loop);
+	if (fd0 >= 0)
+		close(fd0);
+	if (fd1 >= 0)
+		close(fd1);
+}
+
+/* A non-blocking socketpair (bufsize > 0: with that send buffer on sv[0]
+ * and receive buffer on sv[1]) and a loop_setup; false (nothing left open) if
+ * either fails. */
+static bool pair_setup(int sv[2], int bufsize, weft_loop **loop)
+{
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) != 0)
+		return false;
+	if (bufsize > 0) {
+		setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &bufsize, sizeof bufsize);
+		setsockopt(sv[1], SOL_SOCKET, SO_RCVBUF, &bufsize, sizeof bufsize);
+	}
+	*loop = loop_setup_fds(sv[0], sv[1]);
+	return *loop != NULL;
+}
+
+/* A non-blocking pipe whose write end is already closed (reads see EOF)
+ * and a loop_setup; false (nothing left open) if either fails. */
+static bool eof_pipe_setup(int *rfd, weft_loop **loop)
+{
+	int p[2];
+	if (pipe2(p, O_NONBLOCK | O_CLOEXEC) != 0)
+		return false;
+	close(p[1]);
+	*rfd = p[0];
+	*loop = loop_setup_fds(p[0], -1);
+	return *loop != NULL;
+}
+
+/* Reports req's completion to r (rec_cb); returns req (NULL stays NULL). */
+static weft_req *watch(weft_req *req, struct rec *r)
+{
+	if (req)
+		weft_req_set_callback(req, rec_cb, r);
+	return req;
+}
+
+/* Frees every request of the list, in order. */
+static void free_each(weft_req *const req[], size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		weft_req_free(req[i]);
+}
+#define REQ_LIST(...) (weft_req *const[]){ __VA_ARGS__ }
+#define REQ_COUNT(...) (sizeof REQ_LIST(__VA_ARGS__) / sizeof(weft_req *))
+#define FREE_EACH(...) free_each(REQ_LIST(__VA_ARGS__), REQ_COUNT(__VA_ARGS__))
+
+/* The callback ran once, with this status. */
+#define CHECK_ONCE(r, st)                 \
+	do {                              \
+		CHECK_EQ((r).calls, 1);   \
+		CHECK_EQ((r).status, st); \
+	} while (0)
+/* The callback ran once, with this errno (0: no error). */
+#define CHECK_ONCE_ERR(r, e)           \
+	do {                           \
+		CHECK_EQ((r).calls, 1); \
+		CHECK_EQ((r).err, e);   \
+	} while (0)
+/* An elapsed time of about ms: not shorter (2 ms grace), at most SLACK_MS
+ * longer. */
+#define CHECK_ABOUT(el, ms)                     \
+	do {                                    \
+		CHECK((el) >= (ms) - 2);        \
+		CHECK((el) <= (ms) + SLACK_MS); \
+	} while (0)
 
 /* =========================================================================
  * basics
@@ -563,8 +655,7 @@ static void test_new_and_state(void)
 	CHECK(!weft_req_is_error(req, &e));
 	CHECK_EQ(e, -7);
 	CHECK_EQ(weft_req_simple_recv(req, NULL), -EINPROGRESS);
-	weft_req_free(req);
-	weft_req_free(NULL);
+	FREE_EACH(req, NULL);
 	/* a request that did nothing leaves nothing behind */
 	CHECK_EQ(weft_loop_run(loop, WEFT_RUN_DEFAULT), 0);
 	endloop(loop);
@@ -572,9 +663,8 @@ static void test_new_and_state(void)
 
 static void test_sleep_done(void)
 {
-	weft_loop *loop = mkloop();
+	weft_loop *loop = loop_setup();
 	REQUIRE(loop);
-	tr_reset();
 	uint64_t t0 = t_now_ms();
 	weft_req *req = sleep_send(loop, 40, 'a', CANCEL_NONE);
 	REQUIRE(req);
@@ -598,8 +688,7 @@ static void test_sleep_done(void)
 	CHECK_EQ(r.recv, 0);
 	CHECK(!r.reentrant);
 	CHECK(r.in_done); /* a completion from the loop calls back synchronously */
-	CHECK(el >= 38);
-	CHECK(el <= 40 + SLACK_MS);
+	CHECK_ABOUT(el, 40);
 	e = -7;
 	CHECK_EQ(sleep_recv(req, &e), 0);
 	CHECK_EQ(e, -7); /* *perrno only set on error */
@@ -617,13 +706,8 @@ static void test_sleep_done(void)
 static void test_readbyte(void)
 {
 	int sv[2];
-	REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) == 0);
-	weft_loop *loop = mkloop();
-	if (loop == NULL) {
-		close_pair(sv);
-		return;
-	}
-	tr_reset();
+	weft_loop *loop;
+	REQUIRE(pair_setup(sv, 0, &loop));
 	weft_req *req = rb_send(loop, sv[0], 'a');
 	struct rec r = { .tag = 'a' };
 	if (req) {
@@ -632,8 +716,7 @@ static void test_readbyte(void)
 		CHECK_EQ(r.calls, 0);
 		CHECK_EQ(write(sv[1], "Z", 1), 1);
 		CHECK_EQ(weft_loop_run(loop, WEFT_RUN_DEFAULT), 0);
-		CHECK_EQ(r.calls, 1);
-		CHECK_EQ(r.status, WEFT_REQ_DONE);
+		CHECK_ONCE(r, WEFT_REQ_DONE);
 		char c = 0;
 		int e = -7;
 		CHECK_EQ(rb_recv(req, &c, &e), 0);
@@ -644,28 +727,20 @@ static void test_readbyte(void)
 	} else {
 		CHECK(req != NULL);
 	}
-	endloop(loop);
-	close_pair(sv);
+	endloop_fds(loop, sv[0], sv[1]);
 }
 
 static void test_readbyte_error(void)
 {
-	int p[2];
-	REQUIRE(pipe2(p, O_NONBLOCK | O_CLOEXEC) == 0);
-	close(p[1]);
-	weft_loop *loop = mkloop();
-	if (loop == NULL) {
-		close(p[0]);
-		return;
-	}
-	tr_reset();
-	weft_req *req = rb_send(loop, p[0], 'a');
+	int rfd;
+	weft_loop *loop;
+	REQUIRE(eof_pipe_setup(&rfd, &loop));
+	weft_req *req = rb_send(loop, rfd, 'a');
 	struct rec r = { .tag = 'a' };
 	if (req) {
 		weft_req_set_callback(req, rec_cb, &r);
 		CHECK_EQ(weft_loop_run(loop, WEFT_RUN_DEFAULT), 0);
-		CHECK_EQ(r.calls, 1);
-		CHECK_EQ(r.status, WEFT_REQ_ERROR);
+		CHECK_ONCE(r, WEFT_REQ_ERROR);
 		CHECK_EQ(r.err, EPIPE);
 		CHECK_EQ(r.recv, -EPIPE);
 		CHECK_EQ(weft_req_get_status(req), WEFT_REQ_ERROR);
@@ -683,15 +758,13 @@ static void test_readbyte_error(void)
 	} else {
 		CHECK(req != NULL);
 	}
-	endloop(loop);
-	close(p[0]);
+	endloop_fds(loop, rfd, -1);
 }
 
 static void test_error_values(void)
 {
-	weft_loop *loop = mkloop();
+	weft_loop *loop = loop_setup();
 	REQUIRE(loop);
-	tr_reset();
 	weft_req *a = manual_new(loop, 'a');
 	weft_req *b = manual_new(loop, 'b');
 	weft_req *c = manual_new(loop, 'c');
@@ -715,21 +788,18 @@ static void test_error_values(void)
 
 	/* negative errno stored positive */
 	CHECK(weft_req_error(a, -EIO));
-	CHECK_EQ(ra.calls, 1);
-	CHECK_EQ(ra.status, WEFT_REQ_ERROR);
+	CHECK_ONCE(ra, WEFT_REQ_ERROR);
 	CHECK_EQ(ra.err, EIO);
 	CHECK_EQ(ra.recv, -EIO);
 	/* positive errno stored positive */
 	CHECK(weft_req_error(b, ENOENT));
-	CHECK_EQ(rb.calls, 1);
-	CHECK_EQ(rb.err, ENOENT);
+	CHECK_ONCE_ERR(rb, ENOENT);
 	int e = -7;
 	CHECK_EQ(weft_req_simple_recv(b, &e), -ENOENT);
 	CHECK_EQ(e, ENOENT);
 	/* nomem(NULL) */
 	CHECK(weft_req_nomem(NULL, c));
-	CHECK_EQ(rc.calls, 1);
-	CHECK_EQ(rc.status, WEFT_REQ_ERROR);
+	CHECK_ONCE(rc, WEFT_REQ_ERROR);
 	CHECK_EQ(rc.err, ENOMEM);
 	e = -7;
 	CHECK_EQ(weft_req_simple_recv(c, &e), -ENOMEM);
@@ -742,26 +812,20 @@ static void test_error_values(void)
 	CHECK_EQ(e, ENOMEM);
 	/* done */
 	weft_req_done(d);
-	CHECK_EQ(rd.calls, 1);
-	CHECK_EQ(rd.status, WEFT_REQ_DONE);
+	CHECK_ONCE(rd, WEFT_REQ_DONE);
 	CHECK_EQ(rd.recv, 0);
 	CHECK_TRACE(0, "a:fin a:cb b:fin b:cb c:fin c:cb n:fin d:fin d:cb");
 
 	CHECK_EQ(weft_loop_run(loop, WEFT_RUN_DEFAULT), 0);
 	CHECK_EQ(ra.calls + rb.calls + rc.calls + rd.calls, 4);
-	weft_req_free(a);
-	weft_req_free(b);
-	weft_req_free(c);
-	weft_req_free(d);
-	weft_req_free(n);
+	FREE_EACH(a, b, c, d, n);
 	endloop(loop);
 }
 
 static void test_double_completion(void)
 {
-	weft_loop *loop = mkloop();
+	weft_loop *loop = loop_setup();
 	REQUIRE(loop);
-	tr_reset();
 	weft_req *a = manual_new(loop, 'a');
 	weft_req *b = manual_new(loop, 'b');
 	REQUIRE(a && b);
@@ -792,8 +856,7 @@ static void test_double_completion(void)
 	CHECK_EQ(rb.calls, 1);
 	CHECK_EQ(weft_req_get_status(a), WEFT_REQ_DONE);
 	CHECK_TRACE(0, "a:fin a:cb b:fin b:cb");
-	weft_req_free(a);
-	weft_req_free(b);
+	FREE_EACH(a, b);
 	endloop(loop);
 }
 
@@ -803,9 +866,8 @@ static void test_double_completion(void)
 
 static void test_complete_in_send(void)
 {
-	weft_loop *loop = mkloop();
+	weft_loop *loop = loop_setup();
 	REQUIRE(loop);
-	tr_reset();
 	struct rec ra = { .tag = 'a' }, rb = { .tag = 'b' };
 	weft_req *a = instant_send(loop, 0, 'a');
 	weft_req *b = instant_send(loop, -EACCES, 'b');
@@ -837,16 +899,14 @@ static void test_complete_in_send(void)
 	CHECK_EQ(weft_loop_run(loop, WEFT_RUN_DEFAULT), 0);
 	CHECK_EQ(ra.calls, 1);
 	CHECK_EQ(rb.calls, 1);
-	weft_req_free(a);
-	weft_req_free(b);
+	FREE_EACH(a, b);
 	endloop(loop);
 }
 
 static void test_complete_in_send_callback_later(void)
 {
-	weft_loop *loop = mkloop();
+	weft_loop *loop = loop_setup();
 	REQUIRE(loop);
-	tr_reset();
 	/* callback replaced before the posted completion runs: the new one runs */
 	struct rec r1 = { .tag = '1' }, r2 = { .tag = '2' };
 	weft_req *a = instant_send(loop, EIO, 'a');
@@ -865,14 +925,10 @@ static void test_complete_in_send_callback_later(void)
 	CHECK_EQ(r3.calls, 0);
 	CHECK_EQ(weft_loop_run(loop, WEFT_RUN_DEFAULT), 0);
 	CHECK_EQ(r1.calls, 0);
-	CHECK_EQ(r2.calls, 1);
-	CHECK_EQ(r2.err, EIO);
-	CHECK_EQ(r3.calls, 1);
-	CHECK_EQ(r3.status, WEFT_REQ_DONE);
+	CHECK_ONCE_ERR(r2, EIO);
+	CHECK_ONCE(r3, WEFT_REQ_DONE);
 	CHECK(!r2.reentrant && !r3.reentrant);
-	weft_req_free(a);
-	weft_req_free(b);
-	weft_req_free(c);
+	FREE_EACH(a, b, c);
 	endloop(loop);
 }
 
@@ -882,17 +938,13 @@ static void test_complete_in_send_callback_later(void)
 
 static void test_cleanup_stages(void)
 {
-	weft_loop *loop = mkloop();
+	weft_loop *loop = loop_setup();
 	REQUIRE(loop);
-	tr_reset();
 	struct rec ra = { .tag = 'a' }, rb = { .tag = 'b' }, rc = { .tag = 'c' };
-	weft_req *a = sleep_send(loop, 10, 'a', CANCEL_NONE);
-	weft_req *b = sleep_send(loop, 5000, 'b', CANCEL_NONE);
-	weft_req *c = instant_send(loop, 0, 'c');
+	weft_req *a = watch(sleep_send(loop, 10, 'a', CANCEL_NONE), &ra);
+	weft_req *b = watch(sleep_send(loop, 5000, 'b', CANCEL_NONE), &rb);
+	weft_req *c = watch(instant_send(loop, 0, 'c'), &rc);
 	REQUIRE(a && b && c);
-	weft_req_set_callback(a, rec_cb, &ra);
-	weft_req_set_callback(b, rec_cb, &rb);
-	weft_req_set_callback(c, rec_cb, &rc);
 	/* freed in progress: only FREED */
 	weft_req_free(b);
 	CHECK_TRACE('b', "free");
@@ -916,15 +968,9 @@ static void test_cleanup_stages(void)
 
 static void test_free_in_callback(void)
 {
-	int p[2];
-	REQUIRE(pipe2(p, O_NONBLOCK | O_CLOEXEC) == 0);
-	close(p[1]);
-	weft_loop *loop = mkloop();
-	if (!loop) {
-		close(p[0]);
-		return;
-	}
-	tr_reset();
+	int rfd;
+	weft_loop *loop;
+	REQUIRE(eof_pipe_setup(&rfd, &loop));
 	struct rec r[5];
 	memset(r, 0, sizeof r);
 	weft_req *req[5];
@@ -932,7 +978,7 @@ static void test_free_in_callback(void)
 	req[1] = instant_send(loop, 0, 'b');                /* posted */
 	req[2] = sleep_send(loop, 5000, 'c', CANCEL_NONE);  /* canceled */
 	req[3] = sleep_send(loop, 5000, 'd', CANCEL_NONE);  /* timed out */
-	req[4] = rb_send(loop, p[0], 'e');                  /* error from io */
+	req[4] = rb_send(loop, rfd, 'e');                  /* error from io */
 	for (int i = 0; i < 5; i++) {
 		if (!req[i]) {
 			CHECK(req[i] != NULL);
@@ -954,8 +1000,7 @@ static void test_free_in_callback(void)
 	CHECK_EQ(r[2].err, ECANCELED);
 	CHECK_EQ(r[3].err, ETIMEDOUT);
 	CHECK_EQ(r[4].err, EPIPE);
-	endloop(loop);
-	close(p[0]);
+	endloop_fds(loop, rfd, -1);
 }
 
 static void never_io(weft_io *io, unsigned revents, void *data)
@@ -969,27 +1014,17 @@ static void never_io(weft_io *io, unsigned revents, void *data)
 static void test_free_in_progress(void)
 {
 	int sv[2];
-	REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) == 0);
-	weft_loop *loop = mkloop();
-	if (!loop) {
-		close_pair(sv);
-		return;
-	}
-	tr_reset();
+	weft_loop *loop;
+	REQUIRE(pair_setup(sv, 0, &loop));
 	struct rec ra = { .tag = 'a' }, rb = { .tag = 'b' }, rc = { .tag = 'c' }, rd = { .tag = 'd' };
-	weft_req *a = sleep_send(loop, 5000, 'a', CANCEL_NONE);
-	weft_req *b = rb_send(loop, sv[0], 'b');
-	weft_req *c = sleep_send(loop, 20, 'c', CANCEL_NONE);
-	weft_req *d = sleep_send(loop, 5000, 'd', CANCEL_NONE);
+	weft_req *a = watch(sleep_send(loop, 5000, 'a', CANCEL_NONE), &ra);
+	weft_req *b = watch(rb_send(loop, sv[0], 'b'), &rb);
+	weft_req *c = watch(sleep_send(loop, 20, 'c', CANCEL_NONE), &rc);
+	weft_req *d = watch(sleep_send(loop, 5000, 'd', CANCEL_NONE), &rd);
 	REQUIRE(a && b && c && d);
-	weft_req_set_callback(a, rec_cb, &ra);
-	weft_req_set_callback(b, rec_cb, &rb);
-	weft_req_set_callback(c, rec_cb, &rc);
-	weft_req_set_callback(d, rec_cb, &rd);
 	CHECK_EQ(weft_req_set_timeout(d, 10), 0);
 	CHECK_EQ(weft_loop_run(loop, WEFT_RUN_NOWAIT), 1);
-	weft_req_free(a);
-	weft_req_free(b);
+	FREE_EACH(a, b);
 	weft_req_free(d); /* its timeout must go too */
 	CHECK_EQ(write(sv[1], "x", 1), 1);
 	/* the watcher on sv[0] was released: another one may be started */
@@ -1007,8 +1042,7 @@ static void test_free_in_progress(void)
 	CHECK(!weft_loop_alive(loop));
 	CHECK_EQ(ra.calls + rb.calls + rc.calls + rd.calls, 0);
 	CHECK_TRACE(0, "a:free b:free d:free c:free");
-	endloop(loop);
-	close_pair(sv);
+	endloop_fds(loop, sv[0], sv[1]);
 }
 
 /* =========================================================================
@@ -1017,13 +1051,11 @@ static void test_free_in_progress(void)
 
 static void test_cancel_no_fn(void)
 {
-	weft_loop *loop = mkloop();
+	weft_loop *loop = loop_setup();
 	REQUIRE(loop);
-	tr_reset();
 	struct rec r = { .tag = 'a' };
-	weft_req *a = sleep_send(loop, 5000, 'a', CANCEL_NONE);
+	weft_req *a = watch(sleep_send(loop, 5000, 'a', CANCEL_NONE), &r);
 	REQUIRE(a);
-	weft_req_set_callback(a, rec_cb, &r);
 	CHECK_EQ(weft_loop_run(loop, WEFT_RUN_NOWAIT), 1);
 	CHECK_EQ(cancel(a), 0);
 	CHECK_EQ(r.calls, 0); /* posted, not inside weft_req_cancel */
@@ -1050,13 +1082,11 @@ static void test_cancel_no_fn(void)
 
 static void test_cancel_refused(void)
 {
-	weft_loop *loop = mkloop();
+	weft_loop *loop = loop_setup();
 	REQUIRE(loop);
-	tr_reset();
 	struct rec r = { .tag = 'a' };
-	weft_req *a = sleep_send(loop, 30, 'a', CANCEL_REFUSE);
+	weft_req *a = watch(sleep_send(loop, 30, 'a', CANCEL_REFUSE), &r);
 	REQUIRE(a);
-	weft_req_set_callback(a, rec_cb, &r);
 	CHECK_EQ(cancel(a), -EBUSY);
 	CHECK_EQ(((struct sleep_state *)weft_req_state(a))->cancel_calls, 1);
 	CHECK_EQ(weft_req_get_status(a), WEFT_REQ_IN_PROGRESS);
@@ -1064,9 +1094,8 @@ static void test_cancel_refused(void)
 	uint64_t t0 = t_now_ms();
 	CHECK_EQ(weft_loop_run(loop, WEFT_RUN_DEFAULT), 0);
 	uint64_t el = t_now_ms() - t0;
-	CHECK(el >= 28 && el <= 30 + SLACK_MS);
-	CHECK_EQ(r.calls, 1);
-	CHECK_EQ(r.status, WEFT_REQ_DONE);
+	CHECK_ABOUT(el, 30);
+	CHECK_ONCE(r, WEFT_REQ_DONE);
 	CHECK_EQ(r.recv, 0);
 	CHECK_EQ(cancel(a), -EALREADY);
 	CHECK_EQ(((struct sleep_state *)weft_req_state(a))->cancel_calls, 1);
@@ -1077,13 +1106,11 @@ static void test_cancel_refused(void)
 
 static void test_cancel_fn_completes(void)
 {
-	weft_loop *loop = mkloop();
+	weft_loop *loop = loop_setup();
 	REQUIRE(loop);
-	tr_reset();
 	struct rec r = { .tag = 'a' };
-	weft_req *a = sleep_send(loop, 5000, 'a', CANCEL_NOW);
+	weft_req *a = watch(sleep_send(loop, 5000, 'a', CANCEL_NOW), &r);
 	REQUIRE(a);
-	weft_req_set_callback(a, rec_cb, &r);
 	CHECK_EQ(cancel(a), 0);
 	CHECK_EQ(((struct sleep_state *)weft_req_state(a))->cancel_calls, 1);
 	CHECK_EQ(r.calls, 0); /* completion caused by cancel is posted */
@@ -1104,17 +1131,13 @@ static void test_cancel_fn_completes(void)
 
 static void test_cancel_after_completion(void)
 {
-	weft_loop *loop = mkloop();
+	weft_loop *loop = loop_setup();
 	REQUIRE(loop);
-	tr_reset();
 	struct rec ra = { .tag = 'a' }, rb = { .tag = 'b' }, rc = { .tag = 'c' };
-	weft_req *a = sleep_send(loop, 5, 'a', CANCEL_NONE);
-	weft_req *b = instant_send(loop, 0, 'b');  /* completed, callback pending */
-	weft_req *c = instant_send(loop, EIO, 'c');
+	weft_req *a = watch(sleep_send(loop, 5, 'a', CANCEL_NONE), &ra);
+	weft_req *b = watch(instant_send(loop, 0, 'b'), &rb);  /* completed, callback pending */
+	weft_req *c = watch(instant_send(loop, EIO, 'c'), &rc);
 	REQUIRE(a && b && c);
-	weft_req_set_callback(a, rec_cb, &ra);
-	weft_req_set_callback(b, rec_cb, &rb);
-	weft_req_set_callback(c, rec_cb, &rc);
 	CHECK_EQ(cancel(b), -EALREADY);
 	CHECK_EQ(cancel(c), -EALREADY);
 	CHECK_EQ(weft_loop_run(loop, WEFT_RUN_DEFAULT), 0);
@@ -1129,11 +1152,29 @@ static void test_cancel_after_completion(void)
 	CHECK_EQ(weft_req_get_status(c), WEFT_REQ_ERROR);
 	CHECK_TRACE('a', "fin cb");
 	CHECK_TRACE('b', "fin cb");
-	weft_req_free(a);
-	weft_req_free(b);
-	weft_req_free(c);
+	FREE_EACH(a, b, c);
 	endloop(loop);
 }
+
+/* Sets a timeout of ms on req (reporting to r), runs the loop until it has
+ * nothing left and checks that req timed out, once, after about ms. */
+static void check_times_out(const char *file, int line, weft_loop *loop, weft_req *req,
+			    const struct rec *r, uint64_t ms)
+{
+	uint64_t t0 = t_now_ms();
+	t_check_eq(file, line, "weft_req_set_timeout(req, ms) == 0", weft_req_set_timeout(req, ms), 0);
+	t_check_eq(file, line, "weft_loop_run(loop, WEFT_RUN_DEFAULT) == 0",
+		   weft_loop_run(loop, WEFT_RUN_DEFAULT), 0);
+	uint64_t el = t_now_ms() - t0;
+	if (el < ms - 2 || el > ms + SLACK_MS) {
+		printf("# timed out after %llu ms, expected about %llu\n", (unsigned long long)el,
+		       (unsigned long long)ms);
+		t_fail(file, line, "el >= ms - 2 && el <= ms + SLACK_MS");
+	}
+	t_check_eq(file, line, "r->calls == 1", r->calls, 1);
+	t_check_eq(file, line, "r->status == WEFT_REQ_TIMED_OUT", r->status, WEFT_REQ_TIMED_OUT);
+}
+#define CHECK_TIMES_OUT(loop, req, r, ms) check_times_out(__FILE__, __LINE__, (loop), (req), (r), (ms))
 
 /* ---- the writer: cancel / timeout with partial progress (libuv#2051) --- */
 
@@ -1177,26 +1218,11 @@ static void do_cancel(weft_timer *t, void *data)
 		weft_timer_stop(c->sr->t);
 }
 
-static bool small_sndbuf_pair(int sv[2])
-{
-	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) != 0)
-		return false;
-	int sz = 8192;
-	setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &sz, sizeof sz);
-	setsockopt(sv[1], SOL_SOCKET, SO_RCVBUF, &sz, sizeof sz);
-	return true;
-}
-
 static void test_write_cancel_progress(void)
 {
 	int sv[2];
-	REQUIRE(small_sndbuf_pair(sv));
-	weft_loop *loop = mkloop();
-	if (!loop) {
-		close_pair(sv);
-		return;
-	}
-	tr_reset();
+	weft_loop *loop;
+	REQUIRE(pair_setup(sv, 8192, &loop));
 	const uint64_t total = 64u << 20;
 	struct rec r = { .tag = 'w' };
 	weft_req *w = wr_send(loop, sv[0], total, 'w');
@@ -1234,20 +1260,14 @@ static void test_write_cancel_progress(void)
 	weft_timer_free(ct);
 	weft_timer_free(sr.t);
 	weft_req_free(w);
-	endloop(loop);
-	close_pair(sv);
+	endloop_fds(loop, sv[0], sv[1]);
 }
 
 static void test_write_timeout_progress(void)
 {
 	int sv[2];
-	REQUIRE(small_sndbuf_pair(sv));
-	weft_loop *loop = mkloop();
-	if (!loop) {
-		close_pair(sv);
-		return;
-	}
-	tr_reset();
+	weft_loop *loop;
+	REQUIRE(pair_setup(sv, 8192, &loop));
 	const uint64_t total = 64u << 20;
 	struct rec r = { .tag = 'w' };
 	weft_req *w = wr_send(loop, sv[0], total, 'w');
@@ -1262,11 +1282,10 @@ static void test_write_timeout_progress(void)
 			weft_loop_run(loop, WEFT_RUN_ONCE);
 		uint64_t el = t_now_ms() - t0;
 		weft_timer_stop(sr.t);
-		CHECK_EQ(r.calls, 1);
-		CHECK_EQ(r.status, WEFT_REQ_TIMED_OUT);
+		CHECK_ONCE(r, WEFT_REQ_TIMED_OUT);
 		CHECK_EQ(r.err, ETIMEDOUT);
 		CHECK_EQ(r.recv, -ETIMEDOUT);
-		CHECK(el >= 58 && el <= 60 + SLACK_MS);
+		CHECK_ABOUT(el, 60);
 		uint64_t p = weft_req_progress(w);
 		CHECK(p > 0);
 		CHECK(p < total);
@@ -1281,8 +1300,7 @@ static void test_write_timeout_progress(void)
 	}
 	weft_timer_free(sr.t);
 	weft_req_free(w);
-	endloop(loop);
-	close_pair(sv);
+	endloop_fds(loop, sv[0], sv[1]);
 }
 
 struct fast_reader {
@@ -1306,13 +1324,8 @@ static void fast_read(weft_io *io, unsigned revents, void *data)
 static void test_write_complete(void)
 {
 	int sv[2];
-	REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) == 0);
-	weft_loop *loop = mkloop();
-	if (!loop) {
-		close_pair(sv);
-		return;
-	}
-	tr_reset();
+	weft_loop *loop;
+	REQUIRE(pair_setup(sv, 0, &loop));
 	const uint64_t total = 1000003;
 	struct rec r = { .tag = 'w' };
 	weft_req *w = wr_send(loop, sv[0], total, 'w');
@@ -1321,8 +1334,7 @@ static void test_write_complete(void)
 		weft_req_set_callback(w, rec_cb, &r);
 		CHECK_EQ(weft_io_start(fr.io, WEFT_IO_READ), 0);
 		CHECK_EQ(weft_loop_run(loop, WEFT_RUN_DEFAULT), 0);
-		CHECK_EQ(r.calls, 1);
-		CHECK_EQ(r.status, WEFT_REQ_DONE);
+		CHECK_ONCE(r, WEFT_REQ_DONE);
 		CHECK_EQ(weft_req_progress(w), total);
 		CHECK_EQ(fr.got, total);
 		CHECK_EQ(cancel(w), -EALREADY);
@@ -1332,8 +1344,7 @@ static void test_write_complete(void)
 	}
 	weft_io_free(fr.io);
 	weft_req_free(w);
-	endloop(loop);
-	close_pair(sv);
+	endloop_fds(loop, sv[0], sv[1]);
 }
 
 /* =========================================================================
@@ -1342,21 +1353,12 @@ static void test_write_complete(void)
 
 static void test_timeout_long_sleep(void)
 {
-	weft_loop *loop = mkloop();
+	weft_loop *loop = loop_setup();
 	REQUIRE(loop);
-	tr_reset();
 	struct rec r = { .tag = 'a' };
-	weft_req *a = sleep_send(loop, 10000, 'a', CANCEL_NONE);
+	weft_req *a = watch(sleep_send(loop, 10000, 'a', CANCEL_NONE), &r);
 	REQUIRE(a);
-	weft_req_set_callback(a, rec_cb, &r);
-	uint64_t t0 = t_now_ms();
-	CHECK_EQ(weft_req_set_timeout(a, 50), 0);
-	CHECK_EQ(weft_loop_run(loop, WEFT_RUN_DEFAULT), 0); /* the sleep's timer is gone */
-	uint64_t el = t_now_ms() - t0;
-	CHECK(el >= 48);
-	CHECK(el <= 50 + SLACK_MS);
-	CHECK_EQ(r.calls, 1);
-	CHECK_EQ(r.status, WEFT_REQ_TIMED_OUT);
+	CHECK_TIMES_OUT(loop, a, &r, 50); /* the sleep's timer is gone */
 	CHECK_EQ(r.err, ETIMEDOUT);
 	CHECK_EQ(r.recv, -ETIMEDOUT);
 	CHECK_EQ(weft_req_get_status(a), WEFT_REQ_TIMED_OUT);
@@ -1375,20 +1377,12 @@ static void test_timeout_on_manual(void)
 {
 	/* a request holding no handle at all: the timeout alone keeps the
 	 * loop running */
-	weft_loop *loop = mkloop();
+	weft_loop *loop = loop_setup();
 	REQUIRE(loop);
-	tr_reset();
 	struct rec r = { .tag = 'a' };
-	weft_req *a = manual_new(loop, 'a');
+	weft_req *a = watch(manual_new(loop, 'a'), &r);
 	REQUIRE(a);
-	weft_req_set_callback(a, rec_cb, &r);
-	uint64_t t0 = t_now_ms();
-	CHECK_EQ(weft_req_set_timeout(a, 30), 0);
-	CHECK_EQ(weft_loop_run(loop, WEFT_RUN_DEFAULT), 0);
-	uint64_t el = t_now_ms() - t0;
-	CHECK(el >= 28 && el <= 30 + SLACK_MS);
-	CHECK_EQ(r.calls, 1);
-	CHECK_EQ(r.status, WEFT_REQ_TIMED_OUT);
+	CHECK_TIMES_OUT(loop, a, &r, 30);
 	weft_req_free(a);
 	CHECK_TRACE(0, "a:fin a:cb a:free");
 	endloop(loop);
@@ -1398,37 +1392,26 @@ static void test_timeout_on_manual(void)
  * stale when the loop has not run for a while. */
 static void test_timeout_from_now(void)
 {
-	weft_loop *loop = mkloop();
+	weft_loop *loop = loop_setup();
 	REQUIRE(loop);
-	tr_reset();
 	CHECK(weft_loop_run(loop, WEFT_RUN_NOWAIT) >= 0);
 	usleep(100 * 1000); /* the loop's cached time is now 100 ms old */
 	struct rec r = { .tag = 'a' };
-	weft_req *a = manual_new(loop, 'a');
+	weft_req *a = watch(manual_new(loop, 'a'), &r);
 	REQUIRE(a);
-	weft_req_set_callback(a, rec_cb, &r);
-	uint64_t t0 = t_now_ms();
-	CHECK_EQ(weft_req_set_timeout(a, 50), 0);
-	CHECK_EQ(weft_loop_run(loop, WEFT_RUN_DEFAULT), 0);
-	uint64_t el = t_now_ms() - t0;
-	CHECK(el >= 48 && el <= 50 + SLACK_MS);
-	CHECK_EQ(r.calls, 1);
-	CHECK_EQ(r.status, WEFT_REQ_TIMED_OUT);
+	CHECK_TIMES_OUT(loop, a, &r, 50);
 	weft_req_free(a);
 	endloop(loop);
 }
 
 static void test_timeout_completed(void)
 {
-	weft_loop *loop = mkloop();
+	weft_loop *loop = loop_setup();
 	REQUIRE(loop);
-	tr_reset();
 	struct rec ra = { .tag = 'a' }, rb = { .tag = 'b' };
-	weft_req *a = instant_send(loop, 0, 'a');
-	weft_req *b = sleep_send(loop, 5, 'b', CANCEL_NONE);
+	weft_req *a = watch(instant_send(loop, 0, 'a'), &ra);
+	weft_req *b = watch(sleep_send(loop, 5, 'b', CANCEL_NONE), &rb);
 	REQUIRE(a && b);
-	weft_req_set_callback(a, rec_cb, &ra);
-	weft_req_set_callback(b, rec_cb, &rb);
 	CHECK_EQ(weft_req_set_timeout(a, 10), -EALREADY);
 	CHECK_EQ(weft_loop_run(loop, WEFT_RUN_DEFAULT), 0);
 	CHECK_EQ(weft_req_set_timeout(b, 10), -EALREADY);
@@ -1438,22 +1421,18 @@ static void test_timeout_completed(void)
 	CHECK_EQ(rb.calls, 1);
 	CHECK_EQ(ra.status, WEFT_REQ_DONE);
 	CHECK_EQ(rb.status, WEFT_REQ_DONE);
-	weft_req_free(a);
-	weft_req_free(b);
+	FREE_EACH(a, b);
 	endloop(loop);
 }
 
 static void test_timeout_zero_disables(void)
 {
-	weft_loop *loop = mkloop();
+	weft_loop *loop = loop_setup();
 	REQUIRE(loop);
-	tr_reset();
 	struct rec ra = { .tag = 'a' }, rb = { .tag = 'b' };
-	weft_req *a = sleep_send(loop, 60, 'a', CANCEL_NONE);
-	weft_req *b = sleep_send(loop, 60, 'b', CANCEL_NONE);
+	weft_req *a = watch(sleep_send(loop, 60, 'a', CANCEL_NONE), &ra);
+	weft_req *b = watch(sleep_send(loop, 60, 'b', CANCEL_NONE), &rb);
 	REQUIRE(a && b);
-	weft_req_set_callback(a, rec_cb, &ra);
-	weft_req_set_callback(b, rec_cb, &rb);
 	uint64_t t0 = t_now_ms();
 	CHECK_EQ(weft_req_set_timeout(a, 20), 0);
 	CHECK_EQ(weft_req_set_timeout(a, 0), 0);
@@ -1468,26 +1447,22 @@ static void test_timeout_zero_disables(void)
 	CHECK_EQ(rb.status, WEFT_REQ_DONE);
 	CHECK(ra.at - t0 >= 58);
 	CHECK(el <= 60 + SLACK_MS); /* b's 400 ms timeout did not keep the loop */
-	weft_req_free(a);
-	weft_req_free(b);
+	FREE_EACH(a, b);
 	endloop(loop);
 }
 
 static void test_timeout_released(void)
 {
-	weft_loop *loop = mkloop();
+	weft_loop *loop = loop_setup();
 	REQUIRE(loop);
-	tr_reset();
 	struct rec ra = { .tag = 'a' }, rc = { .tag = 'c' };
 	/* completion stops the timeout: the loop does not wait 5 s */
-	weft_req *a = sleep_send(loop, 20, 'a', CANCEL_NONE);
+	weft_req *a = watch(sleep_send(loop, 20, 'a', CANCEL_NONE), &ra);
 	/* freeing stops the timeout */
 	weft_req *b = sleep_send(loop, 5000, 'b', CANCEL_NONE);
 	/* cancel stops the timeout */
-	weft_req *c = sleep_send(loop, 5000, 'c', CANCEL_NONE);
+	weft_req *c = watch(sleep_send(loop, 5000, 'c', CANCEL_NONE), &rc);
 	REQUIRE(a && b && c);
-	weft_req_set_callback(a, rec_cb, &ra);
-	weft_req_set_callback(c, rec_cb, &rc);
 	CHECK_EQ(weft_req_set_timeout(a, 5000), 0);
 	CHECK_EQ(weft_req_set_timeout(b, 30), 0);
 	CHECK_EQ(weft_req_set_timeout(c, 5000), 0);
@@ -1496,12 +1471,9 @@ static void test_timeout_released(void)
 	uint64_t t0 = t_now_ms();
 	CHECK_EQ(weft_loop_run(loop, WEFT_RUN_DEFAULT), 0);
 	CHECK(t_now_ms() - t0 <= 20 + SLACK_MS);
-	CHECK_EQ(ra.calls, 1);
-	CHECK_EQ(ra.status, WEFT_REQ_DONE);
-	CHECK_EQ(rc.calls, 1);
-	CHECK_EQ(rc.status, WEFT_REQ_CANCELED);
-	weft_req_free(a);
-	weft_req_free(c);
+	CHECK_ONCE(ra, WEFT_REQ_DONE);
+	CHECK_ONCE(rc, WEFT_REQ_CANCELED);
+	FREE_EACH(a, c);
 	/* c's posted callback runs on the first iteration, a at 20 ms */
 	CHECK_TRACE(0, "b:free c:fin c:cb a:fin a:cb a:free c:free");
 	endloop(loop);
@@ -1513,9 +1485,8 @@ static void test_timeout_race(void)
 {
 	int done = 0, timed_out = 0;
 	for (int round = 0; round < 8; round++) {
-		weft_loop *loop = mkloop();
+		weft_loop *loop = loop_setup();
 		REQUIRE(loop);
-		tr_reset();
 		g_cleanup_fin_total = g_cleanup_free_total = 0;
 		enum { N = 8 };
 		weft_req *req[N];
@@ -1585,9 +1556,8 @@ static void test_cancel_race(void)
 {
 	int canceled = 0, done = 0;
 	for (int round = 0; round < 8; round++) {
-		weft_loop *loop = mkloop();
+		weft_loop *loop = loop_setup();
 		REQUIRE(loop);
-		tr_reset();
 		struct rec r = { .tag = 'a' };
 		struct race_cancel rc = { 0 };
 		weft_timer *t = NULL;
@@ -1647,35 +1617,31 @@ static void wait_from_cb(weft_timer *t, void *data)
 
 static void test_wait(void)
 {
-	weft_loop *loop = mkloop();
+	weft_loop *loop = loop_setup();
 	REQUIRE(loop);
-	tr_reset();
 	CHECK_EQ(weft_req_wait(NULL), -EINVAL);
 
 	/* a sleep among a long one: wait returns when the sleep completes */
 	struct rec ra = { .tag = 'a' };
-	weft_req *a = sleep_send(loop, 30, 'a', CANCEL_NONE);
+	weft_req *a = watch(sleep_send(loop, 30, 'a', CANCEL_NONE), &ra);
 	weft_req *longer = sleep_send(loop, 5000, 'l', CANCEL_NONE);
 	REQUIRE(a && longer);
-	weft_req_set_callback(a, rec_cb, &ra);
 	uint64_t t0 = t_now_ms();
 	CHECK_EQ(weft_req_wait(a), 0);
 	uint64_t el = t_now_ms() - t0;
 	CHECK_EQ(ra.calls, 1); /* the callback has run */
 	CHECK_EQ(weft_req_get_status(a), WEFT_REQ_DONE);
-	CHECK(el >= 28 && el <= 30 + SLACK_MS);
+	CHECK_ABOUT(el, 30);
 	/* already completed, callback ran: returns at once */
 	CHECK_EQ(weft_req_wait(a), 0);
 	CHECK_EQ(ra.calls, 1);
 
 	/* posted completion: wait runs the posted callback */
 	struct rec rb = { .tag = 'b' };
-	weft_req *b = instant_send(loop, EIO, 'b');
+	weft_req *b = watch(instant_send(loop, EIO, 'b'), &rb);
 	REQUIRE(b);
-	weft_req_set_callback(b, rec_cb, &rb);
 	CHECK_EQ(weft_req_wait(b), 0);
-	CHECK_EQ(rb.calls, 1);
-	CHECK_EQ(rb.err, EIO);
+	CHECK_ONCE_ERR(rb, EIO);
 
 	/* no callback at all */
 	weft_req *c = sleep_send(loop, 5, 'c', CANCEL_NONE);
@@ -1690,9 +1656,8 @@ static void test_wait(void)
 	if (t) {
 		weft_timer_start(t, 1, 0);
 		struct rec rd = { .tag = 'd' };
-		weft_req *d = sleep_send(loop, 20, 'd', CANCEL_NONE);
+		weft_req *d = watch(sleep_send(loop, 20, 'd', CANCEL_NONE), &rd);
 		REQUIRE(d);
-		weft_req_set_callback(d, rec_cb, &rd);
 		CHECK_EQ(weft_req_wait(d), 0);
 		CHECK_EQ(wc.fired, 1);
 		CHECK_EQ(wc.ret, -EBUSY);
@@ -1704,9 +1669,8 @@ static void test_wait(void)
 
 	/* nothing can complete it: -EDEADLK */
 	struct rec re = { .tag = 'e' };
-	weft_req *e = manual_new(loop, 'e');
+	weft_req *e = watch(manual_new(loop, 'e'), &re);
 	REQUIRE(e);
-	weft_req_set_callback(e, rec_cb, &re);
 	CHECK_EQ(weft_req_wait(e), -EDEADLK);
 	CHECK(weft_req_is_in_progress(e));
 	CHECK_EQ(re.calls, 0);
@@ -1714,13 +1678,9 @@ static void test_wait(void)
 	/* with a timeout, the manual request completes */
 	CHECK_EQ(weft_req_set_timeout(e, 10), 0);
 	CHECK_EQ(weft_req_wait(e), 0);
-	CHECK_EQ(re.calls, 1);
-	CHECK_EQ(re.status, WEFT_REQ_TIMED_OUT);
+	CHECK_ONCE(re, WEFT_REQ_TIMED_OUT);
 
-	weft_req_free(a);
-	weft_req_free(b);
-	weft_req_free(c);
-	weft_req_free(e);
+	FREE_EACH(a, b, c, e);
 	CHECK_EQ(weft_loop_run(loop, WEFT_RUN_DEFAULT), 0);
 	endloop(loop);
 }
@@ -1763,14 +1723,59 @@ static weft_queue *mkqueue(weft_loop *loop)
 	return r == 0 ? q : NULL;
 }
 
+/* A loop with a queue, empty trace and queue records; false (nothing left
+ * behind) if either cannot be made. */
+static bool queue_setup(weft_loop **loop, weft_queue **q)
+{
+	*q = NULL;
+	*loop = loop_setup();
+	if (*loop == NULL)
+		return false;
+	*q = mkqueue(*loop);
+	if (*q == NULL) {
+		endloop(*loop);
+		return false;
+	}
+	q_reset();
+	return true;
+}
+
+static void queue_teardown(weft_loop *loop, weft_queue *q)
+{
+	weft_queue_free(q);
+	endloop(loop);
+}
+
+/* Operation i of a test: a qop with id i and tag 'a' + i, reporting to r
+ * (whose tag it sets). */
+static weft_req *qop_nth(weft_loop *loop, uint64_t ms, int i, struct rec *r)
+{
+	r->tag = (char)('a' + i);
+	return watch(qop_new(loop, ms, r->tag, i), r);
+}
+
+/* CHECK_EQ(qadd(q, req), 0) for each request of the list, in order. */
+static void qadd_each(const char *file, int line, weft_queue *q, weft_req *const req[], size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		t_check_eq(file, line, "qadd(q, req) == 0", qadd(q, req[i]), 0);
+}
+#define QADD_EACH(q, ...) \
+	qadd_each(__FILE__, __LINE__, (q), REQ_LIST(__VA_ARGS__), REQ_COUNT(__VA_ARGS__))
+
+/* g_qorder holds ids 0, 1, ... g_qn - 1 */
+static void check_qorder_sequential(const char *file, int line)
+{
+	for (size_t i = 0; i < g_qn; i++)
+		t_check_eq(file, line, "g_qorder[i] == i", g_qorder[i], (long long)i);
+}
+#define CHECK_QORDER_SEQUENTIAL() check_qorder_sequential(__FILE__, __LINE__)
+
 static void test_queue_fifo(void)
 {
-	weft_loop *loop = mkloop();
-	REQUIRE(loop);
-	weft_queue *q = mkqueue(loop);
-	REQUIRE(q);
-	tr_reset();
-	q_reset();
+	weft_loop *loop;
+	weft_queue *q;
+	REQUIRE(queue_setup(&loop, &q));
 	enum { N = 7 };
 	weft_req *req[N];
 	struct rec r[N];
@@ -1779,11 +1784,9 @@ static void test_queue_fifo(void)
 	CHECK_EQ(weft_queue_length(q), 0);
 	for (int i = 0; i < N; i++) {
 		/* mixed: completing in the trigger, and after a timer */
-		req[i] = qop_new(loop, i % 3 == 1 ? 10 : 0, (char)('a' + i), i);
+		req[i] = qop_nth(loop, i % 3 == 1 ? 10 : 0, i, &r[i]);
 		REQUIRE(req[i]);
-		r[i].tag = (char)('a' + i);
 		r[i].q = q;
-		weft_req_set_callback(req[i], rec_cb, &r[i]);
 		CHECK_EQ(qadd(q, req[i]), 0);
 		CHECK_EQ(weft_queue_length(q), (size_t)i + 1);
 	}
@@ -1791,13 +1794,11 @@ static void test_queue_fifo(void)
 	CHECK_EQ(weft_loop_get_timeout(loop), 0);
 	CHECK_EQ(weft_loop_run(loop, WEFT_RUN_DEFAULT), 0);
 	CHECK_EQ(g_qn, N);
-	for (size_t i = 0; i < g_qn; i++)
-		CHECK_EQ(g_qorder[i], (int)i);
+	CHECK_QORDER_SEQUENTIAL();
 	CHECK_EQ(g_qbad, 0);
 	CHECK_EQ(g_trig_in_add, 0);
 	for (int i = 0; i < N; i++) {
-		CHECK_EQ(r[i].calls, 1);
-		CHECK_EQ(r[i].status, WEFT_REQ_DONE);
+		CHECK_ONCE(r[i], WEFT_REQ_DONE);
 		CHECK_EQ(r[i].qlen, (size_t)(N - 1 - i)); /* it left the queue */
 	}
 	CHECK_TRACE(0, "a:trig a:fin a:cb b:trig b:fin b:cb c:trig c:fin c:cb d:trig d:fin d:cb "
@@ -1812,19 +1813,14 @@ static void test_queue_fifo(void)
 
 static void test_queue_add_now(void)
 {
-	weft_loop *loop = mkloop();
-	REQUIRE(loop);
-	weft_queue *q = mkqueue(loop);
-	REQUIRE(q);
-	tr_reset();
-	q_reset();
+	weft_loop *loop;
+	weft_queue *q;
+	REQUIRE(queue_setup(&loop, &q));
 	struct rec ra = { .tag = 'a' }, rb = { .tag = 'b' }, rc = { .tag = 'c' };
 	/* empty and running: the trigger runs inside the call */
-	weft_req *a = qop_new(loop, QOP_MANUAL, 'a', 0);
-	weft_req *b = qop_new(loop, 0, 'b', 1);
+	weft_req *a = qop_nth(loop, QOP_MANUAL, 0, &ra);
+	weft_req *b = qop_nth(loop, 0, 1, &rb);
 	REQUIRE(a && b);
-	weft_req_set_callback(a, rec_cb, &ra);
-	weft_req_set_callback(b, rec_cb, &rb);
 	CHECK_EQ(qadd_now(q, a), 0);
 	CHECK_EQ(g_qn, 1);
 	CHECK_EQ(g_trig_in_add, 1);
@@ -1845,9 +1841,8 @@ static void test_queue_add_now(void)
 	/* stopped and empty: not inside the call */
 	weft_queue_stop(q);
 	CHECK(!weft_queue_running(q));
-	weft_req *c = qop_new(loop, 0, 'c', 2);
+	weft_req *c = qop_nth(loop, 0, 2, &rc);
 	REQUIRE(c);
-	weft_req_set_callback(c, rec_cb, &rc);
 	CHECK_EQ(qadd_now(q, c), 0);
 	CHECK_EQ(g_qn, 2);
 	CHECK(weft_loop_run(loop, WEFT_RUN_NOWAIT) >= 0);
@@ -1859,11 +1854,8 @@ static void test_queue_add_now(void)
 	CHECK_EQ(g_trig_in_add, 1);
 	CHECK_EQ(g_qbad, 0);
 
-	weft_req_free(a);
-	weft_req_free(b);
-	weft_req_free(c);
-	weft_queue_free(q);
-	endloop(loop);
+	FREE_EACH(a, b, c);
+	queue_teardown(loop, q);
 }
 
 /* A _send that queues itself with add_now; its trigger completes at once,
@@ -1881,12 +1873,9 @@ static weft_req *queued_instant_send(weft_loop *loop, weft_queue *q, char tag, i
 
 static void test_queue_add_now_in_send(void)
 {
-	weft_loop *loop = mkloop();
-	REQUIRE(loop);
-	weft_queue *q = mkqueue(loop);
-	REQUIRE(q);
-	tr_reset();
-	q_reset();
+	weft_loop *loop;
+	weft_queue *q;
+	REQUIRE(queue_setup(&loop, &q));
 	struct rec ra = { .tag = 'a' };
 	weft_req *a = queued_instant_send(loop, q, 'a', 0);
 	REQUIRE(a);
@@ -1901,30 +1890,21 @@ static void test_queue_add_now_in_send(void)
 	CHECK_TRACE(0, "a:trig a:fin a:cb");
 	CHECK_EQ(weft_loop_run(loop, WEFT_RUN_DEFAULT), 0);
 	weft_req_free(a);
-	weft_queue_free(q);
-	endloop(loop);
+	queue_teardown(loop, q);
 }
 
 /* tevent stalls here: the next request must start on completion. */
 static void test_queue_next_on_completion(void)
 {
-	weft_loop *loop = mkloop();
-	REQUIRE(loop);
-	weft_queue *q = mkqueue(loop);
-	REQUIRE(q);
-	tr_reset();
-	q_reset();
+	weft_loop *loop;
+	weft_queue *q;
+	REQUIRE(queue_setup(&loop, &q));
 	struct rec ra = { .tag = 'a' }, rb = { .tag = 'b' }, rc = { .tag = 'c' };
-	weft_req *a = qop_new(loop, QOP_MANUAL, 'a', 0);
-	weft_req *b = qop_new(loop, 15, 'b', 1);
-	weft_req *c = qop_new(loop, QOP_MANUAL, 'c', 2);
+	weft_req *a = qop_nth(loop, QOP_MANUAL, 0, &ra);
+	weft_req *b = qop_nth(loop, 15, 1, &rb);
+	weft_req *c = qop_nth(loop, QOP_MANUAL, 2, &rc);
 	REQUIRE(a && b && c);
-	weft_req_set_callback(a, rec_cb, &ra);
-	weft_req_set_callback(b, rec_cb, &rb);
-	weft_req_set_callback(c, rec_cb, &rc);
-	CHECK_EQ(qadd(q, a), 0);
-	CHECK_EQ(qadd(q, b), 0);
-	CHECK_EQ(qadd(q, c), 0);
+	QADD_EACH(q, a, b, c);
 	CHECK(weft_loop_run(loop, WEFT_RUN_NOWAIT) >= 0);
 	CHECK_EQ(g_qn, 1);
 	weft_req_done(a); /* nobody frees a */
@@ -1944,37 +1924,24 @@ static void test_queue_next_on_completion(void)
 	CHECK_EQ(rc.calls, 1);
 	CHECK_EQ(weft_loop_run(loop, WEFT_RUN_DEFAULT), 0);
 	CHECK_EQ(g_qn, 4);
-	for (size_t i = 0; i < g_qn; i++)
-		CHECK_EQ(g_qorder[i], (int)i);
+	CHECK_QORDER_SEQUENTIAL();
 	CHECK_EQ(weft_req_get_status(d), WEFT_REQ_DONE);
 	CHECK_EQ(g_qbad, 0);
-	weft_req_free(a);
-	weft_req_free(b);
-	weft_req_free(c);
-	weft_req_free(d);
-	weft_queue_free(q);
-	endloop(loop);
+	FREE_EACH(a, b, c, d);
+	queue_teardown(loop, q);
 }
 
 static void test_queue_free_waiting(void)
 {
-	weft_loop *loop = mkloop();
-	REQUIRE(loop);
-	weft_queue *q = mkqueue(loop);
-	REQUIRE(q);
-	tr_reset();
-	q_reset();
+	weft_loop *loop;
+	weft_queue *q;
+	REQUIRE(queue_setup(&loop, &q));
 	struct rec ra = { .tag = 'a' }, rb = { .tag = 'b' }, rc = { .tag = 'c' };
-	weft_req *a = qop_new(loop, QOP_MANUAL, 'a', 0);
-	weft_req *b = qop_new(loop, 0, 'b', 1);
-	weft_req *c = qop_new(loop, 0, 'c', 2);
+	weft_req *a = qop_nth(loop, QOP_MANUAL, 0, &ra);
+	weft_req *b = qop_nth(loop, 0, 1, &rb);
+	weft_req *c = qop_nth(loop, 0, 2, &rc);
 	REQUIRE(a && b && c);
-	weft_req_set_callback(a, rec_cb, &ra);
-	weft_req_set_callback(b, rec_cb, &rb);
-	weft_req_set_callback(c, rec_cb, &rc);
-	CHECK_EQ(qadd(q, a), 0);
-	CHECK_EQ(qadd(q, b), 0);
-	CHECK_EQ(qadd(q, c), 0);
+	QADD_EACH(q, a, b, c);
 	CHECK(weft_loop_run(loop, WEFT_RUN_NOWAIT) >= 0);
 	CHECK_EQ(g_qn, 1);
 	weft_req_free(b); /* waiting: it leaves the queue */
@@ -1989,30 +1956,21 @@ static void test_queue_free_waiting(void)
 	CHECK_EQ(rc.calls, 1);
 	CHECK_EQ(g_qbad, 0);
 	CHECK_EQ(weft_queue_length(q), 0);
-	weft_req_free(a);
-	weft_req_free(c);
-	weft_queue_free(q);
-	endloop(loop);
+	FREE_EACH(a, c);
+	queue_teardown(loop, q);
 }
 
 static void test_queue_free_running(void)
 {
-	weft_loop *loop = mkloop();
-	REQUIRE(loop);
-	weft_queue *q = mkqueue(loop);
-	REQUIRE(q);
-	tr_reset();
-	q_reset();
+	weft_loop *loop;
+	weft_queue *q;
+	REQUIRE(queue_setup(&loop, &q));
 	struct rec ra = { .tag = 'a' }, rb = { .tag = 'b' }, rc = { .tag = 'c' };
-	weft_req *a = qop_new(loop, 5000, 'a', 0); /* running, on a timer */
-	weft_req *b = qop_new(loop, 0, 'b', 1);
-	weft_req *c = qop_new(loop, 0, 'c', 2);
+	weft_req *a = qop_nth(loop, 5000, 0, &ra); /* running, on a timer */
+	weft_req *b = qop_nth(loop, 0, 1, &rb);
+	weft_req *c = qop_nth(loop, 0, 2, &rc);
 	REQUIRE(a && b && c);
-	weft_req_set_callback(a, rec_cb, &ra);
-	weft_req_set_callback(b, rec_cb, &rb);
-	weft_req_set_callback(c, rec_cb, &rc);
-	CHECK_EQ(qadd(q, a), 0);
-	CHECK_EQ(qadd(q, b), 0);
+	QADD_EACH(q, a, b);
 	CHECK_EQ(weft_loop_run(loop, WEFT_RUN_NOWAIT), 1);
 	CHECK_EQ(g_qn, 1);
 	weft_req_free(a); /* the running one: b starts */
@@ -2027,8 +1985,7 @@ static void test_queue_free_running(void)
 	/* the head freed before its (deferred) trigger ran */
 	weft_req *d = qop_new(loop, 0, 'd', 3);
 	REQUIRE(d);
-	CHECK_EQ(qadd(q, c), 0);
-	CHECK_EQ(qadd(q, d), 0);
+	QADD_EACH(q, c, d);
 	weft_req_free(c);
 	CHECK_EQ(weft_queue_length(q), 1);
 	CHECK_EQ(weft_loop_run(loop, WEFT_RUN_DEFAULT), 0);
@@ -2038,28 +1995,21 @@ static void test_queue_free_running(void)
 	CHECK_EQ(weft_req_get_status(d), WEFT_REQ_DONE);
 	CHECK_EQ(g_qbad, 0);
 	CHECK_TRACE(0, "a:trig a:free b:trig b:fin b:cb c:free d:trig d:fin");
-	weft_req_free(b);
-	weft_req_free(d);
-	weft_queue_free(q);
-	endloop(loop);
+	FREE_EACH(b, d);
+	queue_teardown(loop, q);
 }
 
 static void test_queue_stop_start(void)
 {
-	weft_loop *loop = mkloop();
-	REQUIRE(loop);
-	weft_queue *q = mkqueue(loop);
-	REQUIRE(q);
-	tr_reset();
-	q_reset();
+	weft_loop *loop;
+	weft_queue *q;
+	REQUIRE(queue_setup(&loop, &q));
 	struct rec r[4];
 	memset(r, 0, sizeof r);
 	weft_req *req[4];
 	for (int i = 0; i < 4; i++) {
-		req[i] = qop_new(loop, i == 0 ? 30 : 0, (char)('a' + i), i);
+		req[i] = qop_nth(loop, i == 0 ? 30 : 0, i, &r[i]);
 		REQUIRE(req[i]);
-		r[i].tag = (char)('a' + i);
-		weft_req_set_callback(req[i], rec_cb, &r[i]);
 	}
 	/* stopped before anything: nothing triggers */
 	weft_queue_stop(q);
@@ -2079,23 +2029,20 @@ static void test_queue_stop_start(void)
 	weft_queue_stop(q);
 	CHECK_EQ(qadd(q, req[2]), 0);
 	CHECK_EQ(weft_loop_run(loop, WEFT_RUN_DEFAULT), 0);
-	CHECK_EQ(r[0].calls, 1);
-	CHECK_EQ(r[0].status, WEFT_REQ_DONE);
+	CHECK_ONCE(r[0], WEFT_REQ_DONE);
 	CHECK_EQ(g_qn, 1);
 	CHECK_EQ(weft_queue_length(q), 2);
 	weft_queue_start(q);
 	CHECK_EQ(qadd(q, req[3]), 0);
 	CHECK_EQ(weft_loop_run(loop, WEFT_RUN_DEFAULT), 0);
 	CHECK_EQ(g_qn, 4);
-	for (size_t i = 0; i < g_qn; i++)
-		CHECK_EQ(g_qorder[i], (int)i);
+	CHECK_QORDER_SEQUENTIAL();
 	for (int i = 0; i < 4; i++)
 		CHECK_EQ(r[i].calls, 1);
 	CHECK_EQ(g_qbad, 0);
 	for (int i = 0; i < 4; i++)
 		weft_req_free(req[i]);
-	weft_queue_free(q);
-	endloop(loop);
+	queue_teardown(loop, q);
 }
 
 static void test_queue_add_errors(void)
@@ -2143,10 +2090,7 @@ static void test_queue_add_errors(void)
 	CHECK_EQ(weft_req_get_status(a), WEFT_REQ_DONE);
 	CHECK_EQ(qadd(q, a), -EBUSY); /* completed */
 	CHECK_EQ(g_qbad, 0);
-	weft_req_free(a);
-	weft_req_free(b);
-	weft_req_free(done);
-	weft_req_free(done2);
+	FREE_EACH(a, b, done, done2);
 	weft_queue_free(q);
 	weft_queue_free(q2);
 	endloop(loop);
@@ -2154,23 +2098,15 @@ static void test_queue_add_errors(void)
 
 static void test_queue_free_queue(void)
 {
-	weft_loop *loop = mkloop();
-	REQUIRE(loop);
-	weft_queue *q = mkqueue(loop);
-	REQUIRE(q);
-	tr_reset();
-	q_reset();
+	weft_loop *loop;
+	weft_queue *q;
+	REQUIRE(queue_setup(&loop, &q));
 	struct rec ra = { .tag = 'a' }, rb = { .tag = 'b' }, rc = { .tag = 'c' };
-	weft_req *a = qop_new(loop, 30, 'a', 0);
-	weft_req *b = qop_new(loop, 0, 'b', 1);
-	weft_req *c = qop_new(loop, 0, 'c', 2);
+	weft_req *a = qop_nth(loop, 30, 0, &ra);
+	weft_req *b = qop_nth(loop, 0, 1, &rb);
+	weft_req *c = qop_nth(loop, 0, 2, &rc);
 	REQUIRE(a && b && c);
-	weft_req_set_callback(a, rec_cb, &ra);
-	weft_req_set_callback(b, rec_cb, &rb);
-	weft_req_set_callback(c, rec_cb, &rc);
-	CHECK_EQ(qadd(q, a), 0);
-	CHECK_EQ(qadd(q, b), 0);
-	CHECK_EQ(qadd(q, c), 0);
+	QADD_EACH(q, a, b, c);
 	CHECK_EQ(weft_loop_run(loop, WEFT_RUN_NOWAIT), 1);
 	CHECK_EQ(g_qn, 1);
 	g_in_qfree++;
@@ -2197,9 +2133,7 @@ static void test_queue_free_queue(void)
 	CHECK_EQ(g_qbad, 0);
 	CHECK_TRACE('b', "fin cb");
 	CHECK_TRACE('c', "fin cb");
-	weft_req_free(a);
-	weft_req_free(b);
-	weft_req_free(c);
+	FREE_EACH(a, b, c);
 
 	/* freeing a queue whose head's trigger has not run yet */
 	q_reset();
@@ -2218,12 +2152,9 @@ static void test_queue_free_queue(void)
 
 static void test_queue_timeout_waiting(void)
 {
-	weft_loop *loop = mkloop();
-	REQUIRE(loop);
-	weft_queue *q = mkqueue(loop);
-	REQUIRE(q);
-	tr_reset();
-	q_reset();
+	weft_loop *loop;
+	weft_queue *q;
+	REQUIRE(queue_setup(&loop, &q));
 	struct rec ra = { .tag = 'a' }, rb = { .tag = 'b' }, rc = { .tag = 'c' };
 	weft_req *a = qop_new(loop, 100, 'a', 0);
 	weft_req *b = qop_new(loop, 0, 'b', 1);
@@ -2234,49 +2165,36 @@ static void test_queue_timeout_waiting(void)
 	weft_req_set_callback(b, rec_cb, &rb);
 	weft_req_set_callback(c, rec_cb, &rc);
 	uint64_t t0 = t_now_ms();
-	CHECK_EQ(qadd(q, a), 0);
-	CHECK_EQ(qadd(q, b), 0);
-	CHECK_EQ(qadd(q, c), 0);
+	QADD_EACH(q, a, b, c);
 	CHECK_EQ(weft_req_set_timeout(b, 30), 0);
 	CHECK_EQ(weft_loop_run(loop, WEFT_RUN_DEFAULT), 0);
-	CHECK_EQ(rb.calls, 1);
-	CHECK_EQ(rb.status, WEFT_REQ_TIMED_OUT);
+	CHECK_ONCE(rb, WEFT_REQ_TIMED_OUT);
 	CHECK_EQ(rb.qlen, 2); /* b left the queue: a and c remain */
 	CHECK(rb.at - t0 >= 28 && rb.at - t0 <= 30 + SLACK_MS);
-	CHECK_EQ(ra.calls, 1);
-	CHECK_EQ(ra.status, WEFT_REQ_DONE);
-	CHECK_EQ(rc.calls, 1);
-	CHECK_EQ(rc.status, WEFT_REQ_DONE);
+	CHECK_ONCE(ra, WEFT_REQ_DONE);
+	CHECK_ONCE(rc, WEFT_REQ_DONE);
 	CHECK(rc.at >= ra.at);
 	CHECK_EQ(g_qn, 2);
 	CHECK_EQ(g_qorder[0], 0);
 	CHECK_EQ(g_qorder[1], 2);
 	CHECK_EQ(g_qbad, 0);
 	CHECK_TRACE('b', "fin cb");
-	weft_req_free(a);
-	weft_req_free(b);
-	weft_req_free(c);
-	weft_queue_free(q);
-	endloop(loop);
+	FREE_EACH(a, b, c);
+	queue_teardown(loop, q);
 }
 
 static void test_queue_cancel(void)
 {
-	weft_loop *loop = mkloop();
-	REQUIRE(loop);
-	weft_queue *q = mkqueue(loop);
-	REQUIRE(q);
-	tr_reset();
-	q_reset();
+	weft_loop *loop;
+	weft_queue *q;
+	REQUIRE(queue_setup(&loop, &q));
 	struct rec r[5];
 	memset(r, 0, sizeof r);
 	weft_req *req[5];
 	for (int i = 0; i < 5; i++) {
-		req[i] = qop_new(loop, i == 0 ? 5000 : i == 2 ? QOP_MANUAL : 0, (char)('a' + i), i);
+		req[i] = qop_nth(loop, i == 0 ? 5000 : i == 2 ? QOP_MANUAL : 0, i, &r[i]);
 		REQUIRE(req[i]);
-		r[i].tag = (char)('a' + i);
 		r[i].q = q;
-		weft_req_set_callback(req[i], rec_cb, &r[i]);
 		CHECK_EQ(qadd(q, req[i]), 0);
 	}
 	CHECK_EQ(weft_loop_run(loop, WEFT_RUN_NOWAIT), 1);
@@ -2305,18 +2223,15 @@ static void test_queue_cancel(void)
 	CHECK(t_now_ms() - t0 <= SLACK_MS);
 	CHECK_EQ(g_qn, 3);
 	CHECK_EQ(g_qorder[2], 4);
-	CHECK_EQ(r[3].calls, 1);
-	CHECK_EQ(r[3].err, ECANCELED);
-	CHECK_EQ(r[4].calls, 1);
-	CHECK_EQ(r[4].status, WEFT_REQ_DONE);
+	CHECK_ONCE_ERR(r[3], ECANCELED);
+	CHECK_ONCE(r[4], WEFT_REQ_DONE);
 	CHECK_EQ(g_qbad, 0);
 	CHECK_EQ(weft_queue_length(q), 0);
 	for (int i = 0; i < 5; i++) {
 		CHECK(!r[i].reentrant || i == 2);
 		weft_req_free(req[i]);
 	}
-	weft_queue_free(q);
-	endloop(loop);
+	queue_teardown(loop, q);
 }
 
 /* Racing completion in a queue: the running request's timer, a canceler
@@ -2352,12 +2267,9 @@ static void test_queue_cancel_race(void)
 {
 	int canceled = 0, done = 0;
 	for (int round = 0; round < 8; round++) {
-		weft_loop *loop = mkloop();
-		REQUIRE(loop);
-		weft_queue *q = mkqueue(loop);
-		REQUIRE(q);
-		tr_reset();
-		q_reset();
+		weft_loop *loop;
+		weft_queue *q;
+		REQUIRE(queue_setup(&loop, &q));
 		struct qrace qr = { .canceler_first = round % 2 == 1 };
 		g_qrace = &qr;
 		CHECK_EQ(weft_timer_new(loop, qrace_fire, &qr, &qr.t), 0);
@@ -2365,10 +2277,8 @@ static void test_queue_cancel_race(void)
 		memset(r, 0, sizeof r);
 		weft_req *req[3];
 		for (int i = 0; i < 3; i++) {
-			req[i] = qop_new(loop, i == 0 ? 20 : 0, (char)('a' + i), i);
+			req[i] = qop_nth(loop, i == 0 ? 20 : 0, i, &r[i]);
 			REQUIRE(req[i]);
-			r[i].tag = (char)('a' + i);
-			weft_req_set_callback(req[i], rec_cb, &r[i]);
 		}
 		qr.rc.req = req[0];
 		qr.waiting = req[1];
@@ -2404,8 +2314,7 @@ static void test_queue_cancel_race(void)
 		for (int i = 0; i < 3; i++)
 			weft_req_free(req[i]);
 		weft_timer_free(qr.t);
-		weft_queue_free(q);
-		endloop(loop);
+		queue_teardown(loop, q);
 	}
 	g_qrace = NULL;
 	printf("# queue cancel race: %d canceled, %d done\n", canceled, done);
@@ -2421,22 +2330,17 @@ static void test_queue_timeout_race(void)
 	for (int round = 0; round < 8; round++) {
 		/* timeout offsets -1, 0, +1, +2 ms around the expected end */
 		int off = round % 4 - 1;
-		weft_loop *loop = mkloop();
-		REQUIRE(loop);
-		weft_queue *q = mkqueue(loop);
-		REQUIRE(q);
-		tr_reset();
-		q_reset();
+		weft_loop *loop;
+		weft_queue *q;
+		REQUIRE(queue_setup(&loop, &q));
 		enum { N = 6 };
 		struct rec r[N];
 		memset(r, 0, sizeof r);
 		weft_req *req[N];
 		for (int i = 0; i < N; i++) {
-			req[i] = qop_new(loop, 20, (char)('a' + i), i);
+			req[i] = qop_nth(loop, 20, i, &r[i]);
 			REQUIRE(req[i]);
-			r[i].tag = (char)('a' + i);
 			r[i].free_it = round >= 4;
-			weft_req_set_callback(req[i], rec_cb, &r[i]);
 			CHECK_EQ(qadd(q, req[i]), 0);
 			CHECK_EQ(weft_req_set_timeout(req[i], (uint64_t)(20 * (i + 1) + off)), 0);
 		}
@@ -2461,8 +2365,7 @@ static void test_queue_timeout_race(void)
 			CHECK(g_qorder[i] > g_qorder[i - 1]);
 		CHECK_EQ(g_qbad, 0);
 		CHECK_EQ(weft_queue_length(q), 0);
-		weft_queue_free(q);
-		endloop(loop);
+		queue_teardown(loop, q);
 	}
 	printf("# queue timeout race: %d done, %d timed out\n", done, timed_out);
 }
@@ -2482,12 +2385,9 @@ static void many_cb(weft_req *req, void *data)
 
 static void test_queue_many(void)
 {
-	weft_loop *loop = mkloop();
-	REQUIRE(loop);
-	weft_queue *q = mkqueue(loop);
-	REQUIRE(q);
-	tr_reset();
-	q_reset();
+	weft_loop *loop;
+	weft_queue *q;
+	REQUIRE(queue_setup(&loop, &q));
 	enum { N = 10000 };
 	g_many_calls = g_many_bad = 0;
 	g_many_last = -1;
@@ -2514,8 +2414,7 @@ static void test_queue_many(void)
 	CHECK(ordered);
 	CHECK_EQ(g_qbad, 0);
 	CHECK_EQ(weft_queue_length(q), 0);
-	weft_queue_free(q);
-	endloop(loop);
+	queue_teardown(loop, q);
 }
 
 /* weft_queue_free completes the waiting requests with ECANCELED, which runs
@@ -2546,12 +2445,9 @@ static void never_trigger(weft_req *req, void *data)
 
 static void test_queue_free_reentrant_cleanup(void)
 {
-	weft_loop *loop = mkloop();
-	REQUIRE(loop);
-	weft_queue *q = mkqueue(loop);
-	REQUIRE(q);
-	tr_reset();
-	q_reset();
+	weft_loop *loop;
+	weft_queue *q;
+	REQUIRE(queue_setup(&loop, &q));
 	struct rec ra = { .tag = 'a' }, rb = { .tag = 'b' }, rc = { .tag = 'c' }, rd = { .tag = 'd' };
 	weft_req *a = qop_new(loop, QOP_MANUAL, 'a', 0);
 	weft_req *b = weft_req_new(loop, sizeof(struct freer_state), "freer");
@@ -2568,8 +2464,7 @@ static void test_queue_free_reentrant_cleanup(void)
 	weft_req_set_callback(d, rec_cb, &rd);
 	CHECK_EQ(qadd(q, a), 0);
 	CHECK_EQ(weft_queue_add(q, b, never_trigger, NULL), 0);
-	CHECK_EQ(qadd(q, c), 0);
-	CHECK_EQ(qadd(q, d), 0);
+	QADD_EACH(q, c, d);
 	CHECK(weft_loop_run(loop, WEFT_RUN_NOWAIT) >= 0);
 	CHECK_EQ(g_qn, 1); /* a runs */
 	weft_queue_free(q); /* b's cleanup frees c, which leaves the queue */
@@ -2579,16 +2474,12 @@ static void test_queue_free_reentrant_cleanup(void)
 	weft_req_done(a);
 	CHECK_EQ(weft_loop_run(loop, WEFT_RUN_DEFAULT), 0);
 	CHECK_EQ(ra.calls, 1);
-	CHECK_EQ(rb.calls, 1);
-	CHECK_EQ(rb.err, ECANCELED);
+	CHECK_ONCE_ERR(rb, ECANCELED);
 	CHECK_EQ(rc.calls, 0);
-	CHECK_EQ(rd.calls, 1);
-	CHECK_EQ(rd.err, ECANCELED);
+	CHECK_ONCE_ERR(rd, ECANCELED);
 	CHECK_EQ(g_qn, 1);
 	CHECK_EQ(g_qbad, 0);
-	weft_req_free(a);
-	weft_req_free(b);
-	weft_req_free(d);
+	FREE_EACH(a, b, d);
 	endloop(loop);
 }
 
