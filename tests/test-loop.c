@@ -56,6 +56,13 @@ static void xwrite(int fd, const char *s)
 	CHECK(n == (ssize_t)strlen(s));
 }
 
+/* Close both ends of a pipe or socketpair. */
+static void xclose2(int fds[2])
+{
+	xclose(&fds[0]);
+	xclose(&fds[1]);
+}
+
 static bool fd_open(int fd)
 {
 	return fcntl(fd, F_GETFD) != -1;
@@ -212,6 +219,39 @@ static void iorec_cb(weft_io *io, unsigned revents, void *data)
 	}
 }
 
+/* The common I/O test setup: a loop, a socketpair sv (sv[1] optionally holding
+ * `pending`) and an iorec watcher with `action` on sv[0], started for `events`
+ * unless 0.  io_fix_close frees all of it. */
+struct io_fix {
+	weft_loop *loop;
+	int sv[2];
+	struct iorec r;
+};
+
+static bool io_fix_open(struct io_fix *f, int action, const char *pending, unsigned events)
+{
+	*f = (struct io_fix){ .sv = { -1, -1 }, .r = { .action = action } };
+	if (weft_loop_new(&f->loop) != 0)
+		return false;
+	if (mk_sp(f->sv) != 0 || weft_io_new(f->loop, f->sv[0], iorec_cb, &f->r, &f->r.io) != 0) {
+		xclose2(f->sv);
+		FREE_LOOP(f->loop);
+		return false;
+	}
+	if (pending)
+		xwrite(f->sv[1], pending);
+	if (events)
+		CHECK_EQ(weft_io_start(f->r.io, events), 0);
+	return true;
+}
+
+static void io_fix_close(struct io_fix *f)
+{
+	weft_io_free(f->r.io);
+	xclose2(f->sv);
+	FREE_LOOP(f->loop);
+}
+
 /* ======================================================================== */
 /* the loop                                                                  */
 /* ======================================================================== */
@@ -308,8 +348,7 @@ static void test_loop_free_busy(void)
 	weft_async_free(NULL);
 	weft_signal_free(NULL);
 
-	xclose(&p[0]);
-	xclose(&p[1]);
+	xclose2(p);
 	FREE_LOOP(loop);
 }
 
@@ -319,193 +358,150 @@ static void test_loop_free_busy(void)
 
 static void test_io_read(void)
 {
-	weft_loop *loop;
-	REQUIRE(weft_loop_new(&loop) == 0);
-	int sv[2];
-	REQUIRE(mk_sp(sv) == 0);
-	xwrite(sv[1], "hello");
+	struct io_fix f;
+	REQUIRE(io_fix_open(&f, ACT_READ_STOP, "hello", 0));
+	CHECK_EQ(weft_io_fd(f.r.io), f.sv[0]);
+	CHECK_EQ(weft_io_events(f.r.io), 0);
+	CHECK(!weft_loop_alive(f.loop));
+	CHECK_EQ(weft_io_start(f.r.io, WEFT_IO_READ), 0);
+	CHECK_EQ(weft_io_events(f.r.io), WEFT_IO_READ);
+	CHECK(weft_loop_alive(f.loop));
+	CHECK_EQ(f.r.calls, 0); /* never from inside start */
 
-	struct iorec r = { .action = ACT_READ_STOP };
-	REQUIRE(weft_io_new(loop, sv[0], iorec_cb, &r, &r.io) == 0);
-	CHECK_EQ(weft_io_fd(r.io), sv[0]);
-	CHECK_EQ(weft_io_events(r.io), 0);
-	CHECK(!weft_loop_alive(loop));
-	CHECK_EQ(weft_io_start(r.io, WEFT_IO_READ), 0);
-	CHECK_EQ(weft_io_events(r.io), WEFT_IO_READ);
-	CHECK(weft_loop_alive(loop));
-	CHECK_EQ(r.calls, 0); /* never from inside start */
+	CHECK_EQ(weft_loop_run(f.loop, WEFT_RUN_ONCE), 0);
+	CHECK_EQ(f.r.calls, 1);
+	CHECK(f.r.last & WEFT_IO_READ);
+	CHECK(!(f.r.last & WEFT_IO_WRITE));
+	CHECK(!(f.r.last & (WEFT_IO_HUP | WEFT_IO_ERR)));
+	CHECK_EQ(f.r.nread, 5);
+	CHECK_EQ(weft_io_events(f.r.io), 0);
+	CHECK(!weft_loop_alive(f.loop));
+	CHECK_EQ(weft_loop_run(f.loop, WEFT_RUN_DEFAULT), 0);
+	CHECK_EQ(f.r.calls, 1);
 
-	CHECK_EQ(weft_loop_run(loop, WEFT_RUN_ONCE), 0);
-	CHECK_EQ(r.calls, 1);
-	CHECK(r.last & WEFT_IO_READ);
-	CHECK(!(r.last & WEFT_IO_WRITE));
-	CHECK(!(r.last & (WEFT_IO_HUP | WEFT_IO_ERR)));
-	CHECK_EQ(r.nread, 5);
-	CHECK_EQ(weft_io_events(r.io), 0);
-	CHECK(!weft_loop_alive(loop));
-	CHECK_EQ(weft_loop_run(loop, WEFT_RUN_DEFAULT), 0);
-	CHECK_EQ(r.calls, 1);
-
-	weft_io_free(r.io);
-	xclose(&sv[0]);
-	xclose(&sv[1]);
-	FREE_LOOP(loop);
+	io_fix_close(&f);
 }
 
 static void test_io_write(void)
 {
-	weft_loop *loop;
-	REQUIRE(weft_loop_new(&loop) == 0);
-	int sv[2];
-	REQUIRE(mk_sp(sv) == 0);
+	struct io_fix f;
+	REQUIRE(io_fix_open(&f, ACT_STOP, NULL, WEFT_IO_WRITE));
+	CHECK_EQ(weft_io_events(f.r.io), WEFT_IO_WRITE);
+	CHECK_EQ(weft_loop_run(f.loop, WEFT_RUN_DEFAULT), 0);
+	CHECK_EQ(f.r.calls, 1);
+	CHECK(f.r.last & WEFT_IO_WRITE);
+	CHECK(!(f.r.last & WEFT_IO_READ));
 
-	struct iorec r = { .action = ACT_STOP };
-	REQUIRE(weft_io_new(loop, sv[0], iorec_cb, &r, &r.io) == 0);
-	CHECK_EQ(weft_io_start(r.io, WEFT_IO_WRITE), 0);
-	CHECK_EQ(weft_io_events(r.io), WEFT_IO_WRITE);
-	CHECK_EQ(weft_loop_run(loop, WEFT_RUN_DEFAULT), 0);
-	CHECK_EQ(r.calls, 1);
-	CHECK(r.last & WEFT_IO_WRITE);
-	CHECK(!(r.last & WEFT_IO_READ));
-
-	weft_io_free(r.io);
-	xclose(&sv[0]);
-	xclose(&sv[1]);
-	FREE_LOOP(loop);
+	io_fix_close(&f);
 }
 
 static void test_io_both(void)
 {
-	weft_loop *loop;
-	REQUIRE(weft_loop_new(&loop) == 0);
-	int sv[2];
-	REQUIRE(mk_sp(sv) == 0);
-	xwrite(sv[1], "x");
+	struct io_fix f;
+	REQUIRE(io_fix_open(&f, ACT_READ_STOP, "x", RW));
+	CHECK_EQ(weft_io_events(f.r.io), RW);
+	CHECK_EQ(weft_loop_run(f.loop, WEFT_RUN_ONCE), 0);
+	CHECK_EQ(f.r.calls, 1); /* one callback carrying both bits */
+	CHECK_EQ(f.r.last & RW, RW);
 
-	struct iorec r = { .action = ACT_READ_STOP };
-	REQUIRE(weft_io_new(loop, sv[0], iorec_cb, &r, &r.io) == 0);
-	CHECK_EQ(weft_io_start(r.io, RW), 0);
-	CHECK_EQ(weft_io_events(r.io), RW);
-	CHECK_EQ(weft_loop_run(loop, WEFT_RUN_ONCE), 0);
-	CHECK_EQ(r.calls, 1); /* one callback carrying both bits */
-	CHECK_EQ(r.last & RW, RW);
-
-	weft_io_free(r.io);
-	xclose(&sv[0]);
-	xclose(&sv[1]);
-	FREE_LOOP(loop);
+	io_fix_close(&f);
 }
 
 static void test_io_modify(void)
 {
-	weft_loop *loop;
-	REQUIRE(weft_loop_new(&loop) == 0);
-	int sv[2];
-	REQUIRE(mk_sp(sv) == 0);
+	struct io_fix f;
+	REQUIRE(io_fix_open(&f, ACT_NONE, NULL, WEFT_IO_READ));
+	CHECK_EQ(weft_loop_run(f.loop, WEFT_RUN_NOWAIT), 1);
+	CHECK_EQ(f.r.calls, 0); /* nothing to read */
 
-	struct iorec r = { .action = ACT_NONE };
-	REQUIRE(weft_io_new(loop, sv[0], iorec_cb, &r, &r.io) == 0);
-	CHECK_EQ(weft_io_start(r.io, WEFT_IO_READ), 0);
-	CHECK_EQ(weft_loop_run(loop, WEFT_RUN_NOWAIT), 1);
-	CHECK_EQ(r.calls, 0); /* nothing to read */
+	CHECK_EQ(weft_io_modify(f.r.io, WEFT_IO_WRITE), 0);
+	CHECK_EQ(weft_io_events(f.r.io), WEFT_IO_WRITE);
+	CHECK_EQ(weft_loop_run(f.loop, WEFT_RUN_NOWAIT), 1);
+	CHECK_EQ(f.r.calls, 1);
+	CHECK_EQ(f.r.last & RW, WEFT_IO_WRITE);
 
-	CHECK_EQ(weft_io_modify(r.io, WEFT_IO_WRITE), 0);
-	CHECK_EQ(weft_io_events(r.io), WEFT_IO_WRITE);
-	CHECK_EQ(weft_loop_run(loop, WEFT_RUN_NOWAIT), 1);
-	CHECK_EQ(r.calls, 1);
-	CHECK_EQ(r.last & RW, WEFT_IO_WRITE);
+	xwrite(f.sv[1], "y");
+	CHECK_EQ(weft_io_modify(f.r.io, RW), 0);
+	CHECK_EQ(weft_io_events(f.r.io), RW);
+	CHECK_EQ(weft_loop_run(f.loop, WEFT_RUN_NOWAIT), 1);
+	CHECK_EQ(f.r.calls, 2);
+	CHECK_EQ(f.r.last & RW, RW);
 
-	xwrite(sv[1], "y");
-	CHECK_EQ(weft_io_modify(r.io, RW), 0);
-	CHECK_EQ(weft_io_events(r.io), RW);
-	CHECK_EQ(weft_loop_run(loop, WEFT_RUN_NOWAIT), 1);
-	CHECK_EQ(r.calls, 2);
-	CHECK_EQ(r.last & RW, RW);
-
-	CHECK_EQ(weft_io_modify(r.io, WEFT_IO_READ), 0);
-	CHECK_EQ(weft_loop_run(loop, WEFT_RUN_NOWAIT), 1);
-	CHECK_EQ(r.calls, 3);
-	CHECK_EQ(r.last & RW, WEFT_IO_READ);
+	CHECK_EQ(weft_io_modify(f.r.io, WEFT_IO_READ), 0);
+	CHECK_EQ(weft_loop_run(f.loop, WEFT_RUN_NOWAIT), 1);
+	CHECK_EQ(f.r.calls, 3);
+	CHECK_EQ(f.r.last & RW, WEFT_IO_READ);
 
 	/* modify to 0 is stop */
-	CHECK_EQ(weft_io_modify(r.io, 0), 0);
-	CHECK_EQ(weft_io_events(r.io), 0);
-	CHECK(!weft_loop_alive(loop));
-	CHECK_EQ(weft_loop_run(loop, WEFT_RUN_NOWAIT), 0);
-	CHECK_EQ(r.calls, 3);
+	CHECK_EQ(weft_io_modify(f.r.io, 0), 0);
+	CHECK_EQ(weft_io_events(f.r.io), 0);
+	CHECK(!weft_loop_alive(f.loop));
+	CHECK_EQ(weft_loop_run(f.loop, WEFT_RUN_NOWAIT), 0);
+	CHECK_EQ(f.r.calls, 3);
 	/* start with 0 is stop too */
-	CHECK_EQ(weft_io_start(r.io, WEFT_IO_READ), 0);
-	CHECK_EQ(weft_io_start(r.io, 0), 0);
-	CHECK_EQ(weft_io_events(r.io), 0);
-	CHECK_EQ(weft_loop_run(loop, WEFT_RUN_NOWAIT), 0);
-	CHECK_EQ(r.calls, 3);
+	CHECK_EQ(weft_io_start(f.r.io, WEFT_IO_READ), 0);
+	CHECK_EQ(weft_io_start(f.r.io, 0), 0);
+	CHECK_EQ(weft_io_events(f.r.io), 0);
+	CHECK_EQ(weft_loop_run(f.loop, WEFT_RUN_NOWAIT), 0);
+	CHECK_EQ(f.r.calls, 3);
 
-	weft_io_free(r.io);
-	xclose(&sv[0]);
-	xclose(&sv[1]);
-	FREE_LOOP(loop);
+	io_fix_close(&f);
 }
 
 static void test_io_stop(void)
 {
-	weft_loop *loop;
-	REQUIRE(weft_loop_new(&loop) == 0);
-	int sv[2];
-	REQUIRE(mk_sp(sv) == 0);
-	xwrite(sv[1], "z");
-
-	struct iorec r = { .action = ACT_NONE };
-	REQUIRE(weft_io_new(loop, sv[0], iorec_cb, &r, &r.io) == 0);
-	CHECK_EQ(weft_io_start(r.io, WEFT_IO_READ), 0);
-	weft_io_stop(r.io);
-	CHECK_EQ(weft_io_events(r.io), 0);
-	CHECK_EQ(weft_loop_run(loop, WEFT_RUN_NOWAIT), 0);
-	CHECK_EQ(r.calls, 0);
-	weft_io_stop(r.io); /* idempotent */
-	CHECK_EQ(weft_io_events(r.io), 0);
-	CHECK_EQ(weft_loop_run(loop, WEFT_RUN_NOWAIT), 0);
-	CHECK_EQ(r.calls, 0);
+	struct io_fix f;
+	REQUIRE(io_fix_open(&f, ACT_NONE, "z", WEFT_IO_READ));
+	weft_io_stop(f.r.io);
+	CHECK_EQ(weft_io_events(f.r.io), 0);
+	CHECK_EQ(weft_loop_run(f.loop, WEFT_RUN_NOWAIT), 0);
+	CHECK_EQ(f.r.calls, 0);
+	weft_io_stop(f.r.io); /* idempotent */
+	CHECK_EQ(weft_io_events(f.r.io), 0);
+	CHECK_EQ(weft_loop_run(f.loop, WEFT_RUN_NOWAIT), 0);
+	CHECK_EQ(f.r.calls, 0);
 
 	/* a stopped watcher can be started again */
-	CHECK_EQ(weft_io_start(r.io, WEFT_IO_READ), 0);
-	CHECK_EQ(weft_loop_run(loop, WEFT_RUN_NOWAIT), 1);
-	CHECK_EQ(r.calls, 1);
-	weft_io_stop(r.io);
+	CHECK_EQ(weft_io_start(f.r.io, WEFT_IO_READ), 0);
+	CHECK_EQ(weft_loop_run(f.loop, WEFT_RUN_NOWAIT), 1);
+	CHECK_EQ(f.r.calls, 1);
+	weft_io_stop(f.r.io);
 
-	weft_io_free(r.io);
-	xclose(&sv[0]);
-	xclose(&sv[1]);
-	FREE_LOOP(loop);
+	io_fix_close(&f);
 }
 
 static void test_io_level_triggered(void)
 {
-	weft_loop *loop;
-	REQUIRE(weft_loop_new(&loop) == 0);
-	int sv[2];
-	REQUIRE(mk_sp(sv) == 0);
-	xwrite(sv[1], "abc");
-
-	struct iorec r = { .action = ACT_NONE };
-	REQUIRE(weft_io_new(loop, sv[0], iorec_cb, &r, &r.io) == 0);
-	CHECK_EQ(weft_io_start(r.io, WEFT_IO_READ), 0);
+	struct io_fix f;
+	REQUIRE(io_fix_open(&f, ACT_NONE, "abc", WEFT_IO_READ));
 	for (int i = 1; i <= 3; i++) {
-		CHECK_EQ(weft_loop_run(loop, WEFT_RUN_NOWAIT), 1);
-		CHECK_EQ(r.calls, i);
+		CHECK_EQ(weft_loop_run(f.loop, WEFT_RUN_NOWAIT), 1);
+		CHECK_EQ(f.r.calls, i);
 	}
 	char buf[16];
-	CHECK_EQ(read(sv[0], buf, sizeof buf), 3);
-	CHECK_EQ(weft_loop_run(loop, WEFT_RUN_NOWAIT), 1);
-	CHECK_EQ(r.calls, 3);
+	CHECK_EQ(read(f.sv[0], buf, sizeof buf), 3);
+	CHECK_EQ(weft_loop_run(f.loop, WEFT_RUN_NOWAIT), 1);
+	CHECK_EQ(f.r.calls, 3);
 	/* readable again → delivered again */
-	xwrite(sv[1], "d");
-	CHECK_EQ(weft_loop_run(loop, WEFT_RUN_ONCE), 1);
-	CHECK_EQ(r.calls, 4);
+	xwrite(f.sv[1], "d");
+	CHECK_EQ(weft_loop_run(f.loop, WEFT_RUN_ONCE), 1);
+	CHECK_EQ(f.r.calls, 4);
 
-	weft_io_free(r.io);
-	xclose(&sv[0]);
-	xclose(&sv[1]);
-	FREE_LOOP(loop);
+	io_fix_close(&f);
+}
+
+/* An iorec watcher (ACT_NONE) on fd for events; closing *peer must make the
+ * next iteration deliver exactly one callback.  False if it cannot be made. */
+static bool fire_on_close(weft_loop *loop, struct iorec *r, int fd, unsigned events, int *peer)
+{
+	*r = (struct iorec){ .action = ACT_NONE };
+	if (weft_io_new(loop, fd, iorec_cb, r, &r->io) != 0)
+		return false;
+	CHECK_EQ(weft_io_start(r->io, events), 0);
+	xclose(peer);
+	CHECK_EQ(weft_loop_run(loop, WEFT_RUN_ONCE), 1);
+	CHECK_EQ(r->calls, 1);
+	return true;
 }
 
 static void test_io_hup_err(void)
@@ -516,12 +512,8 @@ static void test_io_hup_err(void)
 	/* socketpair, peer closed: READ | HUP for a READ watcher */
 	int sv[2];
 	REQUIRE(mk_sp(sv) == 0);
-	struct iorec r = { .action = ACT_NONE };
-	REQUIRE(weft_io_new(loop, sv[0], iorec_cb, &r, &r.io) == 0);
-	CHECK_EQ(weft_io_start(r.io, WEFT_IO_READ), 0);
-	xclose(&sv[1]);
-	CHECK_EQ(weft_loop_run(loop, WEFT_RUN_ONCE), 1);
-	CHECK_EQ(r.calls, 1);
+	struct iorec r;
+	REQUIRE(fire_on_close(loop, &r, sv[0], WEFT_IO_READ, &sv[1]));
 	CHECK(r.last & WEFT_IO_READ);
 	CHECK(r.last & WEFT_IO_HUP);
 	CHECK(!(r.last & WEFT_IO_WRITE));
@@ -533,12 +525,8 @@ static void test_io_hup_err(void)
 	/* empty pipe, writer closed: epoll reports only HUP; weft adds READ */
 	int p[2];
 	REQUIRE(mk_pipe(p) == 0);
-	struct iorec r2 = { .action = ACT_NONE };
-	REQUIRE(weft_io_new(loop, p[0], iorec_cb, &r2, &r2.io) == 0);
-	CHECK_EQ(weft_io_start(r2.io, WEFT_IO_READ), 0);
-	xclose(&p[1]);
-	CHECK_EQ(weft_loop_run(loop, WEFT_RUN_ONCE), 1);
-	CHECK_EQ(r2.calls, 1);
+	struct iorec r2;
+	REQUIRE(fire_on_close(loop, &r2, p[0], WEFT_IO_READ, &p[1]));
 	CHECK(r2.last & WEFT_IO_READ);
 	CHECK(r2.last & WEFT_IO_HUP);
 	CHECK_EQ(read(p[0], buf, sizeof buf), 0);
@@ -547,12 +535,8 @@ static void test_io_hup_err(void)
 
 	/* pipe, reader closed: WRITE | ERR for a WRITE watcher */
 	REQUIRE(mk_pipe(p) == 0);
-	struct iorec r3 = { .action = ACT_NONE };
-	REQUIRE(weft_io_new(loop, p[1], iorec_cb, &r3, &r3.io) == 0);
-	CHECK_EQ(weft_io_start(r3.io, WEFT_IO_WRITE), 0);
-	xclose(&p[0]);
-	CHECK_EQ(weft_loop_run(loop, WEFT_RUN_ONCE), 1);
-	CHECK_EQ(r3.calls, 1);
+	struct iorec r3;
+	REQUIRE(fire_on_close(loop, &r3, p[1], WEFT_IO_WRITE, &p[0]));
 	CHECK(r3.last & WEFT_IO_WRITE);
 	CHECK(r3.last & WEFT_IO_ERR);
 	CHECK(!(r3.last & WEFT_IO_READ));
@@ -601,38 +585,28 @@ static void test_io_eexist(void)
 	CHECK_EQ(r.calls, 1);
 	weft_io_free(r.io);
 
-	xclose(&p[0]);
-	xclose(&p[1]);
+	xclose2(p);
 	FREE_LOOP(loop);
 }
 
 static void test_io_free_self(void)
 {
-	weft_loop *loop;
-	REQUIRE(weft_loop_new(&loop) == 0);
-	int sv[2];
-	REQUIRE(mk_sp(sv) == 0);
-	xwrite(sv[1], "q");
-
 	/* frees itself inside its callback */
-	struct iorec r = { .action = ACT_FREE };
-	REQUIRE(weft_io_new(loop, sv[0], iorec_cb, &r, &r.io) == 0);
-	CHECK_EQ(weft_io_start(r.io, RW), 0);
-	CHECK_EQ(weft_loop_run(loop, WEFT_RUN_DEFAULT), 0);
-	CHECK_EQ(r.calls, 1);
-	CHECK(r.io == NULL);
+	struct io_fix f;
+	REQUIRE(io_fix_open(&f, ACT_FREE, "q", RW));
+	CHECK_EQ(weft_loop_run(f.loop, WEFT_RUN_DEFAULT), 0);
+	CHECK_EQ(f.r.calls, 1);
+	CHECK(f.r.io == NULL);
 
 	/* stops itself; a new watcher may then take the fd */
 	struct iorec r2 = { .action = ACT_STOP };
-	REQUIRE(weft_io_new(loop, sv[0], iorec_cb, &r2, &r2.io) == 0);
+	REQUIRE(weft_io_new(f.loop, f.sv[0], iorec_cb, &r2, &r2.io) == 0);
 	CHECK_EQ(weft_io_start(r2.io, WEFT_IO_READ), 0);
-	CHECK_EQ(weft_loop_run(loop, WEFT_RUN_DEFAULT), 0);
+	CHECK_EQ(weft_loop_run(f.loop, WEFT_RUN_DEFAULT), 0);
 	CHECK_EQ(r2.calls, 1);
 	weft_io_free(r2.io);
 
-	xclose(&sv[0]);
-	xclose(&sv[1]);
-	FREE_LOOP(loop);
+	io_fix_close(&f);
 }
 
 /* Two ready watchers; whichever runs first frees (or stops) the other, whose
@@ -688,10 +662,8 @@ static void test_io_free_other_collected(void)
 
 		weft_io_free(c.io[0]);
 		weft_io_free(c.io[1]);
-		xclose(&a[0]);
-		xclose(&a[1]);
-		xclose(&b[0]);
-		xclose(&b[1]);
+		xclose2(a);
+		xclose2(b);
 		FREE_LOOP(loop);
 	}
 }
@@ -789,8 +761,7 @@ static void test_io_fd_reuse_no_stale(void)
 	for (int i = 0; i < 3; i++)
 		weft_io_free(c.io[i]);
 	for (int i = 0; i < 2; i++) {
-		xclose(&c.sp[i][0]);
-		xclose(&c.sp[i][1]);
+		xclose2(c.sp[i]);
 		xclose(&c.np[i]);
 	}
 	FREE_LOOP(loop);
@@ -1333,6 +1304,44 @@ struct many_timers {
 };
 static struct many_timers *g_mt;
 
+/* Deadline order, (a): walking the timers in start order (seq[0..n), or
+ * 0..n-1 if seq is NULL), count those that fired after a timer started later
+ * with a timeout no longer (pos[i]: where timer i fired; timeouts below
+ * MANY_MAX_TIMEOUT). */
+static int count_inversions(const int *seq, int n, const int *pos, const uint64_t *timeout)
+{
+	int best[MANY_MAX_TIMEOUT], inversions = 0;
+	for (int v = 0; v < MANY_MAX_TIMEOUT; v++)
+		best[v] = -1;
+	for (int a = 0; a < n; a++) {
+		int i = seq ? seq[a] : a, to = (int)timeout[i], worst = -1;
+		for (int v = 0; v <= to; v++)
+			if (best[v] > worst)
+				worst = best[v];
+		if (worst > pos[i])
+			inversions++;
+		if (pos[i] > best[to])
+			best[to] = pos[i];
+	}
+	return inversions;
+}
+
+/* Deadline order, (b): in firing order (order[0..n)), count the timers that
+ * fired after one whose timeout was more than span longer. */
+static int count_out_of_order(const int *order, int n, const uint64_t *timeout, uint64_t span)
+{
+	uint64_t max_to = 0;
+	int out_of_order = 0;
+	for (int k = 0; k < n; k++) {
+		uint64_t to = timeout[order[k]];
+		if (to > max_to)
+			max_to = to;
+		if (max_to > to + span)
+			out_of_order++;
+	}
+	return out_of_order;
+}
+
 static void many_timer_cb(weft_timer *t, void *data)
 {
 	(void)t;
@@ -1349,22 +1358,43 @@ static void many_timer_cb(weft_timer *t, void *data)
 		m->max_late = now - due;
 }
 
-static void test_timer_many(void)
+/* g_mt and a loop with NTIMERS stopped many_timer_cb timers (*made of them
+ * were created), t0 marked; NULL if the struct or the loop cannot be made. */
+static struct many_timers *many_timers_new(weft_loop **loop, int *made)
 {
 	struct many_timers *m = calloc(1, sizeof *m);
-	REQUIRE(m != NULL);
-	g_mt = m;
-	weft_loop *loop;
-	if (weft_loop_new(&loop) != 0) {
+	if (m == NULL)
+		return NULL;
+	if (weft_loop_new(loop) != 0) {
 		free(m);
-		REQUIRE(!"weft_loop_new");
+		return NULL;
 	}
-	int made = 0;
-	for (; made < NTIMERS; made++)
-		if (weft_timer_new(loop, many_timer_cb, (void *)(intptr_t)made, &m->t[made]) != 0)
+	g_mt = m;
+	int n = 0;
+	for (; n < NTIMERS; n++)
+		if (weft_timer_new(*loop, many_timer_cb, (void *)(intptr_t)n, &m->t[n]) != 0)
 			break;
-	CHECK_EQ(made, NTIMERS);
-	m->t0 = mark(loop);
+	CHECK_EQ(n, NTIMERS);
+	*made = n;
+	m->t0 = mark(*loop);
+	return m;
+}
+
+static void many_timers_free(struct many_timers *m, weft_loop *loop, int made)
+{
+	for (int i = 0; i < made; i++)
+		weft_timer_free(m->t[i]);
+	FREE_LOOP(loop);
+	g_mt = NULL;
+	free(m);
+}
+
+static void test_timer_many(void)
+{
+	weft_loop *loop;
+	int made;
+	struct many_timers *m = many_timers_new(&loop, &made);
+	REQUIRE(m != NULL);
 	for (int i = 0; i < made; i++) {
 		m->timeout[i] = rng() % MANY_MAX_TIMEOUT;
 		CHECK_EQ(weft_timer_start(m->t[i], m->timeout[i], 0), 0);
@@ -1394,61 +1424,24 @@ static void test_timer_many(void)
 	 *     duration of the start loop longer. */
 	if (m->nfired == made) {
 		static int pos[NTIMERS];
-		static int best[MANY_MAX_TIMEOUT];
 		for (int k = 0; k < made; k++)
 			pos[m->order[k]] = k;
-		for (int v = 0; v < MANY_MAX_TIMEOUT; v++)
-			best[v] = -1;
-		int inversions = 0;
-		for (int i = 0; i < made; i++) {
-			int to = (int)m->timeout[i], worst = -1;
-			for (int v = 0; v <= to; v++)
-				if (best[v] > worst)
-					worst = best[v];
-			if (worst > pos[i])
-				inversions++;
-			if (pos[i] > best[to])
-				best[to] = pos[i];
-		}
-		CHECK_EQ(inversions, 0);
-		uint64_t max_to = 0;
-		int out_of_order = 0;
-		for (int k = 0; k < made; k++) {
-			uint64_t to = m->timeout[m->order[k]];
-			if (to > max_to)
-				max_to = to;
-			if (max_to > to + span)
-				out_of_order++;
-		}
-		CHECK_EQ(out_of_order, 0);
+		CHECK_EQ(count_inversions(NULL, made, pos, m->timeout), 0);
+		CHECK_EQ(count_out_of_order(m->order, made, m->timeout, span), 0);
 		printf("# starts took %llu ms\n", (unsigned long long)span);
 	}
 	CHECK_EQ(m->early, 0);
 	CHECK(m->max_late <= late_ms);
 	printf("# %d timers, max lateness %llu ms\n", made, (unsigned long long)m->max_late);
-	for (int i = 0; i < made; i++)
-		weft_timer_free(m->t[i]);
-	FREE_LOOP(loop);
-	g_mt = NULL;
-	free(m);
+	many_timers_free(m, loop, made);
 }
 
 static void test_timer_cancel_half(void)
 {
-	struct many_timers *m = calloc(1, sizeof *m);
-	REQUIRE(m != NULL);
-	g_mt = m;
 	weft_loop *loop;
-	if (weft_loop_new(&loop) != 0) {
-		free(m);
-		REQUIRE(!"weft_loop_new");
-	}
-	int made = 0;
-	for (; made < NTIMERS; made++)
-		if (weft_timer_new(loop, many_timer_cb, (void *)(intptr_t)made, &m->t[made]) != 0)
-			break;
-	CHECK_EQ(made, NTIMERS);
-	m->t0 = mark(loop);
+	int made;
+	struct many_timers *m = many_timers_new(&loop, &made);
+	REQUIRE(m != NULL);
 	for (int i = 0; i < made; i++) {
 		m->timeout[i] = 1 + rng() % 200;
 		CHECK_EQ(weft_timer_start(m->t[i], m->timeout[i], 0), 0);
@@ -1470,11 +1463,7 @@ static void test_timer_cancel_half(void)
 		wrong += m->hits[i] != (i % 2);
 	CHECK_EQ(wrong, 0);
 	CHECK_EQ(m->early, 0);
-	for (int i = 0; i < made; i++)
-		weft_timer_free(m->t[i]);
-	FREE_LOOP(loop);
-	g_mt = NULL;
-	free(m);
+	many_timers_free(m, loop, made);
 }
 
 /* Random starts, restarts, stops and frees on 2 000 timers exercise the
@@ -1482,6 +1471,7 @@ static void test_timer_cancel_half(void)
  * in deadline order, never early. */
 #define NHEAP 2000
 #define HEAP_MAX_TIMEOUT 200
+_Static_assert(HEAP_MAX_TIMEOUT <= MANY_MAX_TIMEOUT, "count_inversions covers both");
 struct heap_stress {
 	weft_timer *t[NHEAP];
 	uint64_t timeout[NHEAP];
@@ -1591,31 +1581,9 @@ static void test_timer_heap_stress(void)
 			}
 			idx[b] = v;
 		}
-		int best[HEAP_MAX_TIMEOUT], inversions = 0;
-		for (int v = 0; v < HEAP_MAX_TIMEOUT; v++)
-			best[v] = -1;
-		for (int a = 0; a < n; a++) {
-			int i = idx[a], to = (int)h->timeout[i], worst = -1;
-			for (int v = 0; v <= to; v++)
-				if (best[v] > worst)
-					worst = best[v];
-			if (worst > h->pos[i])
-				inversions++;
-			if (h->pos[i] > best[to])
-				best[to] = h->pos[i];
-		}
-		CHECK_EQ(inversions, 0);
+		CHECK_EQ(count_inversions(idx, n, h->pos, h->timeout), 0);
 		/* (b) no timer fires before one due more than the op span earlier */
-		uint64_t max_to = 0;
-		int out_of_order = 0;
-		for (int k = 0; k < h->nfired; k++) {
-			uint64_t to = h->timeout[h->order[k]];
-			if (to > max_to)
-				max_to = to;
-			if (max_to > to + span)
-				out_of_order++;
-		}
-		CHECK_EQ(out_of_order, 0);
+		CHECK_EQ(count_out_of_order(h->order, h->nfired, h->timeout, span), 0);
 		printf("# %d of %d timers left active after 20000 ops (%llu ms)\n", nactive, NHEAP,
 		       (unsigned long long)span);
 	}
@@ -1740,8 +1708,7 @@ static void test_defer_chain(void)
 	CHECK_EQ(weft_loop_run(loop, WEFT_RUN_DEFAULT), 0);
 	CHECK_EQ(c.self_calls, 5);
 	weft_io_free(r.io);
-	xclose(&sv[0]);
-	xclose(&sv[1]);
+	xclose2(sv);
 
 	weft_defer_free(c.a);
 	weft_defer_free(c.b);
@@ -1951,8 +1918,7 @@ static void test_run_default_exits(void)
 	CHECK(!weft_loop_alive(loop));
 	weft_timer_free(t);
 	weft_io_free(c.io);
-	xclose(&sv[0]);
-	xclose(&sv[1]);
+	xclose2(sv);
 	FREE_LOOP(loop);
 }
 
@@ -1995,8 +1961,7 @@ static void test_run_once_blocks(void)
 	CHECK_EQ(weft_loop_run(loop, WEFT_RUN_ONCE), 0);
 	CHECK_EQ(io.calls, 1);
 	weft_io_free(io.io);
-	xclose(&sv[0]);
-	xclose(&sv[1]);
+	xclose2(sv);
 
 	weft_timer_free(r.t);
 	FREE_LOOP(loop);
@@ -2025,8 +1990,7 @@ static void test_run_nowait(void)
 
 	weft_io_free(io);
 	weft_timer_free(t);
-	xclose(&sv[0]);
-	xclose(&sv[1]);
+	xclose2(sv);
 	FREE_LOOP(loop);
 }
 
@@ -2128,8 +2092,7 @@ static void test_unref(void)
 	weft_io_set_ref(r.io, true);
 	CHECK(weft_loop_alive(loop));
 	weft_io_free(r.io);
-	xclose(&sv[0]);
-	xclose(&sv[1]);
+	xclose2(sv);
 
 	/* an unref'd signal watcher and async handle */
 	weft_signal *sig;
@@ -2158,10 +2121,9 @@ struct reent_ctx {
 	int r[4];
 };
 
-static void reent_timer_cb(weft_timer *t, void *data)
+/* From inside a callback: every way of running the loop again. */
+static void reent_all(struct reent_ctx *c)
 {
-	(void)t;
-	struct reent_ctx *c = data;
 	c->calls++;
 	c->r[0] = weft_loop_run(c->loop, WEFT_RUN_NOWAIT);
 	c->r[1] = weft_loop_run(c->loop, WEFT_RUN_DEFAULT);
@@ -2169,15 +2131,16 @@ static void reent_timer_cb(weft_timer *t, void *data)
 	c->r[3] = weft_loop_dispatch(c->loop);
 }
 
+static void reent_timer_cb(weft_timer *t, void *data)
+{
+	(void)t;
+	reent_all(data);
+}
+
 static void reent_io_cb(weft_io *io, unsigned revents, void *data)
 {
 	(void)revents;
-	struct reent_ctx *c = data;
-	c->calls++;
-	c->r[0] = weft_loop_run(c->loop, WEFT_RUN_NOWAIT);
-	c->r[1] = weft_loop_run(c->loop, WEFT_RUN_DEFAULT);
-	c->r[2] = weft_loop_run(c->loop, WEFT_RUN_ONCE);
-	c->r[3] = weft_loop_dispatch(c->loop);
+	reent_all(data);
 	weft_io_stop(io);
 }
 
@@ -2206,8 +2169,7 @@ static void test_run_reentrant(void)
 	for (int i = 0; i < 4; i++)
 		CHECK_EQ(c2.r[i], -EBUSY);
 	weft_io_free(io);
-	xclose(&sv[0]);
-	xclose(&sv[1]);
+	xclose2(sv);
 
 	/* after all that, the loop runs normally */
 	int n = 0;
@@ -2262,6 +2224,21 @@ struct async_ctx {
 	bool stop;
 };
 
+/* Run the loop in `mode` (which must return 1) while a thread runs fn(th);
+ * *el is how long the run took (ms).  False if the thread cannot start. */
+static bool run_with_thread(weft_loop *loop, weft_run_mode mode, void *(*fn)(void *),
+			    struct thr *th, uint64_t *el)
+{
+	pthread_t tid;
+	if (pthread_create(&tid, NULL, fn, th) != 0)
+		return false;
+	uint64_t t0 = t_now_ms();
+	CHECK_EQ(weft_loop_run(loop, mode), 1);
+	*el = t_now_ms() - t0;
+	pthread_join(tid, NULL);
+	return true;
+}
+
 static void async_cb(weft_async *a, void *data)
 {
 	(void)a;
@@ -2283,12 +2260,8 @@ static void test_async_thread(void)
 
 	/* DEFAULT blocks until the other thread sends */
 	struct thr th = { .async = a, .delay_ms = 50, .sends = 1 };
-	pthread_t tid;
-	REQUIRE(pthread_create(&tid, NULL, thr_send, &th) == 0);
-	uint64_t t0 = t_now_ms();
-	CHECK_EQ(weft_loop_run(loop, WEFT_RUN_DEFAULT), 1);
-	uint64_t el = t_now_ms() - t0;
-	pthread_join(tid, NULL);
+	uint64_t el;
+	REQUIRE(run_with_thread(loop, WEFT_RUN_DEFAULT, thr_send, &th, &el));
 	CHECK_EQ(th.ret, 0);
 	CHECK_EQ(c.calls, 1);
 	CHECK(el >= 40 && el < 2000);
@@ -2296,11 +2269,7 @@ static void test_async_thread(void)
 	/* ONCE blocks until the send too */
 	c.stop = false;
 	th.delay_ms = 30;
-	REQUIRE(pthread_create(&tid, NULL, thr_send, &th) == 0);
-	t0 = t_now_ms();
-	CHECK_EQ(weft_loop_run(loop, WEFT_RUN_ONCE), 1);
-	el = t_now_ms() - t0;
-	pthread_join(tid, NULL);
+	REQUIRE(run_with_thread(loop, WEFT_RUN_ONCE, thr_send, &th, &el));
 	CHECK_EQ(c.calls, 2);
 	CHECK(el >= 20 && el < 2000);
 
@@ -2457,12 +2426,8 @@ static void test_loop_wakeup(void)
 	CHECK_EQ(weft_timer_start(t, 5000, 0), 0);
 
 	struct thr th = { .loop = loop, .delay_ms = 50 };
-	pthread_t tid;
-	REQUIRE(pthread_create(&tid, NULL, thr_wakeup, &th) == 0);
-	uint64_t t0 = t_now_ms();
-	CHECK_EQ(weft_loop_run(loop, WEFT_RUN_ONCE), 1);
-	uint64_t el = t_now_ms() - t0;
-	pthread_join(tid, NULL);
+	uint64_t el;
+	REQUIRE(run_with_thread(loop, WEFT_RUN_ONCE, thr_wakeup, &th, &el));
 	CHECK_EQ(th.ret, 0);
 	CHECK(el >= 40 && el < 2000);
 	CHECK_EQ(n, 0);
@@ -2470,7 +2435,7 @@ static void test_loop_wakeup(void)
 	/* the wake-up is consumed: a following NOWAIT has nothing to do and
 	 * the one after that still does not block */
 	CHECK_EQ(weft_loop_run(loop, WEFT_RUN_NOWAIT), 1);
-	t0 = t_now_ms();
+	uint64_t t0 = t_now_ms();
 	CHECK_EQ(weft_loop_run(loop, WEFT_RUN_NOWAIT), 1);
 	CHECK(t_now_ms() - t0 < 100);
 	weft_timer_free(t);
@@ -2734,8 +2699,7 @@ static void test_nest_fd(void)
 	weft_defer_free(d);
 	weft_io_free(io);
 	weft_timer_free(t);
-	xclose(&sv[0]);
-	xclose(&sv[1]);
+	xclose2(sv);
 	FREE_LOOP(loop);
 }
 
@@ -2890,6 +2854,17 @@ static int ext_init(struct ext *e, weft_loop **ret)
 	return r;
 }
 
+/* A zeroed struct ext driving a new external loop; NULL if either fails. */
+static struct ext *ext_new(weft_loop **loop)
+{
+	struct ext *e = calloc(1, sizeof *e);
+	if (e != NULL && ext_init(e, loop) != 0) {
+		free(e);
+		return NULL;
+	}
+	return e;
+}
+
 static const struct ext_call *ext_last(const struct ext *e, int fd)
 {
 	for (int i = e->ncalls - 1; i >= 0; i--)
@@ -2963,6 +2938,14 @@ static void ext_check_clean(const struct ext *e)
 	CHECK_EQ(e->wrong_loop, 0);
 }
 
+/* Free the loop, check that the embedding saw a clean end, free e. */
+static void ext_free(struct ext *e, weft_loop *loop)
+{
+	FREE_LOOP(loop);
+	ext_check_clean(e);
+	free(e);
+}
+
 static void test_ext_basic(void)
 {
 	weft_loop *loop = (weft_loop *)&loop;
@@ -3005,9 +2988,7 @@ static void test_ext_basic(void)
 	CHECK_EQ(e->timer_ms, -1); /* nothing to time */
 	CHECK(!weft_loop_alive(loop));
 	CHECK_EQ(weft_loop_process_timeout(loop), 0);
-	FREE_LOOP(loop);
-	ext_check_clean(e);
-	free(e);
+	ext_free(e, loop);
 }
 
 struct ext_io_ctx {
@@ -3049,13 +3030,9 @@ static void ext_io_cb(weft_io *io, unsigned revents, void *data)
 
 static void test_ext_io(void)
 {
-	struct ext *e = calloc(1, sizeof *e);
-	REQUIRE(e != NULL);
 	weft_loop *loop;
-	if (ext_init(e, &loop) != 0) {
-		free(e);
-		REQUIRE(!"weft_loop_new_external");
-	}
+	struct ext *e = ext_new(&loop);
+	REQUIRE(e != NULL);
 	int sv[2];
 	REQUIRE(mk_sp(sv) == 0);
 	struct ext_io_ctx c = { .e = e, .fd = sv[0] };
@@ -3094,11 +3071,8 @@ static void test_ext_io(void)
 	/* free of a started watcher removes the fd before the owner closes it */
 	weft_io_free(io);
 	CHECK_EQ(e->events[sv[0]], 0);
-	xclose(&sv[0]);
-	xclose(&sv[1]);
-	FREE_LOOP(loop);
-	ext_check_clean(e);
-	free(e);
+	xclose2(sv);
+	ext_free(e, loop);
 }
 
 struct ext_timer_ctx {
@@ -3129,13 +3103,9 @@ static void ext_t_io_cb(weft_io *io, unsigned revents, void *data)
 
 static void test_ext_timer(void)
 {
-	struct ext *e = calloc(1, sizeof *e);
-	REQUIRE(e != NULL);
 	weft_loop *loop;
-	if (ext_init(e, &loop) != 0) {
-		free(e);
-		REQUIRE(!"weft_loop_new_external");
-	}
+	struct ext *e = ext_new(&loop);
+	REQUIRE(e != NULL);
 	CHECK_EQ(e->timer_ms, -1);
 	struct ext_timer_ctx c = { .e = e };
 	int dn = 0;
@@ -3199,8 +3169,7 @@ static void test_ext_timer(void)
 	CHECK_EQ(dn, 3);
 	CHECK_EQ(e->timer_ms, -1);
 	weft_io_free(io);
-	xclose(&sv[0]);
-	xclose(&sv[1]);
+	xclose2(sv);
 
 	/* a repeating timer keeps reporting its next period */
 	struct trec r = { .stop_after = 3 };
@@ -3217,20 +3186,14 @@ static void test_ext_timer(void)
 
 	weft_timer_free(t);
 	weft_defer_free(c.d);
-	FREE_LOOP(loop);
-	ext_check_clean(e);
-	free(e);
+	ext_free(e, loop);
 }
 
 static void test_ext_fd_data(void)
 {
-	struct ext *e = calloc(1, sizeof *e);
-	REQUIRE(e != NULL);
 	weft_loop *loop;
-	if (ext_init(e, &loop) != 0) {
-		free(e);
-		REQUIRE(!"weft_loop_new_external");
-	}
+	struct ext *e = ext_new(&loop);
+	REQUIRE(e != NULL);
 	int sv[2];
 	REQUIRE(mk_sp(sv) == 0);
 	int tag, tag2;
@@ -3260,22 +3223,15 @@ static void test_ext_fd_data(void)
 	CHECK(k != NULL && k->events == WEFT_IO_WRITE && k->fd_data == NULL);
 	weft_io_free(io);
 	CHECK_EQ(e->events[sv[0]], 0);
-	xclose(&sv[0]);
-	xclose(&sv[1]);
-	FREE_LOOP(loop);
-	ext_check_clean(e);
-	free(e);
+	xclose2(sv);
+	ext_free(e, loop);
 }
 
 static void test_ext_stale(void)
 {
-	struct ext *e = calloc(1, sizeof *e);
-	REQUIRE(e != NULL);
 	weft_loop *loop;
-	if (ext_init(e, &loop) != 0) {
-		free(e);
-		REQUIRE(!"weft_loop_new_external");
-	}
+	struct ext *e = ext_new(&loop);
+	REQUIRE(e != NULL);
 	int sv[2], other[2];
 	REQUIRE(mk_sp(sv) == 0);
 	REQUIRE(mk_sp(other) == 0);
@@ -3324,22 +3280,15 @@ static void test_ext_stale(void)
 	CHECK_EQ(r.calls, 3);
 
 	xclose(&sv[1]);
-	xclose(&other[0]);
-	xclose(&other[1]);
-	FREE_LOOP(loop);
-	ext_check_clean(e);
-	free(e);
+	xclose2(other);
+	ext_free(e, loop);
 }
 
 static void test_ext_watch_error(void)
 {
-	struct ext *e = calloc(1, sizeof *e);
-	REQUIRE(e != NULL);
 	weft_loop *loop;
-	if (ext_init(e, &loop) != 0) {
-		free(e);
-		REQUIRE(!"weft_loop_new_external");
-	}
+	struct ext *e = ext_new(&loop);
+	REQUIRE(e != NULL);
 	int sv[2];
 	REQUIRE(mk_sp(sv) == 0);
 	weft_io *io;
@@ -3354,24 +3303,17 @@ static void test_ext_watch_error(void)
 	CHECK_EQ(e->events[sv[0]], WEFT_IO_READ);
 	weft_io_free(io);
 	CHECK_EQ(e->events[sv[0]], 0);
-	xclose(&sv[0]);
-	xclose(&sv[1]);
-	FREE_LOOP(loop);
-	ext_check_clean(e);
-	free(e);
+	xclose2(sv);
+	ext_free(e, loop);
 }
 
 static void test_ext_signal_async(void)
 {
 	stray_signals = 0;
 	set_sig_blocked(SIGUSR2, false);
-	struct ext *e = calloc(1, sizeof *e);
-	REQUIRE(e != NULL);
 	weft_loop *loop;
-	if (ext_init(e, &loop) != 0) {
-		free(e);
-		REQUIRE(!"weft_loop_new_external");
-	}
+	struct ext *e = ext_new(&loop);
+	REQUIRE(e != NULL);
 
 	/* async: its wake-up fd must be announced, or this outer loop, which
 	 * polls only announced fds, never sees the send */
@@ -3414,10 +3356,8 @@ static void test_ext_signal_async(void)
 	weft_signal_free(sr.s);
 	CHECK(!sig_blocked(SIGUSR2));
 	weft_async_free(a);
-	FREE_LOOP(loop);
-	ext_check_clean(e);
+	ext_free(e, loop);
 	CHECK_EQ(stray_signals, 0);
-	free(e);
 }
 
 /* ======================================================================== */
@@ -3443,8 +3383,7 @@ static void test_bad_input(void)
 	int q[2];
 	REQUIRE(mk_pipe(q) == 0);
 	int dead = q[0];
-	xclose(&q[0]);
-	xclose(&q[1]);
+	xclose2(q);
 	int r = weft_io_new(loop, dead, nop_io_cb, NULL, &io);
 	CHECK(r == 0 || r == -EBADF);
 	if (r == 0) {
@@ -3491,8 +3430,7 @@ static void test_bad_input(void)
 	CHECK_EQ(weft_signal_new(NULL, nop_signal_cb, NULL, &s), -EINVAL);
 	CHECK_EQ(weft_loop_run(NULL, WEFT_RUN_NOWAIT), -EINVAL);
 
-	xclose(&p[0]);
-	xclose(&p[1]);
+	xclose2(p);
 	FREE_LOOP(loop);
 }
 
