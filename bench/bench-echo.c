@@ -6,30 +6,35 @@
  * pipe) and sets TCP_NODELAY on each connection; so does the client.
  *
  * The servers:
- *   raw       blocking read(2)/write(2): an accept loop, and one thread per
- *             connection that reads up to 64 KiB and writes it back.
- *   weft      weft_listen (callback mode); per connection ONE long-lived
- *             weft_stream_readv_send whose next-vector callback asks for the
- *             4-byte length prefix, then for the body, and when the body is
- *             full writes the frame with weft_stream_try_writev and queues
- *             only what the socket did not take (weft_stream_writev_queue_send
- *             (s, NULL, ...)), then asks for the next prefix.  Frames are read
- *             straight into pooled buffers that go out unchanged (no copy).
- *   libevent  evconnlistener + bufferevent_socket; the read callback moves
- *             the input into the output (bufferevent_write_buffer).
- *   libuv     uv_tcp + uv_read_start (alloc_cb hands out pooled 64 KiB
- *             buffers) + uv_write of what was read; the buffer returns to the
- *             pool in the write callback.
- *   weft-pdu  (on request: -s weft-pdu) weft with one readv request per frame
- *             (tstream_readv_pdu style): the request completes with the
- *             frame, its callback queues the echo and starts the next one.
+ *   raw         blocking read(2)/write(2): an accept loop, and one thread per
+ *               connection that reads up to 64 KiB and writes it back.
+ *   weft        weft_listen (callback mode); per connection a
+ *               weft_stream_read_send into a pooled 64 KiB block ("read what
+ *               is there"); its callback writes the n bytes with
+ *               weft_stream_try_writev and queues only what the socket did
+ *               not take (weft_stream_writev_queue_send(s, NULL, ...), which
+ *               then owns the block), and reads again.
+ *   libevent    evconnlistener + bufferevent_socket; the read callback moves
+ *               the input into the output (bufferevent_write_buffer).
+ *   libuv       uv_tcp + uv_read_start (alloc_cb hands out pooled 64 KiB
+ *               buffers) + uv_write of what was read; the buffer returns to
+ *               the pool in the write callback.
+ *   weft-readv  (on request: -s weft-readv) weft with ONE long-lived
+ *               weft_stream_readv_send per connection whose next-vector
+ *               callback asks for the 4-byte length prefix, then for the
+ *               body, and when the body is full echoes the frame as weft
+ *               does, then asks for the next prefix.  Frames are read
+ *               straight into pooled buffers that go out unchanged.
+ *   weft-pdu    (on request: -s weft-pdu) weft with one readv request per
+ *               frame (tstream_readv_pdu style): the request completes with
+ *               the frame, its callback echoes it and starts the next one.
  *
  * The wire protocol is length-prefixed frames (4-byte big-endian length, then
- * the payload), the same for every server.  raw, libevent and libuv echo
- * bytes as they arrive (an echo needs no framing and their APIs read "what is
- * there"); weft's readv fills the vector it is given completely, so the weft
- * server parses the prefix and echoes whole frames.  Each server bounds its
- * output (about 1 MiB or 16 frames) and stops reading until it drains.
+ * the payload), the same for every server.  raw, weft, libevent and libuv
+ * echo bytes as they arrive (an echo needs no framing); weft-readv and
+ * weft-pdu parse the prefix and echo whole frames, as a server of a PDU
+ * protocol would.  Each server bounds its output (about 1 MiB, or 16 queued
+ * writes for the weft servers) and stops reading until it drains.
  *
  * The rows:
  *   ping-pong  64-byte payload (68 bytes on the wire), one message in flight
@@ -45,8 +50,8 @@
  *
  * Before the clock starts, every connection is connected and has done one
  * untimed round trip, so the server has accepted it and is reading.  Rounds
- * are interleaved (raw, weft, libevent, libuv, raw, ...) after one warm-up
- * round per server; the table shows the medians.
+ * are interleaved (raw, weft, libevent, libuv, [weft-readv, weft-pdu,] raw,
+ * ...) after one warm-up round per server; the table shows the medians.
  *
  * -S NAME runs one server alone in the foreground and -C PORT runs the client
  * against it, for valgrind/strace on the server process.  See
@@ -95,8 +100,9 @@
 
 /* ---- servers, rows, options ---------------------------------------------- */
 
-enum { S_RAW, S_WEFT, S_EVENT, S_UV, S_WPDU, NSRV };
-static const char *const srv_names[NSRV] = { "raw", "weft", "libevent", "libuv", "weft-pdu" };
+enum { S_RAW, S_WEFT, S_EVENT, S_UV, S_WREADV, S_WPDU, NSRV };
+static const char *const srv_names[NSRV] = { "raw", "weft", "libevent", "libuv", "weft-readv",
+                                             "weft-pdu" };
 
 enum { R_PP1, R_PPN, R_BULK1, R_BULKN, NROWS };
 static const char *const row_names[NROWS] = { "pp1", "ppN", "bulk1", "bulkN" };
@@ -127,7 +133,7 @@ static struct {
 	.conns = 100,
 	.msg = 64,
 	.bulk_mib = 256,
-	.srv = { true, true, true, true, false }, /* weft-pdu on request */
+	.srv = { true, true, true, true, false, false }, /* weft-readv, weft-pdu on request */
 	.rows = { true, true, true, true },
 	.watchdog_s = 120,
 	.server_only = -1,
@@ -226,8 +232,9 @@ static void report_port(int srv, int report_fd, int port)
 
 /* ---- buffer pool (weft and libuv servers) -------------------------------- */
 
-/* One block per frame in flight.  libuv's write request lives in the block
- * too, so neither server allocates per message once the pool is warm. */
+/* One block per read or write in flight.  libuv's write request lives in
+ * the block too, so no server allocates per message once the pool is
+ * warm. */
 struct blk {
 	uv_write_t uvw;  /* libuv: the write request */
 	void *owner;     /* the connection */
@@ -298,25 +305,33 @@ static void raw_serve(int port, int report_fd)
 	}
 }
 
-/* ---- server 2: weft ------------------------------------------------------- */
+/* ---- servers 2, 5, 6: weft, weft-readv, weft-pdu --------------------------- */
 
+/* The three weft servers share the connection, the echo and the write
+ * path; they differ in how they read (w_mode, one per server process):
+ *   weft        weft_stream_read_send into a 64 KiB block ("what is there"),
+ *               echo the n bytes, read again — what libuv's server does;
+ *   weft-readv  one long-lived weft_stream_readv_send whose next-vector
+ *               callback parses the frames and echoes each whole frame;
+ *   weft-pdu    one weft_stream_readv_send per frame. */
+enum { WM_READ, WM_READV, WM_PDU };
 enum { W_NEW, W_HDR, W_BODY, W_FRAME };
-#define W_HIGH 16 /* frames queued for writing before a connection stops reading */
+#define W_HIGH 16 /* writes queued before a connection stops reading */
 #define W_LOW 4   /* ... and resumes */
 
 struct wconn {
 	weft_stream *s;   /* NULL once closed */
 	weft_req *rreq;   /* the read request; NULL while paused */
-	struct blk *blk;  /* the frame being read */
+	struct blk *blk;  /* the block being read into (NULL: take one) */
 	struct iovec iov; /* what next() handed out */
 	int state;
 	int writes;       /* write requests in flight */
 	int refs;         /* the stream, the read request, each write */
 	bool paused;
-	bool pdu;         /* weft-pdu: one read request per frame */
 };
 
 static weft_loop *wl;
+static int w_mode;
 
 static void wconn_unref(struct wconn *c)
 {
@@ -344,17 +359,17 @@ static void w_close(struct wconn *c)
 static void w_start_read(struct wconn *c);
 static void w_written(weft_req *req, void *data);
 
-/* Queue the frame in c->blk for writing; the block goes back to the pool
- * when the write completes. */
+/* Echo the b->len bytes in c->blk: write what the socket takes now
+ * (uv_try_write style); only a remainder becomes a queued request, which
+ * then owns the block until its callback returns it to the pool.  If all
+ * was written, c->blk stays for the next read. */
 static int w_echo(struct wconn *c, weft_stream *s)
 {
 	struct blk *b = c->blk;
 	struct iovec v = { b->data, b->len };
-	/* Write what the socket takes now (uv_try_write style); only a
-	 * remainder becomes a queued request. */
 	ssize_t n = weft_stream_try_writev(s, &v, 1);
 	if (n == (ssize_t)b->len)
-		return 0; /* all sent: c->blk is free for the next frame */
+		return 0;
 	if (n > 0) {
 		v.iov_base = b->data + n;
 		v.iov_len = b->len - (size_t)n;
@@ -388,7 +403,30 @@ static void w_written(weft_req *req, void *data)
 	wconn_unref(c);
 }
 
-/* The next-vector callback: prefix, body, (echo the frame) prefix, body, ... */
+/* weft: a read completed with n >= 1 bytes (or an error). */
+static void w_read_some_done(weft_req *req, void *data)
+{
+	struct wconn *c = data;
+	int err = 0;
+	ssize_t n = weft_stream_read_recv(req, &err);
+	weft_req_free(req);
+	c->rreq = NULL;
+	if (n > 0 && c->s != NULL) {
+		c->blk->len = (size_t)n;
+		if (w_echo(c, c->s) < 0)
+			w_close(c);
+		else if (c->writes < W_HIGH)
+			w_start_read(c);
+		else
+			c->paused = true; /* w_written resumes */
+	} else {
+		w_close(c); /* EPIPE: the client closed; otherwise an error */
+	}
+	wconn_unref(c);
+}
+
+/* weft-readv, weft-pdu: the next-vector callback — prefix, body, (echo the
+ * frame) prefix, body, ... */
 static int w_next(weft_stream *s, void *data, const struct iovec **ret_vector, size_t *ret_count)
 {
 	struct wconn *c = data;
@@ -406,7 +444,7 @@ static int w_next(weft_stream *s, void *data, const struct iovec **ret_vector, s
 			return 0;
 		}
 	}
-	if (c->state == W_BODY && c->pdu) {
+	if (c->state == W_BODY && w_mode == WM_PDU) {
 		/* weft-pdu: the frame is complete, and so is this request. */
 		c->state = W_FRAME;
 		*ret_vector = NULL;
@@ -436,6 +474,7 @@ static int w_next(weft_stream *s, void *data, const struct iovec **ret_vector, s
 	return 0;
 }
 
+/* weft-readv, weft-pdu: the readv request completed. */
 static void w_read_done(weft_req *req, void *data)
 {
 	struct wconn *c = data;
@@ -462,22 +501,30 @@ static void w_read_done(weft_req *req, void *data)
 
 static void w_start_read(struct wconn *c)
 {
+	weft_req *r;
 	c->paused = false;
-	c->state = W_NEW;
-	weft_req *r = weft_stream_readv_send(c->s, w_next, c);
+	if (w_mode == WM_READ) {
+		if (c->blk == NULL)
+			c->blk = blk_get();
+		r = weft_stream_read_send(c->s, c->blk->data, BUF_SIZE);
+	} else {
+		c->state = W_NEW;
+		r = weft_stream_readv_send(c->s, w_next, c);
+	}
 	if (r == NULL) {
 		w_close(c);
 		return;
 	}
 	c->rreq = r;
 	c->refs++;
-	weft_req_set_callback(r, w_read_done, c);
+	weft_req_set_callback(r, w_mode == WM_READ ? w_read_some_done : w_read_done, c);
 }
 
 static void w_accept(weft_listener *l, weft_stream *s, const weft_addr *peer, int err, void *data)
 {
 	(void)l;
 	(void)peer;
+	(void)data;
 	if (s == NULL) {
 		warn("weft: accept: %s", strerror(-err));
 		return;
@@ -487,7 +534,6 @@ static void w_accept(weft_listener *l, weft_stream *s, const weft_addr *peer, in
 		set_nodelay(fd);
 	struct wconn *c = xcalloc(1, sizeof *c);
 	c->s = s;
-	c->pdu = data != NULL;
 	c->refs = 1; /* the stream; dropped by w_closed */
 	w_start_read(c);
 }
@@ -498,11 +544,11 @@ static void weft_serve(int srv, int port, int report_fd)
 	char text[64];
 	weft_addr addr, bound;
 	weft_listener *l;
+	w_mode = srv == S_WPDU ? WM_PDU : srv == S_WREADV ? WM_READV : WM_READ;
 	wcheck(weft_loop_new(&wl), "weft_loop_new");
 	snprintf(text, sizeof text, "tcp:127.0.0.1:%d", port);
 	wcheck(weft_addr_parse(text, &addr), "weft_addr_parse");
-	/* The accept callback's data says which server: NULL weft, non-NULL weft-pdu. */
-	wcheck(weft_listen(wl, &addr, NULL, w_accept, srv == S_WPDU ? &wl : NULL, &l), "weft_listen");
+	wcheck(weft_listen(wl, &addr, NULL, w_accept, NULL, &l), "weft_listen");
 	wcheck(weft_listener_addr(l, &bound), "weft_listener_addr");
 	int p = weft_addr_port(&bound);
 	wcheck(p, "weft_addr_port");
@@ -698,6 +744,7 @@ static void serve(int srv, int port, int report_fd)
 	switch (srv) {
 	case S_RAW: raw_serve(port, report_fd);
 	case S_WEFT:
+	case S_WREADV:
 	case S_WPDU: weft_serve(srv, port, report_fd);
 	case S_EVENT: libevent_serve(port, report_fd);
 	default: libuv_serve(port, report_fd);
@@ -1103,16 +1150,22 @@ static void fmt_value(char *buf, size_t len, int row, double v)
 }
 
 /* The columns: raw, weft, libevent, libuv, weft/raw, weft/libevent,
- * weft/libuv and, if selected, weft-pdu. */
-enum { NCOLS = 8 };
+ * weft/libuv and, each if selected, weft-readv and weft-pdu. */
+enum { NCOLS = 9 };
 
 static void print_table(void)
 {
 	static const int vs[3] = { S_RAW, S_EVENT, S_UV };
-	static const int widths[NCOLS] = { 9, 9, 9, 9, 8, 13, 10, 9 };
-	static const char *const heads[NCOLS] = { "raw", "weft", "libevent", "libuv", "weft/raw",
-	                                          "weft/libevent", "weft/libuv", "weft-pdu" };
-	int ncols = opt.srv[S_WPDU] ? NCOLS : NCOLS - 1;
+	int widths[NCOLS] = { 9, 9, 9, 9, 8, 13, 10 };
+	const char *heads[NCOLS] = { "raw", "weft", "libevent", "libuv", "weft/raw", "weft/libevent",
+	                             "weft/libuv" };
+	int ncols = 7, extra[2], nextra = 0;
+	for (int s = S_WREADV; s <= S_WPDU; s++)
+		if (opt.srv[s]) {
+			extra[nextra++] = s;
+			widths[ncols] = 10;
+			heads[ncols++] = srv_names[s];
+		}
 	table_head(38, "row (median)", ncols, widths, heads);
 	for (int row = 0; row < NROWS; row++) {
 		if (!opt.rows[row])
@@ -1131,7 +1184,9 @@ static void print_table(void)
 			fmt_ratio(ratio[k], sizeof ratio[k], opt.srv[S_WEFT] && opt.srv[vs[k]], med[S_WEFT],
 			          med[vs[k]]);
 		const char *cells[NCOLS] = { cell[S_RAW], cell[S_WEFT], cell[S_EVENT], cell[S_UV],
-		                             ratio[0], ratio[1], ratio[2], cell[S_WPDU] };
+		                             ratio[0], ratio[1], ratio[2] };
+		for (int k = 0; k < nextra; k++)
+			cells[7 + k] = cell[extra[k]];
 		table_row(38, title, ncols, widths, cells);
 	}
 	printf("\nrt/s = round trips per second (k = 10^3); MiB/s = bytes sent one way per second;\n"
@@ -1196,7 +1251,8 @@ static void run_rows(void)
 	}
 }
 
-static const char *const srv_aliases[] = { "uv", "libuv", "event", "libevent", "weftpdu", "weft-pdu", NULL };
+static const char *const srv_aliases[] = { "uv", "libuv", "event", "libevent", "weftreadv", "weft-readv",
+                                           "weftpdu", "weft-pdu", NULL };
 
 static void usage(FILE *f)
 {
@@ -1211,8 +1267,10 @@ static void usage(FILE *f)
 	        "  -c N   connections of the ppN and bulkN rows (default 100)\n"
 	        "  -m N   ping payload bytes, 1..%d (default 64)\n"
 	        "  -b N   bulk MiB sent per round, one way (default 256)\n"
-	        "  -s L   servers, comma-separated: raw,weft,libevent,libuv,weft-pdu (default: the\n"
-	        "         first four; weft-pdu = weft with one read request per frame)\n"
+	        "  -s L   servers, comma-separated: raw,weft,libevent,libuv,weft-readv,weft-pdu\n"
+	        "         (default: the first four; weft-readv = weft with one long-lived readv\n"
+	        "         that parses the frames and echoes whole frames, weft-pdu = weft with one\n"
+	        "         readv request per frame; each adds a column)\n"
 	        "  -t L   rows, comma-separated: pp1,ppN,bulk1,bulkN (default all)\n"
 	        "  -o     rotate the order of the servers by one each round\n"
 	        "  -P     pin the client and the servers to CPU 0 (or run under taskset -c 0)\n"
@@ -1270,7 +1328,8 @@ int main(int argc, char **argv)
 		case 'b': opt.bulk_mib = parse_num(optarg, 'b', 1, 1L << 20); break;
 		case 's':
 			if (!parse_list(optarg, srv_names, NSRV, srv_aliases, opt.srv))
-				fail(2, "-s: expected raw, weft, libevent, libuv, weft-pdu, got '%s'", optarg);
+				fail(2, "-s: expected raw, weft, libevent, libuv, weft-readv, weft-pdu, got '%s'",
+				     optarg);
 			break;
 		case 't':
 			if (!parse_list(optarg, row_names, NROWS, NULL, opt.rows))
@@ -1281,7 +1340,8 @@ int main(int argc, char **argv)
 		case 'S': {
 			bool sel[NSRV];
 			if (!parse_list(optarg, srv_names, NSRV, srv_aliases, sel))
-				fail(2, "-S: expected raw, weft, libevent, libuv or weft-pdu, got '%s'", optarg);
+				fail(2, "-S: expected raw, weft, libevent, libuv, weft-readv or weft-pdu, got '%s'",
+				     optarg);
 			for (int i = NSRV - 1; i >= 0; i--)
 				if (sel[i])
 					opt.server_only = i;
