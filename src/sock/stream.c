@@ -303,7 +303,13 @@ static weft_req *read_new(weft_stream *s, weft_stream_next_vector_fn next, void 
 	op_link(s, &st->op, req);
 	weft_req_set_cleanup(req, readv_cleanup);
 	s->reader = req;
-	stream_kick(s); /* next() is first asked from the loop */
+	if (next == NULL && s->drained && weft_stream_pending(s) == 0) {
+		/* Nothing to read before the transport says so: just watch. */
+		if (s->depth == 0)
+			stream_update_watch(s);
+	} else {
+		stream_kick(s); /* next() is first asked from the loop */
+	}
 	return req;
 }
 
@@ -433,20 +439,22 @@ static ssize_t read_once(weft_stream *s, struct readv_state *st, size_t *ret_ask
 	return got;
 }
 
-static void serve_read(weft_stream *s)
+/* Serve one read request.  True if it completed (its callback may have
+ * started the next one), false if it waits for data or yielded. */
+static bool serve_reader(weft_stream *s, weft_req *req, size_t *budget_left)
 {
-	weft_req *req = s->reader;
 	struct readv_state *st = weft_req_state(req);
-	size_t budget = READ_BUDGET;
+	size_t budget = *budget_left;
+	bool completed = true;
 	for (;;) {
 		if (!st->have_vector || st->idx >= st->count) {
 			if (st->some) {
 				weft_req_done(req); /* the buffer is full */
-				return;
+				break;
 			}
 			st->have_vector = false;
 			if (!ask_next(s, req, st))
-				return;
+				break; /* completed, or closed: the caller looks */
 			/* Skip a vector of empty buffers straight to the next ask. */
 			if (vector_advance(st, 0))
 				continue;
@@ -455,14 +463,15 @@ static void serve_read(weft_stream *s)
 		weft_req_set_progress(req, st->total);
 		if (st->some && st->total > 0) {
 			weft_req_done(req); /* read what is there */
-			return;
+			break;
 		}
 		if (full)
 			continue;
 		if (s->drained || budget == 0) {
 			if (budget == 0)
 				stream_kick(s); /* yield: let other fds run, come back */
-			return;
+			completed = false;
+			break;
 		}
 		size_t asked;
 		ssize_t got = read_once(s, st, &asked);
@@ -473,15 +482,33 @@ static void serve_read(weft_stream *s)
 		}
 		if (got == 0) {
 			weft_req_error(req, EPIPE); /* the end of the stream */
-			return;
+			break;
 		}
 		if (got < 0) {
 			weft_req_error(req, (int)got);
-			return;
+			break;
 		}
 		if ((size_t)got < asked && weft_stream_pending(s) == s->ra_len)
 			s->drained = true; /* short read: the transport is empty */
 		budget = (size_t)got >= budget ? 0 : budget - (size_t)got;
+	}
+	*budget_left = budget;
+	return completed;
+}
+
+/* Serve the reader, and the readers its callbacks start (an echo loop reads
+ * again from its read callback), within one budget per wake-up — as libuv
+ * reads repeatedly on one readiness event. */
+static void serve_read(weft_stream *s)
+{
+	size_t budget = READ_BUDGET;
+	for (;;) {
+		if (s->reader == NULL || s->closing)
+			return;
+		uint64_t seq = s->read_seq;
+		if (!serve_reader(s, s->reader, &budget) || s->read_seq == seq)
+			return;
+		weft_defer_cancel(&s->kick); /* the successor is served here */
 	}
 }
 
