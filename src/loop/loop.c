@@ -233,12 +233,13 @@ int weft_loop_free(weft_loop *loop)
 		return -EBUSY;
 	/* What is left in the deferred list are weft_loop_call_soon nodes (any
 	 * other scheduled defer belongs to a live handle, refused above). */
-	while (!weft__list_empty(&loop->defers)) {
-		weft_defer *d = weft__container_of(loop->defers.next, weft_defer, link);
-		weft__list_remove(&d->link);
+	for (struct weft__list *n = loop->defers.next; n != &loop->defers;) {
+		weft_defer *d = weft__container_of(n, weft_defer, link);
+		n = n->next; /* the whole list goes: no need to unlink */
 		if (d->owned_by_loop)
 			free(d);
 	}
+	weft__list_init(&loop->defers);
 	loop_release(loop);
 	return 0;
 }
