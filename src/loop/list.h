@@ -37,9 +37,12 @@ static inline void weft__list_append(struct weft__list *head, struct weft__list 
 	head->prev = node;
 }
 
+/* node must be linked.  (The analyzer cannot follow the circular list's
+ * invariant through weft_queue_free's re-read of the head, which must stay:
+ * a cleanup run there may free other nodes of the same list.) */
 static inline void weft__list_remove(struct weft__list *node)
 {
-	node->prev->next = node->next;
+	node->prev->next = node->next; // NOLINT(clang-analyzer-core.NullDereference)
 	node->next->prev = node->prev;
 	node->prev = node->next = NULL;
 }
