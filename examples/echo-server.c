@@ -27,11 +27,10 @@ static int next_vector(weft_stream *s, void *data, const struct iovec **vec, siz
 		memcpy(c->pdu, &c->len, 4);
 		c->iov = (struct iovec){c->pdu + 4, n};
 	} else {                                         /* start, or a whole PDU is in */
-		if (c->pdu != NULL) {                        /* echo it: the write owns it */
-			struct iovec out = {c->pdu, 4 + n};
-			weft_req_set_callback(weft_stream_writev_queue_send(s, NULL, &out, 1), sent, c->pdu);
-			c->pdu = NULL;
-		}
+		if (c->pdu != NULL)                          /* echo it: the write owns it */
+			weft_req_set_callback(weft_stream_writev_queue_send(s, NULL,
+					&(struct iovec){c->pdu, 4 + n}, 1), sent, c->pdu);
+		c->pdu = NULL;
 		c->iov = (struct iovec){&c->len, 4};
 	}
 	*vec = &c->iov;
