@@ -3199,6 +3199,54 @@ static void test_try_writev(weft_loop *loop)
 	weft_stream_close(s, NULL, NULL);
 }
 
+/* A callback that keeps reading after the end of the stream: each read
+ * completes with EPIPE, and the loop goes on running other work between
+ * passes instead of spinning inside one. */
+struct reread {
+	weft_stream *s;
+	char buf[16];
+	int epipes;
+	int passes;
+};
+
+static void reread_done(weft_req *req, void *data)
+{
+	struct reread *rr = data;
+	int err = 0;
+	if (weft_stream_read_recv(req, &err) < 0 && err == EPIPE)
+		rr->epipes++;
+	weft_req_free(req);
+	if (rr->epipes < 100)
+		weft_req_set_callback(weft_stream_read_send(rr->s, rr->buf, sizeof(rr->buf)), reread_done, rr);
+}
+
+static void count_pass(weft_defer *d, void *data)
+{
+	struct reread *rr = data;
+	rr->passes++;
+	if (rr->epipes < 100)
+		weft_defer_schedule(d);
+}
+
+static void test_read_after_eof(weft_loop *loop)
+{
+	struct reread rr = {0};
+	int fd = stream_and_fd(loop, &rr.s);
+	REQUIRE(fd >= 0);
+	close(fd);
+	weft_defer *d;
+	REQUIRE(weft_defer_new(loop, count_pass, &rr, &d) == 0);
+	weft_defer_schedule(d);
+	weft_req_set_callback(weft_stream_read_send(rr.s, rr.buf, sizeof(rr.buf)), reread_done, &rr);
+	uint64_t start = t_now_ms();
+	while (rr.epipes < 100 && t_now_ms() - start < 5000)
+		weft_loop_run(loop, WEFT_RUN_ONCE);
+	CHECK_EQ(rr.epipes, 100);
+	CHECK(rr.passes >= 2); /* other work ran between batches of reads */
+	weft_defer_free(d);
+	weft_stream_close(rr.s, NULL, NULL);
+}
+
 int main(int argc, char **argv)
 {
 	g_only = argc > 1 ? argv[1] : NULL;
@@ -3258,6 +3306,7 @@ int main(int argc, char **argv)
 	run_loop("free: listener in its accept callback, dgram in its recv callback", test_free_in_callbacks);
 	run_loop("read_send: what is there, leftovers first, EBUSY, EOF", test_read_some);
 	run_loop("try_writev: at once, partial, EAGAIN, EBUSY behind a queued write", test_try_writev);
+	run_loop("read_send: reading again after EPIPE yields to the loop", test_read_after_eof);
 
 	run("cleanup: the temporary directory is empty", test_dir_empty);
 	return t_finish();

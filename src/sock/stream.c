@@ -17,6 +17,7 @@
 
 #define MAX_IOV 64            /* iovecs per syscall */
 #define READ_BUDGET (1u << 20) /* bytes read per wake-up before yielding */
+#define READS_PER_WAKEUP 32    /* read requests served per wake-up */
 
 struct weft_stream {
 	weft_loop *loop;
@@ -502,9 +503,13 @@ static bool serve_reader(weft_stream *s, weft_req *req, size_t *budget_left)
 static void serve_read(weft_stream *s)
 {
 	size_t budget = READ_BUDGET;
-	for (;;) {
+	for (unsigned served = 0;; served++) {
 		if (s->reader == NULL || s->closing)
 			return;
+		if (served == READS_PER_WAKEUP) {
+			stream_kick(s); /* e.g. reading again after EPIPE: yield */
+			return;
+		}
 		uint64_t seq = s->read_seq;
 		if (!serve_reader(s, s->reader, &budget) || s->read_seq == seq)
 			return;
