@@ -177,6 +177,17 @@ WEFT_EXPORT int weft_stream_fd(const weft_stream *s);
  * socket) / -errno. */
 WEFT_EXPORT int weft_stream_peer_cred(const weft_stream *s, pid_t *ret_pid, uid_t *ret_uid, gid_t *ret_gid);
 
+/* Descriptors passed with the stream's bytes (SCM_RIGHTS on a Unix-domain
+ * socket stream): from now on every read is a recvmsg with room for 16
+ * descriptors, taken close-on-exec, and each one that arrives is handed to
+ * cb, which owns it from then on (cb NULL: they are closed).  A descriptor
+ * is delivered when the read that carries it happens — possibly before the
+ * bytes sent with it reach a reader, never after them.  More than 16 in one
+ * message: the kernel closes the rest.  Returns 0, or -EOPNOTSUPP for a
+ * stream that is not a Unix-domain socket stream. */
+typedef void (*weft_stream_fd_cb)(weft_stream *s, int fd, void *data);
+WEFT_EXPORT int weft_stream_set_fd_receiver(weft_stream *s, weft_stream_fd_cb cb, void *data);
+
 /* Local and peer address of a socket stream.  Returns 0 or -errno. */
 WEFT_EXPORT int weft_stream_local_addr(const weft_stream *s, weft_addr *ret_addr);
 WEFT_EXPORT int weft_stream_peer_addr(const weft_stream *s, weft_addr *ret_addr);

@@ -18,6 +18,9 @@ struct weft__stream_op {
 	weft_req *req;
 };
 
+/* The vtable a stream was made with (to recognise our own transports). */
+const weft_stream_ops *weft__stream_ops(const weft_stream *s);
+
 /* Set O_NONBLOCK and FD_CLOEXEC on an fd we were handed. */
 int weft__fd_prepare(int fd);
 

@@ -37,7 +37,45 @@ static ssize_t ret_errno(ssize_t n)
 struct sock_impl {
 	int fd;
 	weft_io *io;
+	weft_stream_fd_cb fd_cb; /* set: reads are recvmsg taking SCM_RIGHTS */
+	void *fd_data;
 };
+
+#define FDS_PER_READ 16 /* descriptors one read can take; the kernel closes more */
+
+/* recvmsg with room for descriptors: each one that arrived goes to the
+ * receiver (close-on-exec), also when the read itself carried no data. */
+static ssize_t sock_recvmsg_fds(weft_stream *s, struct sock_impl *si, const struct iovec *iov, int count)
+{
+	union {
+		struct cmsghdr align;
+		char buf[CMSG_SPACE(sizeof(int) * FDS_PER_READ)];
+	} ctl;
+	struct msghdr msg = {
+		.msg_iov = (struct iovec *)iov,
+		.msg_iovlen = (size_t)count,
+		.msg_control = ctl.buf,
+		.msg_controllen = sizeof(ctl.buf),
+	};
+	ssize_t n = recvmsg(si->fd, &msg, MSG_CMSG_CLOEXEC);
+	if (n < 0)
+		return -errno;
+	for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c != NULL; c = CMSG_NXTHDR(&msg, c)) {
+		if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+			continue;
+		size_t nfds = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+		const unsigned char *p = CMSG_DATA(c);
+		for (size_t i = 0; i < nfds; i++) {
+			int fd;
+			memcpy(&fd, p + i * sizeof(int), sizeof(int));
+			if (si->fd_cb != NULL)
+				si->fd_cb(s, fd, si->fd_data);
+			else
+				close(fd);
+		}
+	}
+	return n;
+}
 
 static void sock_io_cb(weft_io *io, unsigned revents, void *data)
 {
@@ -48,6 +86,8 @@ static void sock_io_cb(weft_io *io, unsigned revents, void *data)
 static ssize_t sock_readv(weft_stream *s, const struct iovec *iov, int count)
 {
 	struct sock_impl *si = weft_stream_impl(s);
+	if (si->fd_cb != NULL)
+		return sock_recvmsg_fds(s, si, iov, count);
 	return ret_errno(readv(si->fd, iov, count));
 }
 
@@ -130,6 +170,22 @@ fail:
 int weft_stream_new_socket(weft_loop *loop, int fd, weft_stream **ret_stream)
 {
 	return stream_from_fd(loop, fd, false, ret_stream);
+}
+
+int weft_stream_set_fd_receiver(weft_stream *s, weft_stream_fd_cb cb, void *data)
+{
+	if (s == NULL || weft__stream_ops(s) != &sock_ops)
+		return -EOPNOTSUPP;
+	struct sock_impl *si = weft_stream_impl(s);
+	struct sockaddr_storage ss = {0};
+	socklen_t len = sizeof(ss);
+	if (getsockname(si->fd, (struct sockaddr *)&ss, &len) < 0)
+		return -errno;
+	if (ss.ss_family != AF_UNIX)
+		return -EOPNOTSUPP;
+	si->fd_cb = cb;
+	si->fd_data = data;
+	return 0;
 }
 
 /* ---- the pipe-pair stream --------------------------------------------------- */

@@ -106,6 +106,11 @@ void *weft_stream_impl(const weft_stream *s)
 	return s ? s->impl : NULL;
 }
 
+const weft_stream_ops *weft__stream_ops(const weft_stream *s)
+{
+	return s->ops;
+}
+
 weft_loop *weft_stream_loop(const weft_stream *s)
 {
 	return s ? s->loop : NULL;

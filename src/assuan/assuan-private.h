@@ -1,0 +1,60 @@
+/* The Assuan engine (sans-I/O: no syscalls, no clock) shared by the server
+ * and the client: line assembly, percent-escaping, response encoding. */
+#ifndef WEFT_ASSUAN_PRIVATE_H
+#define WEFT_ASSUAN_PRIVATE_H
+
+#include <weft/assuan.h>
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+/* A growable byte buffer. */
+struct weft__abuf {
+	char *p;
+	size_t len, cap;
+};
+int weft__abuf_reserve(struct weft__abuf *b, size_t extra);
+int weft__abuf_put(struct weft__abuf *b, const void *p, size_t n);
+void weft__abuf_free(struct weft__abuf *b);
+
+/* Line assembly over a caller-filled buffer: bytes [off, off + len) of buf
+ * (capacity cap) are unparsed input. */
+struct weft__ain {
+	char *buf;
+	size_t cap, off, len;
+	size_t scanned;  /* bytes after off already known to hold no LF */
+	bool discarding; /* inside an over-long line: drop up to its LF */
+};
+
+enum weft__aline {
+	WEFT__ALINE_NONE = 0, /* no complete line: read more */
+	WEFT__ALINE_LINE,     /* *line (NUL-terminated, LF and one CR cut off) */
+	WEFT__ALINE_TOO_LONG, /* an over-long line ended (its bytes are gone) */
+};
+
+/* Take the next line.  The line points into buf and stays valid until the
+ * buffer is compacted or refilled. */
+enum weft__aline weft__ain_next(struct weft__ain *in, char **line, size_t *len);
+/* Move unparsed bytes to the front; returns the free room after them. */
+size_t weft__ain_compact(struct weft__ain *in);
+
+/* Append "D " data to b, escaping %, CR and LF, ending a line when it
+ * reaches 998 characters, as libassuan.  *dcount is the length of the open
+ * D line (0: none). */
+int weft__aenc_data(struct weft__abuf *b, size_t *dcount, const unsigned char *p, size_t n);
+/* End the open D line, if any. */
+int weft__aenc_data_end(struct weft__abuf *b, size_t *dcount);
+
+/* "prefix[ text]\n".  -EINVAL if text holds an LF or the line would not
+ * fit WEFT_ASSUAN_LINELENGTH. */
+int weft__aenc_line(struct weft__abuf *b, const char *prefix, const char *text);
+/* "ERR <n> <description> <<source>>[ - text]\n", byte for byte libassuan's. */
+int weft__aenc_err(struct weft__abuf *b, gpg_error_t err, const char *text);
+
+/* Decode percent escapes of n bytes at s in place; returns the new length.
+ * strict: a % not followed by two hex digits is an error (-1); otherwise
+ * it is kept as it is (libassuan's client rule). */
+ssize_t weft__adecode(char *s, size_t n, bool strict);
+
+#endif

@@ -1,0 +1,253 @@
+/* The Assuan engine: line assembly, D-line escaping and splitting, response
+ * lines.  No I/O here; the server and client drivers move the bytes. */
+#include "assuan-private.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* libassuan flushes a D line once it holds this many characters
+ * (LINELENGTH minus room for an escape and the LF). */
+#define DLINE_FLUSH (WEFT_ASSUAN_LINELENGTH - 4)
+
+int weft__abuf_reserve(struct weft__abuf *b, size_t extra)
+{
+	if (b->cap - b->len >= extra)
+		return 0;
+	size_t cap = b->cap ? b->cap : 256;
+	while (cap - b->len < extra) {
+		if (cap > ((size_t)-1) / 2)
+			return -ENOMEM;
+		cap *= 2;
+	}
+	char *p = realloc(b->p, cap);
+	if (p == NULL)
+		return -ENOMEM;
+	b->p = p;
+	b->cap = cap;
+	return 0;
+}
+
+int weft__abuf_put(struct weft__abuf *b, const void *p, size_t n)
+{
+	int r = weft__abuf_reserve(b, n);
+	if (r < 0)
+		return r;
+	if (n > 0)
+		memcpy(b->p + b->len, p, n);
+	b->len += n;
+	return 0;
+}
+
+void weft__abuf_free(struct weft__abuf *b)
+{
+	free(b->p);
+	b->p = NULL;
+	b->len = b->cap = 0;
+}
+
+/* ---- input lines ---------------------------------------------------------- */
+
+static void ain_consume(struct weft__ain *in, size_t n)
+{
+	in->off += n;
+	in->len -= n;
+	in->scanned = 0;
+	if (in->len == 0)
+		in->off = 0;
+}
+
+enum weft__aline weft__ain_next(struct weft__ain *in, char **line, size_t *len)
+{
+	while (in->len > 0) {
+		char *start = in->buf + in->off;
+		if (in->discarding) {
+			char *nl = memchr(start, '\n', in->len);
+			if (nl == NULL) {
+				ain_consume(in, in->len); /* bounded: drop it all */
+				return WEFT__ALINE_NONE;
+			}
+			ain_consume(in, (size_t)(nl - start) + 1);
+			in->discarding = false;
+			return WEFT__ALINE_TOO_LONG;
+		}
+		char *nl = memchr(start + in->scanned, '\n', in->len - in->scanned);
+		if (nl == NULL) {
+			if (in->len >= WEFT_ASSUAN_LINELENGTH) {
+				in->discarding = true; /* no LF within the limit */
+				continue;
+			}
+			in->scanned = in->len;
+			return WEFT__ALINE_NONE;
+		}
+		size_t total = (size_t)(nl - start) + 1;
+		if (total > WEFT_ASSUAN_LINELENGTH) {
+			ain_consume(in, total);
+			return WEFT__ALINE_TOO_LONG;
+		}
+		size_t n = total - 1;
+		if (n > 0 && start[n - 1] == '\r')
+			n--;
+		start[n] = '\0';
+		ain_consume(in, total);
+		*line = start;
+		*len = n;
+		return WEFT__ALINE_LINE;
+	}
+	return WEFT__ALINE_NONE;
+}
+
+size_t weft__ain_compact(struct weft__ain *in)
+{
+	if (in->off > 0 && in->len > 0)
+		memmove(in->buf, in->buf + in->off, in->len);
+	in->off = 0;
+	return in->cap - in->len;
+}
+
+/* ---- output --------------------------------------------------------------- */
+
+static bool needs_escape(unsigned char c)
+{
+	return c == '%' || c == '\r' || c == '\n';
+}
+
+int weft__aenc_data(struct weft__abuf *b, size_t *dcount, const unsigned char *p, size_t n)
+{
+	static const char hex[] = "0123456789ABCDEF";
+	/* Worst case: every byte escaped, plus "D " and LF per line. */
+	size_t worst = n * 3 + (n / 300 + 2) * 3;
+	int r = weft__abuf_reserve(b, worst);
+	if (r < 0)
+		return r;
+	char *o = b->p + b->len;
+	size_t dc = *dcount;
+	size_t i = 0;
+	while (i < n) {
+		if (dc == 0) {
+			*o++ = 'D';
+			*o++ = ' ';
+			dc = 2;
+		}
+		/* A run of plain bytes that fits the line. */
+		size_t room = DLINE_FLUSH - dc;
+		size_t run = 0;
+		while (run < room && i + run < n && !needs_escape(p[i + run]))
+			run++;
+		memcpy(o, p + i, run);
+		o += run;
+		dc += run;
+		i += run;
+		if (dc < DLINE_FLUSH && i < n) {
+			*o++ = '%';
+			*o++ = hex[p[i] >> 4];
+			*o++ = hex[p[i] & 15];
+			dc += 3;
+			i++;
+		}
+		if (dc >= DLINE_FLUSH) {
+			*o++ = '\n';
+			dc = 0;
+		}
+	}
+	b->len = (size_t)(o - b->p);
+	*dcount = dc;
+	return 0;
+}
+
+int weft__aenc_data_end(struct weft__abuf *b, size_t *dcount)
+{
+	if (*dcount == 0)
+		return 0;
+	*dcount = 0;
+	return weft__abuf_put(b, "\n", 1);
+}
+
+int weft__aenc_line(struct weft__abuf *b, const char *prefix, const char *text)
+{
+	size_t pl = strlen(prefix);
+	size_t tl = text ? strlen(text) : 0;
+	if ((text && memchr(text, '\n', tl)) || memchr(prefix, '\n', pl))
+		return -EINVAL;
+	size_t total = pl + (tl ? tl + 1 : 0) + 1;
+	if (total > WEFT_ASSUAN_LINELENGTH)
+		return -EINVAL;
+	int r = weft__abuf_reserve(b, total);
+	if (r < 0)
+		return r;
+	char *o = b->p + b->len;
+	memcpy(o, prefix, pl);
+	o += pl;
+	if (tl) {
+		*o++ = ' ';
+		memcpy(o, text, tl);
+		o += tl;
+	}
+	*o = '\n';
+	b->len += total;
+	return 0;
+}
+
+int weft__aenc_err(struct weft__abuf *b, gpg_error_t err, const char *text)
+{
+	char desc[256];
+	char line[320];
+	gpg_strerror_r(err, desc, sizeof(desc));
+	int n = snprintf(line, sizeof(line), "ERR %d %.50s <%.30s>%s%.100s\n", (int)err, desc,
+			gpg_strsource(err), text ? " - " : "", text ? text : "");
+	if (n < 0)
+		return -EINVAL;
+	size_t len = (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1;
+	/* An LF inside the text would break the framing: cut the line there. */
+	char *nl = memchr(line, '\n', len);
+	if (nl != NULL && (size_t)(nl - line) + 1 < len) {
+		len = (size_t)(nl - line) + 1;
+	}
+	return weft__abuf_put(b, line, len);
+}
+
+/* ---- decoding ------------------------------------------------------------- */
+
+static int hexval(unsigned char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	return -1;
+}
+
+ssize_t weft__adecode(char *s, size_t n, bool strict)
+{
+	char *pct = memchr(s, '%', n);
+	if (pct == NULL)
+		return (ssize_t)n;
+	size_t i = (size_t)(pct - s);
+	size_t o = i;
+	while (i < n) {
+		unsigned char c = (unsigned char)s[i];
+		if (c != '%') {
+			s[o++] = (char)c;
+			i++;
+			continue;
+		}
+		int h = -1, l = -1;
+		if (i + 2 < n) {
+			h = hexval((unsigned char)s[i + 1]);
+			l = hexval((unsigned char)s[i + 2]);
+		}
+		if (h < 0 || l < 0) {
+			if (strict)
+				return -1;
+			s[o++] = (char)c;
+			i++;
+			continue;
+		}
+		s[o++] = (char)(h << 4 | l);
+		i += 3;
+	}
+	return (ssize_t)o;
+}

@@ -1,0 +1,1362 @@
+/* The Assuan server: commands, built-ins, INQUIRE, output queue, transports.
+ *
+ * Each connection is a pump around the engine (codec.c): bytes read go into
+ * the input buffer, complete lines are dispatched one command at a time
+ * (later lines wait in the buffer; when it fills, reading stops), answers
+ * are appended to the output buffer, which is written when the pass ends —
+ * one write for every answer of a pass — and, if the transport is full,
+ * by a write request while the next answers gather in a second buffer. */
+#include "assuan-private.h"
+#include "list.h"
+#include "loop-private.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define IN_CAP 16384 /* input buffer: a line is at most 1002 bytes */
+#define DEFAULT_OUTPUT_LIMIT (256u * 1024)
+#define DEFAULT_INQUIRE_LIMIT (1024u * 1024)
+#define DEFAULT_FDS 5
+
+enum cstate { C_IDLE, C_CMD, C_INQUIRE };
+
+enum builtin { B_NONE, B_NOP, B_CANCEL, B_OPTION, B_BYE, B_AUTH, B_RESET, B_END, B_HELP, B_INPUT, B_OUTPUT };
+
+struct cmd {
+	char *name;
+	char *help;
+	weft_assuan_handler fn;
+	void *data;
+	enum builtin builtin;
+};
+
+struct weft_assuan_server {
+	weft_loop *loop;
+	struct cmd *cmds;
+	size_t ncmds, capcmds;
+	char *hello;
+	int err_source;
+	weft_assuan_hooks hooks;
+	void *hooks_data;
+	weft_assuan_limits limits;
+	bool fdpassing;
+	bool freeing;
+	weft_listener *listener;
+	struct weft__list conns;
+	size_t nconns; /* open ones */
+	size_t nalive; /* not yet freed */
+};
+
+struct weft_assuan_conn {
+	struct weft__list link;
+	weft_assuan_server *srv;
+	weft_stream *s;
+	void *data;
+
+	struct weft__ain in;
+	weft_req *rreq;
+	bool eof;
+
+	struct weft__abuf out;  /* answers gathering */
+	struct weft__abuf wbuf; /* being written by wreq */
+	weft_req *wreq;
+	size_t dcount; /* length of the open D line */
+
+	enum cstate state;
+	uint64_t cmd_seq;
+	enum builtin cur_builtin;
+	char *okay;
+	weft_assuan_err err_no;
+	char *err_text;
+	bool force_close, bye, greeted, close_after_write, fd_receiver;
+	unsigned depth;
+	weft_assuan_cancel_cb cancel_cb;
+	void *cancel_data;
+	weft_assuan_room_cb room_cb;
+	void *room_data;
+
+	weft_assuan_inquire_cb inq_cb;
+	void *inq_data;
+	struct weft__abuf inq;
+	size_t inq_max;
+	weft_assuan_err inq_err;
+
+	int input_fd, output_fd;
+	int *pfds; /* passed by the peer, oldest first */
+	unsigned npfds;
+	int *allowed;
+	unsigned nallowed;
+	pid_t peer_pid;
+
+	weft_defer kick;
+	bool closed;
+	bool *done_flag;
+};
+
+static void conn_process(weft_assuan_conn *c);
+static void conn_close(weft_assuan_conn *c);
+static void conn_flush(weft_assuan_conn *c);
+
+static weft_assuan_err mkerr(const weft_assuan_server *srv, gpg_err_code_t code)
+{
+	return gpg_err_make((gpg_err_source_t)srv->err_source, code);
+}
+
+weft_assuan_err weft_assuan_err_make(const weft_assuan_server *srv, gpg_err_code_t code)
+{
+	return mkerr(srv, code);
+}
+
+static void close_fd(int *fd)
+{
+	if (*fd >= 0)
+		close(*fd);
+	*fd = -1;
+}
+
+/* ---- the command table ------------------------------------------------------ */
+
+static const struct {
+	const char *name;
+	enum builtin b;
+	bool always;
+} builtins[] = {
+	{"NOP", B_NOP, true}, {"CANCEL", B_CANCEL, true}, {"OPTION", B_OPTION, true},
+	{"BYE", B_BYE, true}, {"AUTH", B_AUTH, true}, {"RESET", B_RESET, true},
+	{"END", B_END, true}, {"HELP", B_HELP, true}, {"INPUT", B_INPUT, false},
+	{"OUTPUT", B_OUTPUT, false},
+};
+
+static bool name_eq_upper(const char *registered, const char *input)
+{
+	for (; *registered && *input; registered++, input++)
+		if (*registered != toupper((unsigned char)*input))
+			return false;
+	return *registered == *input;
+}
+
+static struct cmd *find_cmd(weft_assuan_server *srv, const char *name)
+{
+	for (size_t i = 0; i < srv->ncmds; i++)
+		if (strcmp(srv->cmds[i].name, name) == 0)
+			return &srv->cmds[i];
+	for (size_t i = 0; i < srv->ncmds; i++)
+		if (name_eq_upper(srv->cmds[i].name, name))
+			return &srv->cmds[i];
+	return NULL;
+}
+
+static bool valid_name(const char *name)
+{
+	if (name == NULL || *name == '\0' || strlen(name) > 200)
+		return false;
+	for (const char *p = name; *p; p++)
+		if (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')
+			return false;
+	return true;
+}
+
+int weft_assuan_register(weft_assuan_server *srv, const char *name, weft_assuan_handler handler,
+		void *data, const char *help)
+{
+	if (srv == NULL || !valid_name(name))
+		return -EINVAL;
+	enum builtin b = B_NONE;
+	if (handler == NULL) {
+		for (size_t i = 0; i < sizeof(builtins) / sizeof(builtins[0]); i++)
+			if (strcasecmp(builtins[i].name, name) == 0)
+				b = builtins[i].b;
+		if (b == B_NONE)
+			return -EINVAL;
+	}
+	char *n = strdup(name);
+	char *h = help ? strdup(help) : NULL;
+	if (n == NULL || (help && h == NULL)) {
+		free(n);
+		free(h);
+		return -ENOMEM;
+	}
+	struct cmd *slot = NULL;
+	for (size_t i = 0; i < srv->ncmds; i++)
+		if (strcasecmp(srv->cmds[i].name, name) == 0)
+			slot = &srv->cmds[i];
+	if (slot != NULL) {
+		free(slot->name);
+		free(slot->help);
+	} else {
+		if (srv->ncmds == srv->capcmds) {
+			size_t cap = srv->capcmds ? srv->capcmds * 2 : 16;
+			struct cmd *t = realloc(srv->cmds, cap * sizeof(*t));
+			if (t == NULL) {
+				free(n);
+				free(h);
+				return -ENOMEM;
+			}
+			srv->cmds = t;
+			srv->capcmds = cap;
+		}
+		slot = &srv->cmds[srv->ncmds++];
+	}
+	*slot = (struct cmd){.name = n, .help = h, .fn = handler, .data = data, .builtin = b};
+	return 0;
+}
+
+/* ---- the server object ---------------------------------------------------------- */
+
+int weft_assuan_server_new(weft_loop *loop, weft_assuan_server **ret_srv)
+{
+	if (loop == NULL || ret_srv == NULL)
+		return -EINVAL;
+	weft_assuan_server *srv = calloc(1, sizeof(*srv));
+	if (srv == NULL)
+		return -ENOMEM;
+	srv->loop = loop;
+	srv->err_source = GPG_ERR_SOURCE_USER_1;
+	srv->fdpassing = true;
+	weft__list_init(&srv->conns);
+	weft_assuan_server_set_limits(srv, NULL);
+	for (size_t i = 0; i < sizeof(builtins) / sizeof(builtins[0]); i++) {
+		if (!builtins[i].always)
+			continue;
+		int r = weft_assuan_register(srv, builtins[i].name, NULL, NULL, NULL);
+		if (r < 0) {
+			weft_assuan_server_free(srv);
+			return r;
+		}
+	}
+	*ret_srv = srv;
+	return 0;
+}
+
+static void server_release(weft_assuan_server *srv)
+{
+	for (size_t i = 0; i < srv->ncmds; i++) {
+		free(srv->cmds[i].name);
+		free(srv->cmds[i].help);
+	}
+	free(srv->cmds);
+	free(srv->hello);
+	free(srv);
+}
+
+void weft_assuan_server_free(weft_assuan_server *srv)
+{
+	if (srv == NULL || srv->freeing)
+		return;
+	srv->freeing = true;
+	weft_listener_free(srv->listener);
+	srv->listener = NULL;
+	srv->nalive++; /* not released by a connection closed here */
+	while (!weft__list_empty(&srv->conns)) {
+		weft_assuan_conn *c = weft__container_of(srv->conns.next, weft_assuan_conn, link);
+		conn_close(c); /* unlinks and frees it */
+	}
+	if (--srv->nalive == 0)
+		server_release(srv); /* else the last closed connection's end frees it */
+}
+
+int weft_assuan_server_set_hello(weft_assuan_server *srv, const char *text)
+{
+	if (srv == NULL)
+		return -EINVAL;
+	char *h = NULL;
+	if (text != NULL) {
+		/* Every line must fit once prefixed. */
+		for (const char *p = text; *p;) {
+			const char *nl = strchr(p, '\n');
+			size_t n = nl ? (size_t)(nl - p) : strlen(p);
+			if (n + 4 > WEFT_ASSUAN_LINELENGTH)
+				return -EINVAL;
+			p += n + (nl != NULL);
+		}
+		h = strdup(text);
+		if (h == NULL)
+			return -ENOMEM;
+	}
+	free(srv->hello);
+	srv->hello = h;
+	return 0;
+}
+
+void weft_assuan_server_set_err_source(weft_assuan_server *srv, int source)
+{
+	if (srv != NULL)
+		srv->err_source = source & GPG_ERR_SOURCE_MASK;
+}
+
+void weft_assuan_server_set_hooks(weft_assuan_server *srv, const weft_assuan_hooks *hooks, void *data)
+{
+	if (srv == NULL)
+		return;
+	if (hooks != NULL)
+		srv->hooks = *hooks;
+	else
+		memset(&srv->hooks, 0, sizeof(srv->hooks));
+	srv->hooks_data = data;
+}
+
+void weft_assuan_server_set_limits(weft_assuan_server *srv, const weft_assuan_limits *limits)
+{
+	if (srv == NULL)
+		return;
+	weft_assuan_limits l = limits ? *limits : (weft_assuan_limits){0};
+	srv->limits.output = l.output ? l.output : DEFAULT_OUTPUT_LIMIT;
+	srv->limits.inquire = l.inquire ? l.inquire : DEFAULT_INQUIRE_LIMIT;
+	srv->limits.fds = l.fds ? l.fds : DEFAULT_FDS;
+}
+
+void weft_assuan_server_set_fdpassing(weft_assuan_server *srv, bool on)
+{
+	if (srv != NULL)
+		srv->fdpassing = on;
+}
+
+size_t weft_assuan_server_connections(const weft_assuan_server *srv)
+{
+	return srv ? srv->nconns : 0;
+}
+
+weft_listener *weft_assuan_server_listener(const weft_assuan_server *srv)
+{
+	return srv ? srv->listener : NULL;
+}
+
+/* ---- output ------------------------------------------------------------------------ */
+
+static size_t out_pending(const weft_assuan_conn *c)
+{
+	return c->out.len + c->wbuf.len;
+}
+
+/* After output was queued from outside a pass: write it from the loop. */
+static void conn_touch(weft_assuan_conn *c)
+{
+	if (c->depth == 0)
+		weft_defer_schedule(&c->kick);
+}
+
+static void room_check(weft_assuan_conn *c)
+{
+	if (c->room_cb != NULL && out_pending(c) <= c->srv->limits.output / 2)
+		weft_defer_schedule(&c->kick); /* the waiter runs from the loop */
+}
+
+static void write_done(weft_req *req, void *data)
+{
+	weft_assuan_conn *c = data;
+	int err = 0;
+	ssize_t r = weft_stream_writev_recv(req, &err);
+	weft_req_free(req);
+	c->wreq = NULL;
+	c->wbuf.len = 0;
+	if (r < 0) {
+		conn_close(c); /* the peer went away */
+		return;
+	}
+	conn_process(c); /* more output; paused commands may go on */
+}
+
+static void conn_flush(weft_assuan_conn *c)
+{
+	if (c->closed || c->wreq != NULL || c->out.len == 0)
+		return;
+	struct iovec iov = {c->out.p, c->out.len};
+	ssize_t n = weft_stream_try_writev(c->s, &iov, 1);
+	if (n < 0 && n != -EAGAIN && n != -EWOULDBLOCK && n != -EBUSY) {
+		conn_close(c);
+		return;
+	}
+	size_t done = n > 0 ? (size_t)n : 0;
+	if (done == c->out.len) {
+		c->out.len = 0;
+	} else {
+		/* Hand the rest to a write request; new answers gather in out. */
+		struct weft__abuf t = c->wbuf;
+		c->wbuf = c->out;
+		c->out = t;
+		c->out.len = 0;
+		iov.iov_base = c->wbuf.p + done;
+		iov.iov_len = c->wbuf.len - done;
+		c->wreq = weft_stream_writev_queue_send(c->s, NULL, &iov, 1);
+		if (c->wreq == NULL) {
+			conn_close(c);
+			return;
+		}
+		weft_req_set_callback(c->wreq, write_done, c);
+	}
+	room_check(c);
+}
+
+static int out_line(weft_assuan_conn *c, const char *prefix, const char *text)
+{
+	if (c->closed)
+		return -ENOTCONN;
+	int r = weft__aenc_data_end(&c->out, &c->dcount);
+	if (r == 0)
+		r = weft__aenc_line(&c->out, prefix, text);
+	if (r == 0)
+		conn_touch(c);
+	return r;
+}
+
+int weft_assuan_write_line(weft_assuan_conn *c, const char *line)
+{
+	if (c == NULL || line == NULL)
+		return -EINVAL;
+	return out_line(c, line, NULL);
+}
+
+int weft_assuan_write_status(weft_assuan_conn *c, const char *keyword, const char *text)
+{
+	if (c == NULL || !valid_name(keyword))
+		return -EINVAL;
+	char prefix[210];
+	snprintf(prefix, sizeof(prefix), "S %s", keyword);
+	return out_line(c, prefix, text && *text ? text : NULL);
+}
+
+int weft_assuan_send_data(weft_assuan_conn *c, const void *buf, size_t len)
+{
+	if (c == NULL || (buf == NULL && len > 0))
+		return -EINVAL;
+	if (c->closed)
+		return -ENOTCONN;
+	if (out_pending(c) >= c->srv->limits.output)
+		return -ENOBUFS;
+	int r = weft__aenc_data(&c->out, &c->dcount, buf, len);
+	if (r == 0)
+		conn_touch(c);
+	return r;
+}
+
+int weft_assuan_flush_data(weft_assuan_conn *c)
+{
+	if (c == NULL)
+		return -EINVAL;
+	if (c->closed)
+		return -ENOTCONN;
+	int r = weft__aenc_data_end(&c->out, &c->dcount);
+	if (r == 0)
+		conn_touch(c);
+	return r;
+}
+
+size_t weft_assuan_output_pending(const weft_assuan_conn *c)
+{
+	return c ? out_pending(c) : 0;
+}
+
+int weft_assuan_on_room(weft_assuan_conn *c, weft_assuan_room_cb cb, void *data)
+{
+	if (c == NULL || cb == NULL || c->closed)
+		return -EINVAL;
+	c->room_cb = cb;
+	c->room_data = data;
+	room_check(c);
+	return 0;
+}
+
+int weft_assuan_on_cancel(weft_assuan_conn *c, weft_assuan_cancel_cb cb, void *data)
+{
+	if (c == NULL || c->closed || c->state == C_IDLE)
+		return -EINVAL;
+	c->cancel_cb = cb;
+	c->cancel_data = data;
+	return 0;
+}
+
+int weft_assuan_set_okay_line(weft_assuan_conn *c, const char *text)
+{
+	if (c == NULL)
+		return -EINVAL;
+	char *t = NULL;
+	if (text != NULL) {
+		if (strchr(text, '\n') || strlen(text) + 4 > WEFT_ASSUAN_LINELENGTH)
+			return -EINVAL;
+		if ((t = strdup(text)) == NULL)
+			return -ENOMEM;
+	}
+	free(c->okay);
+	c->okay = t;
+	return 0;
+}
+
+weft_assuan_err weft_assuan_set_error(weft_assuan_conn *c, weft_assuan_err err, const char *text)
+{
+	if (c == NULL)
+		return err;
+	free(c->err_text);
+	c->err_text = text ? strdup(text) : NULL;
+	c->err_no = err;
+	return err;
+}
+
+void weft_assuan_set_force_close(weft_assuan_conn *c)
+{
+	if (c != NULL)
+		c->force_close = true;
+}
+
+/* ---- descriptors ----------------------------------------------------------------- */
+
+static void on_passed_fd(weft_stream *s, int fd, void *data)
+{
+	weft_assuan_conn *c = data;
+	(void)s;
+	if (c->npfds >= c->srv->limits.fds) {
+		close(fd); /* over the limit, as libassuan's pendingfds */
+		return;
+	}
+	if (c->pfds == NULL && (c->pfds = calloc(c->srv->limits.fds, sizeof(int))) == NULL) {
+		close(fd);
+		return;
+	}
+	c->pfds[c->npfds++] = fd;
+}
+
+int weft_assuan_receive_fd(weft_assuan_conn *c)
+{
+	if (c == NULL || c->npfds == 0)
+		return -1;
+	int fd = c->pfds[0];
+	memmove(c->pfds, c->pfds + 1, (c->npfds - 1) * sizeof(int));
+	c->npfds--;
+	return fd;
+}
+
+static void close_passed_fds(weft_assuan_conn *c)
+{
+	while (c->npfds > 0)
+		close(c->pfds[--c->npfds]);
+}
+
+int weft_assuan_conn_allow_fd(weft_assuan_conn *c, int fd)
+{
+	if (c == NULL || fd < 0)
+		return -EINVAL;
+	int *t = realloc(c->allowed, (c->nallowed + 1) * sizeof(int));
+	if (t == NULL)
+		return -ENOMEM;
+	c->allowed = t;
+	c->allowed[c->nallowed++] = fd;
+	return 0;
+}
+
+/* FD=n names a descriptor the peer passed (still queued) or one allowed. */
+static bool take_named_fd(weft_assuan_conn *c, int fd)
+{
+	for (unsigned i = 0; i < c->npfds; i++) {
+		if (c->pfds[i] == fd) {
+			memmove(c->pfds + i, c->pfds + i + 1, (c->npfds - i - 1) * sizeof(int));
+			c->npfds--;
+			return true;
+		}
+	}
+	for (unsigned i = 0; i < c->nallowed; i++) {
+		if (c->allowed[i] == fd) {
+			c->allowed[i] = c->allowed[--c->nallowed];
+			return true;
+		}
+	}
+	return false;
+}
+
+int weft_assuan_input_fd(const weft_assuan_conn *c)
+{
+	return c ? c->input_fd : -1;
+}
+
+int weft_assuan_output_fd(const weft_assuan_conn *c)
+{
+	return c ? c->output_fd : -1;
+}
+
+int weft_assuan_take_input_fd(weft_assuan_conn *c)
+{
+	if (c == NULL)
+		return -1;
+	int fd = c->input_fd;
+	c->input_fd = -1;
+	return fd;
+}
+
+int weft_assuan_take_output_fd(weft_assuan_conn *c)
+{
+	if (c == NULL)
+		return -1;
+	int fd = c->output_fd;
+	c->output_fd = -1;
+	return fd;
+}
+
+/* ---- finishing a command --------------------------------------------------------- */
+
+static void clear_command(weft_assuan_conn *c)
+{
+	c->state = C_IDLE;
+	c->cmd_seq++;
+	free(c->okay);
+	c->okay = NULL;
+	free(c->err_text);
+	c->err_text = NULL;
+	c->err_no = 0;
+	c->cancel_cb = NULL;
+	c->cancel_data = NULL;
+	c->inq_cb = NULL;
+	weft__abuf_free(&c->inq);
+}
+
+static bool keeps_fds(enum builtin b)
+{
+	return b == B_INPUT || b == B_OUTPUT || b == B_OPTION || b == B_NOP || b == B_HELP;
+}
+
+static void finish(weft_assuan_conn *c, weft_assuan_err err)
+{
+	int r = weft__aenc_data_end(&c->out, &c->dcount);
+	if (err == 0) {
+		const char *text = c->bye ? "closing connection" : c->okay;
+		if (r == 0)
+			r = weft__aenc_line(&c->out, "OK", text);
+	} else {
+		const char *text = c->err_no == err ? c->err_text : NULL;
+		if (c->force_close)
+			text = "[closing connection]";
+		if (r == 0)
+			r = weft__aenc_err(&c->out, err, text);
+	}
+	enum builtin b = c->cur_builtin;
+	clear_command(c);
+	if (!keeps_fds(b)) {
+		close_fd(&c->input_fd);
+		close_fd(&c->output_fd);
+	}
+	if (c->srv->hooks.post_cmd)
+		c->srv->hooks.post_cmd(c, err, c->srv->hooks_data);
+	if (r < 0 || c->bye || c->force_close) {
+		c->close_after_write = true;
+		c->eof = true; /* read no more */
+	}
+	conn_touch(c);
+}
+
+int weft_assuan_process_done(weft_assuan_conn *c, weft_assuan_err err)
+{
+	if (c == NULL || c->closed || c->state == C_IDLE)
+		return -EINVAL;
+	if (err == WEFT_ASSUAN_PENDING)
+		return -EINVAL;
+	finish(c, err);
+	return 0;
+}
+
+/* Run a handler or continuation's verdict for command seq. */
+static void verdict(weft_assuan_conn *c, uint64_t seq, weft_assuan_err r)
+{
+	if (c->closed || c->cmd_seq != seq || c->state == C_IDLE)
+		return; /* finished inside, or gone */
+	if (r == WEFT_ASSUAN_PENDING)
+		return;
+	if (c->state == C_INQUIRE) {
+		c->state = C_CMD; /* answered while inquiring: the inquiry is void */
+		c->inq_cb = NULL;
+	}
+	finish(c, r);
+}
+
+/* ---- INQUIRE --------------------------------------------------------------------- */
+
+int weft_assuan_inquire(weft_assuan_conn *c, const char *keyword, size_t maxlen,
+		weft_assuan_inquire_cb cb, void *data)
+{
+	if (c == NULL || cb == NULL || keyword == NULL || *keyword == '\0')
+		return -EINVAL;
+	if (c->closed)
+		return -ENOTCONN;
+	if (c->state == C_INQUIRE)
+		return -EBUSY;
+	if (c->state != C_CMD)
+		return -EINVAL;
+	int r = out_line(c, "INQUIRE", keyword);
+	if (r < 0)
+		return r;
+	c->state = C_INQUIRE;
+	c->inq_cb = cb;
+	c->inq_data = data;
+	c->inq_max = maxlen ? maxlen : c->srv->limits.inquire;
+	c->inq_err = 0;
+	c->inq.len = 0;
+	return 0;
+}
+
+static void inquire_complete(weft_assuan_conn *c, weft_assuan_err err)
+{
+	weft_assuan_inquire_cb cb = c->inq_cb;
+	void *data = c->inq_data;
+	c->inq_cb = NULL;
+	c->state = C_CMD;
+	uint64_t seq = c->cmd_seq;
+	if (err != 0) {
+		c->inq.len = 0;
+	} else if (weft__abuf_put(&c->inq, "", 1) == 0) {
+		c->inq.len--; /* NUL after the data */
+	} else {
+		err = mkerr(c->srv, GPG_ERR_ENOMEM);
+	}
+	struct weft__abuf buf = c->inq;
+	c->inq = (struct weft__abuf){0};
+	weft_assuan_err r = cb(c, err, (unsigned char *)buf.p, buf.len, data);
+	weft__abuf_free(&buf);
+	verdict(c, seq, r);
+}
+
+static void inquire_line(weft_assuan_conn *c, char *line, size_t len)
+{
+	if (len == 0 || line[0] == '#')
+		return;
+	if ((line[0] == 'D' || line[0] == 'd') && line[1] == ' ') {
+		if (c->inq_err != 0)
+			return; /* failed already: read on to END */
+		ssize_t n = weft__adecode(line + 2, len - 2, true);
+		if (n < 0) {
+			c->inq_err = weft_assuan_set_error(c, mkerr(c->srv, GPG_ERR_ASS_SYNTAX),
+					"malformed percent escape in inquired data");
+		} else if (c->inq.len + (size_t)n > c->inq_max) {
+			c->inq_err = mkerr(c->srv, GPG_ERR_ASS_TOO_MUCH_DATA);
+			weft__abuf_free(&c->inq);
+		} else if (weft__abuf_put(&c->inq, line + 2, (size_t)n) < 0) {
+			c->inq_err = mkerr(c->srv, GPG_ERR_ENOMEM);
+			weft__abuf_free(&c->inq);
+		}
+		return;
+	}
+	if (strncasecmp(line, "END", 3) == 0 && (line[3] == '\0' || line[3] == ' '))
+		inquire_complete(c, c->inq_err);
+	else if (strncasecmp(line, "CAN", 3) == 0)
+		inquire_complete(c, mkerr(c->srv, GPG_ERR_ASS_CANCELED));
+	else
+		inquire_complete(c, mkerr(c->srv, GPG_ERR_ASS_UNEXPECTED_CMD));
+}
+
+/* ---- built-in commands -------------------------------------------------------------- */
+
+static bool blank(char ch)
+{
+	return ch == ' ' || ch == '\t';
+}
+
+static weft_assuan_err syntax(weft_assuan_conn *c, const char *text)
+{
+	return weft_assuan_set_error(c, mkerr(c->srv, GPG_ERR_ASS_SYNTAX), text);
+}
+
+static weft_assuan_err std_option(weft_assuan_conn *c, char *line)
+{
+	char *key = line;
+	while (blank(*key))
+		key++;
+	if (*key == '\0')
+		return syntax(c, "argument required");
+	if (*key == '=')
+		return syntax(c, "no option name given");
+	char *value = key;
+	while (*value && !blank(*value) && *value != '=')
+		value++;
+	if (*value) {
+		if (blank(*value))
+			*value++ = '\0';
+		while (blank(*value))
+			value++;
+		if (*value == '=') {
+			*value++ = '\0';
+			while (blank(*value))
+				value++;
+			if (*value == '\0')
+				return syntax(c, "option argument expected");
+		}
+		if (*value) {
+			/* Trailing blanks go, except right after a one-character
+			 * value (libassuan's loop stops there). */
+			char *p = value + strlen(value) - 1;
+			while (p > value && blank(*p))
+				p--;
+			if (p > value)
+				p[1] = '\0';
+		}
+	}
+	if (key[0] == '-' && key[1] == '-' && key[2])
+		key += 2;
+	if (*key == '-')
+		return syntax(c, "option should not begin with one dash");
+	if (c->srv->hooks.option)
+		return c->srv->hooks.option(c, key, value, c->srv->hooks_data);
+	return 0;
+}
+
+static weft_assuan_err std_help(weft_assuan_conn *c, char *line)
+{
+	weft_assuan_server *srv = c->srv;
+	size_t n = strlen(line);
+	while (n > 0 && blank(line[n - 1]))
+		line[--n] = '\0';
+	if (n == 0) {
+		for (size_t i = 0; i < srv->ncmds; i++) {
+			const struct cmd *cmd = &srv->cmds[i];
+			size_t nl = strlen(cmd->name);
+			const char *h = cmd->help;
+			char buf[WEFT_ASSUAN_LINELENGTH];
+			if (h && strncmp(h, cmd->name, nl) == 0 && (h[nl] == ' ' || h[nl] == '\n' || h[nl] == '\0')) {
+				const char *e = strchr(h, '\n');
+				size_t len = e ? (size_t)(e - h) : strlen(h);
+				if (len > sizeof(buf) - 4)
+					len = sizeof(buf) - 4;
+				snprintf(buf, sizeof(buf), "# %.*s", (int)len, h);
+			} else {
+				snprintf(buf, sizeof(buf), "# %s", cmd->name);
+			}
+			out_line(c, buf, NULL);
+		}
+		return 0;
+	}
+	const struct cmd *cmd = find_cmd(srv, line);
+	if (cmd == NULL)
+		return mkerr(srv, GPG_ERR_UNKNOWN_COMMAND);
+	if (cmd->help == NULL)
+		return mkerr(srv, GPG_ERR_NOT_FOUND);
+	for (const char *p = cmd->help; *p;) {
+		const char *e = strchr(p, '\n');
+		size_t len = e ? (size_t)(e - p) : strlen(p);
+		char buf[WEFT_ASSUAN_LINELENGTH];
+		if (len > sizeof(buf) - 4)
+			len = sizeof(buf) - 4;
+		snprintf(buf, sizeof(buf), "# %.*s", (int)len, p);
+		out_line(c, buf, NULL);
+		p += len + (e != NULL);
+	}
+	return 0;
+}
+
+static weft_assuan_err std_fd(weft_assuan_conn *c, char *line, bool input)
+{
+	weft_assuan_server *srv = c->srv;
+	if (strncmp(line, "FD", 2) != 0 && strncmp(line, "fd", 2) != 0)
+		return syntax(c, "FD[=<n>] expected");
+	char *p = line + 2;
+	int fd;
+	if (*p == '=') {
+		p++;
+		if (!isdigit((unsigned char)*p))
+			return syntax(c, "number required");
+		char *end;
+		unsigned long v = strtoul(p, &end, 10);
+		if (v > 65535 || !take_named_fd(c, (int)v))
+			return weft_assuan_set_error(c, mkerr(srv, GPG_ERR_ASS_PARAMETER),
+					"descriptor was not passed by the peer");
+		fd = (int)v;
+		memset(line, ' ', (size_t)(end - line));
+	} else if (*p == '\0' || blank(*p)) {
+		if (!c->fd_receiver)
+			return weft_assuan_set_error(c, mkerr(srv, GPG_ERR_NOT_IMPLEMENTED),
+					"server does not support sending and receiving of file descriptors");
+		fd = weft_assuan_receive_fd(c);
+		if (fd < 0)
+			return mkerr(srv, GPG_ERR_ASS_GENERAL);
+		memset(line, ' ', 2);
+	} else {
+		return syntax(c, "FD[=<n>] expected");
+	}
+	weft_assuan_err (*notify)(weft_assuan_conn *, const char *, void *) =
+			input ? srv->hooks.input : srv->hooks.output;
+	if (notify != NULL) {
+		weft_assuan_err e = notify(c, line, srv->hooks_data);
+		if (e != 0) {
+			close(fd);
+			return e;
+		}
+	}
+	int *slot = input ? &c->input_fd : &c->output_fd;
+	close_fd(slot);
+	*slot = fd;
+	return 0;
+}
+
+static weft_assuan_err run_builtin(weft_assuan_conn *c, enum builtin b, char *line)
+{
+	weft_assuan_server *srv = c->srv;
+	switch (b) {
+	case B_NOP:
+		return 0;
+	case B_CANCEL:
+		if (srv->hooks.cancel)
+			srv->hooks.cancel(c, line, srv->hooks_data);
+		return mkerr(srv, GPG_ERR_NOT_IMPLEMENTED);
+	case B_OPTION:
+		return std_option(c, line);
+	case B_BYE:
+		if (srv->hooks.bye)
+			srv->hooks.bye(c, line, srv->hooks_data);
+		close_fd(&c->input_fd);
+		close_fd(&c->output_fd);
+		c->bye = true;
+		return 0;
+	case B_RESET: {
+		weft_assuan_err e = srv->hooks.reset ? srv->hooks.reset(c, line, srv->hooks_data) : 0;
+		if (e == 0) {
+			close_fd(&c->input_fd);
+			close_fd(&c->output_fd);
+			close_passed_fds(c);
+		}
+		return e;
+	}
+	case B_HELP:
+		return std_help(c, line);
+	case B_INPUT:
+		return std_fd(c, line, true);
+	case B_OUTPUT:
+		return std_fd(c, line, false);
+	case B_AUTH:
+	case B_END:
+	case B_NONE:
+	default:
+		return mkerr(srv, GPG_ERR_NOT_IMPLEMENTED);
+	}
+}
+
+/* ---- dispatch ------------------------------------------------------------------------- */
+
+/* Answer at once (an error found before any handler ran). */
+static void answer(weft_assuan_conn *c, enum builtin b, weft_assuan_err err)
+{
+	c->state = C_CMD;
+	c->cur_builtin = b;
+	finish(c, err);
+}
+
+static void command_line(weft_assuan_conn *c, char *line)
+{
+	weft_assuan_server *srv = c->srv;
+	if (line[0] == '\0' || line[0] == '#')
+		return; /* no answer, as libassuan */
+	if (line[0] == 'D' && line[1] == ' ') {
+		answer(c, B_NONE, mkerr(srv, GPG_ERR_NOT_IMPLEMENTED));
+		return;
+	}
+	char *p = line;
+	while (*p && !blank(*p))
+		p++;
+	if (p == line) {
+		c->state = C_CMD;
+		c->cur_builtin = B_NONE;
+		finish(c, syntax(c, "leading white-space"));
+		return;
+	}
+	if (*p) {
+		*p++ = '\0';
+		while (blank(*p))
+			p++;
+	}
+	struct cmd *cmd = find_cmd(srv, line);
+	if (cmd == NULL) {
+		answer(c, B_NONE, mkerr(srv, GPG_ERR_ASS_UNKNOWN_CMD));
+		return;
+	}
+	c->state = C_CMD;
+	c->cur_builtin = cmd->builtin;
+	uint64_t seq = c->cmd_seq;
+	if (srv->hooks.pre_cmd) {
+		weft_assuan_err e = srv->hooks.pre_cmd(c, cmd->name, srv->hooks_data);
+		if (c->closed || c->cmd_seq != seq)
+			return;
+		if (e != 0) {
+			finish(c, e);
+			return;
+		}
+	}
+	weft_assuan_err r;
+	if (cmd->fn != NULL)
+		r = cmd->fn(c, p, cmd->data);
+	else
+		r = run_builtin(c, cmd->builtin, p);
+	verdict(c, seq, r);
+}
+
+static void send_greeting(weft_assuan_conn *c)
+{
+	c->greeted = true;
+	const char *hello = c->srv->hello;
+	if (hello == NULL) {
+		char buf[64];
+		pid_t pid = 0;
+		if (weft_assuan_peer_cred(c, &pid, NULL, NULL) == 0 && pid > 0)
+			snprintf(buf, sizeof(buf), "Pleased to meet you, process %d", (int)pid);
+		else
+			snprintf(buf, sizeof(buf), "Pleased to meet you");
+		out_line(c, "OK", buf);
+		return;
+	}
+	char line[WEFT_ASSUAN_LINELENGTH];
+	for (const char *p = hello;;) {
+		const char *e = strchr(p, '\n');
+		size_t len = e ? (size_t)(e - p) : strlen(p);
+		snprintf(line, sizeof(line), "%.*s", (int)len, p);
+		if (e == NULL) {
+			out_line(c, "OK", *line ? line : NULL);
+			return;
+		}
+		out_line(c, "#", line);
+		p = e + 1;
+	}
+}
+
+static void read_done(weft_req *req, void *data);
+
+static void start_read(weft_assuan_conn *c)
+{
+	if (c->closed || c->eof || c->rreq != NULL)
+		return;
+	if (c->in.buf == NULL) {
+		c->in.buf = malloc(IN_CAP);
+		if (c->in.buf == NULL) {
+			conn_close(c);
+			return;
+		}
+		c->in.cap = IN_CAP;
+	}
+	size_t room = weft__ain_compact(&c->in);
+	if (room == 0)
+		return; /* full of waiting lines: the client waits for answers */
+	c->rreq = weft_stream_read_send(c->s, c->in.buf + c->in.len, room);
+	if (c->rreq == NULL) {
+		conn_close(c);
+		return;
+	}
+	weft_req_set_callback(c->rreq, read_done, c);
+}
+
+static void read_done(weft_req *req, void *data)
+{
+	weft_assuan_conn *c = data;
+	int err = 0;
+	ssize_t n = weft_stream_read_recv(req, &err);
+	weft_req_free(req);
+	c->rreq = NULL;
+	if (n > 0)
+		c->in.len += (size_t)n;
+	else
+		c->eof = true; /* EOF, reset or error: the client is gone */
+	conn_process(c);
+}
+
+/* The pump: dispatch what can be, write what was answered, read more. */
+static void conn_process(weft_assuan_conn *c)
+{
+	if (c->closed)
+		return;
+	c->depth++;
+	if (!c->greeted)
+		send_greeting(c);
+	bool waiting_lines = false; /* lines left unread for lack of room */
+	while (!c->closed && !c->close_after_write && c->state != C_CMD) {
+		if (c->state == C_IDLE && out_pending(c) >= c->srv->limits.output) {
+			waiting_lines = true; /* the client reads no answers */
+			break;
+		}
+		char *line;
+		size_t len;
+		enum weft__aline k = weft__ain_next(&c->in, &line, &len);
+		if (k == WEFT__ALINE_NONE)
+			break;
+		if (k == WEFT__ALINE_TOO_LONG) {
+			weft_assuan_err e = mkerr(c->srv, GPG_ERR_ASS_LINE_TOO_LONG);
+			if (c->state == C_INQUIRE) {
+				if (c->inq_err == 0)
+					c->inq_err = e;
+			} else {
+				answer(c, B_NONE, e);
+			}
+			continue;
+		}
+		if (c->state == C_INQUIRE)
+			inquire_line(c, line, len);
+		else
+			command_line(c, line);
+	}
+	if (!c->closed && c->eof && !c->close_after_write) {
+		/* The client closed (or half-closed) its side.  Lines it sent
+		 * before were answered above; a command still running is
+		 * cancelled; an incomplete last line is dropped. */
+		if (c->state != C_IDLE) {
+			c->depth--;
+			conn_close(c);
+			return;
+		}
+		if (!waiting_lines)
+			c->close_after_write = true;
+	}
+	conn_flush(c);
+	if (!c->closed && c->close_after_write && out_pending(c) == 0) {
+		c->depth--;
+		conn_close(c);
+		return;
+	}
+	start_read(c);
+	c->depth--;
+}
+
+/* ---- connection life ---------------------------------------------------------------- */
+
+static void conn_free(weft_assuan_conn *c)
+{
+	weft_assuan_server *srv = c->srv;
+	if (c->done_flag)
+		*c->done_flag = true;
+	free(c->in.buf);
+	weft__abuf_free(&c->out);
+	weft__abuf_free(&c->wbuf);
+	weft__abuf_free(&c->inq);
+	free(c->okay);
+	free(c->err_text);
+	free(c->pfds);
+	free(c->allowed);
+	weft_defer_cancel(&c->kick);
+	weft__handle_fini(&c->kick.h);
+	free(c);
+	if (--srv->nalive == 0 && srv->freeing)
+		server_release(srv);
+}
+
+static void kick_cb(weft_defer *d, void *data)
+{
+	weft_assuan_conn *c = data;
+	(void)d;
+	if (c->closed) {
+		if (c->srv->hooks.close)
+			c->srv->hooks.close(c, c->srv->hooks_data);
+		conn_free(c);
+		return;
+	}
+	if (c->room_cb != NULL && out_pending(c) <= c->srv->limits.output / 2) {
+		weft_assuan_room_cb cb = c->room_cb;
+		c->room_cb = NULL;
+		c->depth++;
+		cb(c, c->room_data);
+		c->depth--;
+	}
+	conn_process(c);
+}
+
+static void conn_close(weft_assuan_conn *c)
+{
+	if (c->closed)
+		return;
+	c->closed = true;
+	weft_assuan_server *srv = c->srv;
+	weft__list_remove(&c->link);
+	srv->nconns--;
+	if (c->state != C_IDLE && c->cancel_cb != NULL) {
+		weft_assuan_cancel_cb cb = c->cancel_cb;
+		c->cancel_cb = NULL;
+		cb(c, c->cancel_data);
+	}
+	c->state = C_IDLE;
+	c->room_cb = NULL;
+	weft_req_free(c->rreq); /* in progress: freed without a callback */
+	c->rreq = NULL;
+	weft_req_free(c->wreq);
+	c->wreq = NULL;
+	weft_stream_close(c->s, NULL, NULL);
+	c->s = NULL;
+	close_fd(&c->input_fd);
+	close_fd(&c->output_fd);
+	close_passed_fds(c);
+	for (unsigned i = 0; i < c->nallowed; i++)
+		close(c->allowed[i]);
+	c->nallowed = 0;
+	if (srv->freeing) {
+		/* The server goes now: no loop pass will come for us. */
+		weft_defer_cancel(&c->kick);
+		if (srv->hooks.close)
+			srv->hooks.close(c, srv->hooks_data);
+		conn_free(c);
+		return;
+	}
+	weft_defer_schedule(&c->kick); /* close hook and free from the loop */
+}
+
+void weft_assuan_conn_close(weft_assuan_conn *c)
+{
+	if (c != NULL)
+		conn_close(c);
+}
+
+int weft_assuan_server_adopt(weft_assuan_server *srv, weft_stream *s, weft_assuan_conn **ret_conn)
+{
+	if (srv == NULL || s == NULL || srv->freeing) {
+		weft_stream_close(s, NULL, NULL);
+		return -EINVAL;
+	}
+	weft_assuan_conn *c = calloc(1, sizeof(*c));
+	if (c == NULL) {
+		weft_stream_close(s, NULL, NULL);
+		return -ENOMEM;
+	}
+	c->srv = srv;
+	c->s = s;
+	c->input_fd = c->output_fd = -1;
+	weft__defer_init(srv->loop, &c->kick, kick_cb, c);
+	if (srv->fdpassing && weft_stream_set_fd_receiver(s, on_passed_fd, c) == 0)
+		c->fd_receiver = true;
+	weft__list_append(&srv->conns, &c->link);
+	srv->nconns++;
+	srv->nalive++;
+	if (srv->hooks.open)
+		srv->hooks.open(c, srv->hooks_data);
+	weft_defer_schedule(&c->kick); /* greeting and first read from the loop */
+	if (ret_conn)
+		*ret_conn = c;
+	return 0;
+}
+
+int weft_assuan_server_adopt_fd(weft_assuan_server *srv, int fd, weft_assuan_conn **ret_conn)
+{
+	if (srv == NULL) {
+		if (fd >= 0)
+			close(fd);
+		return -EINVAL;
+	}
+	weft_stream *s;
+	int r = weft_stream_new_socket(srv->loop, fd, &s);
+	if (r < 0)
+		return r;
+	return weft_assuan_server_adopt(srv, s, ret_conn);
+}
+
+int weft_assuan_server_adopt_pipe(weft_assuan_server *srv, int rfd, int wfd, weft_assuan_conn **ret_conn)
+{
+	if (rfd >= 0 && rfd == wfd)
+		return weft_assuan_server_adopt_fd(srv, rfd, ret_conn);
+	if (srv == NULL) {
+		if (rfd >= 0)
+			close(rfd);
+		if (wfd >= 0)
+			close(wfd);
+		return -EINVAL;
+	}
+	weft_stream *s;
+	int r = weft_stream_new_pipe(srv->loop, rfd, wfd, &s);
+	if (r < 0)
+		return r;
+	return weft_assuan_server_adopt(srv, s, ret_conn);
+}
+
+static void accepted(weft_listener *l, weft_stream *stream, const weft_addr *peer, int err, void *data)
+{
+	(void)l;
+	(void)peer;
+	(void)err;
+	if (stream != NULL)
+		weft_assuan_server_adopt(data, stream, NULL);
+}
+
+int weft_assuan_server_listen(weft_assuan_server *srv, const char *addr, const weft_listen_opts *opts)
+{
+	if (srv == NULL || addr == NULL || srv->freeing)
+		return -EINVAL;
+	if (srv->listener != NULL)
+		return -EBUSY;
+	weft_addr a;
+	int r = weft_addr_parse(addr, &a);
+	if (r < 0)
+		return r;
+	weft_listen_opts o = opts ? *opts : (weft_listen_opts){.replace_stale = true};
+	return weft_listen(srv->loop, &a, &o, accepted, srv, &srv->listener);
+}
+
+/* ---- accessors --------------------------------------------------------------------- */
+
+weft_assuan_server *weft_assuan_conn_server(const weft_assuan_conn *c)
+{
+	return c ? c->srv : NULL;
+}
+
+weft_stream *weft_assuan_conn_stream(const weft_assuan_conn *c)
+{
+	return c ? c->s : NULL;
+}
+
+void weft_assuan_conn_set_data(weft_assuan_conn *c, void *data)
+{
+	if (c != NULL)
+		c->data = data;
+}
+
+void *weft_assuan_conn_data(const weft_assuan_conn *c)
+{
+	return c ? c->data : NULL;
+}
+
+void weft_assuan_conn_set_peer_pid(weft_assuan_conn *c, pid_t pid)
+{
+	if (c != NULL)
+		c->peer_pid = pid;
+}
+
+int weft_assuan_peer_cred(const weft_assuan_conn *c, pid_t *ret_pid, uid_t *ret_uid, gid_t *ret_gid)
+{
+	if (c == NULL)
+		return -EINVAL;
+	if (c->peer_pid > 0) {
+		if (ret_pid)
+			*ret_pid = c->peer_pid;
+		if (ret_uid)
+			*ret_uid = getuid();
+		if (ret_gid)
+			*ret_gid = getgid();
+		return 0;
+	}
+	if (c->s == NULL)
+		return -ENOTCONN;
+	return weft_stream_peer_cred(c->s, ret_pid, ret_uid, ret_gid);
+}
+
+/* ---- hand-driven mode ----------------------------------------------------------------- */
+
+int weft_assuan_get_active_fds(weft_assuan_conn *c, int what, int *fds, int n)
+{
+	if (c == NULL || fds == NULL || n < 1 || (what != 0 && what != 1))
+		return -EINVAL;
+	if (c->closed)
+		return 0;
+	int fd = weft_stream_fd(c->s);
+	if (fd < 0)
+		return 0;
+	bool want = what == 0 ? c->rreq != NULL : c->wreq != NULL;
+	if (!want)
+		return 0;
+	fds[0] = fd;
+	return 1;
+}
+
+int weft_assuan_process_next(weft_assuan_conn *c, bool *done)
+{
+	if (c == NULL || done == NULL)
+		return -EINVAL;
+	bool gone = false;
+	c->done_flag = &gone;
+	weft_loop *loop = c->srv->loop;
+	int r = 0;
+	/* Run what is ready, and the work it posts, without waiting. */
+	for (int i = 0; i < 16 && !gone; i++) {
+		r = weft_loop_run(loop, WEFT_RUN_NOWAIT);
+		if (r < 0 || weft_loop_get_timeout(loop) != 0)
+			break;
+	}
+	if (!gone)
+		c->done_flag = NULL;
+	*done = gone;
+	return r < 0 ? r : 0;
+}
