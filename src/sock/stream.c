@@ -63,6 +63,7 @@ struct writev_state {
 	size_t count, idx;
 	uint64_t total;
 	bool shutdown; /* a shutdown request, not a write */
+	int fd;        /* >= 0: rides on the first byte (sent once) */
 	struct iovec inline_vec[4];
 };
 
@@ -551,6 +552,7 @@ static weft_req *writev_new(weft_stream *s, const struct iovec *vector, size_t c
 		return req;
 	}
 	st->shutdown = shutdown;
+	st->fd = -1;
 	if (count <= sizeof(st->inline_vec) / sizeof(st->inline_vec[0])) {
 		st->vec = st->inline_vec;
 	} else {
@@ -582,7 +584,9 @@ static void serve_write(weft_stream *s)
 			continue;
 		}
 		size_t n = st->count - st->idx;
-		ssize_t w = s->ops->writev(s, &st->vec[st->idx], n > MAX_IOV ? MAX_IOV : (int)n);
+		int cnt = n > MAX_IOV ? MAX_IOV : (int)n;
+		ssize_t w = st->fd >= 0 ? s->ops->sendfd(s, &st->vec[st->idx], cnt, st->fd)
+			: s->ops->writev(s, &st->vec[st->idx], cnt);
 		if (w == -EAGAIN || w == -EWOULDBLOCK) {
 			s->write_blocked = true;
 			return;
@@ -593,6 +597,7 @@ static void serve_write(weft_stream *s)
 			weft_req_error(req, (int)w); /* EPIPE, ECONNRESET, ... */
 			return;
 		}
+		st->fd = -1; /* on the first byte, never again on a retry */
 		st->total += (uint64_t)w;
 		weft_req_set_progress(req, st->total);
 		size_t left = (size_t)w;
@@ -696,6 +701,26 @@ weft_req *weft_stream_writev_queue_send(weft_stream *s, weft_queue *queue, const
 		return req;
 	int r = weft_queue_add_now(queue ? queue : s->wqueue, req, write_start, NULL);
 	weft_req_error(req, r);
+	return req;
+}
+
+weft_req *weft_stream_sendfd_send(weft_stream *s, int fd, const void *buf, size_t len)
+{
+	struct iovec iov = {(void *)buf, len};
+	weft_req *req = writev_new(s, &iov, 1, false);
+	if (req == NULL || !weft_req_is_in_progress(req))
+		return req;
+	if (fd < 0 || buf == NULL || len == 0) {
+		weft_req_error(req, EINVAL);
+		return req;
+	}
+	if (s->ops->sendfd == NULL) {
+		weft_req_error(req, EOPNOTSUPP);
+		return req;
+	}
+	struct writev_state *st = weft_req_state(req);
+	st->fd = fd;
+	weft_req_error(req, weft_queue_add_now(s->wqueue, req, write_start, NULL));
 	return req;
 }
 
