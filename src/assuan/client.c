@@ -770,7 +770,7 @@ weft_req *weft_assuan_pipe_connect_send(weft_loop *loop, const char *const argv[
 	}
 	connect_attach(req, s);
 	struct connect_state *cs = weft_req_state(req);
-	if (cs->cl != NULL) {
+	if (cs->cl != NULL && rp != NULL) {
 		cs->cl->reaper = rp;
 		rp->cl = cs->cl;
 	}

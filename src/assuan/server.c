@@ -59,21 +59,14 @@ struct weft_assuan_conn {
 
 	struct weft__ain in;
 	weft_req *rreq;
-	bool eof;
-
 	struct weft__abuf out;  /* answers gathering */
 	struct weft__abuf wbuf; /* being written by wreq */
 	weft_req *wreq;
 	size_t dcount; /* length of the open D line */
 
-	enum cstate state;
 	uint64_t cmd_seq;
-	enum builtin cur_builtin;
 	char *okay;
-	weft_assuan_err err_no;
 	char *err_text;
-	bool force_close, bye, greeted, close_after_write, fd_receiver;
-	unsigned depth;
 	weft_assuan_cancel_cb cancel_cb;
 	void *cancel_data;
 	weft_assuan_room_cb room_cb;
@@ -83,18 +76,24 @@ struct weft_assuan_conn {
 	void *inq_data;
 	struct weft__abuf inq;
 	size_t inq_max;
-	weft_assuan_err inq_err;
 
-	int input_fd, output_fd;
 	int *pfds; /* passed by the peer, oldest first */
-	unsigned npfds;
 	int *allowed;
+	weft_defer kick;
+	bool *done_flag;
+
+	enum cstate state;
+	enum builtin cur_builtin;
+	weft_assuan_err err_no;
+	weft_assuan_err inq_err;
+	int input_fd, output_fd;
+	unsigned npfds;
 	unsigned nallowed;
 	pid_t peer_pid;
-
-	weft_defer kick;
+	unsigned depth;
+	bool eof;
+	bool force_close, bye, greeted, close_after_write, fd_receiver;
 	bool closed;
-	bool *done_flag;
 };
 
 static void conn_process(weft_assuan_conn *c);
@@ -1346,6 +1345,7 @@ int weft_assuan_process_next(weft_assuan_conn *c, bool *done)
 	if (c == NULL || done == NULL)
 		return -EINVAL;
 	bool gone = false;
+	/* cppcheck-suppress autoVariables ; cleared below unless the conn is gone */
 	c->done_flag = &gone;
 	weft_loop *loop = c->srv->loop;
 	int r = 0;
