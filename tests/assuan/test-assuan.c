@@ -485,6 +485,721 @@ static void test_engine_responses(void)
 	weft__abuf_free(&b);
 }
 
+/* ---- tier 2: the server over real sockets ------------------------------------ */
+
+/* What the hooks and handlers saw. */
+static struct {
+	int open, close, reset, cancel_cmd, bye, input, output, cancelled, async_done;
+	char option[512];  /* "name=value;" per OPTION */
+	char pre[512];     /* "NAME;" per command */
+	char post[512];    /* "<err>;" per answer */
+	char input_args[128];
+	weft_assuan_err reset_answer;   /* what the reset hook returns */
+	bool refuse_echo;               /* pre_cmd refuses ECHO */
+	bool refuse_input;              /* the input hook refuses */
+	weft_assuan_err inq_err;        /* the last inquire continuation's */
+	unsigned char inq_data[4096];
+	size_t inq_len;
+	int taken_fd;
+	pid_t cred_pid;
+	uid_t cred_uid;
+} g;
+
+/* Append "a[=b];" to a log. */
+static void log_add(char *log, size_t size, const char *a, const char *b)
+{
+	size_t n = strlen(log);
+	snprintf(log + n, size - n, "%s%s%s;", a, b ? "=" : "", b ? b : "");
+}
+
+static void h_open(weft_assuan_conn *c, void *data) { (void)c; (void)data; g.open++; }
+static void h_close(weft_assuan_conn *c, void *data) { (void)c; (void)data; g.close++; }
+
+static weft_assuan_err h_option(weft_assuan_conn *c, const char *name, const char *value, void *data)
+{
+	(void)data;
+	log_add(g.option, sizeof g.option, name, value);
+	if (strcmp(name, "frobnicate") == 0)
+		return weft_assuan_err_make(weft_assuan_conn_server(c), GPG_ERR_UNKNOWN_OPTION);
+	return 0;
+}
+
+static weft_assuan_err h_reset(weft_assuan_conn *c, const char *args, void *data)
+{
+	(void)c; (void)args; (void)data;
+	g.reset++;
+	return g.reset_answer;
+}
+
+static void h_cancel(weft_assuan_conn *c, const char *args, void *data) { (void)c; (void)args; (void)data; g.cancel_cmd++; }
+static void h_bye(weft_assuan_conn *c, const char *args, void *data) { (void)c; (void)args; (void)data; g.bye++; }
+
+static weft_assuan_err h_input(weft_assuan_conn *c, const char *args, void *data)
+{
+	(void)data;
+	g.input++;
+	snprintf(g.input_args, sizeof g.input_args, "%s", args);
+	if (g.refuse_input)
+		return weft_assuan_err_make(weft_assuan_conn_server(c), GPG_ERR_FORBIDDEN);
+	return 0;
+}
+
+static weft_assuan_err h_output(weft_assuan_conn *c, const char *args, void *data)
+{
+	(void)c; (void)args; (void)data;
+	g.output++;
+	return 0;
+}
+
+static weft_assuan_err h_pre(weft_assuan_conn *c, const char *cmd, void *data)
+{
+	(void)data;
+	log_add(g.pre, sizeof g.pre, cmd, NULL);
+	if (g.refuse_echo && strcmp(cmd, "ECHO") == 0)
+		return weft_assuan_err_make(weft_assuan_conn_server(c), GPG_ERR_FORBIDDEN);
+	return 0;
+}
+
+static void h_post(weft_assuan_conn *c, weft_assuan_err err, void *data)
+{
+	(void)c; (void)data;
+	char n[16];
+	snprintf(n, sizeof n, "%u", err);
+	log_add(g.post, sizeof g.post, n, NULL);
+}
+
+static const weft_assuan_hooks all_hooks = {
+	.open = h_open, .close = h_close, .option = h_option, .reset = h_reset,
+	.cancel = h_cancel, .bye = h_bye, .input = h_input, .output = h_output,
+	.pre_cmd = h_pre, .post_cmd = h_post,
+};
+
+static weft_assuan_err mk(weft_assuan_conn *c, gpg_err_code_t code)
+{
+	return weft_assuan_err_make(weft_assuan_conn_server(c), code);
+}
+
+/* ECHO text: the text back as D data. */
+static weft_assuan_err cmd_echo(weft_assuan_conn *c, char *args, void *data)
+{
+	(void)data;
+	if (*args)
+		CHECK_EQ(weft_assuan_send_data(c, args, strlen(args)), 0);
+	return 0;
+}
+
+static weft_assuan_err cmd_status(weft_assuan_conn *c, char *args, void *data)
+{
+	(void)args; (void)data;
+	CHECK_EQ(weft_assuan_write_status(c, "EVENTCOUNTER", "0 0 0"), 0);
+	CHECK_EQ(weft_assuan_write_status(c, "EMPTY", NULL), 0);
+	CHECK_EQ(weft_assuan_write_status(c, "BAD\nKW", NULL), -EINVAL);
+	return 0;
+}
+
+static weft_assuan_err cmd_fail(weft_assuan_conn *c, char *args, void *data)
+{
+	(void)args; (void)data;
+	return weft_assuan_set_error(c, mk(c, GPG_ERR_NOT_FOUND), "No such envvar");
+}
+
+/* The text is for another error value: not used. */
+static weft_assuan_err cmd_failplain(weft_assuan_conn *c, char *args, void *data)
+{
+	(void)args; (void)data;
+	weft_assuan_set_error(c, mk(c, GPG_ERR_NOT_FOUND), "not this one");
+	return mk(c, GPG_ERR_MISSING_VALUE);
+}
+
+static weft_assuan_err cmd_okay(weft_assuan_conn *c, char *args, void *data)
+{
+	(void)args; (void)data;
+	CHECK_EQ(weft_assuan_set_okay_line(c, "a\nb"), -EINVAL);
+	CHECK_EQ(weft_assuan_set_okay_line(c, "hello there"), 0);
+	return 0;
+}
+
+/* CLOSE [ok]: answer and close after the answer is written. */
+static weft_assuan_err cmd_close(weft_assuan_conn *c, char *args, void *data)
+{
+	(void)data;
+	weft_assuan_set_force_close(c);
+	return strcmp(args, "ok") == 0 ? 0 : weft_assuan_set_error(c, mk(c, GPG_ERR_NOT_FOUND), "ignored");
+}
+
+static weft_assuan_err cmd_lower(weft_assuan_conn *c, char *args, void *data)
+{
+	(void)c; (void)args; (void)data;
+	return 0;
+}
+
+static weft_assuan_err cmd_cred(weft_assuan_conn *c, char *args, void *data)
+{
+	(void)args; (void)data;
+	CHECK_EQ(weft_assuan_peer_cred(c, &g.cred_pid, &g.cred_uid, NULL), 0);
+	return 0;
+}
+
+/* ASYNC ms: "S PROGRESS start" now, "D late" and OK after ms from a timer. */
+struct async_op {
+	weft_assuan_conn *c;
+	weft_timer *t;
+};
+
+static void async_cancel(weft_assuan_conn *c, void *data)
+{
+	(void)c;
+	struct async_op *op = data;
+	g.cancelled++;
+	weft_timer_free(op->t);
+	free(op);
+}
+
+static void async_fire(weft_timer *t, void *data)
+{
+	(void)t;
+	struct async_op *op = data;
+	weft_assuan_conn *c = op->c;
+	weft_timer_free(op->t);
+	free(op);
+	g.async_done++;
+	CHECK_EQ(weft_assuan_send_data(c, "late", 4), 0);
+	CHECK_EQ(weft_assuan_process_done(c, 0), 0);
+	CHECK_EQ(weft_assuan_process_done(c, 0), -EINVAL); /* no command in flight */
+}
+
+static weft_assuan_err cmd_async(weft_assuan_conn *c, char *args, void *data)
+{
+	(void)data;
+	struct async_op *op = calloc(1, sizeof *op);
+	op->c = c;
+	weft_loop *loop = weft_stream_loop(weft_assuan_conn_stream(c));
+	CHECK_EQ(weft_timer_new(loop, async_fire, op, &op->t), 0);
+	CHECK_EQ(weft_timer_start(op->t, strtoul(args, NULL, 10), 0), 0);
+	CHECK_EQ(weft_assuan_on_cancel(c, async_cancel, op), 0);
+	CHECK_EQ(weft_assuan_write_status(c, "PROGRESS", "start"), 0);
+	return WEFT_ASSUAN_PENDING;
+}
+
+/* PUT [maxlen]: INQUIRE VALUE; OK "got N" or the inquire's error. */
+static weft_assuan_err put_done(weft_assuan_conn *c, weft_assuan_err err, unsigned char *buf, size_t len,
+		void *data)
+{
+	(void)data;
+	g.inq_err = err;
+	g.inq_len = len < sizeof g.inq_data ? len : sizeof g.inq_data;
+	if (err == 0) {
+		CHECK(buf != NULL);
+		CHECK_EQ(buf[len], 0); /* NUL after the data */
+		memcpy(g.inq_data, buf, g.inq_len);
+		char okay[64];
+		snprintf(okay, sizeof okay, "got %zu", len);
+		weft_assuan_set_okay_line(c, okay);
+	}
+	return err;
+}
+
+static weft_assuan_err cmd_put(weft_assuan_conn *c, char *args, void *data)
+{
+	(void)data;
+	g.inq_err = 1;
+	CHECK_EQ(weft_assuan_inquire(c, "VALUE", strtoul(args, NULL, 10), put_done, NULL), 0);
+	CHECK_EQ(weft_assuan_inquire(c, "AGAIN", 0, put_done, NULL), -EBUSY);
+	CHECK_EQ(weft_assuan_write_status(c, "INQUIRE_MAXLEN", args), 0);
+	return WEFT_ASSUAN_PENDING;
+}
+
+/* PUT2: two inquiries in a row; OK "<first>+<second>". */
+static weft_assuan_err put2_second(weft_assuan_conn *c, weft_assuan_err err, unsigned char *buf, size_t len,
+		void *data)
+{
+	char *first = data;
+	if (err == 0) {
+		char okay[128];
+		snprintf(okay, sizeof okay, "%s+%.*s", first, (int)len, (char *)buf);
+		weft_assuan_set_okay_line(c, okay);
+	}
+	free(first);
+	return err;
+}
+
+static weft_assuan_err put2_first(weft_assuan_conn *c, weft_assuan_err err, unsigned char *buf, size_t len,
+		void *data)
+{
+	(void)data;
+	if (err != 0)
+		return err;
+	char *first = strndup((char *)buf, len);
+	CHECK_EQ(weft_assuan_inquire(c, "SECOND", 100, put2_second, first), 0);
+	return WEFT_ASSUAN_PENDING;
+}
+
+static weft_assuan_err cmd_put2(weft_assuan_conn *c, char *args, void *data)
+{
+	(void)args; (void)data;
+	CHECK_EQ(weft_assuan_inquire(c, "FIRST", 100, put2_first, NULL), 0);
+	return WEFT_ASSUAN_PENDING;
+}
+
+/* FDINFO: "OK <input ino> <output ino>" (- when none). */
+static void ino_text(int fd, char *buf, size_t size)
+{
+	struct stat st;
+	if (fd >= 0 && fstat(fd, &st) == 0)
+		snprintf(buf, size, "%lu", (unsigned long)st.st_ino);
+	else
+		snprintf(buf, size, "-");
+}
+
+static weft_assuan_err cmd_fdinfo(weft_assuan_conn *c, char *args, void *data)
+{
+	(void)args; (void)data;
+	char a[32], b[32], okay[80];
+	ino_text(weft_assuan_input_fd(c), a, sizeof a);
+	ino_text(weft_assuan_output_fd(c), b, sizeof b);
+	snprintf(okay, sizeof okay, "%s %s", a, b);
+	weft_assuan_set_okay_line(c, okay);
+	return 0;
+}
+
+static weft_assuan_err cmd_take(weft_assuan_conn *c, char *args, void *data)
+{
+	(void)args; (void)data;
+	g.taken_fd = weft_assuan_take_input_fd(c);
+	return g.taken_fd >= 0 ? 0 : mk(c, GPG_ERR_ASS_NO_INPUT);
+}
+
+static const char getval_help[] = "GETVAL <key>\n\nReturn the value for KEY from the special environment as created by\nPUTVAL.";
+
+static void register_test_commands(weft_assuan_server *srv)
+{
+	CHECK_EQ(weft_assuan_register(srv, "ECHO", cmd_echo, NULL, "ECHO <text>\nSend the text back."), 0);
+	CHECK_EQ(weft_assuan_register(srv, "STATUS", cmd_status, NULL, NULL), 0);
+	CHECK_EQ(weft_assuan_register(srv, "FAIL", cmd_fail, NULL, NULL), 0);
+	CHECK_EQ(weft_assuan_register(srv, "FAILPLAIN", cmd_failplain, NULL, NULL), 0);
+	CHECK_EQ(weft_assuan_register(srv, "OKAY", cmd_okay, NULL, NULL), 0);
+	CHECK_EQ(weft_assuan_register(srv, "CLOSE", cmd_close, NULL, NULL), 0);
+	CHECK_EQ(weft_assuan_register(srv, "lower", cmd_lower, NULL, NULL), 0);
+	CHECK_EQ(weft_assuan_register(srv, "CRED", cmd_cred, NULL, NULL), 0);
+	CHECK_EQ(weft_assuan_register(srv, "ASYNC", cmd_async, NULL, NULL), 0);
+	CHECK_EQ(weft_assuan_register(srv, "PUT", cmd_put, NULL, NULL), 0);
+	CHECK_EQ(weft_assuan_register(srv, "PUT2", cmd_put2, NULL, NULL), 0);
+	CHECK_EQ(weft_assuan_register(srv, "FDINFO", cmd_fdinfo, NULL, NULL), 0);
+	CHECK_EQ(weft_assuan_register(srv, "TAKE", cmd_take, NULL, NULL), 0);
+	CHECK_EQ(weft_assuan_register(srv, "GETVAL", cmd_lower, NULL, getval_help), 0);
+	CHECK_EQ(weft_assuan_register(srv, "SETKEY", cmd_lower, NULL, "SIGKEY <hexstring_with_keygrip>\nSETKEY <hexstring_with_keygrip>"), 0);
+	CHECK_EQ(weft_assuan_register(srv, "INPUT", NULL, NULL, NULL), 0);
+	CHECK_EQ(weft_assuan_register(srv, "OUTPUT", NULL, NULL, NULL), 0);
+}
+
+/* A server on its own loop and a raw client on the other end of a socket
+ * (or two pipes). */
+struct fix {
+	weft_loop *loop;
+	weft_assuan_server *srv;
+	weft_assuan_conn *conn;
+	int rfd, wfd; /* the client's ends (the same socket, or two pipes) */
+	char *rx;     /* received, not yet compared */
+	size_t rxlen, rxcap;
+	bool eof;
+};
+
+static void fix_server(struct fix *f)
+{
+	memset(f, 0, sizeof *f);
+	memset(&g, 0, sizeof g);
+	g.taken_fd = -1;
+	f->rfd = f->wfd = -1;
+	CHECK_EQ(weft_loop_new(&f->loop), 0);
+	CHECK_EQ(weft_assuan_server_new(f->loop, &f->srv), 0);
+	weft_assuan_server_set_err_source(f->srv, AGENT);
+	weft_assuan_server_set_hooks(f->srv, &all_hooks, NULL);
+	register_test_commands(f->srv);
+}
+
+/* Server plus one client on a socketpair. */
+static void fix_open(struct fix *f)
+{
+	fix_server(f);
+	int sv[2];
+	CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	CHECK_EQ(weft_assuan_server_adopt_fd(f->srv, sv[0], &f->conn), 0);
+	f->rfd = f->wfd = sv[1];
+}
+
+/* Run the loop and read what the client gets until want_lines LFs are in
+ * rx (or EOF, or ms passed). */
+static void pump(struct fix *f, size_t want_lines, unsigned ms)
+{
+	uint64_t end = t_now_ms() + ms;
+	if (f->rfd >= 0)
+		fcntl(f->rfd, F_SETFL, fcntl(f->rfd, F_GETFL) | O_NONBLOCK);
+	for (;;) {
+		weft_loop_run(f->loop, WEFT_RUN_NOWAIT);
+		for (;;) {
+			if (f->rxcap - f->rxlen < 65536) {
+				f->rxcap = f->rxcap * 2 + 65536;
+				f->rx = realloc(f->rx, f->rxcap);
+			}
+			ssize_t n = f->rfd >= 0 ? read(f->rfd, f->rx + f->rxlen, f->rxcap - f->rxlen) : -1;
+			if (n > 0) {
+				f->rxlen += (size_t)n;
+				continue;
+			}
+			if (n == 0)
+				f->eof = true;
+			break;
+		}
+		size_t lines = 0;
+		for (size_t i = 0; i < f->rxlen; i++)
+			lines += f->rx[i] == '\n';
+		if (lines >= want_lines || f->eof || t_now_ms() >= end)
+			return;
+		struct pollfd p[2] = {{.fd = f->rfd, .events = POLLIN}, {.fd = weft_loop_get_fd(f->loop), .events = POLLIN}};
+		int64_t to = weft_loop_get_timeout(f->loop);
+		poll(p, 2, to >= 0 && to < 20 ? (int)to : 20);
+	}
+}
+
+static void fix_send(struct fix *f, const void *p, size_t n)
+{
+	fcntl(f->wfd, F_SETFL, fcntl(f->wfd, F_GETFL) | O_NONBLOCK);
+	const char *s = p;
+	while (n > 0) {
+		ssize_t k = write(f->wfd, s, n);
+		if (k < 0 && errno == EAGAIN) {
+			pump(f, (size_t)-1, 1); /* let the server read */
+			continue;
+		}
+		REQUIRE(k > 0);
+		s += k;
+		n -= (size_t)k;
+	}
+}
+
+/* Expect exactly these bytes next (waits for as many lines). */
+#define EXPECT(f, want) expect_bytes(__FILE__, __LINE__, (f), (want), strlen(want))
+#define EXPECTN(f, want, n) expect_bytes(__FILE__, __LINE__, (f), (want), (n))
+
+static bool expect_bytes(const char *file, int line, struct fix *f, const char *want, size_t n)
+{
+	size_t lines = 0;
+	for (size_t i = 0; i < n; i++)
+		lines += want[i] == '\n';
+	pump(f, lines, 5000);
+	size_t take = 0, seen = 0;
+	while (take < f->rxlen && seen < lines)
+		seen += f->rx[take++] == '\n';
+	bool ok = check_bytes(file, line, f->rx, take, want, n);
+	memmove(f->rx, f->rx + take, f->rxlen - take);
+	f->rxlen -= take;
+	return ok;
+}
+
+/* Send a line (or several) and expect the answer. */
+#define TALK(f, send, want) (fix_send((f), (send), strlen(send)), EXPECT((f), (want)))
+
+#define EXPECT_EOF(f) expect_eof(__FILE__, __LINE__, (f))
+static void expect_eof(const char *file, int line, struct fix *f)
+{
+	pump(f, (size_t)-1, 5000);
+	if (f->rxlen != 0) {
+		t_fail(file, line, "unexpected bytes before EOF");
+		show("extra", f->rx, f->rxlen);
+	}
+	if (!f->eof)
+		t_fail(file, line, "no EOF");
+}
+
+/* Nothing more arrives within ms. */
+#define EXPECT_QUIET(f, ms) expect_quiet(__FILE__, __LINE__, (f), (ms))
+static void expect_quiet(const char *file, int line, struct fix *f, unsigned ms)
+{
+	pump(f, (size_t)-1, ms);
+	if (f->rxlen != 0) {
+		t_fail(file, line, "unexpected bytes");
+		show("extra", f->rx, f->rxlen);
+	}
+}
+
+static void run_until_closed(struct fix *f)
+{
+	uint64_t end = t_now_ms() + 5000;
+	while ((weft_assuan_server_connections(f->srv) > 0 || weft_loop_get_timeout(f->loop) == 0) && t_now_ms() < end)
+		pump(f, (size_t)-1, 1);
+}
+
+/* Close the client, let the server see it, free everything. */
+static void fix_close(struct fix *f)
+{
+	if (f->rfd >= 0)
+		close(f->rfd);
+	if (f->wfd >= 0 && f->wfd != f->rfd)
+		close(f->wfd);
+	f->rfd = f->wfd = -1;
+	if (f->srv) {
+		uint64_t end = t_now_ms() + 5000;
+		while (weft_assuan_server_connections(f->srv) > 0 && t_now_ms() < end) {
+			weft_loop_run(f->loop, WEFT_RUN_NOWAIT);
+			t_sleep_ms(1);
+		}
+		CHECK_EQ(weft_assuan_server_connections(f->srv), 0);
+		weft_assuan_server_free(f->srv);
+	}
+	int r = -EBUSY;
+	for (int i = 0; i < 1000 && (r = weft_loop_free(f->loop)) == -EBUSY; i++)
+		weft_loop_run(f->loop, WEFT_RUN_NOWAIT);
+	CHECK_EQ(r, 0);
+	free(f->rx);
+	CHECK_EQ(g.open, g.close);
+}
+
+static char g_greeting[96];
+
+static const char *greeting(void)
+{
+	snprintf(g_greeting, sizeof g_greeting, "OK Pleased to meet you, process %d\n", (int)getpid());
+	return g_greeting;
+}
+
+/* ---- greeting, built-ins, errors -------------------------------------------------- */
+
+static void test_greeting(void)
+{
+	struct fix f;
+	/* Default: the peer's pid (SO_PEERCRED), as libassuan 2.5. */
+	fix_open(&f);
+	EXPECT(&f, greeting());
+	CHECK_EQ(g.open, 1);
+	fix_close(&f);
+	CHECK_EQ(g.close, 1);
+	/* A custom one-line and a multi-line greeting (T18). */
+	fix_server(&f);
+	CHECK_EQ(weft_assuan_server_set_hello(f.srv, "Dirmngr 2.2.40 at your service"), 0);
+	int sv[2];
+	CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	CHECK_EQ(weft_assuan_server_adopt_fd(f.srv, sv[0], NULL), 0);
+	f.rfd = f.wfd = sv[1];
+	EXPECT(&f, "OK Dirmngr 2.2.40 at your service\n");
+	close(sv[1]);
+	CHECK_EQ(weft_assuan_server_set_hello(f.srv, "Home: /tmp/h\nConfig: /tmp/h/dirmngr.conf\nDirmngr ready"), 0);
+	CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	CHECK_EQ(weft_assuan_server_adopt_fd(f.srv, sv[0], NULL), 0);
+	f.rfd = f.wfd = sv[1];
+	EXPECT(&f, "# Home: /tmp/h\n# Config: /tmp/h/dirmngr.conf\nOK Dirmngr ready\n");
+	TALK(&f, "FOO\n", "ERR 67109139 Unknown IPC command <GPG Agent>\n");
+	char *toolong = repeat("", 'h', 1000, "");
+	CHECK_EQ(weft_assuan_server_set_hello(f.srv, toolong), -EINVAL);
+	free(toolong);
+	fix_close(&f);
+	/* A pipe server: no pid known unless set (T17, T18). */
+	for (int withpid = 0; withpid < 2; withpid++) {
+		fix_server(&f);
+		int in[2], out[2];
+		CHECK_EQ(pipe2(in, O_CLOEXEC), 0);
+		CHECK_EQ(pipe2(out, O_CLOEXEC), 0);
+		weft_assuan_conn *c = NULL;
+		CHECK_EQ(weft_assuan_server_adopt_pipe(f.srv, in[0], out[1], &c), 0);
+		if (withpid)
+			weft_assuan_conn_set_peer_pid(c, 10014);
+		f.wfd = in[1];
+		f.rfd = out[0];
+		EXPECT(&f, withpid ? "OK Pleased to meet you, process 10014\n" : "OK Pleased to meet you\n");
+		TALK(&f, "NOP\nINPUT FD\n", "OK\nERR 67108933 Not implemented <GPG Agent> - server does not support sending and receiving of file descriptors\n");
+		TALK(&f, "BYE\n", "OK closing connection\n");
+		EXPECT_EOF(&f);
+		fix_close(&f);
+	}
+}
+
+/* V1: NOP, case, CRLF, comments and empty lines, pipelining, BYE. */
+static void test_basics(void)
+{
+	struct fix f;
+	fix_open(&f);
+	EXPECT(&f, greeting());
+	TALK(&f, "NOP\n", "OK\n");
+	TALK(&f, "nop\r\n", "OK\n");
+	TALK(&f, "ECHO 2.2.40\n", "D 2.2.40\nOK\n");
+	TALK(&f, "ECHO\t \tversion\n", "D version\nOK\n");
+	TALK(&f, "# comment\n\nNOP\nNOP\n", "OK\nOK\n");
+	TALK(&f, "# only a comment\n\n\r\n", "");
+	EXPECT_QUIET(&f, 20);
+	/* Pipelined, split anywhere. */
+	static const char many[] = "NOP\nECHO a\nnop\r\n# c\nECHO b\n";
+	fix_send(&f, many, 7);
+	fix_send(&f, many + 7, sizeof many - 1 - 7);
+	EXPECT(&f, "OK\nD a\nOK\nOK\nD b\nOK\n");
+	/* One byte at a time. */
+	for (const char *p = "ECHO slow\n"; *p; p++) {
+		fix_send(&f, p, 1);
+		pump(&f, (size_t)-1, 1);
+	}
+	EXPECT(&f, "D slow\nOK\n");
+	TALK(&f, "BYE\n", "OK closing connection\n");
+	EXPECT_EOF(&f);
+	CHECK_EQ(g.bye, 1);
+	run_until_closed(&f);
+	CHECK_EQ(g.close, 1);
+	fix_close(&f);
+}
+
+/* V2: errors and the built-ins that are not implemented. */
+static void test_errors(void)
+{
+	struct fix f;
+	fix_open(&f);
+	EXPECT(&f, greeting());
+	TALK(&f, "FOOBAR\n", "ERR 67109139 Unknown IPC command <GPG Agent>\n");
+	TALK(&f, "QUIT\n", "ERR 67109139 Unknown IPC command <GPG Agent>\n");
+	TALK(&f, " NOP\n", "ERR 67109140 IPC syntax error <GPG Agent> - leading white-space\n");
+	TALK(&f, "\tNOP\n", "ERR 67109140 IPC syntax error <GPG Agent> - leading white-space\n");
+	TALK(&f, "NOP\x01\n", "ERR 67109139 Unknown IPC command <GPG Agent>\n");
+	fix_send(&f, "NOP\0ignored\n", 12);
+	EXPECT(&f, "OK\n");
+	fix_send(&f, "ECHO a\0b\n", 9);
+	EXPECT(&f, "D a\nOK\n");
+	TALK(&f, "ECHO version\r\r\n", "D version%0D\nOK\n");
+	TALK(&f, "CANCEL\n", "ERR 67108933 Not implemented <GPG Agent>\n");
+	CHECK_EQ(g.cancel_cmd, 1);
+	TALK(&f, "AUTH\n", "ERR 67108933 Not implemented <GPG Agent>\n");
+	TALK(&f, "END\n", "ERR 67108933 Not implemented <GPG Agent>\n");
+	TALK(&f, "D foo\n", "ERR 67108933 Not implemented <GPG Agent>\n");
+	TALK(&f, "RESET\n", "OK\n");
+	CHECK_EQ(g.reset, 1);
+	/* Only names registered in upper case are case-insensitive. */
+	TALK(&f, "lower\n", "OK\n");
+	TALK(&f, "LOWER\n", "ERR 67109139 Unknown IPC command <GPG Agent>\n");
+	TALK(&f, "Echo x\n", "D x\nOK\n");
+	/* Error text, okay line, status lines. */
+	TALK(&f, "FAIL\n", "ERR 67108891 Not found <GPG Agent> - No such envvar\n");
+	TALK(&f, "FAILPLAIN\n", "ERR 67108992 Missing value <GPG Agent>\n");
+	TALK(&f, "FAIL\nNOP\n", "ERR 67108891 Not found <GPG Agent> - No such envvar\nOK\n");
+	TALK(&f, "OKAY\nNOP\n", "OK hello there\nOK\n");
+	TALK(&f, "STATUS\n", "S EVENTCOUNTER 0 0 0\nS EMPTY\nOK\n");
+	/* The last incomplete line is dropped at EOF (T16), without an ERR. */
+	fix_send(&f, "NOP\nNOP", 7);
+	shutdown(f.wfd, SHUT_WR);
+	EXPECT(&f, "OK\n");
+	EXPECT_EOF(&f);
+	fix_close(&f);
+}
+
+/* V3 */
+static void test_option(void)
+{
+	struct fix f;
+	fix_open(&f);
+	EXPECT(&f, greeting());
+	TALK(&f, "OPTION\n", "ERR 67109140 IPC syntax error <GPG Agent> - argument required\n");
+	TALK(&f, "OPTION =x\n", "ERR 67109140 IPC syntax error <GPG Agent> - no option name given\n");
+	TALK(&f, "OPTION -x\n", "ERR 67109140 IPC syntax error <GPG Agent> - option should not begin with one dash\n");
+	TALK(&f, "OPTION foo = \n", "ERR 67109140 IPC syntax error <GPG Agent> - option argument expected\n");
+	CHECK_STR(g.option, "");
+	TALK(&f, "OPTION frobnicate=1\n", "ERR 67109038 Unknown option <GPG Agent>\n");
+	TALK(&f, "OPTION --ttyname = /dev/pts/0  \n", "OK\n");
+	TALK(&f, "OPTION lc-ctype C\n", "OK\n");
+	TALK(&f, "OPTION ttytype=xterm\n", "OK\n");
+	TALK(&f, "OPTION allow-pinentry-notify\n", "OK\n");
+	TALK(&f, "OPTION --putenv=A=b c\n", "OK\n");
+	TALK(&f, "option x\t=\ty\n", "OK\n");
+	CHECK_STR(g.option, "frobnicate=1;ttyname=/dev/pts/0;lc-ctype=C;ttytype=xterm;allow-pinentry-notify=;putenv=A=b c;x=y;");
+	fix_close(&f);
+}
+
+/* V5, V6 */
+static void test_help(void)
+{
+	struct fix f;
+	fix_open(&f);
+	EXPECT(&f, greeting());
+	TALK(&f, "HELP NOP\n", "ERR 67108891 Not found <GPG Agent>\n");
+	TALK(&f, "HELP NOSUCH\n", "ERR 67109039 Unknown command <GPG Agent>\n");
+	TALK(&f, "HELP GETVAL\n", "# GETVAL <key>\n# \n# Return the value for KEY from the special environment as created by\n# PUTVAL.\nOK\n");
+	TALK(&f, "help getval  \n", "# GETVAL <key>\n# \n# Return the value for KEY from the special environment as created by\n# PUTVAL.\nOK\n");
+	TALK(&f, "HELP\n",
+			"# NOP\n# CANCEL\n# OPTION\n# BYE\n# AUTH\n# RESET\n# END\n# HELP\n"
+			"# ECHO <text>\n# STATUS\n# FAIL\n# FAILPLAIN\n# OKAY\n# CLOSE\n# lower\n# CRED\n# ASYNC\n"
+			"# PUT\n# PUT2\n# FDINFO\n# TAKE\n# GETVAL <key>\n# SETKEY\n# INPUT\n# OUTPUT\nOK\n");
+	/* Re-registering replaces the entry in place. */
+	CHECK_EQ(weft_assuan_register(f.srv, "NOP", NULL, NULL, "NOP\nDo nothing."), 0);
+	TALK(&f, "HELP NOP\n", "# NOP\n# Do nothing.\nOK\n");
+	CHECK_EQ(weft_assuan_register(f.srv, "BOGUS", NULL, NULL, NULL), -EINVAL);
+	CHECK_EQ(weft_assuan_register(f.srv, "TWO WORDS", cmd_lower, NULL, NULL), -EINVAL);
+	CHECK_EQ(weft_assuan_register(f.srv, "", cmd_lower, NULL, NULL), -EINVAL);
+	fix_close(&f);
+}
+
+/* pre/post-command hooks, RESET hook, BYE, force close. */
+static void test_hooks(void)
+{
+	struct fix f;
+	fix_open(&f);
+	EXPECT(&f, greeting());
+	TALK(&f, "NOP\nECHO a\nFOO\n", "OK\nD a\nOK\nERR 67109139 Unknown IPC command <GPG Agent>\n");
+	CHECK_STR(g.pre, "NOP;ECHO;");
+	char post[128];
+	snprintf(post, sizeof post, "0;0;%u;", gpg_err_make(AGENT, GPG_ERR_ASS_UNKNOWN_CMD));
+	CHECK_STR(g.post, post);
+	g.refuse_echo = true;
+	TALK(&f, "ECHO b\nNOP\n", "ERR 67109115 Forbidden <GPG Agent>\nOK\n");
+	g.refuse_echo = false;
+	g.reset_answer = gpg_err_make(AGENT, GPG_ERR_FORBIDDEN);
+	TALK(&f, "RESET\n", "ERR 67109115 Forbidden <GPG Agent>\n");
+	g.reset_answer = 0;
+	TALK(&f, "RESET\n", "OK\n");
+	CHECK_EQ(g.reset, 2);
+	/* Force close: the answer, then EOF; the pipelined NOP is not run. */
+	TALK(&f, "CLOSE\nNOP\n", "ERR 67108891 Not found <GPG Agent> - [closing connection]\n");
+	EXPECT_EOF(&f);
+	run_until_closed(&f);
+	CHECK_EQ(g.close, 1);
+	fix_close(&f);
+	fix_open(&f);
+	EXPECT(&f, greeting());
+	TALK(&f, "CLOSE ok\n", "OK\n");
+	EXPECT_EOF(&f);
+	fix_close(&f);
+	/* Peer credentials. */
+	fix_open(&f);
+	EXPECT(&f, greeting());
+	TALK(&f, "CRED\n", "OK\n");
+	CHECK_EQ(g.cred_pid, getpid());
+	CHECK_EQ(g.cred_uid, getuid());
+	fix_close(&f);
+}
+
+/* T15 over a socket: weft answers ERR and stays in sync (libassuan drops
+ * the connection). */
+static void test_line_too_long(void)
+{
+	struct fix f;
+	fix_open(&f);
+	EXPECT(&f, greeting());
+	struct {
+		size_t chars;
+		const char *end;
+		bool ok;
+	} cases[] = {
+		{1000, "\n", true}, {1001, "\n", true}, {1002, "\n", false},
+		{1000, "\r\n", true}, {1001, "\r\n", false}, {2000, "\n", false}, {100000, "\n", false},
+	};
+	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+		char *line = repeat("NOP ", 'x', cases[i].chars - 4, cases[i].end);
+		fix_send(&f, line, strlen(line));
+		fix_send(&f, "NOP\n", 4);
+		EXPECT(&f, cases[i].ok ? "OK\nOK\n" : "ERR 67109127 Line passed to IPC too long <GPG Agent>\nOK\n");
+		free(line);
+	}
+	/* The long line split into many writes, then a pipelined command. */
+	char *line = repeat("ECHO ", 'z', 5000, "\nECHO ok\n");
+	for (size_t i = 0; i < strlen(line); i += 333)
+		fix_send(&f, line + i, strlen(line + i) < 333 ? strlen(line + i) : 333);
+	EXPECT(&f, "ERR 67109127 Line passed to IPC too long <GPG Agent>\nD ok\nOK\n");
+	free(line);
+	fix_close(&f);
+}
+
 /* ---- main ------------------------------------------------------------------------ */
 
 int main(void)
@@ -494,5 +1209,12 @@ int main(void)
 	t_run_watchdog("engine: D-line escaping and splitting (V7, V8, V9)", test_engine_dlines, 60);
 	t_run_watchdog("engine: percent decoding, strict and loose", test_engine_decode, 60);
 	t_run_watchdog("engine: ERR, OK, S, INQUIRE, END and comment lines", test_engine_responses, 60);
+	t_run_watchdog("server: greeting (peer pid, custom, multi-line, pipe server)", test_greeting, 60);
+	t_run_watchdog("server: NOP, case, CRLF, comments, pipelining, BYE (V1)", test_basics, 60);
+	t_run_watchdog("server: errors, NUL, white-space, not-implemented built-ins (V2)", test_errors, 60);
+	t_run_watchdog("server: OPTION (V3)", test_option, 60);
+	t_run_watchdog("server: HELP list and per command (V5, V6)", test_help, 60);
+	t_run_watchdog("server: pre/post-command, RESET, BYE hooks, force close, peer cred", test_hooks, 60);
+	t_run_watchdog("server: over-long lines answered with ERR, connection stays in sync (T15)", test_line_too_long, 60);
 	return t_finish();
 }
