@@ -194,6 +194,24 @@ static void test_engine_lines(void)
 	check_assembly("NOP\nNO", 6, "LNOP|");
 	/* A lone CR is not a line end; only one CR before the LF is cut. */
 	check_assembly("A\rB\n\r\r\n", 7, "LA\\x0dB|L\\x0d|");
+	/* The server keeps a read in flight into buf + off + len while it
+	 * takes the lines already there (a pending command finished): the
+	 * bytes that land there must be the next ones, also when every
+	 * buffered line was taken.  (Bug: off went back to 0 when the
+	 * buffer emptied, and the next read's bytes were lost.) */
+	struct weft__ain in = {.buf = malloc(64), .cap = 64};
+	memcpy(in.buf, "NOP\nECHO x\n", 11);
+	in.len = 11;
+	char *target = in.buf + in.off + in.len; /* the read in flight */
+	struct trace t = {0};
+	trace_put(&t, "", 0);
+	trace_drain(&in, &t);
+	memcpy(target, "BYE\n", 4);
+	in.len += 4;
+	trace_drain(&in, &t);
+	CHECK_STR(t.p, "LNOP|LECHO x|LBYE|");
+	free(t.p);
+	free(in.buf);
 }
 
 /* T15: a line with its LF fits in 1002 bytes. */
@@ -1200,6 +1218,334 @@ static void test_line_too_long(void)
 	fix_close(&f);
 }
 
+/* ---- handlers never block ------------------------------------------------------------- */
+
+/* A pending command answered from a timer; the commands pipelined behind it
+ * wait and are answered in order (libassuan's process_next drops them);
+ * status and D lines flow while it is pending. */
+static void test_pending(void)
+{
+	struct fix f;
+	fix_open(&f);
+	EXPECT(&f, greeting());
+	TALK(&f, "ASYNC 50\nNOP\nECHO x\nFOO\n", "S PROGRESS start\n");
+	EXPECT_QUIET(&f, 20); /* the NOP waits for ASYNC */
+	EXPECT(&f, "D late\nOK\nOK\nD x\nOK\nERR 67109139 Unknown IPC command <GPG Agent>\n");
+	CHECK_EQ(g.async_done, 1);
+	CHECK_EQ(g.cancelled, 0);
+	/* Two in a row, and lines that arrive while one is pending. */
+	TALK(&f, "ASYNC 10\nASYNC 10\n", "S PROGRESS start\n");
+	fix_send(&f, "NOP\n", 4);
+	EXPECT(&f, "D late\nOK\nS PROGRESS start\nD late\nOK\nOK\n");
+	CHECK_EQ(g.async_done, 3);
+	fix_close(&f);
+}
+
+/* The client goes away while a command is pending: the cancel callback
+ * frees the work (the timer: no leak under ASan), then the close hook. */
+static void test_pending_disconnect(void)
+{
+	struct fix f;
+	fix_open(&f);
+	EXPECT(&f, greeting());
+	TALK(&f, "ASYNC 100000\nNOP\n", "S PROGRESS start\n");
+	close(f.rfd);
+	f.rfd = f.wfd = -1;
+	run_until_closed(&f);
+	CHECK_EQ(g.cancelled, 1);
+	CHECK_EQ(g.close, 1);
+	CHECK_EQ(g.async_done, 0);
+	fix_close(&f);
+	/* The server closes the connection itself while pending. */
+	fix_open(&f);
+	EXPECT(&f, greeting());
+	TALK(&f, "ASYNC 100000\n", "S PROGRESS start\n");
+	weft_assuan_conn_close(f.conn);
+	CHECK_EQ(g.cancelled, 1);
+	CHECK_EQ(weft_assuan_write_line(f.conn, "# late"), -ENOTCONN); /* valid until the close hook */
+	CHECK_EQ(weft_assuan_process_done(f.conn, 0), -EINVAL);
+	EXPECT_EOF(&f);
+	run_until_closed(&f);
+	CHECK_EQ(g.close, 1);
+	fix_close(&f);
+}
+
+/* Freeing the server with pending commands on several connections. */
+static void test_pending_server_free(void)
+{
+	struct fix f;
+	fix_server(&f);
+	int cl[3];
+	for (int i = 0; i < 3; i++) {
+		int sv[2];
+		CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv), 0);
+		CHECK_EQ(weft_assuan_server_adopt_fd(f.srv, sv[0], NULL), 0);
+		cl[i] = sv[1];
+		CHECK_EQ(write(cl[i], "ASYNC 100000\n", 13), 13);
+	}
+	f.rfd = f.wfd = cl[0];
+	EXPECT(&f, greeting());
+	EXPECT(&f, "S PROGRESS start\n");
+	for (int i = 0; i < 50 && g.open > 0 && weft_loop_get_timeout(f.loop) == 0; i++)
+		weft_loop_run(f.loop, WEFT_RUN_NOWAIT);
+	CHECK_EQ(weft_assuan_server_connections(f.srv), 3);
+	weft_assuan_server_free(f.srv);
+	f.srv = NULL;
+	CHECK_EQ(g.cancelled, 3);
+	CHECK_EQ(g.close, 3);
+	/* Every client sees the end. */
+	for (int i = 0; i < 3; i++) {
+		char buf[256];
+		ssize_t n;
+		uint64_t end = t_now_ms() + 2000;
+		while ((n = read(cl[i], buf, sizeof buf)) != 0 && t_now_ms() < end) {
+			if (n < 0)
+				t_sleep_ms(1);
+		}
+		CHECK_EQ(n, 0);
+		if (i > 0)
+			close(cl[i]);
+	}
+	fix_close(&f);
+}
+
+/* ---- INQUIRE ------------------------------------------------------------------------------ */
+
+static void test_inquire(void)
+{
+	struct fix f;
+	fix_open(&f);
+	EXPECT(&f, greeting());
+	/* V12: comment and empty line skipped, escapes decoded, d/end. */
+	TALK(&f, "PUT 1024\n", "INQUIRE VALUE\nS INQUIRE_MAXLEN 1024\n");
+	TALK(&f, "# comment\n\nD (genkey(ecc(curve 7:Ed25519)\nd %28flags eddsa%29))\nend\n", "OK got 43\n");
+	CHECK_EQ(g.inq_err, 0);
+	CHECK_BYTES(g.inq_data, g.inq_len, "(genkey(ecc(curve 7:Ed25519)(flags eddsa)))", 43);
+	/* Binary data with every escape, END with arguments, CRLF. */
+	TALK(&f, "PUT\n", "INQUIRE VALUE\nS INQUIRE_MAXLEN\n");
+	TALK(&f, "D %00%0A%0d%25%ff\r\nD \x01 \x7f\nEND extra\n", "OK got 8\n");
+	CHECK_BYTES(g.inq_data, g.inq_len, "\0\n\r%\xff\x01 \x7f", 8);
+	/* Empty data. */
+	TALK(&f, "PUT 10\nEND\n", "INQUIRE VALUE\nS INQUIRE_MAXLEN 10\nOK got 0\n");
+	/* V11: CAN, CANCEL, CANxyz. */
+	static const char *cans[] = {"CAN\n", "CANCEL\n", "CANxyz\n", "can\n"};
+	for (int i = 0; i < 4; i++) {
+		TALK(&f, "PUT 1024\n", "INQUIRE VALUE\nS INQUIRE_MAXLEN 1024\n");
+		TALK(&f, cans[i], "ERR 67109141 IPC call has been cancelled <GPG Agent>\n");
+		CHECK_EQ(g.inq_err, gpg_err_make(AGENT, GPG_ERR_ASS_CANCELED));
+	}
+	/* V11: another line; not drained (as libassuan): END is a command. */
+	static const char *others[] = {"NOP\n", "ENDx\n", "D\n", "S X\n"};
+	for (int i = 0; i < 4; i++) {
+		TALK(&f, "PUT 1024\n", "INQUIRE VALUE\nS INQUIRE_MAXLEN 1024\n");
+		TALK(&f, others[i], "ERR 67109138 Unexpected IPC command <GPG Agent>\n");
+		CHECK_EQ(g.inq_err, gpg_err_make(AGENT, GPG_ERR_ASS_UNEXPECTED_CMD));
+	}
+	TALK(&f, "END\n", "ERR 67108933 Not implemented <GPG Agent>\n");
+	/* V11: over maxlen: TOO_MUCH_DATA (not libassuan's stale EAGAIN),
+	 * the rest drained up to END, the next command answered. */
+	TALK(&f, "PUT 1024\n", "INQUIRE VALUE\nS INQUIRE_MAXLEN 1024\n");
+	char *y = repeat("D ", 'y', 900, "\n");
+	fix_send(&f, y, strlen(y));
+	fix_send(&f, y, strlen(y));
+	fix_send(&f, y, strlen(y));
+	TALK(&f, "END\nNOP\n", "ERR 67109137 Too much data for IPC layer <GPG Agent>\nOK\n");
+	CHECK_EQ(g.inq_err, gpg_err_make(AGENT, GPG_ERR_ASS_TOO_MUCH_DATA));
+	free(y);
+	/* Exactly maxlen is fine. */
+	TALK(&f, "PUT 4\nD ab\nD c%64\nEND\n", "INQUIRE VALUE\nS INQUIRE_MAXLEN 4\nOK got 4\n");
+	/* Malformed escapes (libassuan loops forever): a clear error, the
+	 * rest drained, and the server keeps serving. */
+	static const char *bad[] = {"D abc%\n", "D %4\n", "D x%zz\n", "D %4g%41\n", "D %\n"};
+	for (int i = 0; i < 5; i++) {
+		TALK(&f, "PUT 1024\n", "INQUIRE VALUE\nS INQUIRE_MAXLEN 1024\n");
+		fix_send(&f, bad[i], strlen(bad[i]));
+		TALK(&f, "D more\nEND\nNOP\n",
+				"ERR 67109140 IPC syntax error <GPG Agent> - malformed percent escape in inquired data\nOK\n");
+		CHECK_EQ(g.inq_err, gpg_err_make(AGENT, GPG_ERR_ASS_SYNTAX));
+	}
+	/* An over-long line inside the inquiry. */
+	TALK(&f, "PUT 100000\n", "INQUIRE VALUE\nS INQUIRE_MAXLEN 100000\n");
+	char *lng = repeat("D ", 'l', 1500, "\n");
+	fix_send(&f, lng, strlen(lng));
+	free(lng);
+	TALK(&f, "D ok\nEND\nNOP\n", "ERR 67109127 Line passed to IPC too long <GPG Agent>\nOK\n");
+	/* Two inquiries in one command. */
+	TALK(&f, "PUT2\n", "INQUIRE FIRST\n");
+	TALK(&f, "D one\nEND\n", "INQUIRE SECOND\n");
+	TALK(&f, "D two\nEND\n", "OK one+two\n");
+	/* Everything pipelined in one write. */
+	TALK(&f, "PUT 9\nD abc\nEND\nNOP\nPUT2\nD 1\nEND\nD 2\nEND\nECHO z\n",
+			"INQUIRE VALUE\nS INQUIRE_MAXLEN 9\nOK got 3\nOK\nINQUIRE FIRST\nINQUIRE SECOND\nOK 1+2\nD z\nOK\n");
+	/* The client disconnects in the middle of an inquiry. */
+	TALK(&f, "PUT 100\nD partial\n", "INQUIRE VALUE\nS INQUIRE_MAXLEN 100\n");
+	fix_close(&f);
+	CHECK_EQ(g.close, 1);
+}
+
+/* ---- INPUT / OUTPUT and descriptor passing ------------------------------------------ */
+
+/* Send fd over the socket as libassuan's uds_sendfd does. */
+static void send_fd(int sock, int fd)
+{
+	char text[64];
+	int n = snprintf(text, sizeof text, "# descriptor %d is in flight\n", fd);
+	struct iovec iov = {text, (size_t)n};
+	union {
+		struct cmsghdr h;
+		char buf[CMSG_SPACE(sizeof(int))];
+	} u;
+	memset(&u, 0, sizeof u);
+	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf, .msg_controllen = sizeof u.buf};
+	struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+	cm->cmsg_level = SOL_SOCKET;
+	cm->cmsg_type = SCM_RIGHTS;
+	cm->cmsg_len = CMSG_LEN(sizeof(int));
+	memcpy(CMSG_DATA(cm), &fd, sizeof(int));
+	CHECK_EQ(sendmsg(sock, &msg, 0), n);
+}
+
+static unsigned long ino_of(int fd)
+{
+	struct stat st;
+	return fstat(fd, &st) == 0 ? (unsigned long)st.st_ino : 0;
+}
+
+/* A descriptor of this process, other than `not`, open on the file with
+ * inode ino (where the server's copy of a passed fd landed). */
+static int find_fd_by_ino(unsigned long ino, int not1, int not2)
+{
+	for (int fd = 3; fd < 1024; fd++)
+		if (fd != not1 && fd != not2 && fcntl(fd, F_GETFD) >= 0 && ino_of(fd) == ino)
+			return fd;
+	return -1;
+}
+
+static int temp_file(const char *content)
+{
+	char path[] = "/tmp/weft-assuan-XXXXXX";
+	int fd = mkostemp(path, O_CLOEXEC);
+	CHECK(fd >= 0);
+	unlink(path);
+	if (content)
+		CHECK_EQ(write(fd, content, strlen(content)), (ssize_t)strlen(content));
+	lseek(fd, 0, SEEK_SET);
+	return fd;
+}
+
+/* V4: no descriptor passing (gpg-agent's main socket). */
+static void test_fds_no_passing(void)
+{
+	struct fix f;
+	fix_server(&f);
+	weft_assuan_server_set_fdpassing(f.srv, false);
+	int sv[2];
+	CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	CHECK_EQ(weft_assuan_server_adopt_fd(f.srv, sv[0], &f.conn), 0);
+	f.rfd = f.wfd = sv[1];
+	EXPECT(&f, greeting());
+	TALK(&f, "INPUT FD\n", "ERR 67108933 Not implemented <GPG Agent> - server does not support sending and receiving of file descriptors\n");
+	TALK(&f, "INPUT bogus\n", "ERR 67109140 IPC syntax error <GPG Agent> - FD[=<n>] expected\n");
+	TALK(&f, "OUTPUT FD=x\n", "ERR 67109140 IPC syntax error <GPG Agent> - number required\n");
+	TALK(&f, "OUTPUT FDx\n", "ERR 67109140 IPC syntax error <GPG Agent> - FD[=<n>] expected\n");
+	/* libassuan answers OK and later closes descriptor 999 (or 7, its
+	 * listening socket: V4); weft accepts only passed descriptors. */
+	TALK(&f, "OUTPUT FD=999 --armor\n", "ERR 67109144 IPC parameter error <GPG Agent> - descriptor was not passed by the peer\n");
+	char cmd[64];
+	snprintf(cmd, sizeof cmd, "INPUT FD=%d\n", f.rfd);
+	TALK(&f, cmd, "ERR 67109144 IPC parameter error <GPG Agent> - descriptor was not passed by the peer\n");
+	int lfd = weft_loop_get_fd(f.loop);
+	snprintf(cmd, sizeof cmd, "INPUT FD=%d\nRESET\n", lfd);
+	TALK(&f, cmd, "ERR 67109144 IPC parameter error <GPG Agent> - descriptor was not passed by the peer\nOK\n");
+	CHECK(fcntl(lfd, F_GETFD) >= 0); /* still ours */
+	CHECK(fcntl(f.rfd, F_GETFD) >= 0);
+	/* A descriptor the server allowed (a pipe server's inherited fd). */
+	int tf = temp_file("allowed");
+	int dup = fcntl(tf, F_DUPFD_CLOEXEC, 100);
+	CHECK_EQ(weft_assuan_conn_allow_fd(f.conn, dup), 0);
+	snprintf(cmd, sizeof cmd, "INPUT FD=%d\n", dup);
+	TALK(&f, cmd, "OK\n");
+	snprintf(cmd, sizeof cmd, "OK %lu -\n", ino_of(tf));
+	TALK(&f, "FDINFO\n", cmd);
+	TALK(&f, "RESET\n", "OK\n");
+	CHECK(fcntl(dup, F_GETFD) < 0); /* the connection owned and closed it */
+	close(tf);
+	fix_close(&f);
+}
+
+/* T17: descriptors passed with SCM_RIGHTS, as libassuan sends them. */
+static void test_fd_passing(void)
+{
+	struct fix f;
+	fix_open(&f);
+	EXPECT(&f, greeting());
+	int base = t_fd_count();
+	TALK(&f, "INPUT FD\n", "ERR 67109121 General IPC error <GPG Agent>\n");
+	int a = temp_file("file a"), b = temp_file("file b"), c = temp_file("file c");
+	char want[128];
+	/* INPUT FD takes the passed descriptor: same file (inode). */
+	send_fd(f.wfd, a);
+	TALK(&f, "INPUT FD --armor\n", "OK\n");
+	CHECK_EQ(g.input, 1);
+	CHECK(strstr(g.input_args, "--armor") != NULL);
+	CHECK(strstr(g.input_args, "FD") == NULL);
+	snprintf(want, sizeof want, "OK %lu -\n", ino_of(a));
+	TALK(&f, "FDINFO\n", want); /* FDINFO is a command: the fd is closed after it */
+	TALK(&f, "FDINFO\n", "OK - -\n");
+	CHECK_EQ(t_fd_count(), base + 3);
+	/* Two in flight, OUTPUT FD takes the oldest; NOP, OPTION, HELP keep
+	 * the descriptors; RESET closes the selected and the queued ones. */
+	send_fd(f.wfd, b);
+	send_fd(f.wfd, c);
+	TALK(&f, "OUTPUT FD\n", "OK\n");
+	CHECK_EQ(g.output, 1);
+	TALK(&f, "NOP\nOPTION x\nHELP NOP\n", "OK\nOK\nERR 67108891 Not found <GPG Agent>\n");
+	CHECK_EQ(t_fd_count(), base + 5);
+	snprintf(want, sizeof want, "OK - %lu\n", ino_of(b));
+	TALK(&f, "OUTPUT FD=999\n", "ERR 67109144 IPC parameter error <GPG Agent> - descriptor was not passed by the peer\n");
+	TALK(&f, "RESET\n", "OK\n");
+	CHECK_EQ(t_fd_count(), base + 3);
+	/* FD=n names a descriptor the peer passed (its number in the server). */
+	send_fd(f.wfd, c);
+	TALK(&f, "NOP\n", "OK\n");
+	int n = find_fd_by_ino(ino_of(c), c, -1);
+	CHECK(n >= 0);
+	char cmd[64];
+	snprintf(cmd, sizeof cmd, "INPUT FD=%d\n", n);
+	TALK(&f, cmd, "OK\n");
+	snprintf(want, sizeof want, "OK %lu -\n", ino_of(c));
+	TALK(&f, "FDINFO\n", want);
+	TALK(&f, cmd, "ERR 67109144 IPC parameter error <GPG Agent> - descriptor was not passed by the peer\n");
+	CHECK_EQ(t_fd_count(), base + 3);
+	/* The input hook refuses: the descriptor is closed. */
+	g.refuse_input = true;
+	send_fd(f.wfd, a);
+	TALK(&f, "INPUT FD\n", "ERR 67109115 Forbidden <GPG Agent>\n");
+	g.refuse_input = false;
+	CHECK_EQ(t_fd_count(), base + 3);
+	/* A handler takes the descriptor: it outlives the command. */
+	send_fd(f.wfd, b);
+	TALK(&f, "INPUT FD\nTAKE\nFDINFO\n", "OK\nOK\nOK - -\n");
+	CHECK(g.taken_fd >= 0);
+	CHECK_EQ(ino_of(g.taken_fd), ino_of(b));
+	close(g.taken_fd);
+	/* More than the limit (5) in flight: the extra ones are closed. */
+	for (int i = 0; i < 7; i++)
+		send_fd(f.wfd, a);
+	TALK(&f, "NOP\n", "OK\n");
+	CHECK_EQ(t_fd_count(), base + 3 + 5);
+	/* The connection's end closes the queued ones and INPUT's. */
+	TALK(&f, "INPUT FD\n", "OK\n");
+	TALK(&f, "BYE\n", "OK closing connection\n");
+	EXPECT_EOF(&f);
+	run_until_closed(&f);
+	CHECK_EQ(t_fd_count(), base + 3 - 1); /* the server's end of the socket too */
+	close(a);
+	close(b);
+	close(c);
+	fix_close(&f);
+}
+
 /* ---- main ------------------------------------------------------------------------ */
 
 int main(void)
@@ -1216,5 +1562,11 @@ int main(void)
 	t_run_watchdog("server: HELP list and per command (V5, V6)", test_help, 60);
 	t_run_watchdog("server: pre/post-command, RESET, BYE hooks, force close, peer cred", test_hooks, 60);
 	t_run_watchdog("server: over-long lines answered with ERR, connection stays in sync (T15)", test_line_too_long, 60);
+	t_run_watchdog("pending: answered later, pipelined commands wait in order, S/D while pending", test_pending, 60);
+	t_run_watchdog("pending: client disconnect or close cancels and frees the command", test_pending_disconnect, 60);
+	t_run_watchdog("pending: server free with pending commands on three connections", test_pending_server_free, 60);
+	t_run_watchdog("inquire: V11/V12, CAN, unexpected, too much data drained, malformed %, chained", test_inquire, 60);
+	t_run_watchdog("INPUT/OUTPUT without fd passing (V4); FD=n only for passed/allowed fds", test_fds_no_passing, 60);
+	t_run_watchdog("INPUT/OUTPUT with SCM_RIGHTS (T17): same file, RESET closes, limits", test_fd_passing, 60);
 	return t_finish();
 }
