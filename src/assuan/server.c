@@ -59,6 +59,7 @@ struct weft_assuan_conn {
 
 	struct weft__ain in;
 	weft_req *rreq;
+	size_t rpos; /* where rreq's bytes land: in.off + in.len when it started */
 	bool eof;
 
 	struct weft__abuf out;  /* answers gathering */
@@ -1029,6 +1030,7 @@ static void start_read(weft_assuan_conn *c)
 	size_t room = weft__ain_compact(&c->in);
 	if (room == 0)
 		return; /* full of waiting lines: the client waits for answers */
+	c->rpos = c->in.len;
 	c->rreq = weft_stream_read_send(c->s, c->in.buf + c->in.len, room);
 	if (c->rreq == NULL) {
 		conn_close(c);
@@ -1044,8 +1046,14 @@ static void read_done(weft_req *req, void *data)
 	ssize_t n = weft_stream_read_recv(req, &err);
 	weft_req_free(req);
 	c->rreq = NULL;
-	if (n > 0)
+	if (n > 0) {
+		/* Lines taken while the read was in flight (a pending command
+		 * finished) moved the end of the unparsed bytes back. */
+		size_t end = c->in.off + c->in.len;
+		if (end != c->rpos)
+			memmove(c->in.buf + end, c->in.buf + c->rpos, (size_t)n);
 		c->in.len += (size_t)n;
+	}
 	else
 		c->eof = true; /* EOF, reset or error: the client is gone */
 	conn_process(c);
