@@ -358,6 +358,7 @@ static void write_done(weft_req *req, void *data)
 		conn_close(c); /* the peer went away */
 		return;
 	}
+	room_check(c); /* conn_flush does not look when nothing new is queued */
 	conn_process(c); /* more output; paused commands may go on */
 }
 
