@@ -100,7 +100,8 @@ static void sb_add(struct sbuf *b, const void *p, size_t n)
 			bail("out of memory");
 		b->cap = cap;
 	}
-	memcpy(b->p + b->len, p, n);
+	if (n > 0)
+		memcpy(b->p + b->len, p, n);
 	b->len += n;
 	b->p[b->len] = '\0';
 }
