@@ -17,7 +17,13 @@
 #include <string.h>
 #include <unistd.h>
 
-#define IN_CAP 16384 /* input buffer: a line is at most 1002 bytes */
+/* Input: an idle connection reads into a small buffer inside the
+ * connection (commands are short); a read that fills its buffer switches
+ * to a big one (bulk INQUIRE data, pipelined commands), which is given back
+ * once it is empty and the last read was short.  A line (at most 1002
+ * bytes) always fits the big one. */
+#define IN_SMALL 128
+#define IN_BIG 65536
 #define DEFAULT_OUTPUT_LIMIT (256u * 1024)
 #define DEFAULT_INQUIRE_LIMIT (1024u * 1024)
 #define DEFAULT_FDS 5
@@ -58,8 +64,10 @@ struct weft_assuan_conn {
 	void *data;
 
 	struct weft__ain in;
+	bool in_filled; /* the last read filled the buffer */
 	weft_req *rreq;
-	size_t rpos; /* where rreq's bytes land: in.off + in.len when it started */
+	size_t rpos;  /* where rreq's bytes land: in.off + in.len when it started */
+	size_t rroom; /* and how many it may read */
 	bool eof;
 
 	struct weft__abuf out;  /* answers gathering */
@@ -96,6 +104,7 @@ struct weft_assuan_conn {
 	weft_defer kick;
 	bool closed;
 	bool *done_flag;
+	char in_small[IN_SMALL];
 };
 
 static void conn_process(weft_assuan_conn *c);
@@ -1020,18 +1029,31 @@ static void start_read(weft_assuan_conn *c)
 {
 	if (c->closed || c->eof || c->rreq != NULL)
 		return;
-	if (c->in.buf == NULL) {
-		c->in.buf = malloc(IN_CAP);
-		if (c->in.buf == NULL) {
+	if (c->in.buf == NULL || (c->in.len == 0 && !c->in_filled && c->in.buf != c->in_small)) {
+		if (c->in.buf != c->in_small)
+			free(c->in.buf);
+		c->in.buf = c->in_small;
+		c->in.cap = IN_SMALL;
+		c->in.off = c->in.scanned = 0;
+	}
+	size_t room = weft__ain_compact(&c->in);
+	if ((room == 0 || c->in_filled) && c->in.cap < IN_BIG) {
+		char *big = malloc(IN_BIG);
+		if (big == NULL) {
 			conn_close(c);
 			return;
 		}
-		c->in.cap = IN_CAP;
+		memcpy(big, c->in.buf, c->in.len);
+		if (c->in.buf != c->in_small)
+			free(c->in.buf);
+		c->in.buf = big;
+		c->in.cap = IN_BIG;
+		room = IN_BIG - c->in.len;
 	}
-	size_t room = weft__ain_compact(&c->in);
 	if (room == 0)
 		return; /* full of waiting lines: the client waits for answers */
 	c->rpos = c->in.len;
+	c->rroom = room;
 	c->rreq = weft_stream_read_send(c->s, c->in.buf + c->in.len, room);
 	if (c->rreq == NULL) {
 		conn_close(c);
@@ -1054,6 +1076,7 @@ static void read_done(weft_req *req, void *data)
 		if (end != c->rpos)
 			memmove(c->in.buf + end, c->in.buf + c->rpos, (size_t)n);
 		c->in.len += (size_t)n;
+		c->in_filled = (size_t)n == c->rroom;
 	}
 	else
 		c->eof = true; /* EOF, reset or error: the client is gone */
@@ -1123,7 +1146,8 @@ static void conn_free(weft_assuan_conn *c)
 	weft_assuan_server *srv = c->srv;
 	if (c->done_flag)
 		*c->done_flag = true;
-	free(c->in.buf);
+	if (c->in.buf != c->in_small)
+		free(c->in.buf);
 	weft__abuf_free(&c->out);
 	weft__abuf_free(&c->wbuf);
 	weft__abuf_free(&c->inq);
