@@ -108,9 +108,27 @@ size_t weft__ain_compact(struct weft__ain *in)
 
 /* ---- output --------------------------------------------------------------- */
 
-static bool needs_escape(unsigned char c)
+/* Where the next byte that needs escaping (%, CR, LF) is, from p[i] on:
+ * memchr for each of the three, remembered until passed — so the bytes are
+ * scanned at memchr's speed and each call finds one escape. */
+struct esc_scan {
+	size_t next[3];
+};
+
+static const unsigned char esc_chars[3] = {'%', '\r', '\n'};
+
+static size_t esc_next(struct esc_scan *sc, const unsigned char *p, size_t i, size_t n)
 {
-	return c == '%' || c == '\r' || c == '\n';
+	size_t best = n;
+	for (int k = 0; k < 3; k++) {
+		if (sc->next[k] < i) {
+			const unsigned char *q = memchr(p + i, esc_chars[k], n - i);
+			sc->next[k] = q ? (size_t)(q - p) : n;
+		}
+		if (sc->next[k] < best)
+			best = sc->next[k];
+	}
+	return best;
 }
 
 int weft__aenc_data(struct weft__abuf *b, size_t *dcount, const unsigned char *p, size_t n)
@@ -124,6 +142,11 @@ int weft__aenc_data(struct weft__abuf *b, size_t *dcount, const unsigned char *p
 	char *o = b->p + b->len;
 	size_t dc = *dcount;
 	size_t i = 0;
+	struct esc_scan sc;
+	for (int k = 0; k < 3; k++) {
+		const unsigned char *q = memchr(p, esc_chars[k], n);
+		sc.next[k] = q ? (size_t)(q - p) : n;
+	}
 	while (i < n) {
 		if (dc == 0) {
 			*o++ = 'D';
@@ -132,14 +155,15 @@ int weft__aenc_data(struct weft__abuf *b, size_t *dcount, const unsigned char *p
 		}
 		/* A run of plain bytes that fits the line. */
 		size_t room = DLINE_FLUSH - dc;
-		size_t run = 0;
-		while (run < room && i + run < n && !needs_escape(p[i + run]))
-			run++;
+		size_t run = esc_next(&sc, p, i, n) - i;
+		if (run > room)
+			run = room;
 		memcpy(o, p + i, run);
 		o += run;
 		dc += run;
 		i += run;
 		if (dc < DLINE_FLUSH && i < n) {
+			/* p[i] is an escape: the run stopped before it */
 			*o++ = '%';
 			*o++ = hex[p[i] >> 4];
 			*o++ = hex[p[i] & 15];
@@ -228,12 +252,7 @@ ssize_t weft__adecode(char *s, size_t n, bool strict)
 	size_t i = (size_t)(pct - s);
 	size_t o = i;
 	while (i < n) {
-		unsigned char c = (unsigned char)s[i];
-		if (c != '%') {
-			s[o++] = (char)c;
-			i++;
-			continue;
-		}
+		/* s[i] is a %; plain bytes up to the next one move in one piece */
 		int h = -1, l = -1;
 		if (i + 2 < n) {
 			h = hexval((unsigned char)s[i + 1]);
@@ -242,12 +261,17 @@ ssize_t weft__adecode(char *s, size_t n, bool strict)
 		if (h < 0 || l < 0) {
 			if (strict)
 				return -1;
-			s[o++] = (char)c;
+			s[o++] = '%';
 			i++;
-			continue;
+		} else {
+			s[o++] = (char)(h << 4 | l);
+			i += 3;
 		}
-		s[o++] = (char)(h << 4 | l);
-		i += 3;
+		char *next = i < n ? memchr(s + i, '%', n - i) : NULL;
+		size_t run = (next ? (size_t)(next - s) : n) - i;
+		memmove(s + o, s + i, run);
+		o += run;
+		i += run;
 	}
 	return (ssize_t)o;
 }

@@ -17,7 +17,13 @@
 #include <string.h>
 #include <unistd.h>
 
-#define IN_CAP 16384 /* input buffer: a line is at most 1002 bytes */
+/* Input: an idle connection reads into a small buffer inside the
+ * connection (commands are short); a read that fills its buffer switches
+ * to a big one (bulk INQUIRE data, pipelined commands), which is given back
+ * once it is empty and the last read was short.  A line (at most 1002
+ * bytes) always fits the big one. */
+#define IN_SMALL 128
+#define IN_BIG 65536
 #define DEFAULT_OUTPUT_LIMIT (256u * 1024)
 #define DEFAULT_INQUIRE_LIMIT (1024u * 1024)
 #define DEFAULT_FDS 5
@@ -58,7 +64,10 @@ struct weft_assuan_conn {
 	void *data;
 
 	struct weft__ain in;
+	bool in_filled; /* the last read filled the buffer */
 	weft_req *rreq;
+	size_t rpos;  /* where rreq's bytes land: in.off + in.len when it started */
+	size_t rroom; /* and how many it may read */
 	struct weft__abuf out;  /* answers gathering */
 	struct weft__abuf wbuf; /* being written by wreq */
 	weft_req *wreq;
@@ -94,6 +103,7 @@ struct weft_assuan_conn {
 	bool eof;
 	bool force_close, bye, greeted, close_after_write, fd_receiver;
 	bool closed;
+	char in_small[IN_SMALL];
 };
 
 static void conn_process(weft_assuan_conn *c);
@@ -356,6 +366,7 @@ static void write_done(weft_req *req, void *data)
 		conn_close(c); /* the peer went away */
 		return;
 	}
+	room_check(c); /* conn_flush does not look when nothing new is queued */
 	conn_process(c); /* more output; paused commands may go on */
 }
 
@@ -1017,17 +1028,31 @@ static void start_read(weft_assuan_conn *c)
 {
 	if (c->closed || c->eof || c->rreq != NULL)
 		return;
-	if (c->in.buf == NULL) {
-		c->in.buf = malloc(IN_CAP);
-		if (c->in.buf == NULL) {
+	if (c->in.buf == NULL || (c->in.len == 0 && !c->in_filled && c->in.buf != c->in_small)) {
+		if (c->in.buf != c->in_small)
+			free(c->in.buf);
+		c->in.buf = c->in_small;
+		c->in.cap = IN_SMALL;
+		c->in.off = c->in.scanned = 0;
+	}
+	size_t room = weft__ain_compact(&c->in);
+	if ((room == 0 || c->in_filled) && c->in.cap < IN_BIG) {
+		char *big = malloc(IN_BIG);
+		if (big == NULL) {
 			conn_close(c);
 			return;
 		}
-		c->in.cap = IN_CAP;
+		memcpy(big, c->in.buf, c->in.len);
+		if (c->in.buf != c->in_small)
+			free(c->in.buf);
+		c->in.buf = big;
+		c->in.cap = IN_BIG;
+		room = IN_BIG - c->in.len;
 	}
-	size_t room = weft__ain_compact(&c->in);
 	if (room == 0)
 		return; /* full of waiting lines: the client waits for answers */
+	c->rpos = c->in.len;
+	c->rroom = room;
 	c->rreq = weft_stream_read_send(c->s, c->in.buf + c->in.len, room);
 	if (c->rreq == NULL) {
 		conn_close(c);
@@ -1043,8 +1068,15 @@ static void read_done(weft_req *req, void *data)
 	ssize_t n = weft_stream_read_recv(req, &err);
 	weft_req_free(req);
 	c->rreq = NULL;
-	if (n > 0)
+	if (n > 0) {
+		/* Lines taken while the read was in flight (a pending command
+		 * finished) moved the end of the unparsed bytes back. */
+		size_t end = c->in.off + c->in.len;
+		if (end != c->rpos)
+			memmove(c->in.buf + end, c->in.buf + c->rpos, (size_t)n);
 		c->in.len += (size_t)n;
+		c->in_filled = (size_t)n == c->rroom;
+	}
 	else
 		c->eof = true; /* EOF, reset or error: the client is gone */
 	conn_process(c);
@@ -1113,7 +1145,8 @@ static void conn_free(weft_assuan_conn *c)
 	weft_assuan_server *srv = c->srv;
 	if (c->done_flag)
 		*c->done_flag = true;
-	free(c->in.buf);
+	if (c->in.buf != c->in_small)
+		free(c->in.buf);
 	weft__abuf_free(&c->out);
 	weft__abuf_free(&c->wbuf);
 	weft__abuf_free(&c->inq);

@@ -36,6 +36,7 @@ struct weft_stream {
 
 	unsigned char *ra;  /* read-ahead buffer */
 	size_t ra_off, ra_len;
+	bool ra_wanted;     /* the last read filled the caller's buffer */
 
 	weft_defer kick; /* serve from the loop without fd readiness */
 	unsigned depth;  /* >0 while the core is on the stack */
@@ -424,18 +425,32 @@ static ssize_t read_once(weft_stream *s, struct readv_state *st, size_t *ret_ask
 		n++;
 	}
 	size_t user = asked;
-	if (s->ra == NULL)
-		s->ra = malloc(WEFT__READAHEAD);
-	if (s->ra != NULL && user < WEFT__READAHEAD) {
-		iov[n].iov_base = s->ra;
-		iov[n].iov_len = WEFT__READAHEAD;
-		asked += WEFT__READAHEAD;
-		n++;
+	/* For "read what is there" (weft_stream_read_send) the read-ahead
+	 * buffer is allocated only once a read has filled the caller's buffer
+	 * (more may be waiting), and given back after a read that did not
+	 * need it: an idle line-protocol connection holds none.  readv
+	 * requests (PDUs in small vectors) always read ahead. */
+	if (user < WEFT__READAHEAD && (s->ra_wanted || !st->some)) {
+		if (s->ra == NULL)
+			s->ra = malloc(WEFT__READAHEAD);
+		if (s->ra != NULL) {
+			iov[n].iov_base = s->ra;
+			iov[n].iov_len = WEFT__READAHEAD;
+			asked += WEFT__READAHEAD;
+			n++;
+		}
 	}
 	*ret_asked = asked;
 	ssize_t got = s->ops->readv(s, iov, n);
 	if (got <= 0)
 		return got;
+	if ((size_t)got >= user) {
+		s->ra_wanted = true;
+	} else if (st->some && s->ra_len == 0) {
+		s->ra_wanted = false;
+		free(s->ra);
+		s->ra = NULL;
+	}
 	size_t to_user = (size_t)got < user ? (size_t)got : user;
 	st->total += to_user;
 	vector_advance(st, to_user);
