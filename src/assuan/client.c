@@ -80,6 +80,18 @@ static void reaper_free(struct reaper *r)
 	free(r);
 }
 
+/* Tell the exit callback (once); a reaper whose client is gone ends here. */
+static void reaper_report(void *data)
+{
+	struct reaper *r = data;
+	weft_assuan_exit_cb cb = r->cb;
+	r->cb = NULL;
+	if (cb)
+		cb(r->pid, r->wstatus, r->data);
+	if (r->cl == NULL)
+		reaper_free(r);
+}
+
 static void reaper_io(weft_io *io, unsigned revents, void *data)
 {
 	struct reaper *r = data;
@@ -93,12 +105,7 @@ static void reaper_io(weft_io *io, unsigned revents, void *data)
 	r->wstatus = p == r->pid ? st : 0;
 	weft_io_free(r->io);
 	r->io = NULL;
-	weft_assuan_exit_cb cb = r->cb;
-	r->cb = NULL;
-	if (cb)
-		cb(r->pid, r->wstatus, r->data);
-	if (r->cl == NULL)
-		reaper_free(r);
+	reaper_report(r);
 }
 
 static int reaper_new(weft_loop *loop, pid_t pid, struct reaper **ret)
@@ -129,17 +136,6 @@ pid_t weft_assuan_client_pid(const weft_assuan_client *cl)
 	return cl && cl->reaper ? cl->reaper->pid : 0;
 }
 
-static void exit_posted(void *data)
-{
-	struct reaper *r = data;
-	weft_assuan_exit_cb cb = r->cb;
-	r->cb = NULL;
-	if (cb)
-		cb(r->pid, r->wstatus, r->data);
-	if (r->cl == NULL)
-		reaper_free(r);
-}
-
 int weft_assuan_client_on_exit(weft_assuan_client *cl, weft_assuan_exit_cb cb, void *data)
 {
 	if (cl == NULL || cl->reaper == NULL || cb == NULL)
@@ -148,7 +144,7 @@ int weft_assuan_client_on_exit(weft_assuan_client *cl, weft_assuan_exit_cb cb, v
 	r->cb = cb;
 	r->data = data;
 	if (r->exited)
-		return weft_loop_call_soon(cl->loop, exit_posted, r);
+		return weft_loop_call_soon(cl->loop, reaper_report, r);
 	return 0;
 }
 
