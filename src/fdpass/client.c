@@ -5,7 +5,7 @@
  * if a byte of it went out — the rest is still written and the response
  * is dropped — and takes it away otherwise. */
 #include "fdpass-private.h"
-#include "list.h"
+#include "dlist.h"
 #include "sock-private.h"
 
 #include <errno.h>
@@ -17,7 +17,7 @@
 #define READS_PER_WAKEUP 16
 
 struct slot {
-	struct weft__list link; /* c->sendq or c->waitq */
+	struct weft__dnode link; /* c->sendq or c->waitq */
 	weft_req *req;          /* NULL: abandoned */
 	bool sent;              /* on the wait queue */
 	uint32_t seq;
@@ -35,8 +35,8 @@ struct weft_fdpass_client {
 	struct weft__fdp_dec dec;
 	weft_fdpass_limits lim;
 	uint64_t timeout_ms;
-	struct weft__list sendq;
-	struct weft__list waitq;
+	struct weft__dlist sendq;
+	struct weft__dlist waitq;
 	size_t nslots;
 	uint32_t next_seq;
 	unsigned dispatching;
@@ -66,11 +66,26 @@ static void slot_free(struct slot *s)
 	free(s);
 }
 
+static struct weft__dlist *slot_queue(weft_fdpass_client *c, const struct slot *s)
+{
+	return s->sent ? &c->waitq : &c->sendq;
+}
+
 static void slot_remove(weft_fdpass_client *c, struct slot *s)
 {
-	weft__list_remove(&s->link);
+	weft__dlist_remove(slot_queue(c, s), &s->link);
 	c->nslots--;
 	slot_free(s);
+}
+
+/* Take the first slot of a queue off (NULL if empty); the caller frees it. */
+static struct slot *slot_pop(weft_fdpass_client *c, struct weft__dlist *q)
+{
+	struct weft__dnode *n = weft__dlist_pop(q);
+	if (n == NULL)
+		return NULL;
+	c->nslots--;
+	return weft__dlist_entry(n, struct slot, link);
 }
 
 static void client_update_ref(weft_fdpass_client *c)
@@ -107,12 +122,12 @@ static void client_close_socket(weft_fdpass_client *c)
  * callbacks run now (a callback may free the client: c->freed). */
 static void fail_requests(weft_fdpass_client *c)
 {
-	struct weft__list *queues[2] = {&c->waitq, &c->sendq};
+	struct weft__dlist *queues[2] = {&c->waitq, &c->sendq};
 	for (int q = 0; q < 2; q++) {
-		while (!weft__list_empty(queues[q]) && !c->freed) {
-			struct slot *s = weft__container_of(queues[q]->next, struct slot, link);
+		struct slot *s;
+		while (!c->freed && (s = slot_pop(c, queues[q])) != NULL) {
 			weft_req *req = s->req;
-			slot_remove(c, s);
+			slot_free(s);
 			if (req == NULL)
 				continue;
 			struct request_state *st = weft_req_state(req);
@@ -130,15 +145,9 @@ static void client_fail(weft_fdpass_client *c, weft_fdpass_phase phase, weft_fdp
 {
 	set_conn_error(c, phase, op, err, what);
 	client_close_socket(c);
-	if (c->dispatching == 0) {
-		c->dispatching++;
-		fail_requests(c);
-		c->dispatching--;
-		if (c->freed)
-			client_destroy(c);
-	} else {
-		weft_defer_schedule(c->after); /* from the loop, not inside the caller */
-	}
+	/* The requests fail from the loop, or at the end of the current
+	 * dispatch (client_io_cb), never inside the caller. */
+	weft_defer_schedule(c->after);
 }
 
 static void after_cb(weft_defer *d, void *data)
@@ -166,8 +175,8 @@ static void client_watch(weft_fdpass_client *c, bool write)
 
 static void client_flush(weft_fdpass_client *c)
 {
-	while (!c->dead && !weft__list_empty(&c->sendq)) {
-		struct slot *s = weft__container_of(c->sendq.next, struct slot, link);
+	while (!c->dead && c->sendq.head != NULL) {
+		struct slot *s = weft__dlist_entry(c->sendq.head, struct slot, link);
 		ssize_t w = weft__fdp_sendmsg(c->fd, s->out + s->out_off, s->out_len - s->out_off, s->fds,
 				s->out_off == 0 ? s->nfds : 0);
 		if (w == -EAGAIN) {
@@ -186,8 +195,8 @@ static void client_flush(weft_fdpass_client *c)
 		s->out = NULL;
 		free(s->fds);
 		s->fds = NULL;
-		weft__list_remove(&s->link);
-		weft__list_append(&c->waitq, &s->link);
+		weft__dlist_pop(&c->sendq);
+		weft__dlist_append(&c->waitq, &s->link);
 		s->sent = true;
 	}
 	client_watch(c, false);
@@ -206,8 +215,7 @@ static void close_msg_fds(int *fds, size_t n)
  * failed or was freed. */
 static bool client_deliver(weft_fdpass_client *c, struct weft__fdp_msg *m)
 {
-	struct slot *s = weft__list_empty(&c->waitq) ? NULL :
-			weft__container_of(c->waitq.next, struct slot, link);
+	struct slot *s = c->waitq.head ? weft__dlist_entry(c->waitq.head, struct slot, link) : NULL;
 	if (s == NULL || s->seq != m->hdr.seq || m->hdr.type == WEFT__FDP_REQUEST) {
 		close_msg_fds(m->fds, m->hdr.nfds);
 		client_fail(c, WEFT_FDPASS_PHASE_READ_RESPONSE, WEFT_FDPASS_OP_DECODE, EPROTO,
@@ -215,7 +223,7 @@ static bool client_deliver(weft_fdpass_client *c, struct weft__fdp_msg *m)
 		return false;
 	}
 	weft_req *req = s->req;
-	slot_remove(c, s);
+	slot_free(slot_pop(c, &c->waitq));
 	client_update_ref(c);
 	if (req == NULL) { /* abandoned: drop the answer */
 		close_msg_fds(m->fds, m->hdr.nfds);
@@ -335,8 +343,6 @@ int weft_fdpass_client_new(weft_loop *loop, int fd, weft_fdpass_client **ret_cli
 	c->fd = fd;
 	c->next_seq = 1;
 	weft__fdp_limits(NULL, &c->lim);
-	weft__list_init(&c->sendq);
-	weft__list_init(&c->waitq);
 	weft__fdp_dec_init(&c->dec, c->lim.max_payload, c->lim.max_fds, weft__fdp_close_fd, NULL);
 	r = weft_io_new(loop, fd, client_io_cb, c, &c->io);
 	if (r == 0)
@@ -397,10 +403,12 @@ static void client_destroy(weft_fdpass_client *c)
 {
 	client_close_socket(c);
 	/* Slots left are abandoned ones (their requests completed). */
-	struct weft__list *queues[2] = {&c->waitq, &c->sendq};
-	for (int q = 0; q < 2; q++)
-		while (!weft__list_empty(queues[q]))
-			slot_remove(c, weft__container_of(queues[q]->next, struct slot, link));
+	struct weft__dlist *queues[2] = {&c->waitq, &c->sendq};
+	for (int q = 0; q < 2; q++) {
+		struct slot *s;
+		while ((s = slot_pop(c, queues[q])) != NULL)
+			slot_free(s);
+	}
 	weft_defer_free(c->after);
 	free(c);
 }
@@ -414,11 +422,10 @@ void weft_fdpass_client_free(weft_fdpass_client *c)
 	weft_defer_cancel(c->after);
 	/* Cancel what waits: each completes with ECANCELED from the loop; its
 	 * cleanup detaches it from its slot. */
-	struct weft__list *queues[2] = {&c->waitq, &c->sendq};
+	struct weft__dlist *queues[2] = {&c->waitq, &c->sendq};
 	for (int q = 0; q < 2; q++) {
-		for (struct weft__list *n = queues[q]->next; n != queues[q];) {
-			struct slot *s = weft__container_of(n, struct slot, link);
-			n = n->next;
+		struct slot *s;
+		while ((s = slot_pop(c, queues[q])) != NULL) {
 			weft_req *req = s->req;
 			s->req = NULL;
 			if (req != NULL) {
@@ -428,7 +435,7 @@ void weft_fdpass_client_free(weft_fdpass_client *c)
 				st->phase = s->sent ? WEFT_FDPASS_PHASE_READ_RESPONSE : WEFT_FDPASS_PHASE_WRITE_REQUEST;
 				weft_req_cancel(req);
 			}
-			slot_remove(c, s);
+			slot_free(s);
 		}
 	}
 	if (c->dispatching == 0)
@@ -465,7 +472,9 @@ static void request_cleanup(weft_req *req, weft_req_stage stage)
 weft_req *weft_fdpass_request_send(weft_fdpass_client *c, const void *buf, size_t len, const int *fds,
 		size_t nfds)
 {
-	weft_req *req = weft_req_new(c ? c->loop : NULL, sizeof(struct request_state), "fdpass-request");
+	if (c == NULL)
+		return NULL;
+	weft_req *req = weft_req_new(c->loop, sizeof(struct request_state), "fdpass-request");
 	if (req == NULL)
 		return NULL;
 	struct request_state *st = weft_req_state(req);
@@ -519,8 +528,8 @@ weft_req *weft_fdpass_request_send(weft_fdpass_client *c, const void *buf, size_
 	if (len > 0)
 		memcpy(s->out + WEFT__FDP_HDR, buf, len);
 	st->slot = s;
-	bool idle = weft__list_empty(&c->sendq);
-	weft__list_append(&c->sendq, &s->link);
+	bool idle = c->sendq.head == NULL;
+	weft__dlist_append(&c->sendq, &s->link);
 	c->nslots++;
 	client_update_ref(c);
 	if (c->timeout_ms > 0 && weft_req_set_timeout(req, c->timeout_ms) < 0) {

@@ -249,7 +249,7 @@ int weft_fdpass_send(int sock, const void *buf, size_t len, const int *fds, size
 static int read_exact(int sock, uint8_t *buf, size_t len, int *fds, size_t *nfds, bool *truncated,
 		int timeout_ms, int64_t deadline, bool at_start)
 {
-	uint8_t scratch[4096];
+	uint8_t scratch[4096] = {0};
 	int fdbuf[WEFT_FDPASS_MAX_FDS_LIMIT];
 	size_t off = 0;
 	bool stray = false;

@@ -8,7 +8,7 @@
  * the connection's own dispatch, or from its deferred call when a reply
  * came from elsewhere — never inside weft_fdpass_call_reply. */
 #include "fdpass-private.h"
-#include "list.h"
+#include "dlist.h"
 #include "sock-private.h"
 
 #include <errno.h>
@@ -24,7 +24,7 @@
 struct conn;
 
 struct weft_fdpass_call {
-	struct weft__list link; /* conn->calls (in request order) or conn->done */
+	struct weft__dnode link; /* conn->calls (in request order) or conn->done */
 	struct conn *conn;
 	uint32_t seq;
 	int *fds; /* the request's descriptors (owned; -1: taken) */
@@ -40,7 +40,7 @@ struct weft_fdpass_call {
 };
 
 struct conn {
-	struct weft__list link; /* srv->conns */
+	struct weft__dnode link; /* srv->conns */
 	weft_fdpass_server *srv;
 	int fd;
 	weft_io *io;
@@ -48,9 +48,9 @@ struct conn {
 	struct weft__fdp_dec dec;
 	weft_fdpass_limits lim;
 	weft_fdpass_peer peer;
-	struct weft__list calls; /* received, not yet fully answered on the wire */
+	struct weft__dlist calls; /* received, not yet fully answered on the wire */
 	size_t ncalls;
-	struct weft__list done;  /* sent (or failed): post handler pending */
+	struct weft__dlist done;  /* sent (or failed): post handler pending */
 	unsigned dispatching;
 	bool in_io;      /* inside conn_io_cb: conn_after runs at its end */
 	bool dead;       /* socket closed */
@@ -72,7 +72,7 @@ struct weft_fdpass_server {
 	weft_fdpass_error_cb error;
 	void *data;
 	weft_fdpass_limits lim;
-	struct weft__list conns;
+	struct weft__dlist conns;
 	size_t nconns;
 	bool closing;
 	weft_fdpass_close_cb close_cb;
@@ -129,17 +129,17 @@ static void conn_shutdown(struct conn *c, int err)
 	close(c->fd);
 	c->fd = -1;
 	weft__fdp_dec_clear(&c->dec);
-	struct weft__list *n = c->calls.next;
-	while (n != &c->calls) {
-		weft_fdpass_call *call = weft__container_of(n, weft_fdpass_call, link);
+	struct weft__dnode *n = c->calls.head;
+	while (n != NULL) {
+		weft_fdpass_call *call = weft__dlist_entry(n, weft_fdpass_call, link);
 		n = n->next;
 		if (!call->answered)
 			continue;
-		weft__list_remove(&call->link);
+		weft__dlist_remove(&c->calls, &call->link);
 		c->ncalls--;
 		if (call->want_post) {
 			call->post_err = err ? err : ECONNRESET;
-			weft__list_append(&c->done, &call->link);
+			weft__dlist_append(&c->done, &call->link);
 		} else {
 			call_free(call);
 		}
@@ -169,8 +169,8 @@ static void conn_update_watch(struct conn *c)
 /* Write answered responses from the head, in order. */
 static void conn_flush(struct conn *c)
 {
-	while (!c->dead && !weft__list_empty(&c->calls)) {
-		weft_fdpass_call *call = weft__container_of(c->calls.next, weft_fdpass_call, link);
+	while (!c->dead && c->calls.head != NULL) {
+		weft_fdpass_call *call = weft__dlist_entry(c->calls.head, weft_fdpass_call, link);
 		if (!call->answered)
 			break;
 		ssize_t w = weft__fdp_sendmsg(c->fd, call->out + call->out_off, call->out_len - call->out_off,
@@ -189,11 +189,11 @@ static void conn_flush(struct conn *c)
 		call->out_off += (size_t)w;
 		if (call->out_off < call->out_len)
 			continue;
-		weft__list_remove(&call->link);
+		weft__dlist_pop(&c->calls);
 		c->ncalls--;
 		if (call->want_post) {
 			call->post_err = 0;
-			weft__list_append(&c->done, &call->link);
+			weft__dlist_append(&c->done, &call->link);
 		} else {
 			call_free(call);
 		}
@@ -202,7 +202,7 @@ static void conn_flush(struct conn *c)
 	c->write_wait = false;
 	if (c->dead)
 		return;
-	if (c->eof && weft__list_empty(&c->calls))
+	if (c->eof && c->calls.head == NULL)
 		conn_shutdown(c, 0); /* finished: the peer closed, or the server closes */
 	else if (was_waiting || c->ncalls + 1 == c->lim.max_pending)
 		conn_update_watch(c);
@@ -230,7 +230,7 @@ static void conn_dispatch_msg(struct conn *c, struct weft__fdp_msg *m)
 	call->seq = m->hdr.seq;
 	call->fds = m->fds;
 	call->nfds = m->hdr.nfds;
-	weft__list_append(&c->calls, &call->link);
+	weft__dlist_append(&c->calls, &call->link);
 	c->ncalls++;
 	weft_fdpass_msg req = {
 		.buf = m->hdr.len ? (void *)m->payload : NULL,
@@ -319,7 +319,7 @@ static void conn_after(struct conn *c)
 	if (c->dispatching)
 		return;
 	weft_fdpass_server *srv = c->srv;
-	if (!c->dead && c->eof && weft__list_empty(&c->calls))
+	if (!c->dead && c->eof && c->calls.head == NULL)
 		conn_shutdown(c, 0); /* finished */
 	c->dispatching++;
 	if (c->has_error && c->dead) {
@@ -327,9 +327,9 @@ static void conn_after(struct conn *c)
 		if (srv->error)
 			srv->error(srv, &c->error, srv->data);
 	}
-	while (!weft__list_empty(&c->done)) {
-		weft_fdpass_call *call = weft__container_of(c->done.next, weft_fdpass_call, link);
-		weft__list_remove(&call->link);
+	struct weft__dnode *n;
+	while ((n = weft__dlist_pop(&c->done)) != NULL) {
+		weft_fdpass_call *call = weft__dlist_entry(n, weft_fdpass_call, link);
 		if (srv->post)
 			srv->post(srv, call->rfds, call->nrfds, call->post_err, call->post_data, srv->data);
 		call_free(call);
@@ -340,12 +340,11 @@ static void conn_after(struct conn *c)
 
 static void conn_maybe_destroy(struct conn *c)
 {
-	if (!c->dead || c->dispatching || c->has_error || !weft__list_empty(&c->calls) ||
-	    !weft__list_empty(&c->done))
+	if (!c->dead || c->dispatching || c->has_error || c->calls.head != NULL || c->done.head != NULL)
 		return;
 	weft_fdpass_server *srv = c->srv;
 	weft_defer_free(c->after);
-	weft__list_remove(&c->link);
+	weft__dlist_remove(&srv->conns, &c->link);
 	srv->nconns--;
 	free(c);
 	if (srv->closing)
@@ -364,8 +363,6 @@ static int conn_new(weft_fdpass_server *srv, int fd)
 	c->srv = srv;
 	c->fd = fd;
 	c->lim = srv->lim;
-	weft__list_init(&c->calls);
-	weft__list_init(&c->done);
 	weft__fdp_dec_init(&c->dec, c->lim.max_payload, c->lim.max_fds, weft__fdp_close_fd, NULL);
 	struct ucred cred;
 	socklen_t clen = sizeof(cred);
@@ -390,7 +387,7 @@ static int conn_new(weft_fdpass_server *srv, int fd)
 		free(c);
 		return r;
 	}
-	weft__list_append(&srv->conns, &c->link);
+	weft__dlist_append(&srv->conns, &c->link);
 	srv->nconns++;
 	return 0;
 }
@@ -417,7 +414,7 @@ static int call_answer(weft_fdpass_call *call, uint8_t type, const void *buf, si
 			r = -ENOMEM;
 	}
 	if (r < 0) {
-		weft__list_remove(&call->link);
+		weft__dlist_remove(&c->calls, &call->link);
 		c->ncalls--;
 		call_free(call);
 		if (!c->dead)
@@ -436,12 +433,12 @@ static int call_answer(weft_fdpass_call *call, uint8_t type, const void *buf, si
 	call->want_post = type == WEFT__FDP_RESPONSE;
 	call->post_data = post_data;
 	call_close_fds(call); /* request descriptors nobody took */
-	if (c->calls.next == &call->link) {
+	if (c->calls.head == &call->link) {
 		c->dispatching++;
 		conn_flush(c);
 		c->dispatching--;
 	}
-	if (!c->in_io && (!weft__list_empty(&c->done) || c->dead))
+	if (!c->in_io && (c->done.head != NULL || c->dead))
 		weft_defer_schedule(c->after); /* posts and destruction run from the loop */
 	return 0;
 }
@@ -456,7 +453,7 @@ int weft_fdpass_call_reply(weft_fdpass_call *call, const void *buf, size_t len, 
 		bad = fds[i] < 0;
 	if (bad) {
 		struct conn *c = call->conn;
-		weft__list_remove(&call->link);
+		weft__dlist_remove(&c->calls, &call->link);
 		c->ncalls--;
 		call_free(call);
 		if (!c->dead)
@@ -475,7 +472,7 @@ int weft_fdpass_call_fail(weft_fdpass_call *call, int err)
 		err = -err;
 	if (err < 1 || err > 4095) {
 		struct conn *c = call->conn;
-		weft__list_remove(&call->link);
+		weft__dlist_remove(&c->calls, &call->link);
 		c->ncalls--;
 		call_free(call);
 		if (!c->dead)
@@ -576,7 +573,6 @@ int weft_fdpass_server_new(weft_loop *loop, const weft_addr *addr, const weft_fd
 	srv->error = opts->error;
 	srv->data = data;
 	srv->lim = lim;
-	weft__list_init(&srv->conns);
 	weft_fdpass_op op = WEFT_FDPASS_OP_SOCKET;
 	int r;
 	srv->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -696,9 +692,9 @@ void weft_fdpass_server_close(weft_fdpass_server *srv, weft_fdpass_close_cb cb, 
 	close(srv->fd);
 	srv->fd = -1;
 	weft__unlink_bound(&srv->bound);
-	struct weft__list *n = srv->conns.next;
-	while (n != &srv->conns) {
-		struct conn *c = weft__container_of(n, struct conn, link);
+	struct weft__dnode *n = srv->conns.head;
+	while (n != NULL) {
+		struct conn *c = weft__dlist_entry(n, struct conn, link);
 		n = n->next;
 		c->eof = true; /* no more requests */
 		if (!c->dead && !c->dispatching) {
