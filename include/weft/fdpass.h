@@ -146,8 +146,8 @@ typedef struct weft_fdpass_msg {
 } weft_fdpass_msg;
 
 /* Release a message handed out by weft_fdpass_request_recv: close every
- * fds slot still >= 0, free buf and fds, zero the struct.  NULL is
- * allowed. */
+ * fds slot still >= 0, free the memory (buf and fds may share one block:
+ * never free them yourself), zero the struct.  NULL is allowed. */
 WEFT_EXPORT void weft_fdpass_msg_clear(weft_fdpass_msg *msg);
 
 /* Peer credentials of a connection (SO_PEERCRED, as of connect time). */

@@ -9,6 +9,8 @@
 #include "sock-private.h"
 
 #include <errno.h>
+#include <stdalign.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -23,8 +25,9 @@ struct slot {
 	uint32_t seq;
 	int *fds;               /* the request's descriptors (borrowed) */
 	size_t nfds;
-	uint8_t *out;
+	uint8_t *out;           /* the framed request: data */
 	size_t out_len, out_off;
+	alignas(max_align_t) uint8_t data[];
 };
 
 struct weft_fdpass_client {
@@ -62,7 +65,6 @@ static void client_destroy(weft_fdpass_client *c);
 static void slot_free(struct slot *s)
 {
 	free(s->fds);
-	free(s->out);
 	free(s);
 }
 
@@ -190,9 +192,7 @@ static void client_flush(weft_fdpass_client *c)
 		s->out_off += (size_t)w;
 		if (s->out_off < s->out_len)
 			continue;
-		/* Out whole: the descriptors and bytes are no longer needed. */
-		free(s->out);
-		s->out = NULL;
+		/* Out whole: the descriptors are no longer needed. */
 		free(s->fds);
 		s->fds = NULL;
 		weft__dlist_pop(&c->sendq);
@@ -204,11 +204,10 @@ static void client_flush(weft_fdpass_client *c)
 
 /* ---- reading ---------------------------------------------------------------------- */
 
-static void close_msg_fds(int *fds, size_t n)
+static void close_msg_fds(const int *fds, size_t n)
 {
 	for (size_t i = 0; i < n; i++)
 		close(fds[i]);
-	free(fds);
 }
 
 /* One response: to the oldest request sent.  Returns false if the client
@@ -242,19 +241,30 @@ static bool client_deliver(weft_fdpass_client *c, struct weft__fdp_msg *m)
 		weft_req_error(req, err);
 		return !c->freed && !c->dead;
 	}
-	void *buf = NULL;
-	if (m->hdr.len > 0) {
-		buf = malloc(m->hdr.len);
-		if (buf == NULL) {
+	/* One block: the descriptors, then the payload (weft_fdpass_msg_clear
+	 * frees it through whichever pointer comes first). */
+	size_t fdbytes = m->hdr.nfds * sizeof(int);
+	uint8_t *block = NULL;
+	if (fdbytes + m->hdr.len > 0) {
+		block = malloc(fdbytes + m->hdr.len);
+		if (block == NULL) {
 			close_msg_fds(m->fds, m->hdr.nfds);
 			st->has_error = true;
 			weft__fdp_error(&st->error, WEFT_FDPASS_PHASE_READ_RESPONSE, WEFT_FDPASS_OP_ALLOC, ENOMEM, NULL);
 			weft_req_error(req, ENOMEM);
 			return !c->freed && !c->dead;
 		}
-		memcpy(buf, m->payload, m->hdr.len);
+		if (fdbytes > 0)
+			memcpy(block, m->fds, fdbytes);
+		if (m->hdr.len > 0)
+			memcpy(block + fdbytes, m->payload, m->hdr.len);
 	}
-	st->msg = (weft_fdpass_msg){.buf = buf, .len = m->hdr.len, .fds = m->fds, .nfds = m->hdr.nfds};
+	st->msg = (weft_fdpass_msg){
+		.buf = m->hdr.len > 0 ? block + fdbytes : NULL,
+		.len = m->hdr.len,
+		.fds = fdbytes > 0 ? (int *)(void *)block : NULL,
+		.nfds = m->hdr.nfds,
+	};
 	weft_req_done(req);
 	return !c->freed && !c->dead;
 }
@@ -501,14 +511,15 @@ weft_req *weft_fdpass_request_send(weft_fdpass_client *c, const void *buf, size_
 		weft_req_error(req, err);
 		return req;
 	}
-	struct slot *s = calloc(1, sizeof(*s));
+	struct slot *s = malloc(sizeof(*s) + WEFT__FDP_HDR + len);
 	if (s != NULL) {
+		memset(s, 0, sizeof(*s));
 		s->out_len = WEFT__FDP_HDR + len;
-		s->out = malloc(s->out_len);
+		s->out = s->data;
 		if (nfds > 0)
 			s->fds = malloc(nfds * sizeof(int));
 	}
-	if (s == NULL || s->out == NULL || (nfds > 0 && s->fds == NULL)) {
+	if (s == NULL || (nfds > 0 && s->fds == NULL)) {
 		if (s != NULL)
 			slot_free(s);
 		st->has_error = true;

@@ -101,9 +101,9 @@ static void drop_batches(struct weft__fdp_dec *dec)
 {
 	for (size_t i = 0; i < dec->nbatches; i++) {
 		close_all(dec, dec->batches[i].fds, dec->batches[i].n);
-		free(dec->batches[i].fds);
 	}
 	dec->nbatches = 0;
+	dec->regions_used = 0;
 }
 
 static int fail(struct weft__fdp_dec *dec, int err)
@@ -118,6 +118,8 @@ static int fail(struct weft__fdp_dec *dec, int err)
 void weft__fdp_dec_clear(struct weft__fdp_dec *dec)
 {
 	drop_batches(dec);
+	free(dec->fdstore);
+	dec->fdstore = NULL;
 	free(dec->buf);
 	dec->buf = NULL;
 	dec->cap = dec->start = dec->end = dec->consume = 0;
@@ -185,14 +187,20 @@ int weft__fdp_dec_ack(struct weft__fdp_dec *dec, size_t n, const int *fds, size_
 	assert(n <= dec->cap - dec->end);
 	uint64_t from = dec->pos + (dec->end - dec->start);
 	if (nfds > 0) {
-		int *copy = malloc(nfds * sizeof(int));
-		if (copy == NULL) {
+		if (dec->fdstore == NULL)
+			dec->fdstore = malloc((WEFT__FDP_MAX_BATCHES + 1) * WEFT_FDPASS_MAX_FDS_LIMIT * sizeof(int));
+		if (dec->fdstore == NULL) {
 			close_all(dec, fds, nfds);
 			return fail(dec, -ENOMEM);
 		}
-		memcpy(copy, fds, nfds * sizeof(int));
+		unsigned region = 0;
+		while (dec->regions_used & (1u << region))
+			region++; /* fewer than WEFT__FDP_MAX_BATCHES are in use */
+		dec->regions_used |= 1u << region;
+		int *store = dec->fdstore + region * WEFT_FDPASS_MAX_FDS_LIMIT;
+		memcpy(store, fds, nfds * sizeof(int));
 		dec->batches[dec->nbatches++] = (struct weft__fdp_batch){
-			.from = from, .to = from + n, .fds = copy, .n = nfds};
+			.from = from, .to = from + n, .fds = store, .n = nfds, .region = region};
 	}
 	dec->end += n;
 	return 0;
@@ -227,7 +235,9 @@ int weft__fdp_dec_next(struct weft__fdp_dec *dec, struct weft__fdp_msg *ret_msg)
 		return fail(dec, -EPROTO);
 	int *fds = NULL;
 	if (take) {
-		fds = b->fds;
+		fds = dec->fdstore + WEFT__FDP_MAX_BATCHES * WEFT_FDPASS_MAX_FDS_LIMIT;
+		memcpy(fds, b->fds, n * sizeof(int));
+		dec->regions_used &= ~(1u << b->region);
 		dec->nbatches--;
 		memmove(&dec->batches[0], &dec->batches[1], dec->nbatches * sizeof(dec->batches[0]));
 	}

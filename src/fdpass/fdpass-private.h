@@ -62,8 +62,9 @@ int weft__fdp_get_header(const uint8_t *buf, uint32_t max_payload, uint32_t max_
  * must drop go to close_fd. */
 struct weft__fdp_batch {
 	uint64_t from, to; /* stream offsets of the read the fds came with */
-	int *fds;
+	int *fds;          /* region `region` of the decoder's fd store */
 	size_t n;
+	unsigned region;
 };
 
 #define WEFT__FDP_MAX_BATCHES 4
@@ -83,13 +84,19 @@ struct weft__fdp_dec {
 
 	struct weft__fdp_batch batches[WEFT__FDP_MAX_BATCHES];
 	size_t nbatches;
+	/* Descriptor storage, allocated once on the first descriptor: one
+	 * region of WEFT_FDPASS_MAX_FDS_LIMIT per batch, and one for the
+	 * message handed out last. */
+	int *fdstore;
+	unsigned regions_used; /* bit i: batch region i */
 
 	int err;         /* sticky: once failed, every call returns it */
 };
 
-/* A decoded message: header, payload pointing into the decoder's buffer
- * (valid until the next decoder call), descriptors handed to the caller
- * (fds: a malloc'd array the caller frees, NULL when nfds is 0). */
+/* A decoded message: header, payload pointing into the decoder's buffer,
+ * descriptors in fds[0..hdr.nfds) (NULL when none).  Both arrays are valid
+ * until the next decoder call; the descriptors themselves now belong to the
+ * caller (the decoder no longer closes them). */
 struct weft__fdp_msg {
 	struct weft__fdp_hdr hdr;
 	const uint8_t *payload;

@@ -35,7 +35,7 @@ static ssize_t sendmsg_iov(int sock, const struct iovec *iov, size_t iovcnt, con
 	cmsg_buf cb;
 	struct msghdr msg = {.msg_iov = (struct iovec *)iov, .msg_iovlen = iovcnt};
 	if (nfds > 0) {
-		memset(&cb, 0, sizeof(cb));
+		memset(cb.buf, 0, CMSG_SPACE(sizeof(int) * nfds));
 		msg.msg_control = cb.buf;
 		msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
 		struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
@@ -162,8 +162,8 @@ void weft_fdpass_msg_clear(weft_fdpass_msg *msg)
 		return;
 	if (msg->fds != NULL)
 		close_fds(msg->fds, msg->nfds);
-	free(msg->fds);
-	free(msg->buf);
+	/* buf and fds are one block (fds first) when both exist */
+	free(msg->fds != NULL ? (void *)msg->fds : msg->buf);
 	memset(msg, 0, sizeof(*msg));
 }
 

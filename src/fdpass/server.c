@@ -12,6 +12,7 @@
 #include "sock-private.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -22,6 +23,11 @@
 #define EMFILE_PAUSE_MS 100
 
 struct conn;
+
+/* Small requests and responses live inside the call: one allocation per
+ * call in the common case. */
+#define CALL_INLINE_OUT 192
+#define CALL_INLINE_FDS 4
 
 struct weft_fdpass_call {
 	struct weft__dnode link; /* conn->calls (in request order) or conn->done */
@@ -37,6 +43,10 @@ struct weft_fdpass_call {
 	size_t nrfds;
 	uint8_t *out; /* the framed response */
 	size_t out_len, out_off;
+	/* not zeroed at creation: */
+	int fds_inline[CALL_INLINE_FDS];
+	int rfds_inline[CALL_INLINE_FDS];
+	uint8_t out_inline[CALL_INLINE_OUT];
 };
 
 struct conn {
@@ -92,7 +102,8 @@ static void call_close_fds(weft_fdpass_call *call)
 	for (size_t i = 0; i < call->nfds; i++)
 		if (call->fds[i] >= 0)
 			close(call->fds[i]);
-	free(call->fds);
+	if (call->fds != call->fds_inline)
+		free(call->fds);
 	call->fds = NULL;
 	call->nfds = 0;
 }
@@ -100,8 +111,10 @@ static void call_close_fds(weft_fdpass_call *call)
 static void call_free(weft_fdpass_call *call)
 {
 	call_close_fds(call);
-	free(call->rfds);
-	free(call->out);
+	if (call->rfds != call->rfds_inline)
+		free(call->rfds);
+	if (call->out != call->out_inline)
+		free(call->out);
 	free(call);
 }
 
@@ -211,25 +224,32 @@ static void conn_flush(struct conn *c)
 static void conn_dispatch_msg(struct conn *c, struct weft__fdp_msg *m)
 {
 	weft_fdpass_server *srv = c->srv;
-	if (m->hdr.type != WEFT__FDP_REQUEST) {
-		for (size_t i = 0; i < m->hdr.nfds; i++)
-			close(m->fds[i]);
-		free(m->fds);
-		conn_fail(c, WEFT_FDPASS_PHASE_READ_REQUEST, WEFT_FDPASS_OP_DECODE, EPROTO, "not a request");
-		return;
+	weft_fdpass_call *call = NULL;
+	bool request = m->hdr.type == WEFT__FDP_REQUEST;
+	if (request)
+		call = malloc(sizeof(*call));
+	if (call != NULL) {
+		memset(call, 0, offsetof(weft_fdpass_call, fds_inline));
+		call->fds = m->hdr.nfds <= CALL_INLINE_FDS ? call->fds_inline : malloc(m->hdr.nfds * sizeof(int));
+		if (call->fds == NULL) {
+			free(call);
+			call = NULL;
+		}
 	}
-	weft_fdpass_call *call = calloc(1, sizeof(*call));
 	if (call == NULL) {
 		for (size_t i = 0; i < m->hdr.nfds; i++)
 			close(m->fds[i]);
-		free(m->fds);
-		conn_fail(c, WEFT_FDPASS_PHASE_READ_REQUEST, WEFT_FDPASS_OP_ALLOC, ENOMEM, NULL);
+		if (request)
+			conn_fail(c, WEFT_FDPASS_PHASE_READ_REQUEST, WEFT_FDPASS_OP_ALLOC, ENOMEM, NULL);
+		else
+			conn_fail(c, WEFT_FDPASS_PHASE_READ_REQUEST, WEFT_FDPASS_OP_DECODE, EPROTO, "not a request");
 		return;
 	}
 	call->conn = c;
 	call->seq = m->hdr.seq;
-	call->fds = m->fds;
 	call->nfds = m->hdr.nfds;
+	if (call->nfds > 0)
+		memcpy(call->fds, m->fds, call->nfds * sizeof(int));
 	weft__dlist_append(&c->calls, &call->link);
 	c->ncalls++;
 	weft_fdpass_msg req = {
@@ -407,10 +427,9 @@ static int call_answer(weft_fdpass_call *call, uint8_t type, const void *buf, si
 		r = -ETOOMANYREFS;
 	if (r == 0) {
 		call->out_len = WEFT__FDP_HDR + len;
-		call->out = malloc(call->out_len);
-		if (nfds > 0)
-			call->rfds = malloc(nfds * sizeof(int));
-		if (call->out == NULL || (nfds > 0 && call->rfds == NULL))
+		call->out = call->out_len <= CALL_INLINE_OUT ? call->out_inline : malloc(call->out_len);
+		call->rfds = nfds <= CALL_INLINE_FDS ? call->rfds_inline : malloc(nfds * sizeof(int));
+		if (call->out == NULL || call->rfds == NULL)
 			r = -ENOMEM;
 	}
 	if (r < 0) {

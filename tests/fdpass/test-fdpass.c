@@ -251,7 +251,6 @@ static int sim_run(struct sim *s, struct weft__fdp_dec *dec, size_t first, size_
 			for (size_t i = 0; i < m.hdr.nfds; i++)
 				olen += (size_t)snprintf(out + olen, outsz - olen, ",%d", m.fds[i]);
 			olen += (size_t)snprintf(out + olen, outsz - olen, "|");
-			free(m.fds);
 		}
 		if (r < 0)
 			return r;
