@@ -63,6 +63,7 @@ struct conn {
 	struct weft__dlist done;  /* sent (or failed): post handler pending */
 	unsigned dispatching;
 	bool in_io;      /* inside conn_io_cb: conn_after runs at its end */
+	bool peer_closed;
 	bool dead;       /* socket closed */
 	bool eof;        /* no more requests: the peer closed, or the server closes */
 	bool write_wait; /* a response is blocked: WRITE watched */
@@ -170,7 +171,7 @@ static void conn_update_watch(struct conn *c)
 	if (c->dead)
 		return;
 	unsigned ev = 0;
-	if (!c->eof && c->ncalls < c->lim.max_pending)
+	if (!c->eof && !c->peer_closed && c->ncalls < c->lim.max_pending)
 		ev |= WEFT_IO_READ;
 	if (c->write_wait)
 		ev |= WEFT_IO_WRITE;
@@ -211,14 +212,16 @@ static void conn_flush(struct conn *c)
 			call_free(call);
 		}
 	}
-	bool was_waiting = c->write_wait;
 	c->write_wait = false;
 	if (c->dead)
 		return;
 	if (c->eof && c->calls.head == NULL)
 		conn_shutdown(c, 0); /* finished: the peer closed, or the server closes */
-	else if (was_waiting || c->ncalls + 1 == c->lim.max_pending)
-		conn_update_watch(c);
+	else
+		conn_update_watch(c); /* WRITE off; READ back on below max_pending (no-op if unchanged) */
+	if (!c->in_io && !c->eof && c->ncalls < c->lim.max_pending &&
+	    (weft__fdp_dec_buffered(&c->dec) > 0 || c->peer_closed))
+		weft_defer_schedule(c->after); /* buffered requests: from the loop */
 }
 
 static void conn_dispatch_msg(struct conn *c, struct weft__fdp_msg *m)
@@ -261,9 +264,47 @@ static void conn_dispatch_msg(struct conn *c, struct weft__fdp_msg *m)
 	srv->on_request(srv, call, &req, &c->peer, srv->data);
 }
 
+/* Hand the requests already buffered to the handler, up to max_pending
+ * calls in progress (the rest wait in the decoder: back-pressure). */
+static void conn_check_end(struct conn *c);
+
+static void conn_pump(struct conn *c)
+{
+	int r = 0;
+	struct weft__fdp_msg m;
+	while (!c->dead && !c->eof && c->ncalls < c->lim.max_pending &&
+	       (r = weft__fdp_dec_next(&c->dec, &m)) == 1) {
+		conn_dispatch_msg(c, &m);
+		r = 0;
+	}
+	if (r < 0 && !c->dead)
+		conn_fail(c, WEFT_FDPASS_PHASE_READ_REQUEST, WEFT_FDPASS_OP_DECODE, r, NULL);
+}
+
+/* The peer closed its side: serve what is buffered, then finish; bytes
+ * that are not a whole request are a truncated one. */
+static void conn_check_end(struct conn *c)
+{
+	if (!c->peer_closed || c->dead || c->eof)
+		return;
+	conn_pump(c);
+	if (c->dead)
+		return;
+	if (weft__fdp_dec_buffered(&c->dec) == 0) {
+		c->eof = true;
+		conn_flush(c); /* closes now if nothing is pending */
+	} else if (c->ncalls < c->lim.max_pending) {
+		conn_fail(c, WEFT_FDPASS_PHASE_READ_REQUEST, WEFT_FDPASS_OP_EOF, EPIPE,
+				"end of stream inside a request");
+		return;
+	}
+	conn_update_watch(c); /* else: whole requests wait for back-pressure to lift */
+}
+
 static void conn_read(struct conn *c)
 {
 	int fdbuf[WEFT_FDPASS_MAX_FDS_LIMIT];
+	conn_pump(c); /* requests left buffered by back-pressure go first */
 	for (int i = 0; i < READS_PER_WAKEUP; i++) {
 		if (c->dead || c->eof || c->ncalls >= c->lim.max_pending)
 			break;
@@ -285,26 +326,18 @@ static void conn_read(struct conn *c)
 			return;
 		}
 		if (n == 0) {
-			if (weft__fdp_dec_buffered(&c->dec) > 0) {
-				conn_fail(c, WEFT_FDPASS_PHASE_READ_REQUEST, WEFT_FDPASS_OP_EOF, EPIPE,
-						"end of stream inside a request");
-				return;
-			}
-			c->eof = true;
-			conn_flush(c); /* closes now if nothing is pending */
-			conn_update_watch(c);
+			c->peer_closed = true;
+			conn_check_end(c);
 			return;
 		}
 		r = weft__fdp_dec_ack(&c->dec, (size_t)n, fdbuf, nfds, trunc);
-		struct weft__fdp_msg m;
-		while (r == 0 && !c->dead && !c->eof && (r = weft__fdp_dec_next(&c->dec, &m)) == 1) {
-			conn_dispatch_msg(c, &m);
-			r = 0;
-		}
-		if (r < 0 && !c->dead) {
+		if (r < 0) {
 			conn_fail(c, WEFT_FDPASS_PHASE_READ_REQUEST, WEFT_FDPASS_OP_DECODE, r, NULL);
 			return;
 		}
+		conn_pump(c);
+		if (c->dead)
+			return;
 		if ((size_t)n < room)
 			break; /* a short read: the socket is drained */
 	}
@@ -339,6 +372,15 @@ static void conn_after(struct conn *c)
 	if (c->dispatching)
 		return;
 	weft_fdpass_server *srv = c->srv;
+	c->dispatching++;
+	if (!c->dead && !c->eof && c->ncalls < c->lim.max_pending && weft__fdp_dec_buffered(&c->dec) > 0) {
+		conn_pump(c); /* back-pressure lifted */
+		if (c->peer_closed)
+			conn_check_end(c);
+		else
+			conn_update_watch(c);
+	}
+	c->dispatching--;
 	if (!c->dead && c->eof && c->calls.head == NULL)
 		conn_shutdown(c, 0); /* finished */
 	c->dispatching++;

@@ -853,6 +853,87 @@ static void test_pipelined_out_of_order(void)
 	free_loop(loop);
 }
 
+/* Back-pressure: with max_pending 4 the server holds at most 4 calls of a
+ * connection; answering them (several responses in one flush) resumes
+ * reading until all 50 are done. */
+static void test_back_pressure(void)
+{
+	weft_loop *loop = new_loop();
+	struct srv_ctx x = {0};
+	weft_addr addr;
+	weft_fdpass_limits lim = {.max_pending = 4};
+	REQUIRE(start_server(&x, loop, &addr, &lim) != NULL);
+	weft_fdpass_client *c = connect_client(loop, &addr);
+	REQUIRE(c != NULL);
+	CHECK_EQ(weft_fdpass_client_set_limits(c, &(weft_fdpass_limits){.max_pending = 64}), 0);
+	x.hold = true;
+	enum { N = 50 };
+	static struct pipe_req prs[N];
+	struct pipe_ctx pc = {0};
+	for (int i = 0; i < N; i++) {
+		char text[16];
+		snprintf(text, sizeof(text), "%d", i);
+		prs[i] = (struct pipe_req){&pc, i};
+		weft_req *req = weft_fdpass_request_send(c, text, strlen(text), NULL, 0);
+		REQUIRE(req != NULL);
+		weft_req_set_callback(req, pipelined_done, &prs[i]);
+	}
+	int most = 0, answered = 0;
+	uint64_t end = t_now_ms() + 5000;
+	while (pc.done < N && t_now_ms() < end) {
+		weft_loop_run(loop, WEFT_RUN_NOWAIT);
+		run_for(loop, 2);
+		if (x.nheld > most)
+			most = x.nheld;
+		for (int i = x.nheld - 1; i >= 0; i--) {
+			char text[16];
+			snprintf(text, sizeof(text), "%d", answered + i);
+			CHECK_EQ(weft_fdpass_call_reply(x.held[i], text, strlen(text), NULL, 0, NULL), 0);
+		}
+		answered += x.nheld;
+		x.nheld = 0;
+	}
+	CHECK_EQ(pc.done, N);
+	CHECK_EQ(pc.in_order, N);
+	CHECK_EQ(most, 4);
+	weft_fdpass_client_free(c);
+
+	/* a raw peer sends 20 requests and half-closes at once: the ones
+	 * held back are still served, then the connection ends cleanly */
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	REQUIRE(fd >= 0);
+	CHECK_EQ(connect(fd, &addr.u.sa, addr.len), 0);
+	for (int i = 0; i < 20; i++)
+		CHECK_EQ(weft_fdpass_send(fd, "r", 1, NULL, 0, 1000), 0);
+	shutdown(fd, SHUT_WR);
+	x.errors = 0;
+	answered = 0;
+	most = 0;
+	end = t_now_ms() + 5000;
+	while (answered < 20 && t_now_ms() < end) {
+		run_for(loop, 2);
+		if (x.nheld > most)
+			most = x.nheld;
+		for (int i = 0; i < x.nheld; i++)
+			CHECK_EQ(weft_fdpass_call_reply(x.held[i], "a", 1, NULL, 0, NULL), 0);
+		answered += x.nheld;
+		x.nheld = 0;
+	}
+	CHECK_EQ(answered, 20);
+	CHECK_EQ(most, 4);
+	char buf[8];
+	int got = 0;
+	while (weft_fdpass_recv(fd, buf, sizeof(buf), NULL, NULL, 2000) == 1)
+		got++;
+	CHECK_EQ(got, 20);
+	close(fd);
+	run_for(loop, 10);
+	CHECK_EQ(x.errors, 0);
+	CHECK_EQ(weft_fdpass_server_connections(x.srv), 0);
+	close_server(&x);
+	free_loop(loop);
+}
+
 /* A timeout: the request fails with ETIMEDOUT; the late answer (with a
  * descriptor) is dropped and its descriptor closed; the connection goes
  * on. */
@@ -1534,6 +1615,7 @@ int main(int argc, char **argv)
 	run("low-level: send/recv, same file, EAGAIN, timeout, EMSGSIZE, EPROTO", test_lowlevel);
 	run("request/response: fds both ways, peer creds, post, fail, limits", test_request_response);
 	run("pipelined: 200 in flight, answered in reverse, delivered in order", test_pipelined_out_of_order);
+	run("back-pressure: at most max_pending calls held, reading resumes", test_back_pressure);
 	run("timeout: ETIMEDOUT, late answer dropped with its fd", test_timeout);
 	run("server close: calls in progress finish, then the close callback", test_server_close_graceful);
 	run("client free: pending -> ECANCELED, free inside a callback", test_client_free);
