@@ -921,11 +921,15 @@ static void test_back_pressure(void)
 	}
 	CHECK_EQ(answered, 20);
 	CHECK_EQ(most, 4);
+	run_for(loop, 20); /* the last responses go out, the server closes */
+	CHECK_EQ(weft_fdpass_server_connections(x.srv), 0);
 	char buf[8];
 	int got = 0;
-	while (weft_fdpass_recv(fd, buf, sizeof(buf), NULL, NULL, 2000) == 1)
+	ssize_t rr;
+	while ((rr = weft_fdpass_recv(fd, buf, sizeof(buf), NULL, NULL, 2000)) == 1)
 		got++;
 	CHECK_EQ(got, 20);
+	CHECK_EQ(rr, -EPIPE);
 	close(fd);
 	run_for(loop, 10);
 	CHECK_EQ(x.errors, 0);
@@ -985,6 +989,65 @@ static void test_timeout(void)
 	weft_fdpass_client_free(c);
 	close_server(&x);
 	close(file);
+	free_loop(loop);
+}
+
+/* A large request with a descriptor meets a full socket: it goes out in
+ * several writes, the descriptor only with the first byte.  Its timeout
+ * expires half-way: the rest is still written (the stream stays framed),
+ * the peer gets the whole message with exactly one descriptor, and the
+ * next request follows it. */
+static void test_partial_write(void)
+{
+	weft_loop *loop = new_loop();
+	int sv[2];
+	REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+	weft_fdpass_client *c = NULL;
+	REQUIRE(weft_fdpass_client_new(loop, sv[0], &c) == 0);
+	weft_fdpass_limits lim = {.max_payload = 4u << 20};
+	CHECK_EQ(weft_fdpass_client_set_limits(c, &lim), 0);
+	size_t big = 3u << 20;
+	char *payload = malloc(big);
+	REQUIRE(payload != NULL);
+	for (size_t i = 0; i < big; i++)
+		payload[i] = (char)(i * 13);
+	int file = open(g_file, O_RDONLY | O_CLOEXEC);
+	weft_req *req = weft_fdpass_request_send(c, payload, big, &file, 1);
+	CHECK_EQ(weft_req_set_timeout(req, 30), 0);
+	CHECK_EQ(weft_req_wait(req), 0);
+	weft_fdpass_error e;
+	CHECK_EQ(weft_fdpass_request_recv(req, NULL, &e, NULL), -ETIMEDOUT);
+	CHECK_EQ(e.phase, WEFT_FDPASS_PHASE_WRITE_REQUEST);
+	weft_req_free(req);
+	close(file); /* ours again: the part with the descriptor went out */
+	weft_req *req2 = weft_fdpass_request_send(c, "next", 4, NULL, 0);
+	/* the peer reads while the loop writes the rest */
+	pid_t pid = fork();
+	if (pid == 0) {
+		child_keep_fd(sv[1]);
+		int fds[4];
+		size_t nfds = 4;
+		char *buf = malloc(big);
+		ssize_t n = weft_fdpass_recv(sv[1], buf, big, fds, &nfds, 10000);
+		bool ok = n == (ssize_t)big && nfds == 1 && memcmp(buf, payload, big) == 0;
+		if (nfds == 1)
+			close(fds[0]);
+		char small[8];
+		nfds = 4;
+		n = weft_fdpass_recv(sv[1], small, sizeof(small), fds, &nfds, 10000);
+		ok = ok && n == 4 && nfds == 0 && memcmp(small, "next", 4) == 0;
+		_exit(ok ? 0 : 1); /* no answer: the client sees ECONNRESET */
+	}
+	close(sv[1]);
+	uint64_t end = t_now_ms() + 10000;
+	while (weft_fdpass_client_pending(c) > 1 && t_now_ms() < end)
+		weft_loop_run(loop, WEFT_RUN_ONCE);
+	CHECK_EQ(wait_child(pid), 0);
+	CHECK_EQ(weft_req_wait(req2), 0);
+	CHECK_EQ(weft_fdpass_request_recv(req2, NULL, &e, NULL), -ECONNRESET);
+	weft_req_free(req2);
+	weft_fdpass_client_free(c);
+	free(payload);
 	free_loop(loop);
 }
 
@@ -1617,6 +1680,7 @@ int main(int argc, char **argv)
 	run("pipelined: 200 in flight, answered in reverse, delivered in order", test_pipelined_out_of_order);
 	run("back-pressure: at most max_pending calls held, reading resumes", test_back_pressure);
 	run("timeout: ETIMEDOUT, late answer dropped with its fd", test_timeout);
+	run("partial write: fd on the first byte only, rest written after a timeout", test_partial_write);
 	run("server close: calls in progress finish, then the close callback", test_server_close_graceful);
 	run("client free: pending -> ECANCELED, free inside a callback", test_client_free);
 	run("paths: live refused, stale replaced when asked, mode, removed", test_paths);
