@@ -1,0 +1,747 @@
+/* Tests for weft's TLS module (include/weft/tls.h).
+ *
+ * Certificates are made at start-up with certtool in a mkdtemp directory:
+ * a CA, a server certificate for "localhost" / 127.0.0.1, a client
+ * certificate, an expired server certificate, and a second CA nobody
+ * trusts with a server certificate of its own.
+ *
+ * Real peers: gnutls-serv and openssl s_server as servers for weft's
+ * client, gnutls-cli and openssl s_client as clients of weft's server.
+ * They run on ephemeral ports, are awaited by polling the port (bounded),
+ * die with the test process (PR_SET_PDEATHSIG) and are always killed and
+ * reaped.  The rest runs weft against weft on socketpairs, pipes and UDP,
+ * with transports written here (one byte per read, a cutter that closes
+ * mid-record, a lossy datagram proxy).
+ *
+ * Every test closes what it opened, checks weft_loop_free returns 0, and
+ * the helper fails a test that leaks an fd. */
+#include "helper.h"
+
+#include <weft/weft.h>
+#include <weft/tls.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static char g_dir[64];
+static const char *g_only;
+static bool g_have_gnutls_bin, g_have_openssl;
+
+/* ---- files and certificates -------------------------------------------------- */
+
+static void path_of(char *buf, size_t size, const char *name)
+{
+	snprintf(buf, size, "%s/%s", g_dir, name);
+}
+
+static const char *P(const char *name)
+{
+	static char bufs[8][256];
+	static unsigned i;
+	char *b = bufs[i++ % 8];
+	path_of(b, 256, name);
+	return b;
+}
+
+static int write_file(const char *name, const char *text)
+{
+	FILE *f = fopen(P(name), "w");
+	if (f == NULL)
+		return -1;
+	fputs(text, f);
+	return fclose(f);
+}
+
+static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int sh(const char *fmt, ...)
+{
+	char cmd[2048];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(cmd, sizeof(cmd), fmt, ap);
+	va_end(ap);
+	int r = system(cmd);
+	return r == 0 ? 0 : -1;
+}
+
+static bool have_program(const char *name)
+{
+	return sh("command -v %s >/dev/null 2>&1", name) == 0;
+}
+
+static int make_key(const char *name)
+{
+	return sh("certtool --generate-privkey --key-type=ecdsa --curve=secp256r1 --outfile %s >/dev/null 2>&1",
+			P(name));
+}
+
+static int make_cert(const char *cert, const char *key, const char *tmpl, const char *ca, const char *ca_key)
+{
+	if (ca == NULL)
+		return sh("certtool --generate-self-signed --load-privkey %s --template %s --outfile %s >/dev/null 2>&1",
+				P(key), P(tmpl), P(cert));
+	return sh("certtool --generate-certificate --load-privkey %s --load-ca-certificate %s "
+			"--load-ca-privkey %s --template %s --outfile %s >/dev/null 2>&1",
+			P(key), P(ca), P(ca_key), P(tmpl), P(cert));
+}
+
+static int make_certificates(void)
+{
+	int r = 0;
+	r |= write_file("ca.tmpl", "cn = \"weft test CA\"\nca\ncert_signing_key\nexpiration_days = 3650\n");
+	r |= write_file("ca2.tmpl", "cn = \"weft untrusted CA\"\nca\ncert_signing_key\nexpiration_days = 3650\n");
+	r |= write_file("srv.tmpl", "cn = \"localhost\"\ndns_name = \"localhost\"\nip_address = \"127.0.0.1\"\n"
+			"tls_www_server\nsigning_key\nencryption_key\nexpiration_days = 365\n");
+	r |= write_file("cli.tmpl", "cn = \"client 1\"\norganization = \"weft\"\ntls_www_client\nsigning_key\n"
+			"expiration_days = 365\n");
+	r |= write_file("old.tmpl", "cn = \"localhost\"\ndns_name = \"localhost\"\ntls_www_server\nsigning_key\n"
+			"activation_date = \"2020-01-01 00:00:00\"\nexpiration_date = \"2020-02-01 00:00:00\"\n");
+	if (r != 0)
+		return -1;
+	const char *keys[] = {"ca.key", "ca2.key", "srv.key", "cli.key", "old.key", "evil.key"};
+	for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++)
+		if (make_key(keys[i]) < 0)
+			return -1;
+	if (make_cert("ca.pem", "ca.key", "ca.tmpl", NULL, NULL) < 0 ||
+	    make_cert("ca2.pem", "ca2.key", "ca2.tmpl", NULL, NULL) < 0 ||
+	    make_cert("srv.pem", "srv.key", "srv.tmpl", "ca.pem", "ca.key") < 0 ||
+	    make_cert("cli.pem", "cli.key", "cli.tmpl", "ca.pem", "ca.key") < 0 ||
+	    make_cert("old.pem", "old.key", "old.tmpl", "ca.pem", "ca.key") < 0 ||
+	    make_cert("evil.pem", "evil.key", "srv.tmpl", "ca2.pem", "ca2.key") < 0)
+		return -1;
+	return 0;
+}
+
+/* ---- loops --------------------------------------------------------------------- */
+
+static weft_loop *new_loop(void)
+{
+	weft_loop *loop = NULL;
+	CHECK_EQ(weft_loop_new(&loop), 0);
+	return loop;
+}
+
+static void free_loop(weft_loop *loop)
+{
+	int r = -EBUSY;
+	for (int i = 0; i < 200 && (r = weft_loop_free(loop)) == -EBUSY; i++)
+		weft_loop_run(loop, WEFT_RUN_NOWAIT);
+	CHECK_EQ(r, 0);
+}
+
+static void tick(weft_timer *t, void *data)
+{
+	(void)t;
+	(void)data;
+}
+
+/* Run until *flag (or *count >= n) or ms pass; a timer keeps it from
+ * blocking for good. */
+static bool run_until(weft_loop *loop, const int *count, int n, unsigned ms)
+{
+	weft_timer *t = NULL;
+	if (weft_timer_new(loop, tick, NULL, &t) == 0)
+		weft_timer_start(t, 20, 20);
+	uint64_t end = t_now_ms() + ms;
+	while (*count < n && t_now_ms() < end)
+		weft_loop_run(loop, WEFT_RUN_ONCE);
+	weft_timer_free(t);
+	return *count >= n;
+}
+
+/* ---- request helpers --------------------------------------------------------- */
+
+struct done {
+	int count;
+	int err;  /* positive errno of the last failed request */
+	ssize_t n;
+};
+
+static void on_simple(weft_req *req, void *data)
+{
+	struct done *d = data;
+	int e = 0;
+	d->n = weft_req_simple_recv(req, &e);
+	d->err = e;
+	d->count++;
+	weft_req_free(req);
+}
+
+/* Wait for a handshake; returns 0 or the positive errno. */
+static int handshake(weft_loop *loop, weft_stream *s, unsigned timeout_ms)
+{
+	struct done d = {0};
+	weft_req *req = weft_tls_handshake_send(s);
+	if (req == NULL)
+		return ENOMEM;
+	if (timeout_ms)
+		weft_req_set_timeout(req, timeout_ms);
+	weft_req_set_callback(req, on_simple, &d);
+	if (!run_until(loop, &d.count, 1, 20000))
+		return -1;
+	return d.err;
+}
+
+/* Two handshakes at once (client and server in one loop). */
+static void handshake2(weft_loop *loop, weft_stream *a, weft_stream *b, int *ea, int *eb)
+{
+	struct done da = {0}, db = {0};
+	weft_req *ra = weft_tls_handshake_send(a);
+	weft_req *rb = weft_tls_handshake_send(b);
+	weft_req_set_callback(ra, on_simple, &da);
+	weft_req_set_callback(rb, on_simple, &db);
+	int both = 0;
+	uint64_t end = t_now_ms() + 20000;
+	while ((da.count == 0 || db.count == 0) && t_now_ms() < end)
+		run_until(loop, &both, 1, 50);
+	*ea = da.count ? da.err : -1;
+	*eb = db.count ? db.err : -1;
+}
+
+struct xfer {
+	int count;
+	int err;
+	ssize_t n;
+	char buf[65536];
+};
+
+static void on_read(weft_req *req, void *data)
+{
+	struct xfer *x = data;
+	int e = 0;
+	x->n = weft_stream_read_recv(req, &e);
+	x->err = e;
+	x->count++;
+	weft_req_free(req);
+}
+
+static void on_write(weft_req *req, void *data)
+{
+	struct done *d = data;
+	int e = 0;
+	d->n = weft_stream_writev_recv(req, &e);
+	d->err = e;
+	d->count++;
+	weft_req_free(req);
+}
+
+/* Write all of buf; returns 0 or the positive errno. */
+static int write_all(weft_loop *loop, weft_stream *s, const void *buf, size_t len)
+{
+	struct done d = {0};
+	struct iovec iov = {(void *)buf, len};
+	weft_req *req = weft_stream_writev_send(s, &iov, 1);
+	weft_req_set_callback(req, on_write, &d);
+	if (!run_until(loop, &d.count, 1, 20000))
+		return -1;
+	return d.err;
+}
+
+/* Read until `want` bytes arrived into out (or EOF/error); returns the
+ * count read, or -errno. */
+static ssize_t read_n(weft_loop *loop, weft_stream *s, char *out, size_t want, unsigned ms)
+{
+	size_t got = 0;
+	uint64_t end = t_now_ms() + ms;
+	while (got < want && t_now_ms() < end) {
+		struct xfer *x = calloc(1, sizeof(*x));
+		weft_req *req = weft_stream_read_send(s, x->buf, sizeof(x->buf));
+		weft_req_set_callback(req, on_read, x);
+		if (!run_until(loop, &x->count, 1, (unsigned)(end - t_now_ms() + 1))) {
+			weft_req_free(req);
+			free(x);
+			break;
+		}
+		if (x->n < 0) {
+			ssize_t e = -x->err;
+			free(x);
+			return got > 0 ? (ssize_t)got : e;
+		}
+		size_t n = (size_t)x->n;
+		if (n > want - got)
+			n = want - got;
+		memcpy(out + got, x->buf, n);
+		got += n;
+		free(x);
+	}
+	return (ssize_t)got;
+}
+
+/* ---- configurations ---------------------------------------------------------- */
+
+static weft_tls_config *client_cfg(void)
+{
+	weft_tls_config *c = NULL;
+	CHECK_EQ(weft_tls_config_new(WEFT_TLS_CLIENT, &c), 0);
+	CHECK_EQ(weft_tls_config_add_ca_file(c, P("ca.pem")), 1);
+	return c;
+}
+
+static weft_tls_config *server_cfg_with(const char *cert, const char *key)
+{
+	weft_tls_config *c = NULL;
+	CHECK_EQ(weft_tls_config_new(WEFT_TLS_SERVER, &c), 0);
+	CHECK_EQ(weft_tls_config_add_cert_file(c, P(cert), P(key), NULL), 0);
+	return c;
+}
+
+static weft_tls_config *server_cfg(void)
+{
+	return server_cfg_with("srv.pem", "srv.key");
+}
+
+/* A socketpair as two weft socket streams. */
+static void stream_pair(weft_loop *loop, weft_stream **a, weft_stream **b)
+{
+	int sv[2];
+	CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	CHECK_EQ(weft_stream_new_socket(loop, sv[0], a), 0);
+	CHECK_EQ(weft_stream_new_socket(loop, sv[1], b), 0);
+}
+
+/* A TLS client and server over a socketpair. */
+static void tls_pair(weft_loop *loop, weft_tls_config *cc, weft_tls_config *sc, const char *name,
+		weft_stream **c, weft_stream **s)
+{
+	weft_stream *a, *b;
+	stream_pair(loop, &a, &b);
+	CHECK_EQ(weft_tls_client_new(cc, a, name, c), 0);
+	CHECK_EQ(weft_tls_server_new(sc, b, s), 0);
+}
+
+/* ---- real peers ---------------------------------------------------------------- */
+
+static int free_port(void)
+{
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	socklen_t len = sizeof(a);
+	int port = -1;
+	if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0 &&
+	    getsockname(fd, (struct sockaddr *)&a, &len) == 0)
+		port = ntohs(a.sin_port);
+	if (fd >= 0)
+		close(fd);
+	return port;
+}
+
+/* Start argv with stdin from in_file (NULL: /dev/null) and stdout+stderr
+ * into out_file (NULL: /dev/null). */
+static pid_t spawn(char *const argv[], const char *in_file, const char *out_file)
+{
+	pid_t pid = fork();
+	if (pid != 0)
+		return pid;
+	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	int in = open(in_file ? in_file : "/dev/null", O_RDONLY);
+	int out = open(out_file ? out_file : "/dev/null", O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	if (in < 0 || out < 0)
+		_exit(127);
+	dup2(in, 0);
+	dup2(out, 1);
+	dup2(out, 2);
+	execvp(argv[0], argv);
+	_exit(127);
+}
+
+/* Wait until 127.0.0.1:port accepts (or ms pass, or the child died). */
+static bool wait_port(pid_t pid, int port, unsigned ms)
+{
+	uint64_t end = t_now_ms() + ms;
+	while (t_now_ms() < end) {
+		if (waitpid(pid, NULL, WNOHANG) == pid)
+			return false;
+		int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+			.sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+		int r = connect(fd, (struct sockaddr *)&a, sizeof(a));
+		close(fd);
+		if (r == 0)
+			return true;
+		t_sleep_ms(20);
+	}
+	return false;
+}
+
+/* Wait for the child to exit on its own for up to ms, then kill it; always
+ * reaped.  Returns its exit status, or -1 if it had to be killed. */
+static int reap(pid_t pid, unsigned ms)
+{
+	uint64_t end = t_now_ms() + ms;
+	int status = 0;
+	while (t_now_ms() < end) {
+		pid_t r = waitpid(pid, &status, WNOHANG);
+		if (r == pid)
+			return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+		t_sleep_ms(10);
+	}
+	kill(pid, SIGKILL);
+	waitpid(pid, &status, 0);
+	return -1;
+}
+
+static void kill_reap(pid_t pid)
+{
+	kill(pid, SIGTERM);
+	if (reap(pid, 2000) == -2)
+		return;
+}
+
+static char *read_file(const char *path)
+{
+	static char buf[65536];
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return NULL;
+	ssize_t n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	buf[n > 0 ? n : 0] = '\0';
+	return buf;
+}
+
+/* Connect a plain TCP stream to 127.0.0.1:port. */
+static weft_stream *tcp_connect(weft_loop *loop, int port)
+{
+	char text[64];
+	snprintf(text, sizeof(text), "tcp:127.0.0.1:%d", port);
+	weft_addr a;
+	CHECK_EQ(weft_addr_parse(text, &a), 0);
+	weft_req *req = weft_sock_connect_send(loop, &a);
+	if (weft_req_wait(req) < 0) {
+		weft_req_free(req);
+		return NULL;
+	}
+	weft_stream *s = NULL;
+	int e = 0;
+	int r = weft_sock_connect_recv(req, &s, &e);
+	weft_req_free(req);
+	return r == 0 ? s : NULL;
+}
+
+/* ---- weft client against real servers ------------------------------------------ */
+
+static void test_client_gnutls_serv(void)
+{
+	if (!g_have_gnutls_bin) {
+		printf("# skip: gnutls-serv not installed\n");
+		return;
+	}
+	int port = free_port();
+	char portbuf[16];
+	snprintf(portbuf, sizeof(portbuf), "%d", port);
+	char *argv[] = {"gnutls-serv", "--echo", "-p", portbuf, "--x509certfile", (char *)P("srv.pem"),
+		"--x509keyfile", (char *)P("srv.key"), "--alpn", "weft/1", NULL};
+	pid_t pid = spawn(argv, NULL, NULL);
+	REQUIRE(pid > 0);
+	if (!wait_port(pid, port, 10000)) {
+		CHECK(!"gnutls-serv did not start");
+		kill_reap(pid);
+		return;
+	}
+	weft_loop *loop = new_loop();
+	weft_tls_config *cc = client_cfg();
+	const char *alpn[] = {"weft/1"};
+	CHECK_EQ(weft_tls_config_set_alpn(cc, alpn, 1), 0);
+	weft_stream *tcp = tcp_connect(loop, port);
+	CHECK(tcp != NULL);
+	weft_stream *s = NULL;
+	if (tcp != NULL && weft_tls_client_new(cc, tcp, "localhost", &s) == 0) {
+		CHECK(weft_tls_is_tls(s));
+		CHECK_EQ(handshake(loop, s, 10000), 0);
+		CHECK(weft_tls_version(s) && strcmp(weft_tls_version(s), "TLS1.3") == 0);
+		CHECK_EQ(weft_tls_verify_status(s), 0);
+		const char *proto = NULL;
+		size_t plen = 0;
+		CHECK_EQ(weft_tls_alpn(s, &proto, &plen), 0);
+		CHECK(plen == 6 && memcmp(proto, "weft/1", 6) == 0);
+		char *dn = NULL;
+		CHECK_EQ(weft_tls_peer_dn(s, &dn), 0);
+		CHECK(dn && strstr(dn, "CN=localhost"));
+		free(dn);
+		CHECK(weft_stream_fd(s) >= 0);
+		static const char msg[] = "hello over TLS\n";
+		CHECK_EQ(write_all(loop, s, msg, sizeof(msg) - 1), 0);
+		char back[64] = {0};
+		CHECK_EQ(read_n(loop, s, back, sizeof(msg) - 1, 10000), (ssize_t)(sizeof(msg) - 1));
+		CHECK(strcmp(back, msg) == 0);
+		weft_stream_close(s, NULL, NULL);
+	}
+	weft_tls_config_unref(cc);
+	free_loop(loop);
+	kill_reap(pid);
+}
+
+static void test_client_openssl_server(void)
+{
+	if (!g_have_openssl) {
+		printf("# skip: openssl not installed\n");
+		return;
+	}
+	int port = free_port();
+	char portbuf[16];
+	snprintf(portbuf, sizeof(portbuf), "%d", port);
+	char *argv[] = {"openssl", "s_server", "-accept", portbuf, "-cert", (char *)P("srv.pem"),
+		"-key", (char *)P("srv.key"), "-rev", "-tls1_2", NULL};
+	pid_t pid = spawn(argv, NULL, NULL);
+	REQUIRE(pid > 0);
+	if (!wait_port(pid, port, 10000)) {
+		CHECK(!"openssl s_server did not start");
+		kill_reap(pid);
+		return;
+	}
+	weft_loop *loop = new_loop();
+	weft_tls_config *cc = client_cfg();
+	CHECK_EQ(weft_tls_config_set_priority(cc, "NORMAL:-VERS-ALL:+VERS-TLS1.2"), 0);
+	weft_stream *tcp = tcp_connect(loop, port);
+	CHECK(tcp != NULL);
+	weft_stream *s = NULL;
+	if (tcp != NULL && weft_tls_client_new(cc, tcp, "127.0.0.1", &s) == 0) {
+		CHECK_EQ(handshake(loop, s, 10000), 0);
+		CHECK(weft_tls_version(s) && strcmp(weft_tls_version(s), "TLS1.2") == 0);
+		static const char msg[] = "abcdef\n";
+		CHECK_EQ(write_all(loop, s, msg, sizeof(msg) - 1), 0);
+		char back[64] = {0};
+		CHECK_EQ(read_n(loop, s, back, 7, 10000), 7);
+		CHECK(strcmp(back, "fedcba\n") == 0);
+		weft_stream_close(s, NULL, NULL);
+	}
+	weft_tls_config_unref(cc);
+	free_loop(loop);
+	kill_reap(pid);
+}
+
+/* ---- real clients against a weft server --------------------------------------------- */
+
+struct srv {
+	weft_loop *loop;
+	weft_tls_config *cfg;
+	weft_stream *s;
+	int accepted;
+	int done;
+	char got[256];
+	size_t got_len;
+	char dn[256];
+	char sni[256];
+	int err;
+	struct xfer x;
+	const char *greeting;
+	bool shut;
+	unsigned reap_ms; /* 0: 5000 */
+};
+
+static void free_req_cb(weft_req *req, void *data)
+{
+	(void)data;
+	weft_req_free(req);
+}
+
+static void srv_read_cb(weft_req *req, void *data);
+
+static void srv_read_more(struct srv *v)
+{
+	weft_req *req = weft_stream_read_send(v->s, v->x.buf, sizeof(v->x.buf));
+	weft_req_set_callback(req, srv_read_cb, v);
+}
+
+static void srv_read_cb(weft_req *req, void *data)
+{
+	struct srv *v = data;
+	int e = 0;
+	ssize_t n = weft_stream_read_recv(req, &e);
+	weft_req_free(req);
+	if (n < 0) {
+		v->err = e;
+		v->done++;
+		return;
+	}
+	size_t room = sizeof(v->got) - 1 - v->got_len;
+	size_t k = (size_t)n < room ? (size_t)n : room;
+	memcpy(v->got + v->got_len, v->x.buf, k);
+	v->got_len += k;
+	if (!v->shut && memchr(v->got, '\n', v->got_len) != NULL) {
+		v->shut = true; /* a line in: close_notify, then wait for the client's end */
+		weft_req *sd = weft_stream_shutdown_send(v->s);
+		weft_req_set_callback(sd, free_req_cb, NULL);
+	}
+	srv_read_more(v);
+}
+
+static void srv_hs_cb(weft_req *req, void *data)
+{
+	struct srv *v = data;
+	int e = 0;
+	weft_tls_handshake_recv(req, &e);
+	weft_req_free(req);
+	if (e != 0) {
+		v->err = e;
+		v->done++;
+		return;
+	}
+	char *dn = NULL;
+	if (weft_tls_peer_dn(v->s, &dn) == 0) {
+		snprintf(v->dn, sizeof(v->dn), "%s", dn);
+		free(dn);
+	}
+	(void)weft_tls_server_name(v->s, v->sni, sizeof(v->sni));
+	struct iovec iov = {(void *)v->greeting, strlen(v->greeting)};
+	weft_req *w = weft_stream_writev_queue_send(v->s, NULL, &iov, 1);
+	weft_req_set_callback(w, free_req_cb, NULL);
+	srv_read_more(v);
+}
+
+static void srv_accept(weft_listener *l, weft_stream *stream, const weft_addr *peer, int err, void *data)
+{
+	struct srv *v = data;
+	(void)l;
+	(void)peer;
+	if (stream == NULL || v->s != NULL) {
+		if (stream)
+			weft_stream_close(stream, NULL, NULL);
+		return;
+	}
+	v->accepted++;
+	CHECK_EQ(err, 0);
+	CHECK_EQ(weft_tls_server_new(v->cfg, stream, &v->s), 0);
+	weft_req *req = weft_tls_handshake_send(v->s);
+	weft_req_set_timeout(req, 15000);
+	weft_req_set_callback(req, srv_hs_cb, v);
+}
+
+/* Serve one real client: run a weft TLS server on an ephemeral port, start
+ * argv (with "PORT" replaced), feed it in_text on stdin; the server greets,
+ * sends close_notify and collects what the client sends until EOF. */
+static int serve_one(struct srv *v, char **argv, const char *in_text, const char *out_name)
+{
+	v->loop = new_loop();
+	weft_addr a;
+	CHECK_EQ(weft_addr_parse("tcp:127.0.0.1:0", &a), 0);
+	weft_listener *l = NULL;
+	CHECK_EQ(weft_listen(v->loop, &a, NULL, srv_accept, v, &l), 0);
+	weft_addr bound;
+	CHECK_EQ(weft_listener_addr(l, &bound), 0);
+	char port[16];
+	snprintf(port, sizeof(port), "%d", weft_addr_port(&bound));
+	for (char **p = argv; *p; p++)
+		if (strcmp(*p, "PORT") == 0)
+			*p = port;
+		else if (strcmp(*p, "127.0.0.1:PORT") == 0) {
+			static char hp[64];
+			snprintf(hp, sizeof(hp), "127.0.0.1:%s", port);
+			*p = hp;
+		}
+	write_file("stdin.txt", in_text);
+	pid_t pid = spawn(argv, P("stdin.txt"), P(out_name));
+	CHECK(pid > 0);
+	run_until(v->loop, &v->done, 1, 15000);
+	CHECK_EQ(v->accepted, 1);
+	int status = reap(pid, v->reap_ms ? v->reap_ms : 5000);
+	weft_stream_close(v->s, NULL, NULL);
+	weft_listener_free(l);
+	free_loop(v->loop);
+	weft_tls_config_unref(v->cfg);
+	return status;
+}
+
+static void test_gnutls_cli_client(void)
+{
+	if (!g_have_gnutls_bin) {
+		printf("# skip: gnutls-cli not installed\n");
+		return;
+	}
+	struct srv v = {.cfg = server_cfg(), .greeting = "hello from weft\n"};
+	char *argv[] = {"gnutls-cli", "--x509cafile", (char *)P("ca.pem"), "-p", "PORT", "localhost", NULL};
+	CHECK_EQ(serve_one(&v, argv, "ping from gnutls-cli\n", "gnutls-cli.out"), 0);
+	CHECK_EQ(v.err, EPIPE); /* the client's close_notify after its stdin */
+	CHECK(strcmp(v.got, "ping from gnutls-cli\n") == 0);
+	CHECK(strcmp(v.sni, "localhost") == 0);
+	const char *out = read_file(P("gnutls-cli.out"));
+	CHECK(out && strstr(out, "hello from weft"));
+}
+
+static void test_openssl_client_cert(void)
+{
+	if (!g_have_openssl) {
+		printf("# skip: openssl not installed\n");
+		return;
+	}
+	struct srv v = {.cfg = server_cfg(), .greeting = "hello client 1\n"};
+	CHECK_EQ(weft_tls_config_add_ca_file(v.cfg, P("ca.pem")), 1);
+	CHECK_EQ(weft_tls_config_set_client_auth(v.cfg, WEFT_TLS_CLIENT_AUTH_REQUIRE), 0);
+	char *argv[] = {"openssl", "s_client", "-connect", "127.0.0.1:PORT", "-servername", "localhost",
+		"-CAfile", (char *)P("ca.pem"), "-verify_return_error", "-cert", (char *)P("cli.pem"),
+		"-key", (char *)P("cli.key"), "-quiet", "-ign_eof", NULL};
+	CHECK_EQ(serve_one(&v, argv, "ping from s_client\n", "s_client.out"), 0);
+	CHECK(strcmp(v.got, "ping from s_client\n") == 0);
+	CHECK(strstr(v.dn, "CN=client 1") != NULL);
+	const char *out = read_file(P("s_client.out"));
+	CHECK(out && strstr(out, "hello client 1"));
+}
+
+static void test_openssl_client_no_cert_refused(void)
+{
+	if (!g_have_openssl) {
+		printf("# skip: openssl not installed\n");
+		return;
+	}
+	struct srv v = {.cfg = server_cfg(), .greeting = "never\n", .reap_ms = 500};
+	CHECK_EQ(weft_tls_config_add_ca_file(v.cfg, P("ca.pem")), 1);
+	CHECK_EQ(weft_tls_config_set_client_auth(v.cfg, WEFT_TLS_CLIENT_AUTH_REQUIRE), 0);
+	char *argv[] = {"openssl", "s_client", "-connect", "127.0.0.1:PORT", "-CAfile", (char *)P("ca.pem"),
+		"-quiet", NULL};
+	CHECK(serve_one(&v, argv, "x\n", "s_client2.out") != 0);
+	CHECK_EQ(v.err, EKEYREJECTED);
+	CHECK_EQ(v.got_len, 0);
+}
+
+/* ---- main ------------------------------------------------------------------------- */
+
+static void run(const char *name, void (*fn)(void))
+{
+	if (g_only != NULL && strstr(name, g_only) == NULL)
+		return;
+	uint64_t t0 = t_now_ms();
+	t_run_watchdog(name, fn, 60);
+	uint64_t dt = t_now_ms() - t0;
+	if (dt > 2000)
+		printf("# %s took %llu ms\n", name, (unsigned long long)dt);
+}
+
+int main(int argc, char **argv)
+{
+	g_only = argc > 1 ? argv[1] : NULL;
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	signal(SIGPIPE, SIG_IGN);
+	snprintf(g_dir, sizeof(g_dir), "/tmp/weft-tls-XXXXXX");
+	if (mkdtemp(g_dir) == NULL) {
+		printf("Bail out! mkdtemp: %s\n", strerror(errno));
+		return 1;
+	}
+	if (!have_program("certtool") || make_certificates() < 0) {
+		printf("Bail out! certtool could not make the test certificates\n");
+		sh("rm -rf %s", g_dir);
+		return 1;
+	}
+	g_have_gnutls_bin = have_program("gnutls-serv") && have_program("gnutls-cli");
+	g_have_openssl = have_program("openssl");
+
+	run("peer: weft client vs gnutls-serv --echo (TLS 1.3, ALPN, verified, echo)", test_client_gnutls_serv);
+	run("peer: weft client vs openssl s_server -rev (TLS 1.2, IP address check)", test_client_openssl_server);
+	run("peer: gnutls-cli vs weft server (SNI, greeting, close_notify both ways)", test_gnutls_cli_client);
+	run("peer: openssl s_client with a client certificate vs weft server (peer DN)", test_openssl_client_cert);
+	run("peer: openssl s_client without the required certificate -> EKEYREJECTED", test_openssl_client_no_cert_refused);
+
+	sh("rm -rf %s", g_dir);
+	return t_finish();
+}
