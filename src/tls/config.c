@@ -322,7 +322,9 @@ int weft__tls_session_setup(weft_tls_config *cfg, gnutls_session_t sess, const c
 		if (cfg->client_auth != WEFT_TLS_CLIENT_AUTH_NONE) {
 			gnutls_certificate_server_set_request(sess, cfg->client_auth == WEFT_TLS_CLIENT_AUTH_REQUIRE
 					? GNUTLS_CERT_REQUIRE : GNUTLS_CERT_REQUEST);
-			if (cfg->verify != WEFT_TLS_VERIFY_NONE)
+			/* REQUEST: a certificate sent is verified after the
+			 * handshake (GnuTLS's own check would refuse none). */
+			if (cfg->verify != WEFT_TLS_VERIFY_NONE && cfg->client_auth == WEFT_TLS_CLIENT_AUTH_REQUIRE)
 				gnutls_session_set_verify_cert(sess, NULL, 0);
 		}
 		if (cfg->tickets) {

@@ -32,6 +32,7 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdio.h>
 
 #define READ_AHEAD 32768u /* > one record (16 KiB + 2 KiB overhead) */
 #define HANDSHAKE_STEPS 16 /* non-fatal results retried per wake-up */
@@ -59,6 +60,7 @@ struct tls_impl {
 	bool eof;            /* close_notify received */
 	bool inner_drained;  /* the last inner read was short */
 	bool notify_core;    /* tell the core: state changed, try again */
+	bool wake_read;      /* tell the core: readable without the fd */
 	size_t maxrec;
 
 	int err;            /* sticky failure, negative errno */
@@ -179,14 +181,54 @@ static void set_error(struct tls_impl *t, int err, int gerr, char *text)
 static int fail(struct tls_impl *t, int gerr)
 {
 	char *text = NULL;
+	/* Tell the peer why (GnuTLS leaves that to us), once, without waiting;
+	 * not when the transport itself failed. */
+	if (t->err == 0 && gerr != GNUTLS_E_PULL_ERROR && gerr != GNUTLS_E_PUSH_ERROR &&
+	    gerr != GNUTLS_E_PREMATURE_TERMINATION && gerr != GNUTLS_E_UNEXPECTED_PACKET_LENGTH &&
+	    gerr != GNUTLS_E_FATAL_ALERT_RECEIVED)
+		(void)gnutls_alert_send_appropriate(t->sess, gerr);
 	int err = weft__tls_failure(t->sess, gerr, t->transport_err, &t->verify_status, &text);
 	set_error(t, err, gerr, text);
 	return t->err;
 }
 
+/* Ciphertext received but not yet given to GnuTLS. */
+static bool buffered(const struct tls_impl *t)
+{
+	return t->rb_len > 0 || weft__stream_raw_pending(t->inner) > 0;
+}
+
 static unsigned direction(struct tls_impl *t)
 {
 	return gnutls_record_get_direction(t->sess) ? WEFT_IO_WRITE : WEFT_IO_READ;
+}
+
+/* A server that requested (not required) a client certificate verifies
+ * the one it got.  Returns false (the session failed) if it does not. */
+static bool verify_requested(struct tls_impl *t)
+{
+	unsigned n = 0;
+	if (!t->server || t->cfg->client_auth != WEFT_TLS_CLIENT_AUTH_REQUEST || t->cfg->verify == WEFT_TLS_VERIFY_NONE ||
+	    gnutls_certificate_get_peers(t->sess, &n) == NULL || n == 0)
+		return true;
+	unsigned status = 0;
+	int g = gnutls_certificate_verify_peers2(t->sess, &status);
+	if (g == 0 && status == 0)
+		return true;
+	t->verify_status = status;
+	gnutls_datum_t out = {NULL, 0};
+	char *text = NULL;
+	if (gnutls_certificate_verification_status_print(status, GNUTLS_CRT_X509, &out, 0) == 0) {
+		const char pre[] = "certificate verification failed: ";
+		text = malloc(sizeof(pre) + out.size);
+		if (text != NULL)
+			snprintf(text, sizeof(pre) + out.size, "%s%s", pre, (const char *)out.data);
+		gnutls_free(out.data);
+	}
+	(void)gnutls_alert_send(t->sess, GNUTLS_AL_FATAL, GNUTLS_A_BAD_CERTIFICATE);
+	set_error(t, (status & (GNUTLS_CERT_EXPIRED | GNUTLS_CERT_NOT_ACTIVATED)) ? -EKEYEXPIRED : -EKEYREJECTED,
+			GNUTLS_E_CERTIFICATE_VERIFICATION_ERROR, text);
+	return false;
 }
 
 /* ---- the handshake --------------------------------------------------------------- */
@@ -195,6 +237,8 @@ static void hs_step(struct tls_impl *t)
 {
 	for (int i = 0; i < HANDSHAKE_STEPS && t->err == 0; i++) {
 		int g = gnutls_handshake(t->sess);
+		if (g == 0 && !verify_requested(t))
+			return;
 		if (g == 0) {
 			t->hs = HS_DONE;
 			t->hs_want = 0;
@@ -207,6 +251,8 @@ static void hs_step(struct tls_impl *t)
 		}
 		if (g == GNUTLS_E_AGAIN || g == GNUTLS_E_INTERRUPTED) {
 			t->hs_want = direction(t);
+			if (t->hs_want == WEFT_IO_READ && buffered(t))
+				continue; /* records in hand: go on */
 			return;
 		}
 		if (gnutls_error_is_fatal(g))
@@ -322,6 +368,10 @@ static void tls_drive(struct tls_impl *t, unsigned revents)
 		}
 	}
 	if (!t->closed) {
+		if (t->wake_read) {
+			t->wake_read = false;
+			tev |= WEFT_IO_READ;
+		}
 		if (t->notify_core) {
 			t->notify_core = false;
 			tev |= WEFT_IO_READ | WEFT_IO_WRITE;
@@ -386,6 +436,7 @@ static ssize_t tls_readv(weft_stream *s, const struct iovec *iov, int count)
 	if (t->eof)
 		return 0;
 	size_t total = 0;
+	int retries = 0;
 	for (int i = 0; i < count; i++) {
 		size_t off = 0;
 		while (off < iov[i].iov_len) {
@@ -402,8 +453,14 @@ static ssize_t tls_readv(weft_stream *s, const struct iovec *iov, int count)
 				t->eof = true;
 				return (ssize_t)total;
 			}
+			if ((g == GNUTLS_E_AGAIN || g == GNUTLS_E_INTERRUPTED) && buffered(t) && ++retries < HANDSHAKE_STEPS)
+				continue; /* a post-handshake message (ticket, key update) consumed: more is here */
 			if (g == GNUTLS_E_AGAIN || g == GNUTLS_E_INTERRUPTED) {
 				t->rd_want = direction(t);
+				if (buffered(t)) {
+					t->wake_read = true; /* never wait for the fd with records in hand */
+					kick(t);
+				}
 				return total > 0 ? (ssize_t)total : g == GNUTLS_E_AGAIN ? -EAGAIN : -EINTR;
 			}
 			if (!gnutls_error_is_fatal((int)g))

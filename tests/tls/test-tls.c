@@ -663,7 +663,7 @@ static void test_gnutls_cli_client(void)
 	struct srv v = {.cfg = server_cfg(), .greeting = "hello from weft\n"};
 	char *argv[] = {"gnutls-cli", "--x509cafile", (char *)P("ca.pem"), "-p", "PORT", "localhost", NULL};
 	CHECK_EQ(serve_one(&v, argv, "ping from gnutls-cli\n", "gnutls-cli.out"), 0);
-	CHECK_EQ(v.err, EPIPE); /* the client's close_notify after its stdin */
+	CHECK(v.err == EPIPE || v.err == ECONNRESET); /* gnutls-cli may leave without close_notify */
 	CHECK(strcmp(v.got, "ping from gnutls-cli\n") == 0);
 	CHECK(strcmp(v.sni, "localhost") == 0);
 	const char *out = read_file(P("gnutls-cli.out"));
@@ -705,6 +705,641 @@ static void test_openssl_client_no_cert_refused(void)
 	CHECK_EQ(v.got_len, 0);
 }
 
+/* ---- transports written here ------------------------------------------------------- */
+
+/* A socket stream that reads one byte per call (trickle), and can cut the connection after `limit` bytes written (a peer that dies
+ * mid-handshake or mid-record). */
+struct tr {
+	int fd;
+	weft_io *io;
+	weft_stream *s;
+	bool one_byte;
+	size_t written, limit;
+};
+
+static ssize_t tr_readv(weft_stream *s, const struct iovec *iov, int count)
+{
+	struct tr *t = weft_stream_impl(s);
+	ssize_t r = t->one_byte ? read(t->fd, iov[0].iov_base, 1) : readv(t->fd, iov, count);
+	return r < 0 ? -errno : r;
+}
+
+static ssize_t tr_writev(weft_stream *s, const struct iovec *iov, int count)
+{
+	struct tr *t = weft_stream_impl(s);
+	if (t->written >= t->limit)
+		return -EPIPE;
+	while (count > 1 && iov[0].iov_len == 0) {
+		iov++;
+		count--;
+	}
+	struct iovec one = iov[0];
+	if (one.iov_len > t->limit - t->written)
+		one.iov_len = t->limit - t->written;
+	ssize_t r = (count == 1 || one.iov_len < iov[0].iov_len) ? write(t->fd, one.iov_base, one.iov_len)
+		: writev(t->fd, iov, count);
+	if (r < 0)
+		return -errno;
+	t->written += (size_t)r;
+	if (t->written >= t->limit)
+		shutdown(t->fd, SHUT_RDWR); /* the peer dies here */
+	return r;
+}
+
+static int tr_shutdown(weft_stream *s)
+{
+	struct tr *t = weft_stream_impl(s);
+	return shutdown(t->fd, SHUT_WR) < 0 ? -errno : 0;
+}
+
+static void tr_close(weft_stream *s)
+{
+	struct tr *t = weft_stream_impl(s);
+	weft_io_free(t->io);
+	close(t->fd);
+	free(t);
+}
+
+static int tr_watch(weft_stream *s, unsigned events)
+{
+	struct tr *t = weft_stream_impl(s);
+	return weft_io_modify(t->io, events);
+}
+
+static void tr_io(weft_io *io, unsigned revents, void *data)
+{
+	(void)io;
+	weft_stream_ready(((struct tr *)data)->s, revents);
+}
+
+static const weft_stream_ops tr_ops = {
+	.name = "trickle",
+	.readv = tr_readv,
+	.writev = tr_writev,
+	.shutdown = tr_shutdown,
+	.close = tr_close,
+	.watch = tr_watch,
+};
+
+static weft_stream *tr_new(weft_loop *loop, int fd, bool one_byte, struct tr **ret)
+{
+	struct tr *t = calloc(1, sizeof(*t));
+	t->fd = fd;
+	t->one_byte = one_byte;
+	t->limit = SIZE_MAX;
+	fcntl(fd, F_SETFL, O_NONBLOCK);
+	CHECK_EQ(weft_stream_new(loop, &tr_ops, t, &t->s), 0);
+	CHECK_EQ(weft_io_new(loop, fd, tr_io, t, &t->io), 0);
+	if (ret)
+		*ret = t;
+	return t->s;
+}
+
+/* ---- weft against weft -------------------------------------------------------------- */
+
+static void test_one_byte_transport(void)
+{
+	weft_loop *loop = new_loop();
+	int sv[2];
+	CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	weft_tls_config *cc = client_cfg(), *sc = server_cfg();
+	weft_stream *c = NULL, *s = NULL;
+	CHECK_EQ(weft_tls_client_new(cc, tr_new(loop, sv[0], true, NULL), "localhost", &c), 0);
+	CHECK_EQ(weft_tls_server_new(sc, tr_new(loop, sv[1], true, NULL), &s), 0);
+	int ec, es;
+	handshake2(loop, c, s, &ec, &es);
+	CHECK_EQ(ec, 0);
+	CHECK_EQ(es, 0);
+	static const char msg[] = "one byte at a time, both ways";
+	CHECK_EQ(write_all(loop, c, msg, sizeof(msg)), 0);
+	char back[64] = {0};
+	CHECK_EQ(read_n(loop, s, back, sizeof(msg), 10000), (ssize_t)sizeof(msg));
+	CHECK(memcmp(back, msg, sizeof(msg)) == 0);
+	CHECK_EQ(write_all(loop, s, msg, sizeof(msg)), 0);
+	memset(back, 0, sizeof(back));
+	CHECK_EQ(read_n(loop, c, back, sizeof(msg), 10000), (ssize_t)sizeof(msg));
+	CHECK(memcmp(back, msg, sizeof(msg)) == 0);
+	weft_stream_close(c, NULL, NULL);
+	weft_stream_close(s, NULL, NULL);
+	weft_tls_config_unref(cc);
+	weft_tls_config_unref(sc);
+	free_loop(loop);
+}
+
+/* Implicit handshake: no handshake request, the first read/write runs it. */
+static void test_implicit_handshake_pipes(void)
+{
+	weft_loop *loop = new_loop();
+	int p1[2], p2[2];
+	CHECK_EQ(pipe2(p1, O_CLOEXEC), 0);
+	CHECK_EQ(pipe2(p2, O_CLOEXEC), 0);
+	weft_stream *a = NULL, *b = NULL;
+	CHECK_EQ(weft_stream_new_pipe(loop, p1[0], p2[1], &a), 0);
+	CHECK_EQ(weft_stream_new_pipe(loop, p2[0], p1[1], &b), 0);
+	weft_tls_config *cc = client_cfg(), *sc = server_cfg();
+	weft_stream *c = NULL, *s = NULL;
+	CHECK_EQ(weft_tls_client_new(cc, a, "localhost", &c), 0);
+	CHECK_EQ(weft_tls_server_new(sc, b, &s), 0);
+	weft_tls_config_unref(cc); /* the sessions hold their own references */
+	weft_tls_config_unref(sc);
+	CHECK(weft_tls_version(c) == NULL);
+	struct xfer *x = calloc(1, sizeof(*x));
+	weft_req *rr = weft_stream_read_send(s, x->buf, sizeof(x->buf));
+	weft_req_set_callback(rr, on_read, x);
+	static const char msg[] = "over a pipe pair";
+	struct iovec iov = {(void *)msg, sizeof(msg)};
+	struct done d = {0};
+	weft_req *wr = weft_stream_writev_send(c, &iov, 1);
+	weft_req_set_callback(wr, on_write, &d);
+	CHECK(run_until(loop, &x->count, 1, 10000));
+	CHECK(run_until(loop, &d.count, 1, 10000));
+	CHECK_EQ(x->n, (ssize_t)sizeof(msg));
+	CHECK_EQ(d.n, (ssize_t)sizeof(msg));
+	CHECK(strcmp(x->buf, msg) == 0);
+	CHECK(weft_tls_version(c) != NULL);
+	CHECK_EQ(weft_stream_fd(c), -ENOTSOCK);
+	/* close_notify: the server reads the end of the stream (EPIPE). */
+	struct done sd = {0};
+	weft_req *sr = weft_stream_shutdown_send(c);
+	weft_req_set_callback(sr, on_simple, &sd);
+	CHECK(run_until(loop, &sd.count, 1, 5000));
+	CHECK_EQ(sd.err, 0);
+	x->count = 0;
+	rr = weft_stream_read_send(s, x->buf, sizeof(x->buf));
+	weft_req_set_callback(rr, on_read, x);
+	CHECK(run_until(loop, &x->count, 1, 5000));
+	CHECK_EQ(x->err, EPIPE);
+	/* Writing after our close_notify: EPIPE. */
+	CHECK_EQ(write_all(loop, c, "x", 1), EPIPE);
+	free(x);
+	weft_stream_close(c, NULL, NULL);
+	weft_stream_close(s, NULL, NULL);
+	free_loop(loop);
+}
+
+/* Bulk: 64 MiB each way at once; the client reads slowly (small reads,
+ * pauses), so the server's writes block and resume many times. */
+#define BIG (64u << 20)
+
+struct bulk {
+	weft_loop *loop;
+	weft_stream *s;
+	unsigned char *rbuf;
+	size_t rlen;      /* buffer per read */
+	size_t got;
+	bool ok;
+	bool slow;
+	weft_timer *pause;
+	int done, err;
+};
+
+static unsigned char pattern(size_t i)
+{
+	return (unsigned char)((i * 7u) ^ (i >> 13));
+}
+
+static void bulk_read(struct bulk *b);
+
+static void bulk_read_cb(weft_req *req, void *data)
+{
+	struct bulk *b = data;
+	int e = 0;
+	ssize_t n = weft_stream_read_recv(req, &e);
+	weft_req_free(req);
+	if (n < 0) {
+		b->err = e;
+		b->done = 1;
+		return;
+	}
+	for (ssize_t i = 0; i < n; i++)
+		if (b->rbuf[i] != pattern(b->got + (size_t)i))
+			b->ok = false;
+	size_t before = b->got;
+	b->got += (size_t)n;
+	if (b->got >= BIG) {
+		b->done = 1;
+		return;
+	}
+	if (b->slow && before / (4u << 20) != b->got / (4u << 20)) {
+		weft_timer_start(b->pause, 5, 0); /* every 4 MiB: a pause */
+		return;
+	}
+	bulk_read(b);
+}
+
+static void bulk_read(struct bulk *b)
+{
+	weft_req *req = weft_stream_read_send(b->s, b->rbuf, b->rlen);
+	weft_req_set_callback(req, bulk_read_cb, b);
+}
+
+static void bulk_resume(weft_timer *t, void *data)
+{
+	(void)t;
+	bulk_read(data);
+}
+
+static void test_bulk_64mib_slow_reader(void)
+{
+	weft_loop *loop = new_loop();
+	weft_tls_config *cc = client_cfg(), *sc = server_cfg();
+	weft_stream *c = NULL, *s = NULL;
+	tls_pair(loop, cc, sc, "localhost", &c, &s);
+	unsigned char *data = malloc(BIG);
+	for (size_t i = 0; i < BIG; i++)
+		data[i] = pattern(i);
+	struct bulk rc = {.loop = loop, .s = c, .rlen = 3000, .ok = true, .slow = true};
+	struct bulk rs = {.loop = loop, .s = s, .rlen = 65536, .ok = true};
+	rc.rbuf = malloc(rc.rlen);
+	rs.rbuf = malloc(rs.rlen);
+	CHECK_EQ(weft_timer_new(loop, bulk_resume, &rc, &rc.pause), 0);
+	struct done wc = {0}, ws = {0};
+	struct iovec iov = {data, BIG};
+	weft_req *w1 = weft_stream_writev_send(c, &iov, 1);
+	weft_req_set_callback(w1, on_write, &wc);
+	weft_req *w2 = weft_stream_writev_send(s, &iov, 1);
+	weft_req_set_callback(w2, on_write, &ws);
+	bulk_read(&rc);
+	bulk_read(&rs);
+	int all = 0;
+	uint64_t end = t_now_ms() + 50000;
+	while ((!rc.done || !rs.done || !wc.count || !ws.count) && t_now_ms() < end)
+		run_until(loop, &all, 1, 100);
+	CHECK_EQ(rc.got, BIG);
+	CHECK_EQ(rs.got, BIG);
+	CHECK(rc.ok && rs.ok);
+	CHECK_EQ(wc.n, (ssize_t)BIG);
+	CHECK_EQ(ws.n, (ssize_t)BIG);
+	weft_timer_free(rc.pause);
+	weft_stream_close(c, NULL, NULL);
+	weft_stream_close(s, NULL, NULL);
+	weft_tls_config_unref(cc);
+	weft_tls_config_unref(sc);
+	free(data);
+	free(rc.rbuf);
+	free(rs.rbuf);
+	free_loop(loop);
+}
+
+/* Records already received (decrypted, or still ciphertext in the
+ * read-ahead) are delivered with no further socket readiness: the peer
+ * sends everything at once and then nothing. */
+struct pdus {
+	size_t size;
+	char buf[20000];
+	struct iovec iov;
+	int n, want;
+	int done, err;
+	bool ok;
+};
+
+static int pdu_next(weft_stream *s, void *data, const struct iovec **vec, size_t *count)
+{
+	struct pdus *p = data;
+	(void)s;
+	if (p->iov.iov_base != NULL) { /* one PDU in */
+		for (size_t i = 0; i < p->size; i++)
+			if (p->buf[i] != (char)('a' + p->n % 26))
+				p->ok = false;
+		p->n++;
+	}
+	if (p->n == p->want) {
+		*count = 0;
+		return 0;
+	}
+	p->iov.iov_base = p->buf;
+	p->iov.iov_len = p->size;
+	*vec = &p->iov;
+	*count = 1;
+	return 0;
+}
+
+static void pdus_cb(weft_req *req, void *data)
+{
+	struct pdus *p = data;
+	int e = 0;
+	weft_stream_readv_recv(req, &e);
+	p->err = e;
+	p->done = 1;
+	weft_req_free(req);
+}
+
+static void check_pending_records(size_t size, int count)
+{
+	weft_loop *loop = new_loop();
+	weft_tls_config *cc = client_cfg(), *sc = server_cfg();
+	weft_stream *c = NULL, *s = NULL;
+	tls_pair(loop, cc, sc, "localhost", &c, &s);
+	int ec, es;
+	handshake2(loop, c, s, &ec, &es);
+	CHECK_EQ(ec, 0);
+	CHECK_EQ(es, 0);
+	/* Each try_writev is one record; all sit in the socket before the
+	 * client reads. */
+	char *rec = malloc(size);
+	for (int i = 0; i < count; i++) {
+		memset(rec, 'a' + i % 26, size);
+		struct iovec iov = {rec, size};
+		CHECK_EQ(weft_stream_try_writev(s, &iov, 1), (ssize_t)size);
+	}
+	free(rec);
+	struct pdus *p = calloc(1, sizeof(*p));
+	p->size = size;
+	p->want = count;
+	p->ok = true;
+	weft_req *req = weft_stream_readv_send(c, pdu_next, p);
+	weft_req_set_callback(req, pdus_cb, p);
+	CHECK(run_until(loop, &p->done, 1, 5000));
+	CHECK_EQ(p->err, 0);
+	CHECK_EQ(p->n, count);
+	CHECK(p->ok);
+	CHECK_EQ(weft_stream_pending(c), 0);
+	free(p);
+	weft_stream_close(c, NULL, NULL);
+	weft_stream_close(s, NULL, NULL);
+	weft_tls_config_unref(cc);
+	weft_tls_config_unref(sc);
+	free_loop(loop);
+}
+
+static void test_pending_records(void)
+{
+	check_pending_records(10, 40);    /* small records, one segment */
+	check_pending_records(12000, 2);  /* records larger than the stream's read-ahead */
+	check_pending_records(1, 100);
+}
+
+/* Bad certificates: refused with a clear error. */
+static void check_refused(const char *cert, const char *key, const char *name, int want_err, const char *text)
+{
+	weft_loop *loop = new_loop();
+	weft_tls_config *cc = client_cfg(), *sc = server_cfg_with(cert, key);
+	weft_stream *c = NULL, *s = NULL;
+	tls_pair(loop, cc, sc, name, &c, &s);
+	int ec, es;
+	handshake2(loop, c, s, &ec, &es);
+	CHECK_EQ(ec, want_err);
+	CHECK(es != 0);
+	CHECK(strstr(weft_tls_error_text(c), text) != NULL);
+	if (strstr(weft_tls_error_text(c), text) == NULL)
+		printf("# error text: %s\n", weft_tls_error_text(c));
+	CHECK(weft_tls_last_error(c) != 0);
+	if (want_err != ECONNRESET)
+		CHECK(weft_tls_verify_status(c) != 0);
+	/* The failure sticks: I/O gets the same error. */
+	CHECK_EQ(write_all(loop, c, "x", 1), want_err);
+	weft_stream_close(c, NULL, NULL);
+	weft_stream_close(s, NULL, NULL);
+	weft_tls_config_unref(cc);
+	weft_tls_config_unref(sc);
+	free_loop(loop);
+}
+
+static void test_bad_certificates(void)
+{
+	check_refused("evil.pem", "evil.key", "localhost", EKEYREJECTED, "NOT trusted");
+	check_refused("srv.pem", "srv.key", "example.org", EKEYREJECTED, "does not match");
+	check_refused("old.pem", "old.key", "localhost", EKEYEXPIRED, "expired");
+	/* A certificate with the wrong key is refused when loaded. */
+	weft_tls_config *sc = NULL;
+	CHECK_EQ(weft_tls_config_new(WEFT_TLS_SERVER, &sc), 0);
+	CHECK_EQ(weft_tls_config_add_cert_file(sc, P("srv.pem"), P("cli.key"), NULL), -EBADMSG);
+	CHECK_EQ(weft_tls_config_add_cert_file(sc, P("nonexistent.pem"), P("cli.key"), NULL), -ENOENT);
+	CHECK(weft_tls_config_last_error(sc) != 0);
+	weft_stream *dummy = NULL;
+	int sv[2];
+	CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	weft_loop *loop = new_loop();
+	weft_stream *raw = NULL;
+	CHECK_EQ(weft_stream_new_socket(loop, sv[0], &raw), 0);
+	CHECK_EQ(weft_tls_server_new(sc, raw, &dummy), -EINVAL); /* no certificate; raw is closed */
+	close(sv[1]);
+	weft_tls_config_unref(sc);
+	free_loop(loop);
+}
+
+/* The peer dies mid-handshake and mid-record: ECONNRESET, never a hang. */
+static void test_peer_dies(void)
+{
+	for (int phase = 0; phase < 2; phase++) {
+		weft_loop *loop = new_loop();
+		int sv[2];
+		CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+		weft_tls_config *cc = client_cfg(), *sc = server_cfg();
+		struct tr *cut = NULL;
+		weft_stream *c = NULL, *s = NULL;
+		CHECK_EQ(weft_tls_client_new(cc, tr_new(loop, sv[0], false, NULL), "localhost", &c), 0);
+		CHECK_EQ(weft_tls_server_new(sc, tr_new(loop, sv[1], false, &cut), &s), 0);
+		if (phase == 0)
+			cut->limit = 60; /* inside the ServerHello */
+		int ec, es;
+		handshake2(loop, c, s, &ec, &es);
+		if (phase == 0) {
+			CHECK_EQ(ec, ECONNRESET);
+			CHECK(es != 0);
+		} else {
+			CHECK_EQ(ec, 0);
+			CHECK_EQ(es, 0);
+			cut->limit = cut->written + 100; /* inside the next record */
+			static char big[4000];
+			struct iovec iov = {big, sizeof(big)};
+			weft_req *w = weft_stream_writev_send(s, &iov, 1);
+			struct done d = {0};
+			weft_req_set_callback(w, on_write, &d);
+			char buf[4000];
+			CHECK_EQ(read_n(loop, c, buf, sizeof(buf), 5000), -ECONNRESET);
+			/* The server's record was taken whole (GnuTLS queued it);
+			 * flushing it failed, and the failure sticks. */
+			run_until(loop, &d.count, 1, 5000);
+			CHECK_EQ(write_all(loop, s, "x", 1), EPIPE);
+		}
+		weft_stream_close(c, NULL, NULL);
+		weft_stream_close(s, NULL, NULL);
+		weft_tls_config_unref(cc);
+		weft_tls_config_unref(sc);
+		free_loop(loop);
+	}
+}
+
+/* A silent peer: the handshake request times out, the stream stays failed;
+ * closing with a handshake pending cancels it. */
+static void test_handshake_timeout_cancel(void)
+{
+	weft_loop *loop = new_loop();
+	int sv[2];
+	CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	weft_stream *raw = NULL;
+	CHECK_EQ(weft_stream_new_socket(loop, sv[0], &raw), 0);
+	weft_tls_config *cc = client_cfg();
+	weft_stream *c = NULL;
+	CHECK_EQ(weft_tls_client_new(cc, raw, "localhost", &c), 0);
+	uint64_t t0 = t_now_ms();
+	CHECK_EQ(handshake(loop, c, 100), ETIMEDOUT);
+	CHECK(t_now_ms() - t0 < 2000);
+	CHECK_EQ(write_all(loop, c, "x", 1), ETIMEDOUT);
+	weft_stream_close(c, NULL, NULL);
+	close(sv[1]);
+
+	CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	CHECK_EQ(weft_stream_new_socket(loop, sv[0], &raw), 0);
+	CHECK_EQ(weft_tls_client_new(cc, raw, "localhost", &c), 0);
+	struct done d = {0};
+	weft_req *req = weft_tls_handshake_send(c);
+	weft_req_set_callback(req, on_simple, &d);
+	weft_loop_run(loop, WEFT_RUN_NOWAIT);
+	weft_stream_close(c, NULL, NULL);
+	CHECK(run_until(loop, &d.count, 1, 2000));
+	CHECK_EQ(d.err, ECANCELED);
+	close(sv[1]);
+	weft_tls_config_unref(cc);
+	free_loop(loop);
+}
+
+/* Resumption with tickets (TLS 1.3 and 1.2), ALPN, SNI, client certificates. */
+static void resume_round(const char *prio)
+{
+	weft_loop *loop = new_loop();
+	weft_tls_config *cc = client_cfg(), *sc = server_cfg();
+	if (prio)
+		CHECK_EQ(weft_tls_config_set_priority(cc, prio), 0);
+	void *data = NULL;
+	size_t len = 0;
+	for (int round = 0; round < 2; round++) {
+		weft_stream *c = NULL, *s = NULL;
+		tls_pair(loop, cc, sc, "localhost", &c, &s);
+		if (round == 1)
+			CHECK_EQ(weft_tls_set_session_data(c, data, len), 0);
+		int ec, es;
+		handshake2(loop, c, s, &ec, &es);
+		CHECK_EQ(ec, 0);
+		CHECK_EQ(es, 0);
+		CHECK_EQ(weft_tls_resumed(c), round == 1);
+		CHECK_EQ(weft_tls_resumed(s), round == 1);
+		CHECK_EQ(write_all(loop, s, "hi", 2), 0);
+		char buf[2];
+		ssize_t got = read_n(loop, c, buf, 2, 5000);
+		CHECK_EQ(got, 2);
+		if (got != 2)
+			printf("# round %d, %s: read %zd\n", round, prio ? prio : "default", got);
+		if (round == 0) {
+			CHECK_EQ(weft_tls_session_data(c, &data, &len), 0);
+			CHECK(len > 0);
+		}
+		weft_stream_close(c, NULL, NULL);
+		weft_stream_close(s, NULL, NULL);
+	}
+	free(data);
+	weft_tls_config_unref(cc);
+	weft_tls_config_unref(sc);
+	free_loop(loop);
+}
+
+static void test_resumption(void)
+{
+	resume_round(NULL);
+	resume_round("NORMAL:-VERS-ALL:+VERS-TLS1.2");
+}
+
+static void test_alpn_sni_client_cert(void)
+{
+	weft_loop *loop = new_loop();
+	weft_tls_config *cc = client_cfg(), *sc = server_cfg();
+	const char *offer[] = {"h2", "weft/1"};
+	const char *accept[] = {"weft/1", "x"};
+	CHECK_EQ(weft_tls_config_set_alpn(cc, offer, 2), 0);
+	CHECK_EQ(weft_tls_config_set_alpn(sc, accept, 2), 0);
+	CHECK_EQ(weft_tls_config_add_cert_file(cc, P("cli.pem"), P("cli.key"), NULL), 0);
+	CHECK_EQ(weft_tls_config_add_ca_file(sc, P("ca.pem")), 1);
+	CHECK_EQ(weft_tls_config_set_client_auth(sc, WEFT_TLS_CLIENT_AUTH_REQUIRE), 0);
+	weft_stream *c = NULL, *s = NULL;
+	tls_pair(loop, cc, sc, "localhost", &c, &s);
+	int ec, es;
+	handshake2(loop, c, s, &ec, &es);
+	CHECK_EQ(ec, 0);
+	CHECK_EQ(es, 0);
+	const char *p = NULL;
+	size_t n = 0;
+	CHECK_EQ(weft_tls_alpn(c, &p, &n), 0);
+	CHECK(n == 6 && memcmp(p, "weft/1", 6) == 0);
+	CHECK_EQ(weft_tls_alpn(s, &p, &n), 0);
+	CHECK(n == 6 && memcmp(p, "weft/1", 6) == 0);
+	char name[64];
+	CHECK_EQ(weft_tls_server_name(s, name, sizeof(name)), 9);
+	CHECK(strcmp(name, "localhost") == 0);
+	char *dn = NULL;
+	CHECK_EQ(weft_tls_peer_dn(s, &dn), 0);
+	CHECK(dn && strstr(dn, "CN=client 1") && strstr(dn, "O=weft"));
+	free(dn);
+	char *desc = weft_tls_description(c);
+	CHECK(desc && strstr(desc, "TLS1.3"));
+	free(desc);
+	CHECK(weft_tls_gnutls_session(c) != NULL);
+	weft_stream_close(c, NULL, NULL);
+	weft_stream_close(s, NULL, NULL);
+
+	/* No common protocol: refused. */
+	const char *other[] = {"h2"};
+	CHECK_EQ(weft_tls_config_set_alpn(cc, other, 1), 0);
+	tls_pair(loop, cc, sc, "localhost", &c, &s);
+	handshake2(loop, c, s, &ec, &es);
+	CHECK(ec != 0);
+	CHECK(es != 0);
+	weft_stream_close(c, NULL, NULL);
+	weft_stream_close(s, NULL, NULL);
+
+	/* The required certificate missing: the server refuses. */
+	weft_tls_config *cc2 = client_cfg();
+	CHECK_EQ(weft_tls_config_set_alpn(sc, NULL, 0), 0);
+	tls_pair(loop, cc2, sc, "localhost", &c, &s);
+	handshake2(loop, c, s, &ec, &es);
+	CHECK_EQ(es, EKEYREJECTED);
+	weft_stream_close(c, NULL, NULL);
+	weft_stream_close(s, NULL, NULL);
+	/* Requested only: fine without one. */
+	CHECK_EQ(weft_tls_config_set_client_auth(sc, WEFT_TLS_CLIENT_AUTH_REQUEST), 0);
+	tls_pair(loop, cc2, sc, "localhost", &c, &s);
+	handshake2(loop, c, s, &ec, &es);
+	CHECK_EQ(ec, 0);
+	CHECK_EQ(es, 0);
+	CHECK_EQ(weft_tls_peer_dn(s, &dn), -ENOENT);
+	weft_stream_close(c, NULL, NULL);
+	weft_stream_close(s, NULL, NULL);
+
+	weft_tls_config_unref(cc2);
+	weft_tls_config_unref(cc);
+	weft_tls_config_unref(sc);
+	free_loop(loop);
+}
+
+static void test_api_errors(void)
+{
+	weft_tls_config *c = NULL;
+	CHECK_EQ(weft_tls_config_new(0, &c), -EINVAL);
+	CHECK_EQ(weft_tls_config_new(WEFT_TLS_CLIENT, &c), 0);
+	CHECK_EQ(weft_tls_config_set_priority(c, "NORMAL:+NOPE-NOT-A-THING"), -EINVAL);
+	CHECK_EQ(weft_tls_config_set_client_auth(c, WEFT_TLS_CLIENT_AUTH_REQUIRE), -EINVAL);
+	CHECK_EQ(weft_tls_config_set_tickets(c, false), -EINVAL);
+	const char *empty[] = {""};
+	CHECK_EQ(weft_tls_config_set_alpn(c, empty, 1), -EINVAL);
+	CHECK_EQ(weft_tls_config_add_ca_file(c, P("srv.key")), -EBADMSG);
+	weft_loop *loop = new_loop();
+	int sv[2];
+	CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	weft_stream *raw = NULL, *t = NULL;
+	CHECK_EQ(weft_stream_new_socket(loop, sv[0], &raw), 0);
+	CHECK_EQ(weft_tls_client_new(c, raw, NULL, &t), -EINVAL); /* full verification needs a name */
+	CHECK_EQ(weft_stream_new_socket(loop, sv[1], &raw), 0);
+	CHECK(!weft_tls_is_tls(raw));
+	weft_req *req = weft_tls_handshake_send(raw);
+	CHECK(req != NULL);
+	CHECK_EQ(weft_req_wait(req), 0);
+	CHECK_EQ(weft_tls_handshake_recv(req, NULL), -EINVAL);
+	weft_req_free(req);
+	weft_stream_close(raw, NULL, NULL);
+	weft_tls_config_unref(c);
+	free_loop(loop);
+}
+
 /* ---- main ------------------------------------------------------------------------- */
 
 static void run(const char *name, void (*fn)(void))
@@ -741,6 +1376,16 @@ int main(int argc, char **argv)
 	run("peer: gnutls-cli vs weft server (SNI, greeting, close_notify both ways)", test_gnutls_cli_client);
 	run("peer: openssl s_client with a client certificate vs weft server (peer DN)", test_openssl_client_cert);
 	run("peer: openssl s_client without the required certificate -> EKEYREJECTED", test_openssl_client_no_cert_refused);
+	run("tls: handshake and data over a transport that delivers one byte per read", test_one_byte_transport);
+	run("tls: over a pipe pair, handshake run by the first I/O, close_notify -> EPIPE", test_implicit_handshake_pipes);
+	run("tls: 64 MiB each way at once, slow reader", test_bulk_64mib_slow_reader);
+	run("tls: buffered records delivered without socket readiness", test_pending_records);
+	run("tls: untrusted CA, wrong host name, expired -> EKEYREJECTED/EKEYEXPIRED; bad key", test_bad_certificates);
+	run("tls: peer dies mid-handshake and mid-record -> ECONNRESET", test_peer_dies);
+	run("tls: handshake timeout -> ETIMEDOUT (sticky); close -> ECANCELED", test_handshake_timeout_cancel);
+	run("tls: session resumption with tickets, TLS 1.3 and 1.2", test_resumption);
+	run("tls: ALPN, SNI, client certificates required/requested", test_alpn_sni_client_cert);
+	run("tls: API errors", test_api_errors);
 
 	sh("rm -rf %s", g_dir);
 	return t_finish();
