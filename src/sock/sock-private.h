@@ -48,4 +48,7 @@ int weft__stream_raw_shutdown(weft_stream *s);
 int weft__stream_raw_watch(weft_stream *s, unsigned events);
 size_t weft__stream_raw_pending(const weft_stream *s);
 
+/* The loop of a datagram socket (DTLS takes sockets over). */
+weft_loop *weft__dgram_loop(const weft_dgram *d);
+
 #endif

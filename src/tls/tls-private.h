@@ -6,6 +6,7 @@
 
 #include <gnutls/gnutls.h>
 #include <gnutls/x509.h>
+#include <gnutls/dtls.h>
 
 #define WEFT__TLS_MAX_ALPN 16
 

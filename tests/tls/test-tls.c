@@ -1340,6 +1340,276 @@ static void test_api_errors(void)
 	free_loop(loop);
 }
 
+/* ---- DTLS ------------------------------------------------------------------------- */
+
+/* A lossy UDP proxy: client -> proxy socket -> upstream socket -> server,
+ * dropping the datagrams whose numbers (from 1, per direction) are listed. */
+struct proxy {
+	int down, up; /* down: faces the client; up: connected to the server */
+	weft_io *dio, *uio;
+	struct sockaddr_storage client;
+	socklen_t client_len;
+	unsigned n_c2s, n_s2c, dropped;
+	const unsigned *drop_c2s, *drop_s2c;
+};
+
+static bool listed(const unsigned *list, unsigned n)
+{
+	for (; list && *list; list++)
+		if (*list == n)
+			return true;
+	return false;
+}
+
+static void proxy_down(weft_io *io, unsigned revents, void *data)
+{
+	struct proxy *p = data;
+	(void)io;
+	(void)revents;
+	char buf[65536];
+	p->client_len = sizeof(p->client);
+	ssize_t n = recvfrom(p->down, buf, sizeof(buf), MSG_DONTWAIT, (struct sockaddr *)&p->client, &p->client_len);
+	if (n < 0)
+		return;
+	if (listed(p->drop_c2s, ++p->n_c2s)) {
+		p->dropped++;
+		return;
+	}
+	(void)send(p->up, buf, (size_t)n, MSG_DONTWAIT);
+}
+
+static void proxy_up(weft_io *io, unsigned revents, void *data)
+{
+	struct proxy *p = data;
+	(void)io;
+	(void)revents;
+	char buf[65536];
+	ssize_t n = recv(p->up, buf, sizeof(buf), MSG_DONTWAIT);
+	if (n < 0 || p->client_len == 0)
+		return;
+	if (listed(p->drop_s2c, ++p->n_s2c)) {
+		p->dropped++;
+		return;
+	}
+	(void)sendto(p->down, buf, (size_t)n, MSG_DONTWAIT, (struct sockaddr *)&p->client, p->client_len);
+}
+
+static int udp_bound(struct sockaddr_in *ret)
+{
+	int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	socklen_t len = sizeof(a);
+	CHECK_EQ(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+	CHECK_EQ(getsockname(fd, (struct sockaddr *)&a, &len), 0);
+	*ret = a;
+	return fd;
+}
+
+static void addr_text(const struct sockaddr_in *a, char *buf, size_t size)
+{
+	char ip[32];
+	inet_ntop(AF_INET, &a->sin_addr, ip, sizeof(ip));
+	snprintf(buf, size, "udp:%s:%d", ip, ntohs(a->sin_port));
+}
+
+struct dreq {
+	int count, err;
+	ssize_t n;
+	uint8_t *buf;
+};
+
+static void on_dtls_hs(weft_req *req, void *data)
+{
+	struct dreq *d = data;
+	int e = 0;
+	weft_dtls_handshake_recv(req, &e);
+	d->err = e;
+	d->count++;
+	weft_req_free(req);
+}
+
+static void on_dtls_recv(weft_req *req, void *data)
+{
+	struct dreq *d = data;
+	int e = 0;
+	d->n = weft_dtls_recv_recv(req, &d->buf, &e);
+	d->err = e;
+	d->count++;
+	weft_req_free(req);
+}
+
+static void on_dtls_send(weft_req *req, void *data)
+{
+	struct dreq *d = data;
+	int e = 0;
+	d->n = weft_dtls_send_recv(req, &e);
+	d->err = e;
+	d->count++;
+	weft_req_free(req);
+}
+
+static void dtls_round(const unsigned *drop_c2s, const unsigned *drop_s2c, bool expect_drops)
+{
+	weft_loop *loop = new_loop();
+	weft_tls_config *cc = client_cfg(), *sc = server_cfg();
+	CHECK_EQ(weft_tls_config_set_dtls_timeouts(cc, 40, 10000), 0);
+	CHECK_EQ(weft_tls_config_set_dtls_timeouts(sc, 40, 10000), 0);
+	/* The server: an unconnected socket (cookie exchange). */
+	weft_addr any;
+	CHECK_EQ(weft_addr_parse("udp:127.0.0.1:0", &any), 0);
+	weft_dgram *sd = NULL;
+	CHECK_EQ(weft_dgram_open(loop, &any, NULL, &sd), 0);
+	weft_addr saddr;
+	CHECK_EQ(weft_dgram_local_addr(sd, &saddr), 0);
+	/* The proxy. */
+	struct proxy px = {.drop_c2s = drop_c2s, .drop_s2c = drop_s2c};
+	struct sockaddr_in pa, ua;
+	px.down = udp_bound(&pa);
+	px.up = udp_bound(&ua);
+	CHECK_EQ(connect(px.up, &saddr.u.sa, saddr.len), 0);
+	CHECK_EQ(weft_io_new(loop, px.down, proxy_down, &px, &px.dio), 0);
+	CHECK_EQ(weft_io_new(loop, px.up, proxy_up, &px, &px.uio), 0);
+	CHECK_EQ(weft_io_start(px.dio, WEFT_IO_READ), 0);
+	CHECK_EQ(weft_io_start(px.uio, WEFT_IO_READ), 0);
+	/* The client, connected to the proxy. */
+	char text[64];
+	addr_text(&pa, text, sizeof(text));
+	weft_addr paddr;
+	CHECK_EQ(weft_addr_parse(text, &paddr), 0);
+	weft_dgram *cd = NULL;
+	CHECK_EQ(weft_dgram_open(loop, NULL, &paddr, &cd), 0);
+	weft_dtls *c = NULL, *s = NULL;
+	CHECK_EQ(weft_dtls_client_new(cc, cd, "localhost", &c), 0);
+	CHECK_EQ(weft_dtls_server_new(sc, sd, &s), 0);
+	CHECK_EQ(weft_dtls_set_mtu(c, 1400), 0);
+	struct dreq hc = {0}, hs = {0};
+	weft_req *r1 = weft_dtls_handshake_send(c);
+	weft_req_set_callback(r1, on_dtls_hs, &hc);
+	weft_req *r2 = weft_dtls_handshake_send(s);
+	weft_req_set_callback(r2, on_dtls_hs, &hs);
+	int all = 0;
+	uint64_t end = t_now_ms() + 15000;
+	while ((!hc.count || !hs.count) && t_now_ms() < end)
+		run_until(loop, &all, 1, 50);
+	CHECK_EQ(hc.count, 1);
+	CHECK_EQ(hs.count, 1);
+	CHECK_EQ(hc.err, 0);
+	CHECK_EQ(hs.err, 0);
+	if (hc.err)
+		printf("# client: %s\n", weft_dtls_error_text(c));
+	if (hs.err)
+		printf("# server: %s\n", weft_dtls_error_text(s));
+	CHECK(weft_dtls_version(c) && strcmp(weft_dtls_version(c), "DTLS1.2") == 0);
+	CHECK(weft_dtls_data_mtu(c) > 1000 && weft_dtls_data_mtu(c) < 1400);
+	if (expect_drops)
+		CHECK(px.dropped > 0);
+	/* Records both ways (loss-free from here: the lists are exhausted). */
+	struct dreq rs = {0}, rc = {0}, ss = {0}, sc2 = {0};
+	weft_req *q = weft_dtls_recv_send(s);
+	weft_req_set_callback(q, on_dtls_recv, &rs);
+	q = weft_dtls_send_send(c, "ping", 4);
+	weft_req_set_callback(q, on_dtls_send, &ss);
+	CHECK(run_until(loop, &rs.count, 1, 5000));
+	CHECK_EQ(rs.n, 4);
+	CHECK(rs.buf && memcmp(rs.buf, "ping", 4) == 0);
+	free(rs.buf);
+	CHECK_EQ(ss.n, 4);
+	q = weft_dtls_recv_send(c);
+	weft_req_set_callback(q, on_dtls_recv, &rc);
+	q = weft_dtls_send_send(s, "pong!", 5);
+	weft_req_set_callback(q, on_dtls_send, &sc2);
+	CHECK(run_until(loop, &rc.count, 1, 5000));
+	CHECK_EQ(rc.n, 5);
+	CHECK(rc.buf && memcmp(rc.buf, "pong!", 5) == 0);
+	free(rc.buf);
+	/* Too large for the MTU: EMSGSIZE; a second receive: EBUSY. */
+	static char big[2000];
+	struct dreq e1 = {0};
+	q = weft_dtls_send_send(c, big, sizeof(big));
+	weft_req_set_callback(q, on_dtls_send, &e1);
+	CHECK(run_until(loop, &e1.count, 1, 1000));
+	CHECK_EQ(e1.err, EMSGSIZE);
+	/* close: the peer's pending receive sees the close_notify (EPIPE). */
+	struct dreq last = {0};
+	q = weft_dtls_recv_send(s);
+	weft_req_set_callback(q, on_dtls_recv, &last);
+	weft_loop_run(loop, WEFT_RUN_NOWAIT);
+	weft_dtls_close(c);
+	CHECK(run_until(loop, &last.count, 1, 5000));
+	CHECK_EQ(last.err, EPIPE);
+	weft_dtls_close(s);
+	weft_io_free(px.dio);
+	weft_io_free(px.uio);
+	close(px.down);
+	close(px.up);
+	weft_tls_config_unref(cc);
+	weft_tls_config_unref(sc);
+	free_loop(loop);
+}
+
+static void test_dtls_lossless(void)
+{
+	dtls_round(NULL, NULL, false);
+}
+
+static void test_dtls_lossy(void)
+{
+	static const unsigned c2s[] = {1, 3, 5, 6, 0};
+	static const unsigned s2c[] = {1, 3, 4, 0};
+	dtls_round(c2s, s2c, true);
+}
+
+static void test_dtls_gnutls_serv(void)
+{
+	if (!g_have_gnutls_bin) {
+		printf("# skip: gnutls-serv not installed\n");
+		return;
+	}
+	int port = free_port();
+	char portbuf[16];
+	snprintf(portbuf, sizeof(portbuf), "%d", port);
+	char *argv[] = {"gnutls-serv", "--udp", "--echo", "-p", portbuf, "--x509certfile", (char *)P("srv.pem"),
+		"--x509keyfile", (char *)P("srv.key"), NULL};
+	pid_t pid = spawn(argv, NULL, P("serv-udp.out"));
+	REQUIRE(pid > 0);
+	uint64_t end = t_now_ms() + 10000;
+	const char *out = NULL;
+	while (t_now_ms() < end && ((out = read_file(P("serv-udp.out"))) == NULL || strstr(out, "listening") == NULL))
+		t_sleep_ms(20);
+	if (out == NULL || strstr(out, "listening") == NULL) {
+		CHECK(!"gnutls-serv --udp did not start");
+		kill_reap(pid);
+		return;
+	}
+	weft_loop *loop = new_loop();
+	weft_tls_config *cc = client_cfg();
+	char text[64];
+	snprintf(text, sizeof(text), "udp:127.0.0.1:%d", port);
+	weft_addr a;
+	CHECK_EQ(weft_addr_parse(text, &a), 0);
+	weft_dgram *d = NULL;
+	CHECK_EQ(weft_dgram_open(loop, NULL, &a, &d), 0);
+	weft_dtls *c = NULL;
+	CHECK_EQ(weft_dtls_client_new(cc, d, "localhost", &c), 0);
+	struct dreq h = {0}, r = {0}, w = {0};
+	weft_req *q = weft_dtls_handshake_send(c);
+	weft_req_set_callback(q, on_dtls_hs, &h);
+	CHECK(run_until(loop, &h.count, 1, 10000));
+	CHECK_EQ(h.err, 0);
+	q = weft_dtls_send_send(c, "datagram\n", 9);
+	weft_req_set_callback(q, on_dtls_send, &w);
+	q = weft_dtls_recv_send(c);
+	weft_req_set_callback(q, on_dtls_recv, &r);
+	CHECK(run_until(loop, &r.count, 1, 5000));
+	CHECK_EQ(r.n, 9);
+	CHECK(r.buf && memcmp(r.buf, "datagram\n", 9) == 0);
+	free(r.buf);
+	weft_dtls_close(c);
+	weft_tls_config_unref(cc);
+	free_loop(loop);
+	kill_reap(pid);
+}
+
 /* ---- main ------------------------------------------------------------------------- */
 
 static void run(const char *name, void (*fn)(void))
@@ -1386,6 +1656,9 @@ int main(int argc, char **argv)
 	run("tls: session resumption with tickets, TLS 1.3 and 1.2", test_resumption);
 	run("tls: ALPN, SNI, client certificates required/requested", test_alpn_sni_client_cert);
 	run("tls: API errors", test_api_errors);
+	run("dtls: handshake with cookie exchange, records both ways, EMSGSIZE, close_notify", test_dtls_lossless);
+	run("dtls: a lossy proxy drops flights; the handshake completes by retransmission", test_dtls_lossy);
+	run("peer: weft DTLS client vs gnutls-serv --udp --echo", test_dtls_gnutls_serv);
 
 	sh("rm -rf %s", g_dir);
 	return t_finish();
