@@ -34,7 +34,10 @@
 #include <string.h>
 #include <stdio.h>
 
-#define READ_AHEAD 32768u /* > one record (16 KiB + 2 KiB overhead) */
+/* Ciphertext read past what GnuTLS asked for: enough for a small record and
+ * the next header, so request/response traffic costs one read per record;
+ * a large record's body is read straight into GnuTLS's buffer (no copy). */
+#define READ_AHEAD 1024u
 #define HANDSHAKE_STEPS 16 /* non-fatal results retried per wake-up */
 
 enum hs_phase { HS_NONE, HS_RUNNING, HS_DONE };
@@ -53,6 +56,7 @@ struct tls_impl {
 	struct weft__list hs_waiters;
 
 	unsigned core_want;  /* what the stream core asked to watch */
+	unsigned armed;      /* what the inner stream watches */
 	unsigned rd_want;    /* inner events an interrupted record_recv needs */
 	bool flush_pending;  /* a record GnuTLS queued after GNUTLS_E_AGAIN */
 	unsigned flush_want;
@@ -89,6 +93,8 @@ static const weft_stream_ops tls_ops;
 
 static void tls_release(struct tls_impl *t);
 static void update_watch(struct tls_impl *t);
+static unsigned needed_events(const struct tls_impl *t);
+static void watch_inner(struct tls_impl *t, bool keep_read);
 
 static struct tls_impl *tls_of(const weft_stream *s)
 {
@@ -376,8 +382,8 @@ static void tls_drive(struct tls_impl *t, unsigned revents)
 			t->notify_core = false;
 			tev |= WEFT_IO_READ | WEFT_IO_WRITE;
 		} else if (t->hs == HS_DONE) {
-			if ((t->core_want & WEFT_IO_READ) && (revents & t->rd_want))
-				tev |= WEFT_IO_READ;
+			if ((revents & t->rd_want) && ((t->core_want & WEFT_IO_READ) || (revents & WEFT_IO_READ)))
+				tev |= WEFT_IO_READ; /* wanted, or data came for a reader yet to ask */
 			if ((t->core_want & WEFT_IO_WRITE) && !t->flush_pending && (revents & WEFT_IO_WRITE))
 				tev |= WEFT_IO_WRITE;
 		}
@@ -385,7 +391,7 @@ static void tls_drive(struct tls_impl *t, unsigned revents)
 			weft_stream_ready(t->s, tev); /* may close the stream */
 	}
 	if (!t->closed)
-		update_watch(t);
+		watch_inner(t, !(revents & WEFT_IO_READ) || (needed_events(t) & WEFT_IO_READ));
 	if (--t->busy == 0 && t->closed)
 		tls_release(t);
 }
@@ -401,7 +407,7 @@ static void kick_cb(weft_defer *defer, void *data)
 	tls_drive(data, 0);
 }
 
-static void update_watch(struct tls_impl *t)
+static unsigned needed_events(const struct tls_impl *t)
 {
 	unsigned w = 0;
 	if (t->err == 0) {
@@ -416,7 +422,26 @@ static void update_watch(struct tls_impl *t)
 		if (t->flush_pending)
 			w |= t->flush_want;
 	}
-	(void)weft__stream_raw_watch(t->inner, w);
+	return w;
+}
+
+/* Watch the inner stream for what the session needs now.  READ, once
+ * armed, stays armed while the session is healthy (a request/response
+ * protocol re-reads right after each answer: dropping and re-adding the
+ * interest would cost two syscalls per message); it is dropped when an
+ * event comes that nobody wanted (keep_read false). */
+static void watch_inner(struct tls_impl *t, bool keep_read)
+{
+	unsigned w = needed_events(t);
+	if (keep_read && t->err == 0 && !t->eof)
+		w |= t->armed & WEFT_IO_READ;
+	if (weft__stream_raw_watch(t->inner, w) == 0)
+		t->armed = w;
+}
+
+static void update_watch(struct tls_impl *t)
+{
+	watch_inner(t, true);
 }
 
 /* ---- the stream ops --------------------------------------------------------------- */
