@@ -357,6 +357,7 @@ static void tls_drive(struct tls_impl *t, unsigned revents)
 {
 	t->busy++;
 	unsigned tev = 0;
+	bool read_wanted = (needed_events(t) & WEFT_IO_READ) != 0;
 	if (revents & (WEFT_IO_ERR | WEFT_IO_HUP))
 		revents |= WEFT_IO_READ | WEFT_IO_WRITE; /* let every side find out */
 	if (t->flush_pending && t->err == 0 && (revents & t->flush_want) && flush_step(t))
@@ -391,7 +392,7 @@ static void tls_drive(struct tls_impl *t, unsigned revents)
 			weft_stream_ready(t->s, tev); /* may close the stream */
 	}
 	if (!t->closed)
-		watch_inner(t, !(revents & WEFT_IO_READ) || (needed_events(t) & WEFT_IO_READ));
+		watch_inner(t, !(revents & WEFT_IO_READ) || read_wanted);
 	if (--t->busy == 0 && t->closed)
 		tls_release(t);
 }
