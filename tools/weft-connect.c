@@ -15,6 +15,10 @@
 #include <weft/weft.h>
 #include <weft/assuan.h>
 
+#ifdef HAVE_TLS
+#include <weft/tls.h>
+#endif
+
 #ifdef HAVE_READLINE
 #include <readline/history.h>
 #include <readline/readline.h>
@@ -42,6 +46,15 @@ static const char usage[] =
 	"      --inquire-prog KW=CMD  answer INQUIRE KW with the output of CMD (sh -c)\n"
 	"      --sendfd FILE      pass FILE (opened read-only) before the first command\n"
 	"  -t, --timeout MS       fail a command that takes longer than MS\n"
+#ifdef HAVE_TLS
+	"      --tls              speak TLS on the connection (-S tcp:HOST:PORT or a socket)\n"
+	"      --cafile FILE      trust the CA certificates in FILE (default: the system's)\n"
+	"      --cert FILE        our certificate chain (PEM), sent if the server asks\n"
+	"      --key FILE         its private key (PEM)\n"
+	"      --servername NAME  the name the server's certificate must carry\n"
+	"                         (default: the host of -S)\n"
+#endif
+
 	"  -q, --quiet            print D data only\n"
 	"  -h, --help             this text\n"
 	"\n"
@@ -55,7 +68,11 @@ static const char usage[] =
 	"  weft-connect --inquire KEYPARAM=params.txt 'GENKEY --no-protection'\n"
 	"  weft-connect -S kv.sock --inquire VALUE=v.txt 'PUT k' 'GET k'\n"
 	"  weft-connect -S kv.sock --sendfd data.bin 'INPUT FD' 'STORE k'\n"
-	"  weft-connect -E --fdpassing -- gpg-agent --server 'GETINFO pid'\n";
+	"  weft-connect -E --fdpassing -- gpg-agent --server -- 'GETINFO pid'\n"
+#ifdef HAVE_TLS
+	"  weft-connect --tls --cafile ca.pem -S tcp:kv.example:4433 'GET k'\n"
+#endif
+	;
 
 struct inq_src {
 	char *keyword;
@@ -116,6 +133,15 @@ static weft_assuan_err on_status(void *data, const char *kw, const char *args)
 	line_start();
 	if (!g.quiet)
 		printf("S %s%s%s\n", kw, *args ? " " : "", args);
+	return 0;
+}
+
+static weft_assuan_err on_comment(void *data, const char *line)
+{
+	(void)data;
+	line_start();
+	if (!g.quiet)
+		printf("%s\n", line); /* HELP's answer comes as comments */
 	return 0;
 }
 
@@ -217,6 +243,7 @@ static const weft_assuan_transact_cbs cbs = {
 	.data = on_data,
 	.status = on_status,
 	.inquire = on_inquire,
+	.comment = on_comment,
 };
 
 static void finish(int status)
@@ -444,6 +471,76 @@ static void connected(weft_req *req, void *data)
 	next_command();
 }
 
+#ifdef HAVE_TLS
+static struct {
+	bool on;
+	const char *cafile, *cert, *key, *servername;
+	weft_tls_config *cfg;
+} tls;
+
+/* The host of "tcp:HOST:PORT" / "tcp:[V6]:PORT" (for SNI and the check). */
+static char *host_of(const char *addr)
+{
+	const char *h = strncmp(addr, "tcp:", 4) == 0 ? addr + 4 : addr;
+	const char *end = strrchr(h, ':');
+	if (*h == '[') {
+		h++;
+		end = strchr(h, ']');
+	}
+	return end ? strndup(h, (size_t)(end - h)) : strdup(h);
+}
+
+static void tls_tcp_connected(weft_req *req, void *data)
+{
+	weft_stream *s = NULL, *t = NULL;
+	int err = 0;
+	int r = weft_sock_connect_recv(req, &s, &err);
+	weft_req_free(req);
+	if (r < 0) {
+		fprintf(stderr, "weft-connect: can't connect: %s\n", strerror(err));
+		g.done = true;
+		return;
+	}
+	r = weft_tls_client_new(tls.cfg, s, tls.servername, &t);
+	if (r < 0) {
+		fprintf(stderr, "weft-connect: TLS: %s\n", strerror(-r));
+		g.done = true;
+		return;
+	}
+	weft_req *a = weft_assuan_client_adopt_send(g.loop, t);
+	if (a == NULL) {
+		g.done = true;
+		return;
+	}
+	if (g.timeout)
+		weft_req_set_timeout(a, g.timeout);
+	weft_req_set_callback(a, connected, data);
+}
+
+static weft_req *tls_connect(const char *sock, const char *sendfd_path, char **name_out)
+{
+	char buf[160];
+	if (sock[0] == '/') {
+		snprintf(buf, sizeof(buf), "unix:%s", sock);
+		sock = buf;
+	}
+	weft_addr addr;
+	if (weft_addr_parse(sock, &addr) < 0 || weft_tls_config_new(WEFT_TLS_CLIENT, &tls.cfg) < 0)
+		return NULL;
+	if ((tls.cafile && weft_tls_config_add_ca_file(tls.cfg, tls.cafile) < 0) ||
+	    (tls.cert && weft_tls_config_add_cert_file(tls.cfg, tls.cert, tls.key ? tls.key : tls.cert, NULL) < 0)) {
+		fprintf(stderr, "weft-connect: can't load the TLS certificates\n");
+		return NULL;
+	}
+	if (tls.servername == NULL)
+		tls.servername = *name_out = host_of(sock);
+	weft_req *req = weft_sock_connect_send(g.loop, &addr);
+	if (req != NULL)
+		weft_req_set_callback(req, tls_tcp_connected, (void *)sendfd_path);
+	return req;
+}
+#endif
+
 static int add_inquire(const char *spec, bool prog)
 {
 	const char *eq = strchr(spec, '=');
@@ -470,14 +567,18 @@ static int read_command_file(const char *path)
 
 int main(int argc, char **argv)
 {
-	enum { O_AGENT = 256, O_HOMEDIR, O_INQ, O_INQPROG, O_SENDFD, O_FDPASS };
+	enum { O_AGENT = 256, O_HOMEDIR, O_INQ, O_INQPROG, O_SENDFD, O_FDPASS,
+		O_TLS, O_CAFILE, O_CERT, O_KEY, O_SNI };
 	static const struct option opts[] = {
 		{"socket", required_argument, NULL, 'S'}, {"agent", no_argument, NULL, O_AGENT},
 		{"homedir", required_argument, NULL, O_HOMEDIR}, {"exec", no_argument, NULL, 'E'},
 		{"fdpassing", no_argument, NULL, O_FDPASS}, {"file", required_argument, NULL, 'f'},
 		{"inquire", required_argument, NULL, O_INQ}, {"inquire-prog", required_argument, NULL, O_INQPROG},
 		{"sendfd", required_argument, NULL, O_SENDFD}, {"timeout", required_argument, NULL, 't'},
-		{"quiet", no_argument, NULL, 'q'}, {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0},
+		{"quiet", no_argument, NULL, 'q'}, {"help", no_argument, NULL, 'h'},
+		{"tls", no_argument, NULL, O_TLS}, {"cafile", required_argument, NULL, O_CAFILE},
+		{"cert", required_argument, NULL, O_CERT}, {"key", required_argument, NULL, O_KEY},
+		{"servername", required_argument, NULL, O_SNI}, {NULL, 0, NULL, 0},
 	};
 	const char *sock = NULL, *homedir = NULL, *sendfd_path = NULL, *file = NULL;
 	bool exec = false, fdpassing = false;
@@ -501,6 +602,17 @@ int main(int argc, char **argv)
 		case 't': g.timeout = strtoull(optarg, NULL, 10); break;
 		case 'q': g.quiet = true; break;
 		case 'h': fputs(usage, stdout); return 0;
+#ifdef HAVE_TLS
+		case O_TLS: tls.on = true; break;
+		case O_CAFILE: tls.cafile = optarg; break;
+		case O_CERT: tls.cert = optarg; break;
+		case O_KEY: tls.key = optarg; break;
+		case O_SNI: tls.servername = optarg; break;
+#else
+		case O_TLS: case O_CAFILE: case O_CERT: case O_KEY: case O_SNI:
+			fprintf(stderr, "weft-connect: built without TLS\n");
+			return 2;
+#endif
 		default: fputs(usage, stderr); return 2;
 		}
 	}
@@ -539,7 +651,18 @@ int main(int argc, char **argv)
 	if (weft_loop_new(&g.loop) < 0)
 		return 2;
 	weft_req *req;
-	char *agent = NULL;
+	char *agent = NULL, *sni = NULL;
+#ifdef HAVE_TLS
+	if (tls.on) {
+		if (sock == NULL) {
+			fprintf(stderr, "weft-connect: --tls needs -S ADDRESS\n");
+			return 2;
+		}
+		req = tls_connect(sock, sendfd_path, &sni);
+		if (req == NULL)
+			return 2;
+	} else
+#endif
 	if (server_argv != NULL) {
 		req = weft_assuan_pipe_connect_send(g.loop, (const char *const *)server_argv, NULL, 0,
 				fdpassing ? WEFT_ASSUAN_PIPE_FDPASSING : 0);
@@ -552,7 +675,10 @@ int main(int argc, char **argv)
 	}
 	if (req == NULL)
 		return 2;
-	weft_req_set_callback(req, connected, (void *)sendfd_path);
+#ifdef HAVE_TLS
+	if (!tls.on)
+#endif
+		weft_req_set_callback(req, connected, (void *)sendfd_path);
 	int stdin_flags = fcntl(0, F_GETFL);
 	if (g.interactive) {
 		fcntl(0, F_SETFL, stdin_flags | O_NONBLOCK);
@@ -572,6 +698,10 @@ int main(int argc, char **argv)
 		free(g.inq[i].path);
 	}
 	free(agent);
+	free(sni);
+#ifdef HAVE_TLS
+	weft_tls_config_unref(tls.cfg);
+#endif
 	fflush(stdout);
 	return g.last;
 }
