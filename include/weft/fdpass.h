@@ -163,10 +163,14 @@ typedef struct weft_fdpass_server weft_fdpass_server;
 typedef struct weft_fdpass_call weft_fdpass_call;
 
 /* A request arrived.  req->buf is borrowed for the duration of the
- * callback (copy what you need later); req->fds belong to the call (take
- * them as described above; the rest are closed when the call ends).  peer
- * is borrowed for the callback.  Answer the call exactly once, now or
- * later, with weft_fdpass_call_reply or weft_fdpass_call_fail. */
+ * callback (copy what you need later).  req->fds belong to the call: take
+ * the ones you keep as described above before answering; the rest are
+ * closed when the call is answered, and the array is gone with the call
+ * (do not read it after answering).  peer is borrowed for the callback
+ * (weft_fdpass_call_peer gives it while the call is open).  Answer the call
+ * exactly once, now or later, with weft_fdpass_call_reply or
+ * weft_fdpass_call_fail.  If the server was closed meanwhile the call
+ * still must be answered (the connection finishes it). */
 typedef void (*weft_fdpass_request_cb)(weft_fdpass_server *srv, weft_fdpass_call *call,
 		const weft_fdpass_msg *req, const weft_fdpass_peer *peer, void *data);
 
@@ -299,7 +303,8 @@ WEFT_EXPORT void weft_fdpass_client_free(weft_fdpass_client *c);
  * (up to max_pending).  A request that times out or is canceled after its
  * first byte went out still goes out whole, and its late response is
  * discarded (its descriptors closed), so the connection stays usable.
- * Returns NULL only on allocation failure; errors detected now (EINVAL,
+ * Returns NULL only on allocation failure or with c NULL; errors detected
+ * now (EINVAL,
  * EMSGSIZE, ETOOMANYREFS, EAGAIN at max_pending, ENOTCONN on a client
  * whose connection failed) complete the request from the loop. */
 WEFT_EXPORT weft_req *weft_fdpass_request_send(weft_fdpass_client *c, const void *buf, size_t len,

@@ -553,6 +553,7 @@ struct srv_ctx {
 	int fail_errno;            /* answer with weft_fdpass_call_fail */
 	bool closed;
 	bool close_in_handler;
+	int intact_after_reply; /* the request bytes were still readable after replying */
 };
 
 static void srv_request(weft_fdpass_server *srv, weft_fdpass_call *call, const weft_fdpass_msg *req,
@@ -590,8 +591,13 @@ static void srv_request(weft_fdpass_server *srv, weft_fdpass_call *call, const w
 		}
 		return;
 	}
-	CHECK_EQ(weft_fdpass_call_reply(call, req->buf, req->len, x->reply_fd >= 0 ? &x->reply_fd : NULL,
-			x->reply_fd >= 0 ? 1 : 0, NULL), 0);
+	int r = weft_fdpass_call_reply(call, req->buf, req->len, x->reply_fd >= 0 ? &x->reply_fd : NULL,
+			x->reply_fd >= 0 ? 1 : 0, NULL);
+	CHECK(r == 0 || r == -ECONNRESET);
+	/* the payload stays readable for the whole callback, even when the
+	 * reply found the peer gone (ASan watches this) */
+	if (req->len == 4 && memcmp(req->buf, "gone", 4) == 0)
+		x->intact_after_reply++;
 	if (x->close_in_handler)
 		weft_fdpass_server_close(srv, NULL, NULL);
 }
@@ -1331,6 +1337,16 @@ static void test_server_bad_peers(void)
 	run_for(loop, 10);
 	close(fd);
 	expect_server_error(&x, -1, EPIPE, WEFT_FDPASS_OP_EOF);
+
+	/* the peer sends a request and closes at once: the reply fails inside
+	 * the handler (EPIPE), which may still read its request */
+	for (int i = 0; i < 3; i++) {
+		fd = raw_connect(&addr);
+		CHECK_EQ(weft_fdpass_send(fd, "gone", 4, NULL, 0, 1000), 0);
+		close(fd);
+	}
+	run_for(loop, 30);
+	CHECK_EQ(x.intact_after_reply, 3);
 
 	/* a clean close between messages is no error; requests before it
 	 * are answered */
