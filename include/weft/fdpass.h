@@ -304,9 +304,8 @@ WEFT_EXPORT void weft_fdpass_client_free(weft_fdpass_client *c);
  * first byte went out still goes out whole, and its late response is
  * discarded (its descriptors closed), so the connection stays usable.
  * Returns NULL only on allocation failure or with c NULL; errors detected
- * now (EINVAL,
- * EMSGSIZE, ETOOMANYREFS, EAGAIN at max_pending, ENOTCONN on a client
- * whose connection failed) complete the request from the loop. */
+ * now (EINVAL, EMSGSIZE, ETOOMANYREFS, EAGAIN at max_pending, ENOTCONN on
+ * a client whose connection failed) complete the request from the loop. */
 WEFT_EXPORT weft_req *weft_fdpass_request_send(weft_fdpass_client *c, const void *buf, size_t len,
 		const int *fds, size_t nfds);
 
