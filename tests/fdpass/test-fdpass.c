@@ -1490,6 +1490,8 @@ static void child_request(weft_fdpass_server *srv, weft_fdpass_call *call, const
 	} else if (strcmp(text, "count") == 0) {
 		snprintf(text, sizeof(text), "%d", t_fd_count());
 		weft_fdpass_call_reply(call, text, strlen(text), NULL, 0, NULL);
+	} else if (strcmp(text, "hang") == 0) {
+		/* never answered: the parent kills this process */
 	} else if (strcmp(text, "quit") == 0) {
 		weft_fdpass_call_reply(call, "bye", 3, NULL, 0, NULL);
 		weft_fdpass_server_close(srv, NULL, NULL);
@@ -1652,6 +1654,81 @@ static void test_10000_transfers(void)
 	free_loop(loop);
 }
 
+/* A real server process killed between request and response: the
+ * client's request fails with ECONNRESET. */
+static void test_server_killed(void)
+{
+	char addr_text[128];
+	snprintf(addr_text, sizeof(addr_text), "unix:@weft-fdpass-%d-kill-%d", (int)getpid(), ++g_seq);
+	weft_addr addr;
+	CHECK_EQ(weft_addr_parse(addr_text, &addr), 0);
+	pid_t pid = spawn_child_server(addr_text);
+	REQUIRE(pid > 0);
+	weft_loop *loop = new_loop();
+	weft_fdpass_client *c = connect_client(loop, &addr);
+	if (c != NULL) {
+		weft_req *req = weft_fdpass_request_send(c, "hang", 4, NULL, 0);
+		run_for(loop, 30);
+		CHECK(weft_req_is_in_progress(req));
+		kill(pid, SIGKILL);
+		CHECK_EQ(weft_req_wait(req), 0);
+		weft_fdpass_error e;
+		CHECK_EQ(weft_fdpass_request_recv(req, NULL, &e, NULL), -ECONNRESET);
+		CHECK_EQ(e.phase, WEFT_FDPASS_PHASE_READ_RESPONSE);
+		CHECK_EQ(e.op, WEFT_FDPASS_OP_EOF);
+		weft_req_free(req);
+		weft_fdpass_client_free(c);
+	}
+	CHECK_EQ(wait_child(pid), 128 + SIGKILL);
+	free_loop(loop);
+}
+
+/* max_connections: the third client waits in the backlog until one of
+ * the first two leaves; adopt refuses at the limit. */
+static void test_max_connections(void)
+{
+	weft_loop *loop = new_loop();
+	struct srv_ctx x = {0};
+	weft_addr addr;
+	REQUIRE(start_server(&x, loop, &addr, &(weft_fdpass_limits){.max_connections = 2}) != NULL);
+	weft_fdpass_client *a = connect_client(loop, &addr);
+	weft_fdpass_client *b = connect_client(loop, &addr);
+	weft_fdpass_client *c = connect_client(loop, &addr); /* connect succeeds: the backlog */
+	REQUIRE(a != NULL && b != NULL && c != NULL);
+	weft_fdpass_msg m;
+	weft_fdpass_error e;
+	CHECK_EQ(request_sync(a, "a", NULL, 0, &m, &e), 0);
+	weft_fdpass_msg_clear(&m);
+	CHECK_EQ(request_sync(b, "b", NULL, 0, &m, &e), 0);
+	weft_fdpass_msg_clear(&m);
+	CHECK_EQ(weft_fdpass_server_connections(x.srv), 2);
+	int sv[2];
+	REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+	CHECK_EQ(weft_fdpass_server_adopt(x.srv, sv[0]), -EBUSY); /* sv[0] closed */
+	close(sv[1]);
+	weft_req *req = weft_fdpass_request_send(c, "c", 1, NULL, 0);
+	run_for(loop, 50);
+	CHECK(weft_req_is_in_progress(req));
+	weft_fdpass_client_free(a);
+	CHECK_EQ(weft_req_wait(req), 0);
+	CHECK_EQ(weft_fdpass_request_recv(req, NULL, NULL, NULL), 0);
+	weft_req_free(req);
+	/* adopt: a socketpair end served like an accepted connection */
+	weft_fdpass_client_free(b);
+	run_for(loop, 20);
+	REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+	CHECK_EQ(weft_fdpass_server_adopt(x.srv, sv[0]), 0);
+	weft_fdpass_client *d = NULL;
+	CHECK_EQ(weft_fdpass_client_new(loop, sv[1], &d), 0);
+	CHECK_EQ(request_sync(d, "d", NULL, 0, &m, &e), 0);
+	CHECK(m.len == 1 && memcmp(m.buf, "d", 1) == 0);
+	weft_fdpass_msg_clear(&m);
+	weft_fdpass_client_free(d);
+	weft_fdpass_client_free(c);
+	close_server(&x);
+	free_loop(loop);
+}
+
 /* ---- main -------------------------------------------------------------------------------- */
 
 static const char *g_only;
@@ -1702,6 +1779,8 @@ int main(int argc, char **argv)
 	run("paths: live refused, stale replaced when asked, mode, removed", test_paths);
 	run("server: garbage, oversized, too many fds, truncated, clean close", test_server_bad_peers);
 	run("client: server dies, garbage, wrong seq, too many fds, truncated", test_client_bad_servers);
+	run("max connections: backlog waits, adopt refused at the limit, adopt", test_max_connections);
+	run("processes: a server killed between request and response", test_server_killed);
 	run("processes: 10 000 transfers both ways, fd counts equal", test_10000_transfers);
 
 	unlink(g_file);
