@@ -24,6 +24,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1660,6 +1661,140 @@ static void test_10000_transfers(void)
 	free_loop(loop);
 }
 
+/* The same server and client on a loop driven by hand (the external
+ * backend): a poll(2) driver of this test's own. */
+#define PL_MAXFD 1024
+struct poll_loop {
+	unsigned events[PL_MAXFD];
+	int64_t timer_ms; /* -1: none */
+	uint64_t timer_at;
+	int watches;
+};
+
+static int pl_watch(weft_loop *loop, int fd, unsigned events, void *fd_data, void *user)
+{
+	struct poll_loop *p = user;
+	(void)loop;
+	(void)fd_data;
+	if (fd < 0 || fd >= PL_MAXFD)
+		return -EINVAL;
+	p->events[fd] = events;
+	p->watches++;
+	return 0;
+}
+
+static void pl_timer(weft_loop *loop, int64_t timeout_ms, void *user)
+{
+	struct poll_loop *p = user;
+	(void)loop;
+	p->timer_ms = timeout_ms;
+	p->timer_at = t_now_ms() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0);
+}
+
+/* One round: poll what weft asked for, report readiness and timers. */
+static void pl_step(weft_loop *loop, struct poll_loop *p)
+{
+	struct pollfd fds[64];
+	int n = 0;
+	for (int fd = 0; fd < PL_MAXFD && n < 64; fd++)
+		if (p->events[fd])
+			fds[n++] = (struct pollfd){.fd = fd,
+				.events = (short)(((p->events[fd] & WEFT_IO_READ) ? POLLIN : 0) |
+				                  ((p->events[fd] & WEFT_IO_WRITE) ? POLLOUT : 0))};
+	int wait = 20;
+	if (p->timer_ms >= 0) {
+		uint64_t now = t_now_ms();
+		wait = p->timer_at <= now ? 0 : (int)(p->timer_at - now < 20 ? p->timer_at - now : 20);
+	}
+	poll(fds, (nfds_t)n, wait);
+	for (int i = 0; i < n; i++) {
+		unsigned rev = 0;
+		if (fds[i].revents & POLLIN)
+			rev |= WEFT_IO_READ;
+		if (fds[i].revents & POLLOUT)
+			rev |= WEFT_IO_WRITE;
+		if (fds[i].revents & POLLHUP)
+			rev |= WEFT_IO_HUP;
+		if (fds[i].revents & POLLERR)
+			rev |= WEFT_IO_ERR;
+		if (rev)
+			weft_loop_process_fd(loop, fds[i].fd, rev);
+	}
+	if (p->timer_ms >= 0 && t_now_ms() >= p->timer_at)
+		weft_loop_process_timeout(loop);
+}
+
+struct ext_result {
+	bool done;
+	int r;
+	weft_fdpass_msg m;
+};
+
+static void ext_answered(weft_req *req, void *data)
+{
+	struct ext_result *res = data;
+	res->r = weft_fdpass_request_recv(req, &res->m, NULL, NULL);
+	res->done = true;
+	weft_req_free(req);
+}
+
+static void test_external_loop(void)
+{
+	struct poll_loop p = {.timer_ms = -1};
+	static const weft_loop_ops ops = {.watch = pl_watch, .timer = pl_timer};
+	weft_loop *loop = NULL;
+	REQUIRE(weft_loop_new_external(&ops, &p, &loop) == 0);
+	struct srv_ctx x = {0};
+	weft_addr addr;
+	REQUIRE(start_server(&x, loop, &addr, NULL) != NULL);
+	x.echo_fds = true;
+	weft_fdpass_client *c = NULL;
+	weft_req *creq = weft_fdpass_connect_send(loop, &addr);
+	uint64_t end = t_now_ms() + 3000;
+	while (weft_req_is_in_progress(creq) && t_now_ms() < end)
+		pl_step(loop, &p);
+	/* the connect completed inside _send: its result is posted (a deferred
+	 * call, run by process_timeout) */
+	for (int i = 0; i < 5; i++)
+		pl_step(loop, &p);
+	CHECK_EQ(weft_fdpass_connect_recv(creq, &c, NULL), 0);
+	weft_req_free(creq);
+	REQUIRE(c != NULL);
+	int pfd[2];
+	REQUIRE(pipe2(pfd, O_CLOEXEC) == 0);
+	for (int round = 0; round < 20; round++) {
+		struct ext_result res = {0};
+		weft_req *req = weft_fdpass_request_send(c, "ext", 3, pfd, 2);
+		REQUIRE(req != NULL);
+		weft_req_set_callback(req, ext_answered, &res);
+		end = t_now_ms() + 3000;
+		while (!res.done && t_now_ms() < end)
+			pl_step(loop, &p);
+		CHECK(res.done);
+		CHECK_EQ(res.r, 0);
+		if (res.r == 0) {
+			CHECK_EQ(res.m.nfds, 2);
+			CHECK(res.m.nfds == 2 && same_file(res.m.fds[0], pfd[0]) && same_file(res.m.fds[1], pfd[1]));
+			weft_fdpass_msg_clear(&res.m);
+		}
+	}
+	CHECK(p.watches > 0);
+	weft_fdpass_client_free(c);
+	x.closed = false;
+	weft_fdpass_server_close(x.srv, srv_closed, &x);
+	end = t_now_ms() + 3000;
+	while (!x.closed && t_now_ms() < end)
+		pl_step(loop, &p);
+	CHECK(x.closed);
+	CHECK_EQ(x.posts, 20);
+	close(pfd[0]);
+	close(pfd[1]);
+	int r = -EBUSY;
+	for (int i = 0; i < 50 && (r = weft_loop_free(loop)) == -EBUSY; i++)
+		pl_step(loop, &p);
+	CHECK_EQ(r, 0);
+}
+
 /* A real server process killed between request and response: the
  * client's request fails with ECONNRESET. */
 static void test_server_killed(void)
@@ -1785,6 +1920,7 @@ int main(int argc, char **argv)
 	run("paths: live refused, stale replaced when asked, mode, removed", test_paths);
 	run("server: garbage, oversized, too many fds, truncated, clean close", test_server_bad_peers);
 	run("client: server dies, garbage, wrong seq, too many fds, truncated", test_client_bad_servers);
+	run("external loop: a hand-driven poll(2) loop, fds both ways", test_external_loop);
 	run("max connections: backlog waits, adopt refused at the limit, adopt", test_max_connections);
 	run("processes: a server killed between request and response", test_server_killed);
 	run("processes: 10 000 transfers both ways, fd counts equal", test_10000_transfers);
