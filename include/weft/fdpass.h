@@ -175,7 +175,8 @@ typedef void (*weft_fdpass_request_cb)(weft_fdpass_server *srv, weft_fdpass_call
 		const weft_fdpass_msg *req, const weft_fdpass_peer *peer, void *data);
 
 /* The response of an answered call went out (err 0) or could not (err
- * positive: the connection broke or the server was closed first).  fds and
+ * positive: the connection broke first; a graceful server close still
+ * sends it).  fds and
  * nfds are the descriptors given to weft_fdpass_call_reply (borrowed by
  * weft until now: close them here if they were only lent to the
  * response).  post_data is the value given to weft_fdpass_call_reply. */
@@ -229,8 +230,9 @@ WEFT_EXPORT int weft_fdpass_server_set_limits(weft_fdpass_server *srv, const wef
 
 /* Close gracefully: stop accepting now (the listening socket is closed and
  * a socket file it created is removed); each connection stops reading new
- * requests, finishes the calls already received (the handler still answers
- * them, their responses go out, the post handler runs) and is closed.
+ * requests (requests not yet handed to the handler are dropped), finishes
+ * the calls in progress (the handler still answers them, their responses
+ * go out, the post handler runs) and is closed.
  * Then cb(data) (may be NULL) runs from the loop, and srv is freed.  No
  * request, post or error callback runs after cb.  srv must not be used
  * after this call except to answer its calls.  May be called from any
