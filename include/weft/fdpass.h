@@ -78,8 +78,10 @@ extern "C" {
  *                   fails with ETOOMANYREFS and they are all closed)
  *   max_pending     server: calls in progress per connection before weft
  *                   stops reading that connection (back-pressure);
- *                   client: requests waiting for their response (another
- *                   request_send completes with EAGAIN)
+ *                   client: requests waiting for their response, those
+ *                   that timed out after going out included until their
+ *                   late answer arrives (another request_send completes
+ *                   with EAGAIN)
  *   max_connections server only: open connections before weft stops
  *                   accepting (they wait in the kernel's backlog) */
 typedef struct weft_fdpass_limits {
