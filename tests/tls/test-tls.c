@@ -1340,6 +1340,219 @@ static void test_api_errors(void)
 	free_loop(loop);
 }
 
+/* Writes queued before the handshake go out after it, in order; TLS over
+ * TLS (the inner stream is itself a TLS stream). */
+static void test_queued_writes_nested(void)
+{
+	weft_loop *loop = new_loop();
+	weft_tls_config *cc = client_cfg(), *sc = server_cfg();
+	weft_stream *c1 = NULL, *s1 = NULL, *c = NULL, *s = NULL;
+	tls_pair(loop, cc, sc, "localhost", &c1, &s1);
+	CHECK_EQ(weft_tls_client_new(cc, c1, "localhost", &c), 0);
+	CHECK_EQ(weft_tls_server_new(sc, s1, &s), 0);
+	static const char *parts[] = {"one ", "two ", "three"};
+	struct done d[3] = {{0}};
+	for (int i = 0; i < 3; i++) {
+		struct iovec iov = {(void *)parts[i], strlen(parts[i])};
+		weft_req *w = weft_stream_writev_queue_send(c, NULL, &iov, 1);
+		weft_req_set_callback(w, on_write, &d[i]);
+	}
+	CHECK_EQ(weft_stream_write_queue_length(c), 3);
+	char back[32] = {0};
+	CHECK_EQ(read_n(loop, s, back, 13, 10000), 13);
+	CHECK(strcmp(back, "one two three") == 0);
+	for (int i = 0; i < 3; i++)
+		CHECK_EQ(d[i].n, (ssize_t)strlen(parts[i]));
+	CHECK(weft_tls_is_tls(c) && weft_tls_version(c) != NULL);
+	weft_stream_close(c, NULL, NULL); /* closes c1 too */
+	weft_stream_close(s, NULL, NULL);
+	weft_tls_config_unref(cc);
+	weft_tls_config_unref(sc);
+	free_loop(loop);
+}
+
+/* Closing a TLS stream from inside its own callbacks. */
+struct closer {
+	weft_stream *s;
+	int count;
+	int err;
+	char buf[64];
+};
+
+static void close_in_hs(weft_req *req, void *data)
+{
+	struct closer *c = data;
+	int e = 0;
+	weft_tls_handshake_recv(req, &e);
+	c->err = e;
+	weft_req_free(req);
+	weft_stream_close(c->s, NULL, NULL);
+	c->count++;
+}
+
+static void close_in_read(weft_req *req, void *data)
+{
+	struct closer *c = data;
+	int e = 0;
+	(void)weft_stream_read_recv(req, &e);
+	c->err = e;
+	weft_req_free(req);
+	weft_stream_close(c->s, NULL, NULL);
+	c->count++;
+}
+
+static void test_close_in_callbacks(void)
+{
+	weft_loop *loop = new_loop();
+	weft_tls_config *cc = client_cfg(), *sc = server_cfg();
+	weft_stream *c = NULL, *s = NULL;
+	tls_pair(loop, cc, sc, "localhost", &c, &s);
+	/* The server closes from its handshake callback, while a read is
+	 * pending on it; the client then reads the end (or a reset). */
+	struct closer srv = {.s = s}, cli = {.s = c};
+	weft_req *h = weft_tls_handshake_send(s);
+	weft_req_set_callback(h, close_in_hs, &srv);
+	struct xfer *x = calloc(1, sizeof(*x));
+	weft_req *r = weft_stream_read_send(s, x->buf, sizeof(x->buf));
+	weft_req_set_callback(r, on_read, x);
+	weft_req *rc = weft_stream_read_send(c, cli.buf, sizeof(cli.buf));
+	weft_req_set_callback(rc, close_in_read, &cli);
+	int both = 0;
+	uint64_t end = t_now_ms() + 5000;
+	while ((srv.count == 0 || cli.count == 0 || x->count == 0) && t_now_ms() < end)
+		run_until(loop, &both, 1, 20);
+	CHECK_EQ(srv.count, 1);
+	CHECK_EQ(srv.err, 0);
+	CHECK_EQ(x->err, ECANCELED);
+	CHECK_EQ(cli.count, 1);
+	CHECK(cli.err == EPIPE || cli.err == ECONNRESET);
+	free(x);
+	weft_tls_config_unref(cc);
+	weft_tls_config_unref(sc);
+	free_loop(loop);
+}
+
+/* The whole exchange on an external-backend loop driven by poll(2) here:
+ * weft names the fds and the timeout, this code reports readiness. */
+#define EXT_MAXFD 1024
+struct extl {
+	unsigned events[EXT_MAXFD];
+	int64_t timer_ms;
+	uint64_t timer_at;
+};
+
+static int extl_watch(weft_loop *loop, int fd, unsigned events, void *fd_data, void *user)
+{
+	struct extl *e = user;
+	(void)loop;
+	(void)fd_data;
+	if (fd < 0 || fd >= EXT_MAXFD)
+		return -EINVAL;
+	e->events[fd] = events;
+	return 0;
+}
+
+static void extl_timer(weft_loop *loop, int64_t ms, void *user)
+{
+	struct extl *e = user;
+	(void)loop;
+	e->timer_ms = ms;
+	e->timer_at = t_now_ms() + (ms > 0 ? (uint64_t)ms : 0);
+}
+
+static void extl_iterate(weft_loop *loop, struct extl *e)
+{
+	struct pollfd pfd[64];
+	int n = 0;
+	for (int fd = 0; fd < EXT_MAXFD && n < 64; fd++)
+		if (e->events[fd]) {
+			pfd[n].fd = fd;
+			pfd[n].events = (short)(((e->events[fd] & WEFT_IO_READ) ? POLLIN : 0) |
+					((e->events[fd] & WEFT_IO_WRITE) ? POLLOUT : 0));
+			n++;
+		}
+	int timeout = 50;
+	if (e->timer_ms >= 0) {
+		uint64_t now = t_now_ms();
+		timeout = e->timer_at <= now ? 0 : (int)(e->timer_at - now);
+		if (timeout > 50)
+			timeout = 50;
+	}
+	int r = poll(pfd, (nfds_t)n, timeout);
+	for (int i = 0; i < n && r > 0; i++) {
+		unsigned rev = 0;
+		if (pfd[i].revents & POLLIN)
+			rev |= WEFT_IO_READ;
+		if (pfd[i].revents & POLLOUT)
+			rev |= WEFT_IO_WRITE;
+		if (pfd[i].revents & POLLERR)
+			rev |= WEFT_IO_ERR;
+		if (pfd[i].revents & POLLHUP)
+			rev |= WEFT_IO_HUP;
+		if (rev)
+			weft_loop_process_fd(loop, pfd[i].fd, rev);
+	}
+	if (e->timer_ms >= 0 && t_now_ms() >= e->timer_at)
+		weft_loop_process_timeout(loop);
+}
+
+static void test_external_loop(void)
+{
+	struct extl *e = calloc(1, sizeof(*e));
+	e->timer_ms = -1;
+	weft_loop_ops ops = {.watch = extl_watch, .timer = extl_timer};
+	weft_loop *loop = NULL;
+	CHECK_EQ(weft_loop_new_external(&ops, e, &loop), 0);
+	unsigned own[EXT_MAXFD]; /* the loop's own fds (its wake-up eventfd) */
+	memcpy(own, e->events, sizeof(own));
+	weft_tls_config *cc = client_cfg(), *sc = server_cfg();
+	weft_stream *c = NULL, *s = NULL;
+	tls_pair(loop, cc, sc, "localhost", &c, &s);
+	struct done hc = {0}, hs = {0}, w = {0};
+	weft_req *r = weft_tls_handshake_send(c);
+	weft_req_set_callback(r, on_simple, &hc);
+	r = weft_tls_handshake_send(s);
+	weft_req_set_callback(r, on_simple, &hs);
+	static char big[300000];
+	memset(big, 'e', sizeof(big));
+	struct iovec iov = {big, sizeof(big)};
+	r = weft_stream_writev_send(c, &iov, 1);
+	weft_req_set_callback(r, on_write, &w);
+	size_t got = 0;
+	struct xfer *x = calloc(1, sizeof(*x));
+	uint64_t end = t_now_ms() + 10000;
+	while (got < sizeof(big) && t_now_ms() < end) {
+		x->count = 0;
+		r = weft_stream_read_send(s, x->buf, sizeof(x->buf));
+		weft_req_set_callback(r, on_read, x);
+		while (x->count == 0 && t_now_ms() < end)
+			extl_iterate(loop, e);
+		if (x->n <= 0)
+			break;
+		got += (size_t)x->n;
+	}
+	CHECK_EQ(hc.err, 0);
+	CHECK_EQ(hs.err, 0);
+	CHECK_EQ(got, sizeof(big));
+	CHECK_EQ(w.n, (ssize_t)sizeof(big));
+	free(x);
+	weft_stream_close(c, NULL, NULL);
+	weft_stream_close(s, NULL, NULL);
+	for (int i = 0; i < 10; i++)
+		extl_iterate(loop, e);
+	int watched = 0;
+	for (int fd = 0; fd < EXT_MAXFD; fd++)
+		if (e->events[fd] != own[fd]) {
+			watched++;
+			printf("# fd %d still watched (%u)\n", fd, e->events[fd]);
+		}
+	CHECK_EQ(watched, 0);
+	CHECK_EQ(weft_loop_free(loop), 0);
+	weft_tls_config_unref(cc);
+	weft_tls_config_unref(sc);
+	free(e);
+}
+
 /* ---- DTLS ------------------------------------------------------------------------- */
 
 /* A lossy UDP proxy: client -> proxy socket -> upstream socket -> server,
@@ -1656,6 +1869,9 @@ int main(int argc, char **argv)
 	run("tls: session resumption with tickets, TLS 1.3 and 1.2", test_resumption);
 	run("tls: ALPN, SNI, client certificates required/requested", test_alpn_sni_client_cert);
 	run("tls: API errors", test_api_errors);
+	run("tls: writes queued before the handshake, in order; TLS over TLS", test_queued_writes_nested);
+	run("tls: close from the handshake and read callbacks", test_close_in_callbacks);
+	run("tls: handshake and 300 KB on an external loop driven by poll(2)", test_external_loop);
 	run("dtls: handshake with cookie exchange, records both ways, EMSGSIZE, close_notify", test_dtls_lossless);
 	run("dtls: a lossy proxy drops flights; the handshake completes by retransmission", test_dtls_lossy);
 	run("peer: weft DTLS client vs gnutls-serv --udp --echo", test_dtls_gnutls_serv);
