@@ -20,7 +20,9 @@
  *               = bytes / time until that byte (after the handshake).
  *   small-rr    64-byte records echoed by the server, one in flight:
  *               round trips per second.
- *   handshake   connect, full handshake (no resumption, no tickets), close;
+ *   handshake   connect, full handshake (no resumption, no tickets),
+ *               close_notify, close (weft_stream_close sends close_notify;
+ *               the gnutls side calls gnutls_bye(GNUTLS_SHUT_WR) to match);
  *               handshakes per second, measured at the client.
  * One warm-up round, then -r rounds; the table shows medians and the ratio
  * weft / gnutls (> 1: weft is faster).  -P pins both processes to CPU 0 (the
@@ -422,6 +424,7 @@ static void peer_hs(int impl, int lfd)
 			if (fd < 0)
 				die("accept: %s", strerror(errno));
 			gnutls_session_t s = g_session(fd, true);
+			(void)gnutls_bye(s, GNUTLS_SHUT_WR); /* as weft_stream_close does */
 			gnutls_deinit(s);
 			close(fd);
 		}
@@ -456,6 +459,7 @@ static double client_hs(int impl)
 		for (long i = 0; i < opt.hs; i++) {
 			int fd = hs_connect();
 			gnutls_session_t s = g_session(fd, false);
+			(void)gnutls_bye(s, GNUTLS_SHUT_WR);
 			gnutls_deinit(s);
 			close(fd);
 		}
