@@ -106,11 +106,13 @@ static int make_certificates(void)
 			"tls_www_server\nsigning_key\nencryption_key\nexpiration_days = 365\n");
 	r |= write_file("cli.tmpl", "cn = \"client 1\"\norganization = \"weft\"\ntls_www_client\nsigning_key\n"
 			"expiration_days = 365\n");
+	r |= write_file("other.tmpl", "cn = \"other.example\"\ndns_name = \"other.example\"\ntls_www_server\n"
+			"signing_key\nexpiration_days = 365\n");
 	r |= write_file("old.tmpl", "cn = \"localhost\"\ndns_name = \"localhost\"\ntls_www_server\nsigning_key\n"
 			"activation_date = \"2020-01-01 00:00:00\"\nexpiration_date = \"2020-02-01 00:00:00\"\n");
 	if (r != 0)
 		return -1;
-	const char *keys[] = {"ca.key", "ca2.key", "srv.key", "cli.key", "old.key", "evil.key"};
+	const char *keys[] = {"ca.key", "ca2.key", "srv.key", "cli.key", "old.key", "evil.key", "other.key"};
 	for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++)
 		if (make_key(keys[i]) < 0)
 			return -1;
@@ -119,7 +121,8 @@ static int make_certificates(void)
 	    make_cert("srv.pem", "srv.key", "srv.tmpl", "ca.pem", "ca.key") < 0 ||
 	    make_cert("cli.pem", "cli.key", "cli.tmpl", "ca.pem", "ca.key") < 0 ||
 	    make_cert("old.pem", "old.key", "old.tmpl", "ca.pem", "ca.key") < 0 ||
-	    make_cert("evil.pem", "evil.key", "srv.tmpl", "ca2.pem", "ca2.key") < 0)
+	    make_cert("evil.pem", "evil.key", "srv.tmpl", "ca2.pem", "ca2.key") < 0 ||
+	    make_cert("other.pem", "other.key", "other.tmpl", "ca.pem", "ca.key") < 0)
 		return -1;
 	return 0;
 }
@@ -1311,6 +1314,58 @@ static void test_alpn_sni_client_cert(void)
 	free_loop(loop);
 }
 
+/* A server with two certificates picks the one the client names (SNI). */
+static void test_sni_cert_selection(void)
+{
+	weft_loop *loop = new_loop();
+	weft_tls_config *cc = client_cfg(), *sc = server_cfg();
+	CHECK_EQ(weft_tls_config_add_cert_file(sc, P("other.pem"), P("other.key"), NULL), 0);
+	const char *names[] = {"other.example", "localhost"};
+	for (int i = 0; i < 2; i++) {
+		weft_stream *c = NULL, *s = NULL;
+		tls_pair(loop, cc, sc, names[i], &c, &s);
+		int ec, es;
+		handshake2(loop, c, s, &ec, &es);
+		CHECK_EQ(ec, 0);
+		CHECK_EQ(es, 0);
+		char *dn = NULL;
+		CHECK_EQ(weft_tls_peer_dn(c, &dn), 0);
+		char want[64];
+		snprintf(want, sizeof(want), "CN=%s", names[i]);
+		CHECK(dn && strstr(dn, want));
+		free(dn);
+		weft_stream_close(c, NULL, NULL);
+		weft_stream_close(s, NULL, NULL);
+	}
+	weft_tls_config_unref(cc);
+	weft_tls_config_unref(sc);
+	free_loop(loop);
+}
+
+/* weft_req_cancel on the only handshake request abandons the handshake. */
+static void test_handshake_cancel(void)
+{
+	weft_loop *loop = new_loop();
+	int sv[2];
+	CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	weft_stream *raw = NULL, *c = NULL;
+	CHECK_EQ(weft_stream_new_socket(loop, sv[0], &raw), 0);
+	weft_tls_config *cc = client_cfg();
+	CHECK_EQ(weft_tls_client_new(cc, raw, "localhost", &c), 0);
+	struct done d = {0};
+	weft_req *req = weft_tls_handshake_send(c);
+	weft_req_set_callback(req, on_simple, &d);
+	weft_loop_run(loop, WEFT_RUN_NOWAIT);
+	CHECK_EQ(weft_req_cancel(req), 0);
+	CHECK(run_until(loop, &d.count, 1, 2000));
+	CHECK_EQ(d.err, ECANCELED);
+	CHECK_EQ(handshake(loop, c, 0), ECANCELED);
+	weft_stream_close(c, NULL, NULL);
+	close(sv[1]);
+	weft_tls_config_unref(cc);
+	free_loop(loop);
+}
+
 static void test_api_errors(void)
 {
 	weft_tls_config *c = NULL;
@@ -1869,6 +1924,8 @@ int main(int argc, char **argv)
 	run("tls: session resumption with tickets, TLS 1.3 and 1.2", test_resumption);
 	run("tls: ALPN, SNI, client certificates required/requested", test_alpn_sni_client_cert);
 	run("tls: API errors", test_api_errors);
+	run("tls: two server certificates, chosen by SNI", test_sni_cert_selection);
+	run("tls: canceling the handshake request -> ECANCELED (sticky)", test_handshake_cancel);
 	run("tls: writes queued before the handshake, in order; TLS over TLS", test_queued_writes_nested);
 	run("tls: close from the handshake and read callbacks", test_close_in_callbacks);
 	run("tls: handshake and 300 KB on an external loop driven by poll(2)", test_external_loop);
