@@ -607,6 +607,8 @@ weft_req *weft_dtls_send_send(weft_dtls *dt, const void *buf, size_t len)
 		serve_sends(dt); /* completion inside _send is posted */
 		dtls_update(dt);
 		dt->busy--;
+	} else if (!dt->flush_pending) {
+		weft_defer_schedule(dt->kick); /* from a callback: served from the loop */
 	}
 	return req;
 }

@@ -1366,6 +1366,46 @@ static void test_handshake_cancel(void)
 	free_loop(loop);
 }
 
+/* Credentials and trust from memory instead of files. */
+static char *slurp(const char *name, size_t *len)
+{
+	FILE *f = fopen(P(name), "rb");
+	if (f == NULL)
+		return NULL;
+	char *buf = calloc(1, 65536);
+	*len = fread(buf, 1, 65535, f);
+	fclose(f);
+	return buf;
+}
+
+static void test_credentials_from_memory(void)
+{
+	size_t lc, lk, la;
+	char *crt = slurp("srv.pem", &lc), *key = slurp("srv.key", &lk), *ca = slurp("ca.pem", &la);
+	REQUIRE(crt && key && ca);
+	weft_tls_config *cc = NULL, *sc = NULL;
+	CHECK_EQ(weft_tls_config_new(WEFT_TLS_CLIENT, &cc), 0);
+	CHECK_EQ(weft_tls_config_new(WEFT_TLS_SERVER, &sc), 0);
+	CHECK_EQ(weft_tls_config_add_ca_mem(cc, ca, la), 1);
+	CHECK_EQ(weft_tls_config_add_cert_mem(sc, crt, lc, key, lk, NULL), 0);
+	CHECK_EQ(weft_tls_config_add_cert_mem(sc, crt, lc, "garbage", 7, NULL), -EBADMSG);
+	weft_loop *loop = new_loop();
+	weft_stream *c = NULL, *s = NULL;
+	tls_pair(loop, cc, sc, "localhost", &c, &s);
+	int ec, es;
+	handshake2(loop, c, s, &ec, &es);
+	CHECK_EQ(ec, 0);
+	CHECK_EQ(es, 0);
+	weft_stream_close(c, NULL, NULL);
+	weft_stream_close(s, NULL, NULL);
+	weft_tls_config_unref(cc);
+	weft_tls_config_unref(sc);
+	free(crt);
+	free(key);
+	free(ca);
+	free_loop(loop);
+}
+
 static void test_api_errors(void)
 {
 	weft_tls_config *c = NULL;
@@ -1925,6 +1965,7 @@ int main(int argc, char **argv)
 	run("tls: ALPN, SNI, client certificates required/requested", test_alpn_sni_client_cert);
 	run("tls: API errors", test_api_errors);
 	run("tls: two server certificates, chosen by SNI", test_sni_cert_selection);
+	run("tls: certificate, key and CA from memory", test_credentials_from_memory);
 	run("tls: canceling the handshake request -> ECANCELED (sticky)", test_handshake_cancel);
 	run("tls: writes queued before the handshake, in order; TLS over TLS", test_queued_writes_nested);
 	run("tls: close from the handshake and read callbacks", test_close_in_callbacks);
