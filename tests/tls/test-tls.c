@@ -1918,6 +1918,48 @@ static void test_dtls_gnutls_serv(void)
 	kill_reap(pid);
 }
 
+/* gnutls-cli --udp against a weft DTLS server on an unconnected socket
+ * (cookie exchange with a real client). */
+static void test_dtls_server_gnutls_cli(void)
+{
+	if (!g_have_gnutls_bin) {
+		printf("# skip: gnutls-cli not installed\n");
+		return;
+	}
+	weft_loop *loop = new_loop();
+	weft_tls_config *sc = server_cfg();
+	weft_addr any;
+	CHECK_EQ(weft_addr_parse("udp:127.0.0.1:0", &any), 0);
+	weft_dgram *d = NULL;
+	CHECK_EQ(weft_dgram_open(loop, &any, NULL, &d), 0);
+	weft_addr bound;
+	CHECK_EQ(weft_dgram_local_addr(d, &bound), 0);
+	char port[16];
+	snprintf(port, sizeof(port), "%d", weft_addr_port(&bound));
+	weft_dtls *s = NULL;
+	CHECK_EQ(weft_dtls_server_new(sc, d, &s), 0);
+	struct dreq h = {0}, r = {0};
+	weft_req *q = weft_dtls_handshake_send(s);
+	weft_req_set_callback(q, on_dtls_hs, &h);
+	write_file("udp-in.txt", "hello over DTLS\n");
+	char *argv[] = {"gnutls-cli", "--udp", "--x509cafile", (char *)P("ca.pem"), "-p", port, "localhost", NULL};
+	pid_t pid = spawn(argv, P("udp-in.txt"), P("cli-udp.out"));
+	CHECK(run_until(loop, &h.count, 1, 10000));
+	CHECK_EQ(h.err, 0);
+	if (h.err == 0) {
+		q = weft_dtls_recv_send(s);
+		weft_req_set_callback(q, on_dtls_recv, &r);
+		CHECK(run_until(loop, &r.count, 1, 10000));
+		CHECK_EQ(r.n, 16);
+		CHECK(r.buf && memcmp(r.buf, "hello over DTLS\n", 16) == 0);
+		free(r.buf);
+	}
+	weft_dtls_close(s);
+	reap(pid, 3000);
+	weft_tls_config_unref(sc);
+	free_loop(loop);
+}
+
 /* ---- main ------------------------------------------------------------------------- */
 
 static void run(const char *name, void (*fn)(void))
@@ -1973,6 +2015,7 @@ int main(int argc, char **argv)
 	run("dtls: handshake with cookie exchange, records both ways, EMSGSIZE, close_notify", test_dtls_lossless);
 	run("dtls: a lossy proxy drops flights; the handshake completes by retransmission", test_dtls_lossy);
 	run("peer: weft DTLS client vs gnutls-serv --udp --echo", test_dtls_gnutls_serv);
+	run("peer: gnutls-cli --udp vs weft DTLS server (cookie exchange)", test_dtls_server_gnutls_cli);
 
 	sh("rm -rf %s", g_dir);
 	return t_finish();
