@@ -340,6 +340,20 @@ static int free_port(void)
 	return port;
 }
 
+static int free_udp_port(void)
+{
+	int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	socklen_t len = sizeof(a);
+	int port = -1;
+	if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0 &&
+	    getsockname(fd, (struct sockaddr *)&a, &len) == 0)
+		port = ntohs(a.sin_port);
+	if (fd >= 0)
+		close(fd);
+	return port;
+}
+
 /* Start argv with stdin from in_file (NULL: /dev/null) and stdout+stderr
  * into out_file (NULL: /dev/null). */
 static pid_t spawn(char *const argv[], const char *in_file, const char *out_file)
@@ -378,6 +392,30 @@ static bool wait_port(pid_t pid, int port, unsigned ms)
 	return false;
 }
 
+/* Start a TCP server whose argv[port_arg] is replaced by a free port; the
+ * port is picked here, so another program may take it first: a server that
+ * dies at start is tried again (3 times) on a new port.  Returns the pid
+ * (and *ret_port) or -1. */
+static pid_t start_tcp_server(char **argv, int port_arg, int *ret_port)
+{
+	static char portbuf[16];
+	for (int attempt = 0; attempt < 3; attempt++) {
+		int port = free_port();
+		snprintf(portbuf, sizeof(portbuf), "%d", port);
+		argv[port_arg] = portbuf;
+		pid_t pid = spawn(argv, NULL, NULL);
+		if (pid < 0)
+			return -1;
+		if (wait_port(pid, port, 10000)) {
+			*ret_port = port;
+			return pid;
+		}
+		kill(pid, SIGKILL);
+		waitpid(pid, NULL, 0);
+	}
+	return -1;
+}
+
 /* Wait for the child to exit on its own for up to ms, then kill it; always
  * reaped.  Returns its exit status, or -1 if it had to be killed. */
 static int reap(pid_t pid, unsigned ms)
@@ -395,11 +433,11 @@ static int reap(pid_t pid, unsigned ms)
 	return -1;
 }
 
+/* SIGTERM, then SIGKILL after 2 s; always reaped. */
 static void kill_reap(pid_t pid)
 {
 	kill(pid, SIGTERM);
-	if (reap(pid, 2000) == -2)
-		return;
+	(void)reap(pid, 2000);
 }
 
 static char *read_file(const char *path)
@@ -441,16 +479,12 @@ static void test_client_gnutls_serv(void)
 		printf("# skip: gnutls-serv not installed\n");
 		return;
 	}
-	int port = free_port();
-	char portbuf[16];
-	snprintf(portbuf, sizeof(portbuf), "%d", port);
-	char *argv[] = {"gnutls-serv", "--echo", "-p", portbuf, "--x509certfile", (char *)P("srv.pem"),
+	char *argv[] = {"gnutls-serv", "--echo", "-p", "PORT", "--x509certfile", (char *)P("srv.pem"),
 		"--x509keyfile", (char *)P("srv.key"), "--alpn", "weft/1", NULL};
-	pid_t pid = spawn(argv, NULL, NULL);
-	REQUIRE(pid > 0);
-	if (!wait_port(pid, port, 10000)) {
+	int port = 0;
+	pid_t pid = start_tcp_server(argv, 3, &port);
+	if (pid < 0) {
 		CHECK(!"gnutls-serv did not start");
-		kill_reap(pid);
 		return;
 	}
 	weft_loop *loop = new_loop();
@@ -492,16 +526,12 @@ static void test_client_openssl_server(void)
 		printf("# skip: openssl not installed\n");
 		return;
 	}
-	int port = free_port();
-	char portbuf[16];
-	snprintf(portbuf, sizeof(portbuf), "%d", port);
-	char *argv[] = {"openssl", "s_server", "-accept", portbuf, "-cert", (char *)P("srv.pem"),
+	char *argv[] = {"openssl", "s_server", "-accept", "PORT", "-cert", (char *)P("srv.pem"),
 		"-key", (char *)P("srv.key"), "-rev", "-tls1_2", NULL};
-	pid_t pid = spawn(argv, NULL, NULL);
-	REQUIRE(pid > 0);
-	if (!wait_port(pid, port, 10000)) {
+	int port = 0;
+	pid_t pid = start_tcp_server(argv, 3, &port);
+	if (pid < 0) {
 		CHECK(!"openssl s_server did not start");
-		kill_reap(pid);
 		return;
 	}
 	weft_loop *loop = new_loop();
@@ -1873,20 +1903,30 @@ static void test_dtls_gnutls_serv(void)
 		printf("# skip: gnutls-serv not installed\n");
 		return;
 	}
-	int port = free_port();
 	char portbuf[16];
-	snprintf(portbuf, sizeof(portbuf), "%d", port);
 	char *argv[] = {"gnutls-serv", "--udp", "--echo", "-p", portbuf, "--x509certfile", (char *)P("srv.pem"),
 		"--x509keyfile", (char *)P("srv.key"), NULL};
-	pid_t pid = spawn(argv, NULL, P("serv-udp.out"));
-	REQUIRE(pid > 0);
-	uint64_t end = t_now_ms() + 10000;
-	const char *out = NULL;
-	while (t_now_ms() < end && ((out = read_file(P("serv-udp.out"))) == NULL || strstr(out, "listening") == NULL))
-		t_sleep_ms(20);
-	if (out == NULL || strstr(out, "listening") == NULL) {
+	int port = -1;
+	pid_t pid = -1;
+	for (int attempt = 0; attempt < 3 && pid < 0; attempt++) {
+		port = free_udp_port();
+		snprintf(portbuf, sizeof(portbuf), "%d", port);
+		pid = spawn(argv, NULL, P("serv-udp.out"));
+		REQUIRE(pid > 0);
+		uint64_t end = t_now_ms() + 10000;
+		const char *out = NULL;
+		bool died = false;
+		while (t_now_ms() < end && !(died = waitpid(pid, NULL, WNOHANG) == pid) &&
+		       ((out = read_file(P("serv-udp.out"))) == NULL || strstr(out, "listening") == NULL))
+			t_sleep_ms(20);
+		if (died || out == NULL || strstr(out, "listening") == NULL) {
+			if (!died)
+				kill_reap(pid);
+			pid = -1;
+		}
+	}
+	if (pid < 0) {
 		CHECK(!"gnutls-serv --udp did not start");
-		kill_reap(pid);
 		return;
 	}
 	weft_loop *loop = new_loop();
