@@ -29,10 +29,9 @@
 #include "sock-private.h"
 
 #include <errno.h>
-#include <limits.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <stdio.h>
 
 /* Ciphertext read past what GnuTLS asked for: enough for a small record and
  * the next header, so request/response traffic costs one read per record;
@@ -49,7 +48,7 @@ struct tls_impl {
 	weft_tls_config *cfg;
 	gnutls_session_t sess;
 	bool server;
-	char *server_name;
+	char *server_name; /* GnuTLS's verification keeps pointing at it */
 
 	enum hs_phase hs;
 	unsigned hs_want;  /* inner events the handshake waits for; 0: step now */
@@ -684,7 +683,8 @@ static int tls_new(weft_tls_config *cfg, weft_stream *inner, bool server, const 
 		r = weft__tls_errno(g);
 		goto fail;
 	}
-	if ((r = weft__tls_session_setup(cfg, t->sess, server_name)) < 0)
+	/* GnuTLS keeps the host name pointer for the session's life: our copy. */
+	if ((r = weft__tls_session_setup(cfg, t->sess, t->server_name)) < 0)
 		goto fail;
 	gnutls_transport_set_ptr(t->sess, t);
 	gnutls_transport_set_pull_function(t->sess, tls_pull);

@@ -1436,6 +1436,31 @@ static void test_credentials_from_memory(void)
 	free_loop(loop);
 }
 
+/* The server name is copied: the caller may free its string at once
+ * (GnuTLS's verification keeps a pointer to the name; ASan would see a use
+ * after free).  Also for DTLS. */
+static void test_server_name_copied(void)
+{
+	weft_loop *loop = new_loop();
+	weft_tls_config *cc = client_cfg(), *sc = server_cfg();
+	weft_stream *a, *b, *c = NULL, *s = NULL;
+	stream_pair(loop, &a, &b);
+	char *name = strdup("localhost");
+	CHECK_EQ(weft_tls_client_new(cc, a, name, &c), 0);
+	memset(name, 'x', 9);
+	free(name);
+	CHECK_EQ(weft_tls_server_new(sc, b, &s), 0);
+	int ec, es;
+	handshake2(loop, c, s, &ec, &es);
+	CHECK_EQ(ec, 0);
+	CHECK_EQ(es, 0);
+	weft_stream_close(c, NULL, NULL);
+	weft_stream_close(s, NULL, NULL);
+	weft_tls_config_unref(cc);
+	weft_tls_config_unref(sc);
+	free_loop(loop);
+}
+
 static void test_api_errors(void)
 {
 	weft_tls_config *c = NULL;
@@ -2048,6 +2073,7 @@ int main(int argc, char **argv)
 	run("tls: API errors", test_api_errors);
 	run("tls: two server certificates, chosen by SNI", test_sni_cert_selection);
 	run("tls: certificate, key and CA from memory", test_credentials_from_memory);
+	run("tls: the server name is copied (freed by the caller before the handshake)", test_server_name_copied);
 	run("tls: canceling the handshake request -> ECANCELED (sticky)", test_handshake_cancel);
 	run("tls: writes queued before the handshake, in order; TLS over TLS", test_queued_writes_nested);
 	run("tls: close from the handshake and read callbacks", test_close_in_callbacks);
