@@ -362,8 +362,12 @@ static void write_done(weft_req *req, void *data)
 
 static void conn_flush(weft_assuan_conn *c)
 {
-	if (c->closed || c->wreq != NULL || c->out.len == 0)
+	if (c->closed || c->wreq != NULL)
 		return;
+	if (c->out.len == 0) {
+		room_check(c); /* a write request may just have drained it all */
+		return;
+	}
 	struct iovec iov = {c->out.p, c->out.len};
 	ssize_t n = weft_stream_try_writev(c->s, &iov, 1);
 	if (n < 0 && n != -EAGAIN && n != -EWOULDBLOCK && n != -EBUSY) {
