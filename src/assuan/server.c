@@ -1102,6 +1102,8 @@ static void conn_process(weft_assuan_conn *c)
 			c->close_after_write = true;
 	}
 	conn_flush(c);
+	if (!c->closed && waiting_lines && out_pending(c) < c->srv->limits.output)
+		weft_defer_schedule(&c->kick); /* written at once: on with the waiting lines */
 	if (!c->closed && c->close_after_write && out_pending(c) == 0) {
 		c->depth--;
 		conn_close(c);
