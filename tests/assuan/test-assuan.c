@@ -1546,27 +1546,482 @@ static void test_fd_passing(void)
 	fix_close(&f);
 }
 
+/* ---- non-blocking output ------------------------------------------------------------------ */
+
+/* Deterministic bytes: byte i of stream seed. */
+static unsigned char stream_byte(unsigned seed, size_t i)
+{
+	uint32_t x = (uint32_t)(i / 4) * 2654435761u + seed;
+	x ^= x >> 15;
+	x *= 2246822519u;
+	x ^= x >> 13;
+	return (unsigned char)(x >> (8 * (i % 4)));
+}
+
+#define STREAM_CHUNK 16384
+
+/* STREAM n: n bytes of stream_byte(n) as D lines, waiting for room. */
+struct streamer {
+	weft_assuan_conn *c;
+	size_t total, sent;
+	weft_defer *step;
+	int enobufs, rooms;
+	bool waiting;
+};
+static struct streamer *g_streamer; /* the last one, for the checks */
+static size_t g_max_pending;
+
+static void streamer_free(weft_assuan_conn *c, void *data)
+{
+	(void)c;
+	struct streamer *st = data;
+	weft_defer_free(st->step);
+	if (g_streamer == st)
+		g_streamer = NULL;
+	free(st);
+}
+
+static void streamer_room(weft_assuan_conn *c, void *data)
+{
+	struct streamer *st = data;
+	st->rooms++;
+	st->waiting = false;
+	CHECK(weft_assuan_output_pending(c) <= 64 * 1024 / 2);
+	weft_defer_schedule(st->step);
+}
+
+static void streamer_step(weft_defer *d, void *data)
+{
+	(void)d;
+	struct streamer *st = data;
+	unsigned char buf[STREAM_CHUNK];
+	for (int k = 0; k < 8 && st->sent < st->total; k++) {
+		size_t n = st->total - st->sent < STREAM_CHUNK ? st->total - st->sent : STREAM_CHUNK;
+		for (size_t i = 0; i < n; i++)
+			buf[i] = stream_byte((unsigned)st->total, st->sent + i);
+		size_t before = weft_assuan_output_pending(st->c);
+		int r = weft_assuan_send_data(st->c, buf, n);
+		if (weft_assuan_output_pending(st->c) > g_max_pending)
+			g_max_pending = weft_assuan_output_pending(st->c);
+		if (r == -ENOBUFS) {
+			CHECK_EQ(weft_assuan_output_pending(st->c), before); /* nothing queued */
+			CHECK(before >= 64 * 1024);
+			st->enobufs++;
+			st->waiting = true;
+			CHECK_EQ(weft_assuan_on_room(st->c, streamer_room, st), 0);
+			return;
+		}
+		CHECK_EQ(r, 0);
+		st->sent += n;
+	}
+	if (st->sent < st->total) {
+		weft_defer_schedule(st->step);
+		return;
+	}
+	weft_assuan_conn *c = st->c;
+	streamer_free(c, st);
+	weft_assuan_process_done(c, 0);
+}
+
+static weft_assuan_err cmd_stream(weft_assuan_conn *c, char *args, void *data)
+{
+	(void)data;
+	struct streamer *st = calloc(1, sizeof *st);
+	st->c = c;
+	st->total = strtoul(args, NULL, 10);
+	weft_loop *loop = weft_stream_loop(weft_assuan_conn_stream(c));
+	CHECK_EQ(weft_defer_new(loop, streamer_step, st, &st->step), 0);
+	CHECK_EQ(weft_assuan_on_cancel(c, streamer_free, st), 0);
+	weft_defer_schedule(st->step);
+	g_streamer = st;
+	return WEFT_ASSUAN_PENDING;
+}
+
+/* Decode a response of D lines ending in "OK\n"; check it is stream seed. */
+static void check_stream(const char *p, size_t n, size_t total)
+{
+	if (!(n >= 3 && memcmp(p + n - 3, "OK\n", 3) == 0))
+		show("stream tail", p + (n > 40 ? n - 40 : 0), n > 40 ? 40 : n);
+	REQUIRE(n >= 3 && memcmp(p + n - 3, "OK\n", 3) == 0);
+	size_t got = 0, bad = 0, lines = 0;
+	char *line = malloc(WEFT_ASSUAN_LINELENGTH + 1);
+	for (size_t i = 0; i < n - 3;) {
+		const char *nl = memchr(p + i, '\n', n - 3 - i);
+		REQUIRE(nl != NULL);
+		size_t ll = (size_t)(nl - (p + i)) + 1;
+		if (ll > WEFT_ASSUAN_LINELENGTH || ll < 3 || p[i] != 'D' || p[i + 1] != ' ') {
+			bad++;
+			break;
+		}
+		memcpy(line, p + i + 2, ll - 3);
+		ssize_t k = weft__adecode(line, ll - 3, true);
+		if (k < 0) {
+			bad++;
+			break;
+		}
+		for (ssize_t j = 0; j < k; j++)
+			if ((unsigned char)line[j] != stream_byte((unsigned)total, got + (size_t)j))
+				bad++;
+		got += (size_t)k;
+		lines++;
+		i += ll;
+	}
+	free(line);
+	CHECK_EQ(bad, 0);
+	CHECK_EQ(got, total);
+	CHECK(lines >= total / 996);
+}
+
+/* A client that does not read while the server streams megabytes: the
+ * output queue stops at its limit (send_data refuses with -ENOBUFS, the
+ * room callback resumes), another client is served meanwhile, and not a
+ * byte is lost. */
+static void test_backpressure(void)
+{
+	struct fix fa;
+	fix_server(&fa);
+	g_max_pending = 0;
+	weft_assuan_limits lim = {.output = 64 * 1024};
+	weft_assuan_server_set_limits(fa.srv, &lim);
+	CHECK_EQ(weft_assuan_register(fa.srv, "STREAM", cmd_stream, NULL, NULL), 0);
+	int sa[2], sb[2];
+	CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sa), 0);
+	CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sb), 0);
+	CHECK_EQ(weft_assuan_server_adopt_fd(fa.srv, sa[0], &fa.conn), 0);
+	fa.rfd = fa.wfd = sa[1];
+	struct fix fb = fa;
+	fb.rfd = fb.wfd = sb[1];
+	fb.rx = NULL;
+	fb.rxlen = fb.rxcap = 0;
+	CHECK_EQ(weft_assuan_server_adopt_fd(fa.srv, sb[0], &fb.conn), 0);
+	EXPECT(&fa, greeting());
+	EXPECT(&fb, greeting());
+	size_t total = 4u << 20;
+	char cmd[64];
+	snprintf(cmd, sizeof cmd, "STREAM %zu\n", total);
+	fix_send(&fa, cmd, strlen(cmd));
+	/* A does not read; B is served meanwhile. */
+	uint64_t end = t_now_ms() + 5000;
+	while ((g_streamer == NULL || !g_streamer->waiting) && t_now_ms() < end) {
+		weft_loop_run(fa.loop, WEFT_RUN_NOWAIT);
+		t_sleep_ms(1);
+	}
+	REQUIRE(g_streamer != NULL);
+	CHECK(g_streamer->waiting);
+	for (int i = 0; i < 50; i++) {
+		char want[64];
+		snprintf(cmd, sizeof cmd, "ECHO b%d\n", i);
+		snprintf(want, sizeof want, "D b%d\nOK\n", i);
+		TALK(&fb, cmd, want);
+	}
+	TALK(&fb, "ASYNC 5\n", "S PROGRESS start\nD late\nOK\n");
+	REQUIRE(g_streamer != NULL);
+	CHECK(g_streamer->enobufs >= 1);
+	CHECK(g_streamer->sent < total); /* stuck: A reads nothing */
+	CHECK(weft_assuan_output_pending(fa.conn) >= 64 * 1024);
+	/* A pipelined NOP waits behind STREAM. */
+	fix_send(&fa, "NOP\n", 4);
+	/* Now A reads everything. */
+	end = t_now_ms() + 30000;
+	while (t_now_ms() < end && !(fa.rxlen >= 7 && memcmp(fa.rx + fa.rxlen - 7, "\nOK\nOK\n", 7) == 0 &&
+				g_streamer == NULL && fa.rxlen > total))
+		pump(&fa, (size_t)-1, 5);
+	CHECK(fa.rxlen > total);
+	/* The D lines, "OK" for STREAM, "OK" for the NOP. */
+	if (fa.rxlen > total)
+		check_stream(fa.rx, fa.rxlen - 3, total);
+	/* The queue never grew much past the limit (one chunk, escaped). */
+	CHECK(g_max_pending <= 64 * 1024 + 3 * STREAM_CHUNK + 64);
+	/* A goes first; fix_close on B frees the server and the loop. */
+	close(fa.rfd);
+	free(fa.rx);
+	fix_close(&fb);
+}
+
+/* A client that writes thousands of commands without reading: the server
+ * stops reading while its answers wait (bounded memory), and every one is
+ * answered in order. */
+static void test_pipeline_flood(void)
+{
+	struct fix f;
+	fix_server(&f);
+	weft_assuan_limits lim = {.output = 16 * 1024};
+	weft_assuan_server_set_limits(f.srv, &lim);
+	int sv[2];
+	CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv), 0);
+	CHECK_EQ(weft_assuan_server_adopt_fd(f.srv, sv[0], &f.conn), 0);
+	f.rfd = f.wfd = sv[1];
+	EXPECT(&f, greeting());
+	const int n = 100000;
+	const char *cmds = "NOP\nECHO x\n"; /* 11 bytes, answers "OK\nD x\nOK\n" */
+	size_t sent = 0, want = (size_t)n * 11;
+	size_t maxpend = 0;
+	int stalls = 0;
+	uint64_t end = t_now_ms() + 30000;
+	while (t_now_ms() < end) {
+		/* Write until the socket is full, without reading. */
+		char buf[8192];
+		while (sent < want) {
+			size_t k = want - sent < sizeof buf ? want - sent : sizeof buf;
+			for (size_t i = 0; i < k; i++)
+				buf[i] = cmds[(sent + i) % 11];
+			ssize_t w = write(f.wfd, buf, k);
+			if (w <= 0)
+				break;
+			sent += (size_t)w;
+		}
+		if (sent < want)
+			stalls++;
+		for (int i = 0; i < 20; i++)
+			weft_loop_run(f.loop, WEFT_RUN_NOWAIT);
+		if (weft_assuan_output_pending(f.conn) > maxpend)
+			maxpend = weft_assuan_output_pending(f.conn);
+		pump(&f, (size_t)-1, 0);
+		if (sent == want && f.rxlen >= (size_t)n * 10)
+			break;
+	}
+	CHECK(stalls > 0); /* the server did stop reading */
+	CHECK(maxpend <= 16 * 1024 + 16384); /* at most a buffer of answers past the limit */
+	CHECK_EQ(f.rxlen, (size_t)n * 10);
+	int bad = 0;
+	for (size_t i = 0; i + 10 <= f.rxlen; i += 10)
+		bad += memcmp(f.rx + i, "OK\nD x\nOK\n", 10) != 0;
+	CHECK_EQ(bad, 0);
+	f.rxlen = 0;
+	fix_close(&f);
+}
+
+/* ---- hand-driven mode -------------------------------------------------------------------- */
+
+/* One turn of a plain poll() loop around a connection: poll what
+ * get_active_fds names (up to the loop's timeout, at most ms), then
+ * process_next.  Returns whether the connection is done. */
+static bool hand_turn(weft_assuan_conn *c, weft_loop *loop, int ms, uint64_t *slowest)
+{
+	int fds[4];
+	struct pollfd p[8];
+	int np = 0;
+	int n = weft_assuan_get_active_fds(c, 0, fds, 4);
+	CHECK(n >= 0 && n <= 1);
+	for (int i = 0; i < n; i++)
+		p[np++] = (struct pollfd){.fd = fds[i], .events = POLLIN};
+	n = weft_assuan_get_active_fds(c, 1, fds, 4);
+	CHECK(n >= 0 && n <= 1);
+	for (int i = 0; i < n; i++)
+		p[np++] = (struct pollfd){.fd = fds[i], .events = POLLOUT};
+	int64_t to = weft_loop_get_timeout(loop);
+	int wait = to >= 0 && to < ms ? (int)to : ms;
+	poll(p, (nfds_t)np, wait);
+	bool done = false;
+	uint64_t t0 = t_now_ms();
+	CHECK_EQ(weft_assuan_process_next(c, &done), 0);
+	uint64_t dt = t_now_ms() - t0;
+	if (dt > *slowest)
+		*slowest = dt;
+	return done;
+}
+
+/* Read what is there now (non-blocking). */
+static size_t grab(int fd, char *buf, size_t have, size_t cap)
+{
+	ssize_t k;
+	while (have < cap && (k = read(fd, buf + have, cap - have)) > 0)
+		have += (size_t)k;
+	return have;
+}
+
+static void test_hand_driven(void)
+{
+	weft_loop *loop;
+	weft_assuan_server *srv;
+	CHECK_EQ(weft_loop_new(&loop), 0);
+	CHECK_EQ(weft_assuan_server_new(loop, &srv), 0);
+	memset(&g, 0, sizeof g);
+	weft_assuan_server_set_err_source(srv, AGENT);
+	weft_assuan_server_set_hooks(srv, &all_hooks, NULL);
+	register_test_commands(srv);
+	int sv[2];
+	CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv), 0);
+	weft_assuan_conn *c;
+	CHECK_EQ(weft_assuan_server_adopt_fd(srv, sv[0], &c), 0);
+	int cl = sv[1];
+	char buf[4096];
+	size_t have = 0;
+	uint64_t slowest = 0;
+	int fds[2];
+	CHECK_EQ(weft_assuan_get_active_fds(c, 2, fds, 2), -EINVAL);
+	CHECK_EQ(weft_assuan_get_active_fds(c, 0, fds, 0), -EINVAL);
+	uint64_t end = t_now_ms() + 5000;
+	while (memchr(buf, '\n', have) == NULL && t_now_ms() < end) {
+		hand_turn(c, loop, 10, &slowest);
+		have = grab(cl, buf, have, sizeof buf);
+	}
+	CHECK_BYTES(buf, have, greeting(), strlen(greeting()));
+	/* 20 commands, each line split across two writes with a turn of
+	 * the loop between them: libassuan's process_next sleeps 100 ms on
+	 * the partial line (2 s in all); weft answers at once. */
+	uint64_t t0 = t_now_ms();
+	int answered = 0;
+	for (int i = 0; i < 20; i++) {
+		have = 0;
+		CHECK_EQ(write(cl, "ECHO sp", 7), 7);
+		hand_turn(c, loop, 0, &slowest);
+		CHECK_EQ(grab(cl, buf, 0, sizeof buf), 0); /* no answer to half a line */
+		CHECK_EQ(write(cl, "lit\n", 4), 4);
+		end = t_now_ms() + 5000;
+		while (have < 11 && t_now_ms() < end) {
+			hand_turn(c, loop, 100, &slowest);
+			have = grab(cl, buf, have, sizeof buf);
+		}
+		answered += have == 11 && memcmp(buf, "D split\nOK\n", 11) == 0;
+	}
+	uint64_t dt = t_now_ms() - t0;
+	CHECK_EQ(answered, 20);
+	printf("# hand-driven: 20 split-line round trips in %llu ms (slowest process_next %llu ms)\n",
+			(unsigned long long)dt, (unsigned long long)slowest);
+	CHECK(dt < 200);      /* libassuan: >= 2000 ms */
+	CHECK(slowest < 100); /* process_next never sleeps */
+	/* A pending command wakes the poll loop through the loop's timeout. */
+	have = 0;
+	CHECK_EQ(write(cl, "ASYNC 20\nNOP\n", 13), 13);
+	end = t_now_ms() + 5000;
+	while (have < 30 && t_now_ms() < end) {
+		hand_turn(c, loop, 1000, &slowest);
+		have = grab(cl, buf, have, sizeof buf);
+	}
+	CHECK_BYTES(buf, have, "S PROGRESS start\nD late\nOK\nOK\n", 30);
+	/* BYE ends it: done becomes true, the close hook has run. */
+	CHECK_EQ(write(cl, "BYE\n", 4), 4);
+	bool done = false;
+	end = t_now_ms() + 5000;
+	while (!done && t_now_ms() < end)
+		done = hand_turn(c, loop, 10, &slowest);
+	CHECK(done);
+	CHECK_EQ(g.close, 1);
+	have = grab(cl, buf, 0, sizeof buf);
+	CHECK_BYTES(buf, have, "OK closing connection\n", 22);
+	CHECK_EQ(read(cl, buf, 1), 0);
+	close(cl);
+	weft_assuan_server_free(srv);
+	int r = -EBUSY;
+	for (int i = 0; i < 100 && (r = weft_loop_free(loop)) == -EBUSY; i++)
+		weft_loop_run(loop, WEFT_RUN_NOWAIT);
+	CHECK_EQ(r, 0);
+}
+
+/* ---- many connections -------------------------------------------------------------------- */
+
+static char g_dir[64];
+
+static void test_many_clients(void)
+{
+	enum { N = 200 };
+	struct fix f;
+	fix_server(&f);
+	char addr[160], path[100];
+	snprintf(path, sizeof path, "%s/many.sock", g_dir);
+	snprintf(addr, sizeof addr, "unix:%s", path);
+	CHECK_EQ(weft_assuan_server_listen(f.srv, addr, NULL), 0);
+	CHECK(weft_assuan_server_listener(f.srv) != NULL);
+	CHECK_EQ(weft_assuan_server_listen(f.srv, addr, NULL), -EBUSY);
+	static int cl[N];
+	static char *rx[N];
+	static size_t rxlen[N];
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path);
+	for (int i = 0; i < N; i++) {
+		cl[i] = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+		int r;
+		uint64_t end = t_now_ms() + 5000;
+		while ((r = connect(cl[i], (struct sockaddr *)&sa, sizeof sa)) < 0 && errno == EAGAIN &&
+				t_now_ms() < end)
+			weft_loop_run(f.loop, WEFT_RUN_NOWAIT);
+		CHECK_EQ(r, 0);
+		char cmd[64];
+		int n = snprintf(cmd, sizeof cmd, "ASYNC 50\nECHO %d\n", i);
+		CHECK_EQ(write(cl[i], cmd, (size_t)n), n);
+		rx[i] = calloc(1, 256);
+	}
+	/* All 200 pending at once, then all answered: well under 200 x 50 ms. */
+	uint64_t t0 = t_now_ms(), end = t0 + 20000;
+	int complete = 0;
+	while (complete < N && t_now_ms() < end) {
+		weft_loop_run(f.loop, WEFT_RUN_ONCE);
+		complete = 0;
+		for (int i = 0; i < N; i++) {
+			rxlen[i] = grab(cl[i], rx[i], rxlen[i], 255);
+			size_t lines = 0;
+			for (size_t k = 0; k < rxlen[i]; k++)
+				lines += rx[i][k] == '\n';
+			complete += lines >= 6;
+		}
+	}
+	uint64_t dt = t_now_ms() - t0;
+	CHECK_EQ(complete, N);
+	CHECK(dt < 5000);
+	int bad = 0;
+	for (int i = 0; i < N; i++) {
+		char want[256];
+		snprintf(want, sizeof want, "%sS PROGRESS start\nD late\nOK\nD %d\nOK\n", greeting(), i);
+		if (strlen(want) != rxlen[i] || memcmp(want, rx[i], rxlen[i]) != 0) {
+			if (bad++ == 0)
+				CHECK_BYTES(rx[i], rxlen[i], want, strlen(want));
+		}
+	}
+	CHECK_EQ(bad, 0);
+	CHECK_EQ(weft_assuan_server_connections(f.srv), N);
+	CHECK_EQ(g.open, N);
+	CHECK_EQ(g.async_done, N);
+	for (int i = 0; i < N; i++) {
+		close(cl[i]);
+		free(rx[i]);
+		rxlen[i] = 0;
+	}
+	fix_close(&f);
+	CHECK_EQ(g.close, N);
+	struct stat st;
+	CHECK_EQ(stat(path, &st), -1); /* the server removed its socket file */
+}
+
+/* TEST_ONLY=word runs only the tests whose name has the word. */
+static void run(const char *name, void (*fn)(void), unsigned seconds)
+{
+	const char *only = getenv("TEST_ONLY");
+	if (only == NULL || strstr(name, only) != NULL)
+		t_run_watchdog(name, fn, seconds);
+}
+
 /* ---- main ------------------------------------------------------------------------ */
 
 int main(void)
 {
-	t_run_watchdog("engine: lines at every split point, one byte at a time", test_engine_lines, 60);
-	t_run_watchdog("engine: the 1002-byte limit (T15), over-long lines skipped in bounded memory", test_engine_line_limit, 60);
-	t_run_watchdog("engine: D-line escaping and splitting (V7, V8, V9)", test_engine_dlines, 60);
-	t_run_watchdog("engine: percent decoding, strict and loose", test_engine_decode, 60);
-	t_run_watchdog("engine: ERR, OK, S, INQUIRE, END and comment lines", test_engine_responses, 60);
-	t_run_watchdog("server: greeting (peer pid, custom, multi-line, pipe server)", test_greeting, 60);
-	t_run_watchdog("server: NOP, case, CRLF, comments, pipelining, BYE (V1)", test_basics, 60);
-	t_run_watchdog("server: errors, NUL, white-space, not-implemented built-ins (V2)", test_errors, 60);
-	t_run_watchdog("server: OPTION (V3)", test_option, 60);
-	t_run_watchdog("server: HELP list and per command (V5, V6)", test_help, 60);
-	t_run_watchdog("server: pre/post-command, RESET, BYE hooks, force close, peer cred", test_hooks, 60);
-	t_run_watchdog("server: over-long lines answered with ERR, connection stays in sync (T15)", test_line_too_long, 60);
-	t_run_watchdog("pending: answered later, pipelined commands wait in order, S/D while pending", test_pending, 60);
-	t_run_watchdog("pending: client disconnect or close cancels and frees the command", test_pending_disconnect, 60);
-	t_run_watchdog("pending: server free with pending commands on three connections", test_pending_server_free, 60);
-	t_run_watchdog("inquire: V11/V12, CAN, unexpected, too much data drained, malformed %, chained", test_inquire, 60);
-	t_run_watchdog("INPUT/OUTPUT without fd passing (V4); FD=n only for passed/allowed fds", test_fds_no_passing, 60);
-	t_run_watchdog("INPUT/OUTPUT with SCM_RIGHTS (T17): same file, RESET closes, limits", test_fd_passing, 60);
+	snprintf(g_dir, sizeof g_dir, "/tmp/weft-assuan-XXXXXX");
+	if (mkdtemp(g_dir) == NULL) {
+		perror("mkdtemp");
+		return 1;
+	}
+	run("engine: lines at every split point, one byte at a time", test_engine_lines, 60);
+	run("engine: the 1002-byte limit (T15), over-long lines skipped in bounded memory", test_engine_line_limit, 60);
+	run("engine: D-line escaping and splitting (V7, V8, V9)", test_engine_dlines, 60);
+	run("engine: percent decoding, strict and loose", test_engine_decode, 60);
+	run("engine: ERR, OK, S, INQUIRE, END and comment lines", test_engine_responses, 60);
+	run("server: greeting (peer pid, custom, multi-line, pipe server)", test_greeting, 60);
+	run("server: NOP, case, CRLF, comments, pipelining, BYE (V1)", test_basics, 60);
+	run("server: errors, NUL, white-space, not-implemented built-ins (V2)", test_errors, 60);
+	run("server: OPTION (V3)", test_option, 60);
+	run("server: HELP list and per command (V5, V6)", test_help, 60);
+	run("server: pre/post-command, RESET, BYE hooks, force close, peer cred", test_hooks, 60);
+	run("server: over-long lines answered with ERR, connection stays in sync (T15)", test_line_too_long, 60);
+	run("pending: answered later, pipelined commands wait in order, S/D while pending", test_pending, 60);
+	run("pending: client disconnect or close cancels and frees the command", test_pending_disconnect, 60);
+	run("pending: server free with pending commands on three connections", test_pending_server_free, 60);
+	run("inquire: V11/V12, CAN, unexpected, too much data drained, malformed %, chained", test_inquire, 60);
+	run("INPUT/OUTPUT without fd passing (V4); FD=n only for passed/allowed fds", test_fds_no_passing, 60);
+	run("INPUT/OUTPUT with SCM_RIGHTS (T17): same file, RESET closes, limits", test_fd_passing, 60);
+	run("output: a client that does not read; -ENOBUFS, on_room, other clients served, no byte lost", test_backpressure, 60);
+	run("output: 100000 pipelined commands from a client that does not read", test_pipeline_flood, 60);
+	run("hand-driven: poll() loop, split lines answered at once, pending, BYE", test_hand_driven, 60);
+	run("many: 200 clients on one loop, all pending at once", test_many_clients, 60);
+	rmdir(g_dir);
 	return t_finish();
 }
