@@ -705,8 +705,8 @@ static weft_assuan_err put_done(weft_assuan_conn *c, weft_assuan_err err, unsign
 {
 	(void)data;
 	g.inq_err = err;
-	g.inq_len = len < sizeof g.inq_data ? len : sizeof g.inq_data;
 	if (err == 0) {
+		g.inq_len = len < sizeof g.inq_data ? len : sizeof g.inq_data;
 		CHECK(buf != NULL);
 		CHECK_EQ(buf[len], 0); /* NUL after the data */
 		memcpy(g.inq_data, buf, g.inq_len);
@@ -727,15 +727,15 @@ static weft_assuan_err cmd_put(weft_assuan_conn *c, char *args, void *data)
 	return WEFT_ASSUAN_PENDING;
 }
 
-/* PUT2: two inquiries in a row; OK "<first>+<second>". */
+/* PUT2: two inquiries in a row; D "<first>+<second>". */
 static weft_assuan_err put2_second(weft_assuan_conn *c, weft_assuan_err err, unsigned char *buf, size_t len,
 		void *data)
 {
 	char *first = data;
 	if (err == 0) {
-		char okay[128];
-		snprintf(okay, sizeof okay, "%s+%.*s", first, (int)len, (char *)buf);
-		weft_assuan_set_okay_line(c, okay);
+		CHECK_EQ(weft_assuan_send_data(c, first, strlen(first)), 0);
+		CHECK_EQ(weft_assuan_send_data(c, "+", 1), 0);
+		CHECK_EQ(weft_assuan_send_data(c, buf, len), 0);
 	}
 	free(first);
 	return err;
@@ -1373,10 +1373,10 @@ static void test_inquire(void)
 	/* Two inquiries in one command. */
 	TALK(&f, "PUT2\n", "INQUIRE FIRST\n");
 	TALK(&f, "D one\nEND\n", "INQUIRE SECOND\n");
-	TALK(&f, "D two\nEND\n", "OK one+two\n");
+	TALK(&f, "D two\nEND\n", "D one+two\nOK\n");
 	/* Everything pipelined in one write. */
 	TALK(&f, "PUT 9\nD abc\nEND\nNOP\nPUT2\nD 1\nEND\nD 2\nEND\nECHO z\n",
-			"INQUIRE VALUE\nS INQUIRE_MAXLEN 9\nOK got 3\nOK\nINQUIRE FIRST\nINQUIRE SECOND\nOK 1+2\nD z\nOK\n");
+			"INQUIRE VALUE\nS INQUIRE_MAXLEN 9\nOK got 3\nOK\nINQUIRE FIRST\nINQUIRE SECOND\nD 1+2\nOK\nD z\nOK\n");
 	/* The client disconnects in the middle of an inquiry. */
 	TALK(&f, "PUT 100\nD partial\n", "INQUIRE VALUE\nS INQUIRE_MAXLEN 100\n");
 	fix_close(&f);
@@ -1983,6 +1983,248 @@ static void test_many_clients(void)
 	CHECK_EQ(stat(path, &st), -1); /* the server removed its socket file */
 }
 
+/* ---- tier 3: interop with the real gpg-connect-agent ------------------------------------ */
+
+/* A child process with its stdout and stderr captured. */
+struct child {
+	pid_t pid;
+	int out, err; /* read ends, -1 at EOF */
+	char obuf[65536], ebuf[8192];
+	size_t olen, elen;
+	int status;
+};
+
+static void child_start(struct child *ch, const char *path, const char *const *argv)
+{
+	memset(ch, 0, sizeof *ch);
+	int o[2], e[2];
+	CHECK_EQ(pipe2(o, O_CLOEXEC), 0);
+	CHECK_EQ(pipe2(e, O_CLOEXEC), 0);
+	fflush(stdout);
+	ch->pid = fork();
+	if (ch->pid == 0) {
+		char home[128];
+		snprintf(home, sizeof home, "%s/home", g_dir);
+		setenv("GNUPGHOME", home, 1);
+		setenv("LC_ALL", "C", 1);
+		if (chdir(g_dir) < 0)
+			_exit(126);
+		int null = open("/dev/null", O_RDONLY);
+		dup2(null, 0);
+		dup2(o[1], 1);
+		dup2(e[1], 2);
+		alarm(0);
+		execv(path, (char *const *)argv);
+		_exit(127);
+	}
+	CHECK(ch->pid > 0);
+	close(o[1]);
+	close(e[1]);
+	ch->out = o[0];
+	ch->err = e[0];
+	fcntl(ch->out, F_SETFL, O_NONBLOCK);
+	fcntl(ch->err, F_SETFL, O_NONBLOCK);
+}
+
+static void drain_pipe(int *fd, char *buf, size_t *len, size_t cap)
+{
+	if (*fd < 0)
+		return;
+	for (;;) {
+		ssize_t n = read(*fd, buf + *len, cap - 1 - *len);
+		if (n > 0) {
+			*len += (size_t)n;
+			buf[*len] = '\0';
+			continue;
+		}
+		if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR) || *len == cap - 1) {
+			close(*fd);
+			*fd = -1;
+		}
+		return;
+	}
+}
+
+/* Wait for the child to end, running loop (may be NULL) meanwhile; killed
+ * after ms.  Returns whether it exited by itself. */
+static bool child_wait(struct child *ch, weft_loop *loop, unsigned ms)
+{
+	uint64_t end = t_now_ms() + ms;
+	bool timed_out = false;
+	for (;;) {
+		if (loop)
+			weft_loop_run(loop, WEFT_RUN_NOWAIT);
+		drain_pipe(&ch->out, ch->obuf, &ch->olen, sizeof ch->obuf);
+		drain_pipe(&ch->err, ch->ebuf, &ch->elen, sizeof ch->ebuf);
+		if (ch->out < 0 && ch->err < 0)
+			break;
+		if (t_now_ms() >= end) {
+			timed_out = true;
+			kill(ch->pid, SIGKILL);
+			if (ch->out >= 0)
+				close(ch->out);
+			if (ch->err >= 0)
+				close(ch->err);
+			ch->out = ch->err = -1;
+			break;
+		}
+		struct pollfd p[3];
+		int np = 0;
+		if (ch->out >= 0)
+			p[np++] = (struct pollfd){.fd = ch->out, .events = POLLIN};
+		if (ch->err >= 0)
+			p[np++] = (struct pollfd){.fd = ch->err, .events = POLLIN};
+		if (loop)
+			p[np++] = (struct pollfd){.fd = weft_loop_get_fd(loop), .events = POLLIN};
+		int64_t to = loop ? weft_loop_get_timeout(loop) : -1;
+		poll(p, (nfds_t)np, to >= 0 && to < 10 ? (int)to : 10);
+	}
+	/* Let the server see the client's end too. */
+	while (waitpid(ch->pid, &ch->status, loop ? WNOHANG : 0) == 0) {
+		weft_loop_run(loop, WEFT_RUN_NOWAIT);
+		t_sleep_ms(1);
+	}
+	if (timed_out || !WIFEXITED(ch->status) || WEXITSTATUS(ch->status) != 0) {
+		printf("# child %s, status %d\n", timed_out ? "timed out" : "failed", ch->status);
+		show("stderr", ch->ebuf, ch->elen);
+		return false;
+	}
+	return true;
+}
+
+#ifdef GPG_CONNECT_AGENT
+static void write_file(const char *name, const void *p, size_t n)
+{
+	char path[160];
+	snprintf(path, sizeof path, "%s/%s", g_dir, name);
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	CHECK(fd >= 0);
+	CHECK_EQ(write(fd, p, n), (ssize_t)n);
+	close(fd);
+}
+
+/* gpg-connect-agent -S drives a server in this process through commands,
+ * OPTION, HELP, errors, D data with escapes, INQUIRE (/definqfile,
+ * /definqprog, none: CANCEL), too much data, a pending command. */
+static void test_gca_inprocess(void)
+{
+	struct fix f;
+	fix_server(&f);
+	char addr[160], sock[120];
+	snprintf(sock, sizeof sock, "%s/gca.sock", g_dir);
+	snprintf(addr, sizeof addr, "unix:%s", sock);
+	CHECK_EQ(weft_assuan_server_listen(f.srv, addr, NULL), 0);
+	static const char value[] = "hello%world\nline2\r\n\x01 end";
+	write_file("value.bin", value, sizeof value - 1);
+	const char *argv[] = {"gpg-connect-agent", "-S", sock,
+		"NOP", "nop", "FOOBAR", "OPTION --ttyname = /dev/pts/0", "OPTION frobnicate=1",
+		"HELP GETVAL", "HELP NOP", "ECHO a%b\rc", "STATUS", "FAIL",
+		"/definqfile VALUE value.bin", "PUT 1024", "PUT 4",
+		"PUT2", "ASYNC 10", "/definqprog FIRST echo from-prog", "/definqprog SECOND echo x", "PUT2",
+		"/bye", NULL};
+	struct child ch;
+	child_start(&ch, GPG_CONNECT_AGENT, argv);
+	CHECK(child_wait(&ch, f.loop, 20000));
+	static const char want[] =
+		"OK\n"
+		"OK\n"
+		"ERR 67109139 Unknown IPC command <GPG Agent>\n"
+		"OK\n"
+		"ERR 67109038 Unknown option <GPG Agent>\n"
+		"# GETVAL <key>\n# \n# Return the value for KEY from the special environment as created by\n# PUTVAL.\nOK\n"
+		"ERR 67108891 Not found <GPG Agent>\n"
+		"D a%25b%0Dc\nOK\n"
+		"S EVENTCOUNTER 0 0 0\nS EMPTY\nOK\n"
+		"ERR 67108891 Not found <GPG Agent> - No such envvar\n"
+		"INQUIRE VALUE\nS INQUIRE_MAXLEN 1024\nOK got 24\n"
+		"INQUIRE VALUE\nS INQUIRE_MAXLEN 4\nERR 67109137 Too much data for IPC layer <GPG Agent>\n"
+		"INQUIRE FIRST\nERR 67109141 IPC call has been cancelled <GPG Agent>\n"
+		"S PROGRESS start\nD late\nOK\n"
+		"INQUIRE FIRST\nINQUIRE SECOND\nD from-prog%0A+x%0A\nOK\n";
+	CHECK_BYTES(ch.obuf, ch.olen, want, sizeof want - 1);
+	CHECK_STR(g.option, "ttyname=/dev/pts/0;frobnicate=1;");
+	/* The file's bytes arrived exactly (escaped by gpg-connect-agent,
+	 * decoded by weft): the PUT 1024 one; PUT 4 failed. */
+	CHECK_BYTES(g.inq_data, g.inq_len, value, sizeof value - 1);
+	CHECK_EQ(g.async_done, 1);
+	run_until_closed(&f);
+	fix_close(&f);
+}
+
+/* The weft-kv example as its own process, driven by gpg-connect-agent:
+ * PUT by INQUIRE, GET, KEYS, descriptor passing (/sendfd + INPUT FD +
+ * STORE), CAT, SLEEP while another client is served, and SIGTERM. */
+static void test_gca_weft_kv(void)
+{
+	char sock[120];
+	snprintf(sock, sizeof sock, "%s/kv.sock", g_dir);
+	const char *kv_argv[] = {"weft-kv", "--socket", sock, NULL};
+	struct child kv;
+	child_start(&kv, WEFT_KV_PATH, kv_argv);
+	struct stat st;
+	uint64_t end = t_now_ms() + 10000;
+	while (stat(sock, &st) < 0 && t_now_ms() < end)
+		t_sleep_ms(5);
+	REQUIRE(stat(sock, &st) == 0);
+	static const char content[] = "one\ntwo%\r\nthree";
+	write_file("cat.txt", content, sizeof content - 1);
+	char cat[200];
+	snprintf(cat, sizeof cat, "CAT %s/cat.txt", g_dir);
+	/* gpg-connect-agent answers INQUIRE with the first definition of a
+	 * keyword: one run per definition. */
+	const char *pargv[] = {"gpg-connect-agent", "-S", sock,
+		"/definqprog VALUE echo progdata", "PUT p", "GET p", "/bye", NULL};
+	struct child ch;
+	child_start(&ch, GPG_CONNECT_AGENT, pargv);
+	CHECK(child_wait(&ch, NULL, 20000));
+	CHECK_STR(ch.obuf, "INQUIRE VALUE\nOK\nD progdata%0A\nOK\n");
+	const char *argv[] = {"gpg-connect-agent", "-S", sock,
+		"/definqfile VALUE cat.txt", "PUT f", "GET f", "KEYS",
+		"/sendfd cat.txt r", "INPUT FD", "STORE s", "GET s", cat,
+		"SLEEP 20", "DEL p", "GET p", "HELP DEL", "STORE x", "BOGUS", "/bye", NULL};
+	child_start(&ch, GPG_CONNECT_AGENT, argv);
+	CHECK(child_wait(&ch, NULL, 20000));
+	static const char want[] =
+		"INQUIRE VALUE\nOK\n"
+		"D one%0Atwo%25%0D%0Athree\nOK\n"
+		"S KEY p\nS KEY f\nOK\n"
+		"OK\nOK\n"
+		"D one%0Atwo%25%0D%0Athree\nOK\n"
+		"D one%0Atwo%25%0D%0Athree\nOK\n"
+		"OK\nOK\n"
+		"ERR 536870939 Not found <User defined source 1> - no such key\n"
+		"# DEL <key>\nOK\n"
+		"ERR 536871190 No input source for IPC <User defined source 1>\n"
+		"ERR 536871187 Unknown IPC command <User defined source 1>\n";
+	CHECK_BYTES(ch.obuf, ch.olen, want, sizeof want - 1);
+	/* --decode: the D data decoded. */
+	const char *dargv[] = {"gpg-connect-agent", "--decode", "-S", sock, cat, "/bye", NULL};
+	child_start(&ch, GPG_CONNECT_AGENT, dargv);
+	CHECK(child_wait(&ch, NULL, 20000));
+	CHECK_STR(ch.obuf, "D one\nD two%\r\nD three\nOK\n");
+	/* A SLEEP in one client does not hold up another. */
+	const char *sargv[] = {"gpg-connect-agent", "-S", sock, "SLEEP 3000", "/bye", NULL};
+	struct child slow;
+	child_start(&slow, GPG_CONNECT_AGENT, sargv);
+	t_sleep_ms(100);
+	const char *nargv[] = {"gpg-connect-agent", "-S", sock, "NOP", "GET f", "/bye", NULL};
+	uint64_t t0 = t_now_ms();
+	child_start(&ch, GPG_CONNECT_AGENT, nargv);
+	CHECK(child_wait(&ch, NULL, 20000));
+	uint64_t dt = t_now_ms() - t0;
+	CHECK_STR(ch.obuf, "OK\nD one%0Atwo%25%0D%0Athree\nOK\n");
+	CHECK(dt < 2500);
+	CHECK(child_wait(&slow, NULL, 20000));
+	CHECK_STR(slow.obuf, "OK\n");
+	CHECK(t_now_ms() - t0 >= 2800);
+	/* SIGTERM: a clean exit, the socket file removed. */
+	kill(kv.pid, SIGTERM);
+	CHECK(child_wait(&kv, NULL, 10000));
+	CHECK(WIFEXITED(kv.status) && WEXITSTATUS(kv.status) == 0);
+	CHECK_EQ(stat(sock, &st), -1);
+}
+#endif
+
 /* TEST_ONLY=word runs only the tests whose name has the word. */
 static void run(const char *name, void (*fn)(void), unsigned seconds)
 {
@@ -2022,6 +2264,15 @@ int main(void)
 	run("output: 100000 pipelined commands from a client that does not read", test_pipeline_flood, 60);
 	run("hand-driven: poll() loop, split lines answered at once, pending, BYE", test_hand_driven, 60);
 	run("many: 200 clients on one loop, all pending at once", test_many_clients, 60);
-	rmdir(g_dir);
+#ifdef GPG_CONNECT_AGENT
+	run("interop: gpg-connect-agent drives an in-test server (OPTION, HELP, D, INQUIRE, errors)", test_gca_inprocess, 120);
+	run("interop: gpg-connect-agent drives weft-kv (INQUIRE, fd passing, CAT, SLEEP, SIGTERM)", test_gca_weft_kv, 120);
+#else
+	printf("ok %d - # SKIP gpg-connect-agent not found\n", 0);
+#endif
+	char cleanup[200];
+	snprintf(cleanup, sizeof cleanup, "rm -rf %s", g_dir);
+	if (system(cleanup) != 0)
+		printf("# could not remove %s\n", g_dir);
 	return t_finish();
 }
