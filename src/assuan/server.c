@@ -1182,8 +1182,10 @@ static void conn_close(weft_assuan_conn *c)
 	for (unsigned i = 0; i < c->nallowed; i++)
 		close(c->allowed[i]);
 	c->nallowed = 0;
-	if (srv->freeing) {
-		/* The server goes now: no loop pass will come for us. */
+	if (srv->freeing && c->depth == 0) {
+		/* The server goes now: no loop pass will come for us.  (Inside
+		 * this connection's own dispatch — a handler freed the server —
+		 * the free waits for the loop, as below.) */
 		weft_defer_cancel(&c->kick);
 		if (srv->hooks.close)
 			srv->hooks.close(c, srv->hooks_data);
