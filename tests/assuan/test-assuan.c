@@ -1309,6 +1309,103 @@ static void test_pending_server_free(void)
 	fix_close(&f);
 }
 
+static weft_assuan_err cmd_stream(weft_assuan_conn *c, char *args, void *data);
+struct streamer;
+static struct streamer *g_streamer;
+
+/* Answering from inside the handler, closing from inside it, freeing the
+ * whole server from inside it (gpg-agent's KILLAGENT). */
+static weft_assuan_err cmd_done_inside(weft_assuan_conn *c, char *args, void *data)
+{
+	(void)args; (void)data;
+	CHECK_EQ(weft_assuan_process_done(c, 0), 0);
+	return WEFT_ASSUAN_PENDING; /* ignored: answered already */
+}
+
+static weft_assuan_err cmd_done_then_err(weft_assuan_conn *c, char *args, void *data)
+{
+	(void)args; (void)data;
+	CHECK_EQ(weft_assuan_process_done(c, mk(c, GPG_ERR_CANCELED)), 0);
+	return 0; /* ignored: answered already */
+}
+
+static weft_assuan_err cmd_kill(weft_assuan_conn *c, char *args, void *data)
+{
+	(void)args; (void)data;
+	weft_assuan_conn_close(c);
+	CHECK_EQ(weft_assuan_send_data(c, "x", 1), -ENOTCONN);
+	CHECK_EQ(weft_assuan_write_status(c, "X", NULL), -ENOTCONN);
+	return 0;
+}
+
+static weft_assuan_err cmd_killserver(weft_assuan_conn *c, char *args, void *data)
+{
+	(void)args;
+	weft_assuan_server **srvp = data;
+	weft_assuan_server_free(*srvp);
+	*srvp = NULL;
+	(void)c;
+	return 0;
+}
+
+static void room_now(weft_assuan_conn *c, void *data)
+{
+	(void)c;
+	(*(int *)data)++;
+}
+
+static int g_room_calls;
+
+static weft_assuan_err cmd_room(weft_assuan_conn *c, char *args, void *data)
+{
+	(void)args; (void)data;
+	/* Already under the limit: called from the loop, not from here. */
+	CHECK_EQ(weft_assuan_on_room(c, room_now, &g_room_calls), 0);
+	CHECK_EQ(g_room_calls, 0);
+	CHECK_EQ(weft_assuan_on_room(c, NULL, NULL), -EINVAL);
+	return 0;
+}
+
+static void test_inside_handlers(void)
+{
+	struct fix f;
+	fix_open(&f);
+	CHECK_EQ(weft_assuan_register(f.srv, "DONEINSIDE", cmd_done_inside, NULL, NULL), 0);
+	CHECK_EQ(weft_assuan_register(f.srv, "DONEERR", cmd_done_then_err, NULL, NULL), 0);
+	CHECK_EQ(weft_assuan_register(f.srv, "KILL", cmd_kill, NULL, NULL), 0);
+	CHECK_EQ(weft_assuan_register(f.srv, "ROOM", cmd_room, NULL, NULL), 0);
+	EXPECT(&f, greeting());
+	g_room_calls = 0;
+	TALK(&f, "DONEINSIDE\nDONEERR\nNOP\n", "OK\nERR 67108963 Operation cancelled <GPG Agent>\nOK\n");
+	TALK(&f, "ROOM\n", "OK\n");
+	EXPECT_QUIET(&f, 5);
+	CHECK_EQ(g_room_calls, 1);
+	TALK(&f, "KILL\nNOP\n", "");
+	EXPECT_EOF(&f);
+	run_until_closed(&f);
+	CHECK_EQ(g.close, 1);
+	fix_close(&f);
+	/* The server freed from a handler, with another connection pending. */
+	fix_server(&f);
+	weft_assuan_server *srv = f.srv;
+	CHECK_EQ(weft_assuan_register(f.srv, "KILLAGENT", cmd_killserver, &f.srv, NULL), 0);
+	int sa[2], sb[2];
+	CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sb), 0);
+	CHECK_EQ(weft_assuan_server_adopt_fd(srv, sb[0], NULL), 0);
+	CHECK_EQ(write(sb[1], "ASYNC 100000\n", 13), 13);
+	CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sa), 0);
+	CHECK_EQ(weft_assuan_server_adopt_fd(srv, sa[0], NULL), 0);
+	f.rfd = f.wfd = sa[1];
+	EXPECT(&f, greeting());
+	TALK(&f, "KILLAGENT\n", "");
+	EXPECT_EOF(&f);
+	CHECK(f.srv == NULL);
+	CHECK_EQ(g.cancelled, 1);
+	CHECK_EQ(g.close, 2);
+	close(sb[1]);
+	fix_close(&f);
+}
+
 /* ---- INQUIRE ------------------------------------------------------------------------------ */
 
 static void test_inquire(void)
@@ -1568,7 +1665,7 @@ struct streamer {
 	int enobufs, rooms;
 	bool waiting;
 };
-static struct streamer *g_streamer; /* the last one, for the checks */
+/* g_streamer: the last one, for the checks */
 static size_t g_max_pending;
 
 static void streamer_free(weft_assuan_conn *c, void *data)
@@ -1736,6 +1833,35 @@ static void test_backpressure(void)
 	close(fa.rfd);
 	free(fa.rx);
 	fix_close(&fb);
+}
+
+/* A client that asks for megabytes and goes away without reading: the
+ * write fails, the command is cancelled, everything is freed. */
+static void test_disconnect_while_streaming(void)
+{
+	struct fix f;
+	fix_server(&f);
+	weft_assuan_limits lim = {.output = 64 * 1024};
+	weft_assuan_server_set_limits(f.srv, &lim);
+	CHECK_EQ(weft_assuan_register(f.srv, "STREAM", cmd_stream, NULL, NULL), 0);
+	int sv[2];
+	CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	CHECK_EQ(weft_assuan_server_adopt_fd(f.srv, sv[0], &f.conn), 0);
+	f.rfd = f.wfd = sv[1];
+	EXPECT(&f, greeting());
+	fix_send(&f, "STREAM 100000000\n", 17);
+	uint64_t end = t_now_ms() + 5000;
+	while ((g_streamer == NULL || !g_streamer->waiting) && t_now_ms() < end) {
+		weft_loop_run(f.loop, WEFT_RUN_NOWAIT);
+		t_sleep_ms(1);
+	}
+	CHECK(g_streamer != NULL && g_streamer->waiting);
+	close(f.rfd);
+	f.rfd = f.wfd = -1;
+	run_until_closed(&f);
+	CHECK(g_streamer == NULL); /* freed by its cancel callback */
+	CHECK_EQ(g.close, 1);
+	fix_close(&f);
 }
 
 /* A client that writes thousands of commands without reading: the server
@@ -2257,6 +2383,8 @@ int main(void)
 	run("pending: answered later, pipelined commands wait in order, S/D while pending", test_pending, 60);
 	run("pending: client disconnect or close cancels and frees the command", test_pending_disconnect, 60);
 	run("pending: server free with pending commands on three connections", test_pending_server_free, 60);
+	run("pending: process_done inside the handler, close and server free from a handler", test_inside_handlers, 60);
+	run("pending: a streaming command cancelled when the client leaves without reading", test_disconnect_while_streaming, 60);
 	run("inquire: V11/V12, CAN, unexpected, too much data drained, malformed %, chained", test_inquire, 60);
 	run("INPUT/OUTPUT without fd passing (V4); FD=n only for passed/allowed fds", test_fds_no_passing, 60);
 	run("INPUT/OUTPUT with SCM_RIGHTS (T17): same file, RESET closes, limits", test_fd_passing, 60);
