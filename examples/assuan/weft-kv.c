@@ -84,6 +84,13 @@ static weft_assuan_err put_value(weft_assuan_conn *c, weft_assuan_err e, unsigne
 	return e;
 }
 
+/* The client left before answering the INQUIRE: put_value never runs. */
+static void put_cancel(weft_assuan_conn *c, void *data)
+{
+	(void)c;
+	free(data);
+}
+
 static weft_assuan_err cmd_put(weft_assuan_conn *c, char *args, void *data)
 {
 	(void)data;
@@ -94,6 +101,7 @@ static weft_assuan_err cmd_put(weft_assuan_conn *c, char *args, void *data)
 		free(key);
 		return err(c, GPG_ERR_ENOMEM, NULL);
 	}
+	weft_assuan_on_cancel(c, put_cancel, key);
 	return WEFT_ASSUAN_PENDING;
 }
 
