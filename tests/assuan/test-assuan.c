@@ -2343,6 +2343,36 @@ static void test_gca_weft_kv(void)
 	CHECK(child_wait(&slow, NULL, 20000));
 	CHECK_STR(slow.obuf, "OK\n");
 	CHECK(t_now_ms() - t0 >= 2800);
+	/* Raw clients that leave in the middle of an INQUIRE, a SLEEP and an
+	 * endless CAT: weft-kv frees their work (under ASan its exit status
+	 * below says so). */
+	static const char *leave[] = {"PUT leak\n", "SLEEP 100000\n", "CAT /dev/zero\n"};
+	for (int i = 0; i < 3; i++) {
+		int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		struct sockaddr_un sa = {.sun_family = AF_UNIX};
+		memcpy(sa.sun_path, sock, strlen(sock) < sizeof sa.sun_path ? strlen(sock) : sizeof sa.sun_path - 1);
+		CHECK_EQ(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+		CHECK_EQ(write(fd, leave[i], strlen(leave[i])), (ssize_t)strlen(leave[i]));
+		char buf[4096];
+		size_t have = 0;
+		struct pollfd p = {.fd = fd, .events = POLLIN};
+		/* The greeting, and for PUT and CAT a first answer line. */
+		int lines = 0, want_lines = i == 1 ? 1 : 2;
+		while (lines < want_lines && have < sizeof buf && poll(&p, 1, 5000) == 1) {
+			ssize_t n = read(fd, buf + have, sizeof buf - have);
+			if (n <= 0)
+				break;
+			for (ssize_t k = 0; k < n; k++)
+				lines += buf[have + (size_t)k] == '\n';
+			have += (size_t)n;
+		}
+		CHECK(lines >= want_lines);
+		if (i == 0)
+			CHECK(have >= 31 && memcmp(buf, "OK weft-kv ready\nINQUIRE VALUE\n", 31) == 0);
+		if (i == 1)
+			t_sleep_ms(50); /* SLEEP is running */
+		close(fd);
+	}
 	/* SIGTERM: a clean exit, the socket file removed. */
 	kill(kv.pid, SIGTERM);
 	CHECK(child_wait(&kv, NULL, 10000));
