@@ -517,7 +517,8 @@ static struct {
 	bool refuse_input;              /* the input hook refuses */
 	weft_assuan_err inq_err;        /* the last inquire continuation's */
 	unsigned char inq_data[4096];
-	size_t inq_len;
+	size_t inq_len, inq_total; /* first bytes kept; total length */
+	uint32_t inq_sum;          /* FNV-1a of all the bytes */
 	int taken_fd;
 	pid_t cred_pid;
 	uid_t cred_uid;
@@ -707,6 +708,10 @@ static weft_assuan_err put_done(weft_assuan_conn *c, weft_assuan_err err, unsign
 	g.inq_err = err;
 	if (err == 0) {
 		g.inq_len = len < sizeof g.inq_data ? len : sizeof g.inq_data;
+		g.inq_total = len;
+		g.inq_sum = 2166136261u;
+		for (size_t i = 0; i < len; i++)
+			g.inq_sum = (g.inq_sum ^ buf[i]) * 16777619u;
 		CHECK(buf != NULL);
 		CHECK_EQ(buf[len], 0); /* NUL after the data */
 		memcpy(g.inq_data, buf, g.inq_len);
@@ -1478,6 +1483,116 @@ static void test_inquire(void)
 	TALK(&f, "PUT 100\nD partial\n", "INQUIRE VALUE\nS INQUIRE_MAXLEN 100\n");
 	fix_close(&f);
 	CHECK_EQ(g.close, 1);
+}
+
+static unsigned char stream_byte(unsigned seed, size_t i);
+
+/* Big inquiries (far more than the input buffer), the server's default
+ * inquire limit, and a keyword too long to send. */
+static weft_assuan_err cmd_inqlong(weft_assuan_conn *c, char *args, void *data)
+{
+	(void)args; (void)data;
+	char *kw = repeat("", 'K', 1000, "");
+	CHECK_EQ(weft_assuan_inquire(c, kw, 0, put_done, NULL), -EINVAL);
+	CHECK_EQ(weft_assuan_inquire(c, "", 0, put_done, NULL), -EINVAL);
+	free(kw);
+	return 0;
+}
+
+static void test_inquire_big(void)
+{
+	struct fix f;
+	fix_open(&f);
+	CHECK_EQ(weft_assuan_register(f.srv, "INQLONG", cmd_inqlong, NULL, NULL), 0);
+	EXPECT(&f, greeting());
+	TALK(&f, "INQLONG\n", "OK\n");
+	/* 1 MiB of every byte value, escaped as libassuan's client would,
+	 * in D lines of up to 1000 characters. */
+	size_t total = 1u << 20;
+	unsigned char *data = malloc(total);
+	for (size_t i = 0; i < total; i++)
+		data[i] = stream_byte(7, i);
+	struct weft__abuf b = encode(data, total, 65536);
+	uint32_t sum = 2166136261u;
+	for (size_t i = 0; i < total; i++)
+		sum = (sum ^ data[i]) * 16777619u;
+	TALK(&f, "PUT 2000000\n", "INQUIRE VALUE\nS INQUIRE_MAXLEN 2000000\n");
+	fix_send(&f, b.p, b.len);
+	TALK(&f, "END\n", "OK got 1048576\n");
+	CHECK_EQ(g.inq_total, total);
+	CHECK_EQ(g.inq_sum, sum);
+	/* The server's default limit (maxlen 0). */
+	weft_assuan_limits lim = {.inquire = 100};
+	weft_assuan_server_set_limits(f.srv, &lim);
+	TALK(&f, "PUT\n", "INQUIRE VALUE\nS INQUIRE_MAXLEN\n");
+	fix_send(&f, b.p, 4000);
+	TALK(&f, "\nEND\nNOP\n", "ERR 67109137 Too much data for IPC layer <GPG Agent>\nOK\n");
+	weft__abuf_free(&b);
+	free(data);
+	fix_close(&f);
+}
+
+/* More waiting lines than the input buffer holds, behind a pending
+ * command: reading stops, and resumes when the command ends. */
+static void test_input_full(void)
+{
+	struct fix f;
+	fix_open(&f);
+	EXPECT(&f, greeting());
+	size_t n = 10000;
+	char *many = malloc(9 + n * 4 + 1);
+	memcpy(many, "ASYNC 30\n", 9);
+	for (size_t i = 0; i < n; i++)
+		memcpy(many + 9 + i * 4, "NOP\n", 4);
+	many[9 + n * 4] = '\0';
+	fix_send(&f, many, 9 + n * 4);
+	char *want = malloc(30 + n * 3 + 1);
+	size_t w = (size_t)sprintf(want, "S PROGRESS start\nD late\nOK\n");
+	for (size_t i = 0; i < n; i++)
+		memcpy(want + w + i * 3, "OK\n", 3);
+	want[w + n * 3] = '\0';
+	EXPECT(&f, want);
+	free(many);
+	free(want);
+	fix_close(&f);
+}
+
+/* D lines, other lines and flushes mixed in one answer. */
+static weft_assuan_err cmd_mixed(weft_assuan_conn *c, char *args, void *data)
+{
+	(void)args; (void)data;
+	CHECK_EQ(weft_assuan_send_data(c, "ab", 2), 0);
+	CHECK_EQ(weft_assuan_write_line(c, "END"), 0);
+	CHECK_EQ(weft_assuan_send_data(c, "c", 1), 0);
+	CHECK_EQ(weft_assuan_send_data(c, "d", 1), 0);
+	CHECK_EQ(weft_assuan_flush_data(c), 0);
+	CHECK_EQ(weft_assuan_flush_data(c), 0); /* nothing open: nothing sent */
+	CHECK_EQ(weft_assuan_send_data(c, "e\n", 2), 0);
+	CHECK_EQ(weft_assuan_write_status(c, "X", "y"), 0);
+	CHECK_EQ(weft_assuan_send_data(c, NULL, 0), 0);
+	CHECK_EQ(weft_assuan_send_data(c, NULL, 1), -EINVAL);
+	CHECK_EQ(weft_assuan_write_line(c, "# a comment"), 0);
+	CHECK_EQ(weft_assuan_send_data(c, "f", 1), 0);
+	return 0; /* the answer ends the open D line */
+}
+
+static void test_mixed_output(void)
+{
+	struct fix f;
+	fix_open(&f);
+	CHECK_EQ(weft_assuan_register(f.srv, "MIXED", cmd_mixed, NULL, NULL), 0);
+	EXPECT(&f, greeting());
+	TALK(&f, "MIXED\n", "D ab\nEND\nD cd\nD e%0A\nS X y\n# a comment\nD f\nOK\n");
+	/* The default greeting again after a custom one. */
+	CHECK_EQ(weft_assuan_server_set_hello(f.srv, "custom"), 0);
+	CHECK_EQ(weft_assuan_server_set_hello(f.srv, NULL), 0);
+	int sv[2];
+	CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	CHECK_EQ(weft_assuan_server_adopt_fd(f.srv, sv[0], NULL), 0);
+	close(f.rfd);
+	f.rfd = f.wfd = sv[1];
+	EXPECT(&f, greeting());
+	fix_close(&f);
 }
 
 /* ---- INPUT / OUTPUT and descriptor passing ------------------------------------------ */
@@ -2416,6 +2531,9 @@ int main(void)
 	run("pending: process_done inside the handler, close and server free from a handler", test_inside_handlers, 60);
 	run("pending: a streaming command cancelled when the client leaves without reading", test_disconnect_while_streaming, 60);
 	run("inquire: V11/V12, CAN, unexpected, too much data drained, malformed %, chained", test_inquire, 60);
+	run("inquire: 1 MiB of escaped data, the server's default limit, bad keywords", test_inquire_big, 60);
+	run("input: 40 KB of lines waiting behind a pending command", test_input_full, 60);
+	run("output: D lines, END, status and comments mixed; flush; default greeting restored", test_mixed_output, 60);
 	run("INPUT/OUTPUT without fd passing (V4); FD=n only for passed/allowed fds", test_fds_no_passing, 60);
 	run("INPUT/OUTPUT with SCM_RIGHTS (T17): same file, RESET closes, limits", test_fd_passing, 60);
 	run("output: a client that does not read; -ENOBUFS, on_room, other clients served, no byte lost", test_backpressure, 60);
