@@ -1233,7 +1233,7 @@ static void test_pending(void)
 	struct fix f;
 	fix_open(&f);
 	EXPECT(&f, greeting());
-	TALK(&f, "ASYNC 50\nNOP\nECHO x\nFOO\n", "S PROGRESS start\n");
+	TALK(&f, "ASYNC 300\nNOP\nECHO x\nFOO\n", "S PROGRESS start\n");
 	EXPECT_QUIET(&f, 20); /* the NOP waits for ASYNC */
 	EXPECT(&f, "D late\nOK\nOK\nD x\nOK\nERR 67109139 Unknown IPC command <GPG Agent>\n");
 	CHECK_EQ(g.async_done, 1);
