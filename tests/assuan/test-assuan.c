@@ -1595,6 +1595,89 @@ static void test_mixed_output(void)
 	fix_close(&f);
 }
 
+/* Random mixes of commands, INQUIRE data, terminators, malformed escapes,
+ * over-long lines and garbage, sent in random pieces: every answer line
+ * is well formed and fits, and the connection always comes back in sync. */
+static void test_random_sessions(void)
+{
+	static const char *tokens[] = {
+		"NOP", "nop", "ECHO x%y", "PUT 50", "PUT 5", "PUT2", "D abc", "d %41", "D %", "D %4",
+		"D x%zz", "END", "end", "CAN", "CANCEL", "# comment", "", "\r", "OPTION a=b", "OPTION",
+		"HELP", "HELP NOP", "INPUT FD", "OUTPUT FD=3", "RESET", "FOO", " NOP", "D", "ASYNC 1",
+		"STATUS", "FAIL", "OKAY", "\x01\x02\xff", "AUTH", "CANCEL x",
+	};
+	unsigned x = 42;
+	struct fix f;
+	fix_open(&f);
+	EXPECT(&f, greeting());
+	char *longline = repeat("D ", 'L', 1500, "");
+	for (int round = 0; round < 300; round++) {
+		size_t cap = 65536, len = 0;
+		char *msg = malloc(cap);
+		int ntok = 1 + (int)((x = x * 1103515245u + 12345u) >> 16) % 40;
+		for (int t = 0; t < ntok; t++) {
+			x = x * 1103515245u + 12345u;
+			unsigned r = x >> 16;
+			const char *tok = r % 50 == 0 ? longline : tokens[r % (sizeof tokens / sizeof tokens[0])];
+			len += (size_t)snprintf(msg + len, cap - len, "%s%s", tok, r % 7 == 0 ? "\r\n" : "\n");
+		}
+		char sync[64];
+		len += (size_t)snprintf(msg + len, cap - len, "END\nEND\nECHO sync%d\n", round); /* PUT2 inquires twice */
+		/* Random pieces. */
+		for (size_t off = 0; off < len;) {
+			x = x * 1103515245u + 12345u;
+			size_t k = 1 + (x >> 16) % 300;
+			if (k > len - off)
+				k = len - off;
+			fix_send(&f, msg + off, k);
+			off += k;
+			if ((x >> 8) % 3 == 0)
+				pump(&f, (size_t)-1, 0);
+		}
+		free(msg);
+		snprintf(sync, sizeof sync, "D sync%d\nOK\n", round);
+		/* Read until the sync answer arrives. */
+		uint64_t end = t_now_ms() + 5000;
+		char *hit = NULL;
+		while (t_now_ms() < end && (f.rx == NULL || (hit = memmem(f.rx, f.rxlen, sync, strlen(sync))) == NULL))
+			pump(&f, (size_t)-1, 1);
+		if (f.rx == NULL || hit == NULL) {
+			pump(&f, (size_t)-1, 5);
+			hit = f.rx ? memmem(f.rx, f.rxlen, sync, strlen(sync)) : NULL;
+		}
+		if (hit == NULL) {
+			printf("# round %d: no sync\n", round);
+			show("rx", f.rx, f.rxlen);
+			CHECK(hit != NULL);
+			break;
+		}
+		/* Every line well formed. */
+		size_t upto = (size_t)(hit - f.rx) + strlen(sync);
+		int bad = 0;
+		for (size_t i = 0; i < upto;) {
+			char *nl = memchr(f.rx + i, '\n', upto - i);
+			size_t ll = (size_t)(nl - (f.rx + i)) + 1;
+			const char *l = f.rx + i;
+			bool ok = ll <= WEFT_ASSUAN_LINELENGTH &&
+				(strncmp(l, "OK\n", 3) == 0 || strncmp(l, "OK ", 3) == 0 || strncmp(l, "ERR ", 4) == 0 ||
+				 strncmp(l, "D ", 2) == 0 || strncmp(l, "S ", 2) == 0 || strncmp(l, "INQUIRE ", 8) == 0 ||
+				 strncmp(l, "# ", 2) == 0);
+			if (!ok && bad++ == 0)
+				show("bad line", l, ll);
+			i += ll;
+		}
+		CHECK_EQ(bad, 0);
+		memmove(f.rx, f.rx + upto, f.rxlen - upto);
+		f.rxlen -= upto;
+		/* Answers to lines after the sync one (none) or late ones. */
+		EXPECT_QUIET(&f, 0);
+		f.rxlen = 0;
+	}
+	free(longline);
+	TALK(&f, "NOP\n", "OK\n");
+	fix_close(&f);
+}
+
 /* ---- INPUT / OUTPUT and descriptor passing ------------------------------------------ */
 
 /* Send fd over the socket as libassuan's uds_sendfd does. */
@@ -2534,6 +2617,7 @@ int main(void)
 	run("inquire: 1 MiB of escaped data, the server's default limit, bad keywords", test_inquire_big, 60);
 	run("input: 40 KB of lines waiting behind a pending command", test_input_full, 60);
 	run("output: D lines, END, status and comments mixed; flush; default greeting restored", test_mixed_output, 60);
+	run("random sessions: garbage, inquiries and escapes in random pieces; always back in sync", test_random_sessions, 60);
 	run("INPUT/OUTPUT without fd passing (V4); FD=n only for passed/allowed fds", test_fds_no_passing, 60);
 	run("INPUT/OUTPUT with SCM_RIGHTS (T17): same file, RESET closes, limits", test_fd_passing, 60);
 	run("output: a client that does not read; -ENOBUFS, on_room, other clients served, no byte lost", test_backpressure, 60);
