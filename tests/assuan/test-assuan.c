@@ -26,6 +26,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stddef.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -1238,11 +1239,15 @@ static void test_pending(void)
 	EXPECT(&f, "D late\nOK\nOK\nD x\nOK\nERR 67109139 Unknown IPC command <GPG Agent>\n");
 	CHECK_EQ(g.async_done, 1);
 	CHECK_EQ(g.cancelled, 0);
+	/* An over-long line waiting behind a pending command. */
+	char *lng = repeat("ASYNC 10\nNOP ", 'x', 3000, "\nNOP\n");
+	TALK(&f, lng, "S PROGRESS start\nD late\nOK\nERR 67109127 Line passed to IPC too long <GPG Agent>\nOK\n");
+	free(lng);
 	/* Two in a row, and lines that arrive while one is pending. */
 	TALK(&f, "ASYNC 10\nASYNC 10\n", "S PROGRESS start\n");
 	fix_send(&f, "NOP\n", 4);
 	EXPECT(&f, "D late\nOK\nS PROGRESS start\nD late\nOK\nOK\n");
-	CHECK_EQ(g.async_done, 3);
+	CHECK_EQ(g.async_done, 4);
 	fix_close(&f);
 }
 
@@ -2120,6 +2125,8 @@ static void test_pipeline_flood(void)
 /* One turn of a plain poll() loop around a connection: poll what
  * get_active_fds names (up to the loop's timeout, at most ms), then
  * process_next.  Returns whether the connection is done. */
+static int g_write_polls; /* turns that polled the connection for writing */
+
 static bool hand_turn(weft_assuan_conn *c, weft_loop *loop, int ms, uint64_t *slowest)
 {
 	int fds[4];
@@ -2131,6 +2138,7 @@ static bool hand_turn(weft_assuan_conn *c, weft_loop *loop, int ms, uint64_t *sl
 		p[np++] = (struct pollfd){.fd = fds[i], .events = POLLIN};
 	n = weft_assuan_get_active_fds(c, 1, fds, 4);
 	CHECK(n >= 0 && n <= 1);
+	g_write_polls += n;
 	for (int i = 0; i < n; i++)
 		p[np++] = (struct pollfd){.fd = fds[i], .events = POLLOUT};
 	int64_t to = weft_loop_get_timeout(loop);
@@ -2164,6 +2172,9 @@ static void test_hand_driven(void)
 	weft_assuan_server_set_err_source(srv, AGENT);
 	weft_assuan_server_set_hooks(srv, &all_hooks, NULL);
 	register_test_commands(srv);
+	CHECK_EQ(weft_assuan_register(srv, "STREAM", cmd_stream, NULL, NULL), 0);
+	weft_assuan_limits lim = {.output = 64 * 1024};
+	weft_assuan_server_set_limits(srv, &lim);
 	int sv[2];
 	CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv), 0);
 	weft_assuan_conn *c;
@@ -2214,6 +2225,25 @@ static void test_hand_driven(void)
 		have = grab(cl, buf, have, sizeof buf);
 	}
 	CHECK_BYTES(buf, have, "S PROGRESS start\nD late\nOK\nOK\n", 30);
+	/* 2 MiB of D lines to a client that reads 8 KiB per turn: the poll
+	 * loop waits for the socket to be writable, nothing is lost. */
+	size_t total = 2u << 20;
+	char cmd[64];
+	snprintf(cmd, sizeof cmd, "STREAM %zu\n", total);
+	CHECK_EQ(write(cl, cmd, strlen(cmd)), (ssize_t)strlen(cmd));
+	size_t cap = total * 2, got = 0;
+	char *big = malloc(cap);
+	g_write_polls = 0;
+	end = t_now_ms() + 20000;
+	while (t_now_ms() < end && !(got > total && memcmp(big + got - 4, "\nOK\n", 4) == 0)) {
+		hand_turn(c, loop, 10, &slowest);
+		ssize_t k = read(cl, big + got, got + 8192 <= cap ? 8192 : cap - got);
+		if (k > 0)
+			got += (size_t)k;
+	}
+	check_stream(big, got, total);
+	CHECK(g_write_polls > 0);
+	free(big);
 	/* BYE ends it: done becomes true, the close hook has run. */
 	CHECK_EQ(write(cl, "BYE\n", 4), 4);
 	bool done = false;
@@ -2305,6 +2335,56 @@ static void test_many_clients(void)
 	CHECK_EQ(g.close, N);
 	struct stat st;
 	CHECK_EQ(stat(path, &st), -1); /* the server removed its socket file */
+}
+
+/* Other transports: TCP (no peer pid, no descriptor passing), an
+ * abstract Unix name, and adopt_pipe with one socket for both ends. */
+static void test_transports(void)
+{
+	struct fix f;
+	fix_server(&f);
+	CHECK_EQ(weft_assuan_server_listen(f.srv, "tcp:127.0.0.1:0", NULL), 0);
+	weft_addr a;
+	CHECK_EQ(weft_listener_addr(weft_assuan_server_listener(f.srv), &a), 0);
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	CHECK_EQ(connect(fd, &a.u.sa, a.len), 0);
+	f.rfd = f.wfd = fd;
+	EXPECT(&f, "OK Pleased to meet you\n");
+	TALK(&f, "INPUT FD\nECHO tcp\n", "ERR 67108933 Not implemented <GPG Agent> - server does not support sending and receiving of file descriptors\nD tcp\nOK\n");
+	TALK(&f, "BYE\n", "OK closing connection\n");
+	EXPECT_EOF(&f);
+	fix_close(&f);
+	/* Abstract name. */
+	fix_server(&f);
+	char addr[96];
+	snprintf(addr, sizeof addr, "unix:@weft-assuan-test-%d", (int)getpid());
+	CHECK_EQ(weft_assuan_server_listen(f.srv, addr, NULL), 0);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	int n = snprintf(sa.sun_path + 1, sizeof sa.sun_path - 1, "weft-assuan-test-%d", (int)getpid());
+	CHECK_EQ(connect(fd, (struct sockaddr *)&sa, (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + (size_t)n)), 0);
+	f.rfd = f.wfd = fd;
+	EXPECT(&f, greeting());
+	TALK(&f, "NOP\n", "OK\n");
+	fix_close(&f);
+	/* adopt_pipe(fd, fd) on a socket: a socket connection, fds pass. */
+	fix_server(&f);
+	int sv[2];
+	CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	CHECK_EQ(weft_assuan_server_adopt_pipe(f.srv, sv[0], sv[0], &f.conn), 0);
+	f.rfd = f.wfd = sv[1];
+	EXPECT(&f, greeting());
+	int tf = temp_file("x");
+	send_fd(f.wfd, tf);
+	char want[64];
+	snprintf(want, sizeof want, "OK\nOK %lu -\n", ino_of(tf));
+	TALK(&f, "INPUT FD\nFDINFO\n", want);
+	close(tf);
+	fix_close(&f);
+	/* Bad arguments. */
+	CHECK_EQ(weft_assuan_server_adopt_fd(NULL, -1, NULL), -EINVAL);
+	CHECK_EQ(weft_assuan_server_new(NULL, NULL), -EINVAL);
+	weft_assuan_server_free(NULL);
 }
 
 /* ---- tier 3: interop with the real gpg-connect-agent ------------------------------------ */
@@ -2622,6 +2702,7 @@ int main(void)
 	run("INPUT/OUTPUT with SCM_RIGHTS (T17): same file, RESET closes, limits", test_fd_passing, 60);
 	run("output: a client that does not read; -ENOBUFS, on_room, other clients served, no byte lost", test_backpressure, 60);
 	run("output: 100000 pipelined commands from a client that does not read", test_pipeline_flood, 60);
+	run("transports: TCP, abstract Unix name, adopt_pipe on one socket", test_transports, 60);
 	run("hand-driven: poll() loop, split lines answered at once, pending, BYE", test_hand_driven, 60);
 	run("many: 200 clients on one loop, all pending at once", test_many_clients, 60);
 #ifdef GPG_CONNECT_AGENT
