@@ -87,7 +87,7 @@ struct weft_assuan_conn {
 
 	int input_fd, output_fd;
 	int *pfds; /* passed by the peer, oldest first */
-	unsigned npfds;
+	unsigned npfds, pfds_cap;
 	int *allowed;
 	unsigned nallowed;
 	pid_t peer_pid;
@@ -515,9 +515,15 @@ static void on_passed_fd(weft_stream *s, int fd, void *data)
 		close(fd); /* over the limit, as libassuan's pendingfds */
 		return;
 	}
-	if (c->pfds == NULL && (c->pfds = calloc(c->srv->limits.fds, sizeof(int))) == NULL) {
-		close(fd);
-		return;
+	if (c->npfds == c->pfds_cap) {
+		/* Sized by the limit now in force (it may have grown). */
+		int *t = realloc(c->pfds, c->srv->limits.fds * sizeof(int));
+		if (t == NULL) {
+			close(fd);
+			return;
+		}
+		c->pfds = t;
+		c->pfds_cap = c->srv->limits.fds;
 	}
 	c->pfds[c->npfds++] = fd;
 }
