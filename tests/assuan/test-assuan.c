@@ -1834,6 +1834,19 @@ static void test_fd_passing(void)
 		send_fd(f.wfd, a);
 	TALK(&f, "NOP\n", "OK\n");
 	CHECK_EQ(t_fd_count(), base + 3 + 5);
+	/* The limit changed while descriptors are queued: up to the new one. */
+	TALK(&f, "RESET\n", "OK\n");
+	weft_assuan_limits lim = {.fds = 2};
+	weft_assuan_server_set_limits(f.srv, &lim);
+	TALK(&f, "RESET\n", "OK\n");
+	send_fd(f.wfd, a);
+	TALK(&f, "NOP\n", "OK\n");
+	lim.fds = 9;
+	weft_assuan_server_set_limits(f.srv, &lim);
+	for (int i = 0; i < 10; i++)
+		send_fd(f.wfd, a);
+	TALK(&f, "NOP\n", "OK\n");
+	CHECK_EQ(t_fd_count(), base + 3 + 9);
 	/* The connection's end closes the queued ones and INPUT's. */
 	TALK(&f, "INPUT FD\n", "OK\n");
 	TALK(&f, "BYE\n", "OK closing connection\n");
