@@ -977,6 +977,10 @@ static void command_line(weft_assuan_conn *c, char *line)
 	c->state = C_CMD;
 	c->cur_builtin = cmd->builtin;
 	uint64_t seq = c->cmd_seq;
+	/* The hook may register commands: the table may move. */
+	weft_assuan_handler fn = cmd->fn;
+	void *fn_data = cmd->data;
+	enum builtin b = cmd->builtin;
 	if (srv->hooks.pre_cmd) {
 		weft_assuan_err e = srv->hooks.pre_cmd(c, cmd->name, srv->hooks_data);
 		if (c->closed || c->cmd_seq != seq)
@@ -987,10 +991,10 @@ static void command_line(weft_assuan_conn *c, char *line)
 		}
 	}
 	weft_assuan_err r;
-	if (cmd->fn != NULL)
-		r = cmd->fn(c, p, cmd->data);
+	if (fn != NULL)
+		r = fn(c, p, fn_data);
 	else
-		r = run_builtin(c, cmd->builtin, p);
+		r = run_builtin(c, b, p);
 	verdict(c, seq, r);
 }
 
