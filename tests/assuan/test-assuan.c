@@ -516,6 +516,7 @@ static struct {
 	weft_assuan_err reset_answer;   /* what the reset hook returns */
 	bool refuse_echo;               /* pre_cmd refuses ECHO */
 	bool refuse_input;              /* the input hook refuses */
+	int register_in_pre;            /* pre_cmd registers a command */
 	weft_assuan_err inq_err;        /* the last inquire continuation's */
 	unsigned char inq_data[4096];
 	size_t inq_len, inq_total; /* first bytes kept; total length */
@@ -571,10 +572,18 @@ static weft_assuan_err h_output(weft_assuan_conn *c, const char *args, void *dat
 	return 0;
 }
 
+static weft_assuan_err cmd_lower_fwd(weft_assuan_conn *c, char *args, void *data);
+
 static weft_assuan_err h_pre(weft_assuan_conn *c, const char *cmd, void *data)
 {
 	(void)data;
 	log_add(g.pre, sizeof g.pre, cmd, NULL);
+	if (g.register_in_pre > 0) {
+		/* A command table that grows under a dispatch. */
+		char name[32];
+		snprintf(name, sizeof name, "DYN%d", g.register_in_pre++);
+		CHECK_EQ(weft_assuan_register(weft_assuan_conn_server(c), name, cmd_lower_fwd, NULL, NULL), 0);
+	}
 	if (g.refuse_echo && strcmp(cmd, "ECHO") == 0)
 		return weft_assuan_err_make(weft_assuan_conn_server(c), GPG_ERR_FORBIDDEN);
 	return 0;
@@ -651,6 +660,11 @@ static weft_assuan_err cmd_lower(weft_assuan_conn *c, char *args, void *data)
 {
 	(void)c; (void)args; (void)data;
 	return 0;
+}
+
+static weft_assuan_err cmd_lower_fwd(weft_assuan_conn *c, char *args, void *data)
+{
+	return cmd_lower(c, args, data);
 }
 
 static weft_assuan_err cmd_cred(weft_assuan_conn *c, char *args, void *data)
@@ -1175,6 +1189,13 @@ static void test_hooks(void)
 	g.reset_answer = 0;
 	TALK(&f, "RESET\n", "OK\n");
 	CHECK_EQ(g.reset, 2);
+	/* The pre-command hook registers commands: the table grows (and
+	 * moves) under the dispatch of the command being run. */
+	g.register_in_pre = 1;
+	for (int i = 0; i < 40; i++)
+		TALK(&f, "ECHO grow\n", "D grow\nOK\n");
+	g.register_in_pre = 0;
+	TALK(&f, "DYN40\nDYN41\n", "OK\nERR 67109139 Unknown IPC command <GPG Agent>\n");
 	/* Force close: the answer, then EOF; the pipelined NOP is not run. */
 	TALK(&f, "CLOSE\nNOP\n", "ERR 67108891 Not found <GPG Agent> - [closing connection]\n");
 	EXPECT_EOF(&f);
