@@ -645,8 +645,11 @@ static void finish(weft_assuan_conn *c, weft_assuan_err err)
 		close_fd(&c->input_fd);
 		close_fd(&c->output_fd);
 	}
-	if (c->srv->hooks.post_cmd)
+	if (c->srv->hooks.post_cmd) {
+		c->depth++; /* a hook that frees the server: c stays until the loop */
 		c->srv->hooks.post_cmd(c, err, c->srv->hooks_data);
+		c->depth--;
+	}
 	if (r < 0 || c->bye || c->force_close) {
 		c->close_after_write = true;
 		c->eof = true; /* read no more */
