@@ -517,6 +517,7 @@ static struct {
 	bool refuse_echo;               /* pre_cmd refuses ECHO */
 	bool refuse_input;              /* the input hook refuses */
 	int register_in_pre;            /* pre_cmd registers a command */
+	weft_assuan_server **free_in_post; /* post_cmd frees this server */
 	weft_assuan_err inq_err;        /* the last inquire continuation's */
 	unsigned char inq_data[4096];
 	size_t inq_len, inq_total; /* first bytes kept; total length */
@@ -595,6 +596,11 @@ static void h_post(weft_assuan_conn *c, weft_assuan_err err, void *data)
 	char n[16];
 	snprintf(n, sizeof n, "%u", err);
 	log_add(g.post, sizeof g.post, n, NULL);
+	if (g.free_in_post != NULL) {
+		weft_assuan_server_free(*g.free_in_post);
+		*g.free_in_post = NULL;
+		g.free_in_post = NULL;
+	}
 }
 
 static const weft_assuan_hooks all_hooks = {
@@ -1446,6 +1452,16 @@ static void test_inside_handlers(void)
 	CHECK_EQ(g.cancelled, 1);
 	CHECK_EQ(g.close, 2);
 	close(sb[1]);
+	fix_close(&f);
+	/* The server freed from the post-command hook of a command answered
+	 * later, from a timer (outside any dispatch). */
+	fix_open(&f);
+	EXPECT(&f, greeting());
+	g.free_in_post = &f.srv;
+	TALK(&f, "ASYNC 5\n", "S PROGRESS start\n");
+	EXPECT_EOF(&f); /* the answer was queued, and dropped with the server */
+	CHECK(f.srv == NULL);
+	CHECK_EQ(g.close, 1);
 	fix_close(&f);
 }
 
