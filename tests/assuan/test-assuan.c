@@ -410,6 +410,85 @@ static void test_engine_dlines(void)
 	free(big);
 }
 
+/* libassuan's _assuan_cookie_write_data, written from the wire notes'
+ * description, as a reference: copy while the line holds fewer than 998
+ * characters (an escape takes 3), flush when it reaches 998. */
+static size_t ref_encode(char *out, size_t *linelen, const unsigned char *p, size_t n)
+{
+	size_t o = 0;
+	while (n > 0) {
+		if (*linelen == 0) {
+			out[o++] = 'D';
+			out[o++] = ' ';
+			*linelen = 2;
+		}
+		while (n > 0 && *linelen < WEFT_ASSUAN_LINELENGTH - 2 - 2) {
+			if (*p == '%' || *p == '\r' || *p == '\n') {
+				o += (size_t)sprintf(out + o, "%%%02X", *p);
+				*linelen += 3;
+			} else {
+				out[o++] = (char)*p;
+				(*linelen)++;
+			}
+			p++;
+			n--;
+		}
+		if (*linelen >= WEFT_ASSUAN_LINELENGTH - 2 - 2) {
+			out[o++] = '\n';
+			*linelen = 0;
+		}
+	}
+	return o;
+}
+
+/* Random data, heavy in escapes, sent in random pieces with random
+ * flushes: byte-identical to the reference. */
+static void test_engine_dlines_model(void)
+{
+	unsigned x = 2024;
+	unsigned char *data = malloc(6000);
+	char *ref = malloc(6000 * 3 + 6000);
+	int bad = 0;
+	for (int round = 0; round < 2000; round++) {
+		x = x * 1103515245u + 12345u;
+		size_t n = (x >> 8) % 6000;
+		unsigned esc = (x >> 4) % 100; /* percent of escaped bytes */
+		for (size_t i = 0; i < n; i++) {
+			x = x * 1103515245u + 12345u;
+			unsigned r = x >> 16;
+			data[i] = r % 100 < esc ? "%\r\n"[r % 3] : (unsigned char)(r >> 3);
+		}
+		struct weft__abuf b = {0};
+		size_t dc = 0, ll = 0, rlen = 0;
+		for (size_t i = 0; i < n;) {
+			x = x * 1103515245u + 12345u;
+			size_t k = 1 + (x >> 16) % 1500;
+			if (k > n - i)
+				k = n - i;
+			CHECK_EQ(weft__aenc_data(&b, &dc, data + i, k), 0);
+			rlen += ref_encode(ref + rlen, &ll, data + i, k);
+			i += k;
+			if ((x >> 4) % 7 == 0) { /* an explicit flush */
+				CHECK_EQ(weft__aenc_data_end(&b, &dc), 0);
+				if (ll) {
+					ref[rlen++] = '\n';
+					ll = 0;
+				}
+			}
+			CHECK_EQ(dc, ll);
+		}
+		CHECK_EQ(weft__aenc_data_end(&b, &dc), 0);
+		if (ll)
+			ref[rlen++] = '\n';
+		if ((b.len != rlen || memcmp(b.p, ref, rlen) != 0) && bad++ == 0)
+			CHECK_BYTES(b.p, b.len, ref, rlen);
+		weft__abuf_free(&b);
+	}
+	CHECK_EQ(bad, 0);
+	free(data);
+	free(ref);
+}
+
 static void test_engine_decode(void)
 {
 	struct {
@@ -2798,6 +2877,7 @@ int main(void)
 	run("engine: lines at every split point, one byte at a time", test_engine_lines, 60);
 	run("engine: the 1002-byte limit (T15), over-long lines skipped in bounded memory", test_engine_line_limit, 60);
 	run("engine: D-line escaping and splitting (V7, V8, V9)", test_engine_dlines, 60);
+	run("engine: D-line encoding of random data vs libassuan's algorithm", test_engine_dlines_model, 60);
 	run("engine: percent decoding, strict and loose", test_engine_decode, 60);
 	run("engine: ERR, OK, S, INQUIRE, END and comment lines", test_engine_responses, 60);
 	run("server: greeting (peer pid, custom, multi-line, pipe server)", test_greeting, 60);
