@@ -892,6 +892,20 @@ static weft_assuan_err cmd_take(weft_assuan_conn *c, char *args, void *data)
 	return g.taken_fd >= 0 ? 0 : mk(c, GPG_ERR_ASS_NO_INPUT);
 }
 
+/* RECV: take the oldest passed descriptor (assuan_receivefd); OK <ino>. */
+static weft_assuan_err cmd_recv(weft_assuan_conn *c, char *args, void *data)
+{
+	(void)args; (void)data;
+	int fd = weft_assuan_receive_fd(c);
+	if (fd < 0)
+		return mk(c, GPG_ERR_ASS_NO_INPUT);
+	char okay[32];
+	ino_text(fd, okay, sizeof okay);
+	close(fd);
+	weft_assuan_set_okay_line(c, okay);
+	return 0;
+}
+
 static const char getval_help[] = "GETVAL <key>\n\nReturn the value for KEY from the special environment as created by\nPUTVAL.";
 
 static void register_test_commands(weft_assuan_server *srv)
@@ -909,6 +923,7 @@ static void register_test_commands(weft_assuan_server *srv)
 	CHECK_EQ(weft_assuan_register(srv, "PUT2", cmd_put2, NULL, NULL), 0);
 	CHECK_EQ(weft_assuan_register(srv, "FDINFO", cmd_fdinfo, NULL, NULL), 0);
 	CHECK_EQ(weft_assuan_register(srv, "TAKE", cmd_take, NULL, NULL), 0);
+	CHECK_EQ(weft_assuan_register(srv, "RECV", cmd_recv, NULL, NULL), 0);
 	CHECK_EQ(weft_assuan_register(srv, "GETVAL", cmd_lower, NULL, getval_help), 0);
 	CHECK_EQ(weft_assuan_register(srv, "SETKEY", cmd_lower, NULL, "SIGKEY <hexstring_with_keygrip>\nSETKEY <hexstring_with_keygrip>"), 0);
 	CHECK_EQ(weft_assuan_register(srv, "INPUT", NULL, NULL, NULL), 0);
@@ -1245,7 +1260,7 @@ static void test_help(void)
 	TALK(&f, "HELP\n",
 			"# NOP\n# CANCEL\n# OPTION\n# BYE\n# AUTH\n# RESET\n# END\n# HELP\n"
 			"# ECHO <text>\n# STATUS\n# FAIL\n# FAILPLAIN\n# OKAY\n# CLOSE\n# lower\n# CRED\n# ASYNC\n"
-			"# PUT\n# PUT2\n# FDINFO\n# TAKE\n# GETVAL <key>\n# SETKEY\n# INPUT\n# OUTPUT\nOK\n");
+			"# PUT\n# PUT2\n# FDINFO\n# TAKE\n# RECV\n# GETVAL <key>\n# SETKEY\n# INPUT\n# OUTPUT\nOK\n");
 	/* Re-registering replaces the entry in place. */
 	CHECK_EQ(weft_assuan_register(f.srv, "NOP", NULL, NULL, "NOP\nDo nothing."), 0);
 	TALK(&f, "HELP NOP\n", "# NOP\n# Do nothing.\nOK\n");
@@ -1957,6 +1972,11 @@ static void test_fd_passing(void)
 	CHECK(g.taken_fd >= 0);
 	CHECK_EQ(ino_of(g.taken_fd), ino_of(b));
 	close(g.taken_fd);
+	/* A handler takes passed descriptors itself, oldest first. */
+	send_fd(f.wfd, c);
+	send_fd(f.wfd, a);
+	snprintf(want, sizeof want, "OK %lu\nOK %lu\nERR 67109142 No input source for IPC <GPG Agent>\n", ino_of(c), ino_of(a));
+	TALK(&f, "RECV\nRECV\nRECV\n", want);
 	/* More than the limit (5) in flight: the extra ones are closed. */
 	for (int i = 0; i < 7; i++)
 		send_fd(f.wfd, a);
