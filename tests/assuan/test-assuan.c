@@ -832,6 +832,42 @@ static weft_assuan_err cmd_put(weft_assuan_conn *c, char *args, void *data)
 	return WEFT_ASSUAN_PENDING;
 }
 
+/* LATEINQ: pending; a timer starts the INQUIRE later. */
+struct lateinq {
+	weft_assuan_conn *c;
+	weft_timer *t;
+};
+
+static void lateinq_cancel(weft_assuan_conn *c, void *data)
+{
+	(void)c;
+	struct lateinq *li = data;
+	weft_timer_free(li->t);
+	free(li);
+}
+
+static void lateinq_fire(weft_timer *t, void *data)
+{
+	(void)t;
+	struct lateinq *li = data;
+	weft_assuan_conn *c = li->c;
+	CHECK_EQ(weft_assuan_inquire(c, "LATE", 100, put_done, NULL), 0);
+	weft_timer_free(li->t);
+	free(li);
+	CHECK_EQ(weft_assuan_on_cancel(c, NULL, NULL), 0);
+}
+
+static weft_assuan_err cmd_lateinq(weft_assuan_conn *c, char *args, void *data)
+{
+	(void)args; (void)data;
+	struct lateinq *li = calloc(1, sizeof *li);
+	li->c = c;
+	CHECK_EQ(weft_timer_new(weft_stream_loop(weft_assuan_conn_stream(c)), lateinq_fire, li, &li->t), 0);
+	CHECK_EQ(weft_timer_start(li->t, 20, 0), 0);
+	CHECK_EQ(weft_assuan_on_cancel(c, lateinq_cancel, li), 0);
+	return WEFT_ASSUAN_PENDING;
+}
+
 /* PUT2: two inquiries in a row; D "<first>+<second>". */
 static weft_assuan_err put2_second(weft_assuan_conn *c, weft_assuan_err err, unsigned char *buf, size_t len,
 		void *data)
@@ -924,6 +960,7 @@ static void register_test_commands(weft_assuan_server *srv)
 	CHECK_EQ(weft_assuan_register(srv, "FDINFO", cmd_fdinfo, NULL, NULL), 0);
 	CHECK_EQ(weft_assuan_register(srv, "TAKE", cmd_take, NULL, NULL), 0);
 	CHECK_EQ(weft_assuan_register(srv, "RECV", cmd_recv, NULL, NULL), 0);
+	CHECK_EQ(weft_assuan_register(srv, "LATEINQ", cmd_lateinq, NULL, NULL), 0);
 	CHECK_EQ(weft_assuan_register(srv, "GETVAL", cmd_lower, NULL, getval_help), 0);
 	CHECK_EQ(weft_assuan_register(srv, "SETKEY", cmd_lower, NULL, "SIGKEY <hexstring_with_keygrip>\nSETKEY <hexstring_with_keygrip>"), 0);
 	CHECK_EQ(weft_assuan_register(srv, "INPUT", NULL, NULL, NULL), 0);
@@ -1260,7 +1297,7 @@ static void test_help(void)
 	TALK(&f, "HELP\n",
 			"# NOP\n# CANCEL\n# OPTION\n# BYE\n# AUTH\n# RESET\n# END\n# HELP\n"
 			"# ECHO <text>\n# STATUS\n# FAIL\n# FAILPLAIN\n# OKAY\n# CLOSE\n# lower\n# CRED\n# ASYNC\n"
-			"# PUT\n# PUT2\n# FDINFO\n# TAKE\n# RECV\n# GETVAL <key>\n# SETKEY\n# INPUT\n# OUTPUT\nOK\n");
+			"# PUT\n# PUT2\n# FDINFO\n# TAKE\n# RECV\n# LATEINQ\n# GETVAL <key>\n# SETKEY\n# INPUT\n# OUTPUT\nOK\n");
 	/* Re-registering replaces the entry in place. */
 	CHECK_EQ(weft_assuan_register(f.srv, "NOP", NULL, NULL, "NOP\nDo nothing."), 0);
 	TALK(&f, "HELP NOP\n", "# NOP\n# Do nothing.\nOK\n");
@@ -1627,10 +1664,21 @@ static void test_inquire(void)
 	/* Everything pipelined in one write. */
 	TALK(&f, "PUT 9\nD abc\nEND\nNOP\nPUT2\nD 1\nEND\nD 2\nEND\nECHO z\n",
 			"INQUIRE VALUE\nS INQUIRE_MAXLEN 9\nOK got 3\nOK\nINQUIRE FIRST\nINQUIRE SECOND\nD 1+2\nOK\nD z\nOK\n");
+	/* An INQUIRE started later, from a timer; the client's answer and a
+	 * command were already sent (pipelined) before it was asked. */
+	TALK(&f, "LATEINQ\nD early\nEND\nNOP\n", "INQUIRE LATE\nOK got 5\nOK\n");
+	CHECK_BYTES(g.inq_data, g.inq_len, "early", 5);
 	/* The client disconnects in the middle of an inquiry. */
 	TALK(&f, "PUT 100\nD partial\n", "INQUIRE VALUE\nS INQUIRE_MAXLEN 100\n");
 	fix_close(&f);
 	CHECK_EQ(g.close, 1);
+	/* The client leaves before the timer (the cancel callback frees it)
+	 * or, on a slow machine, during the INQUIRE: nothing leaks. */
+	fix_open(&f);
+	EXPECT(&f, greeting());
+	fix_send(&f, "LATEINQ\n", 8);
+	pump(&f, (size_t)-1, 1);
+	fix_close(&f);
 }
 
 static unsigned char stream_byte(unsigned seed, size_t i);
@@ -2547,6 +2595,48 @@ static void test_transports(void)
 	weft_assuan_server_free(NULL);
 }
 
+/* A pipe server (two pipes, as stdin/stdout of a spawned server): 2 MiB
+ * of D data through a full pipe, then the client goes away mid-stream. */
+static void test_pipe_stream(void)
+{
+	struct fix f;
+	fix_server(&f);
+	CHECK_EQ(weft_assuan_register(f.srv, "STREAM", cmd_stream, NULL, NULL), 0);
+	weft_assuan_limits lim = {.output = 64 * 1024};
+	weft_assuan_server_set_limits(f.srv, &lim);
+	int in[2], out[2];
+	CHECK_EQ(pipe2(in, O_CLOEXEC), 0);
+	CHECK_EQ(pipe2(out, O_CLOEXEC), 0);
+	CHECK_EQ(weft_assuan_server_adopt_pipe(f.srv, in[0], out[1], &f.conn), 0);
+	f.wfd = in[1];
+	f.rfd = out[0];
+	EXPECT(&f, "OK Pleased to meet you\n");
+	size_t total = 2u << 20;
+	char cmd[64];
+	snprintf(cmd, sizeof cmd, "STREAM %zu\n", total);
+	fix_send(&f, cmd, strlen(cmd));
+	uint64_t end = t_now_ms() + 20000;
+	while (t_now_ms() < end && !(f.rxlen > total && memcmp(f.rx + f.rxlen - 4, "\nOK\n", 4) == 0))
+		pump(&f, (size_t)-1, 2);
+	check_stream(f.rx, f.rxlen, total);
+	f.rxlen = 0;
+	/* Again, and the client closes both pipes while data is queued. */
+	fix_send(&f, cmd, strlen(cmd));
+	end = t_now_ms() + 5000;
+	while ((g_streamer == NULL || !g_streamer->waiting) && t_now_ms() < end) {
+		weft_loop_run(f.loop, WEFT_RUN_NOWAIT);
+		t_sleep_ms(1);
+	}
+	CHECK(g_streamer != NULL);
+	close(f.rfd);
+	close(f.wfd);
+	f.rfd = f.wfd = -1;
+	run_until_closed(&f);
+	CHECK(g_streamer == NULL);
+	CHECK_EQ(g.close, 1);
+	fix_close(&f);
+}
+
 /* ---- tier 3: interop with the real gpg-connect-agent ------------------------------------ */
 
 /* A child process with its stdout and stderr captured. */
@@ -2922,6 +3012,7 @@ int main(void)
 	run("output: a client that does not read; -ENOBUFS, on_room, other clients served, no byte lost", test_backpressure, 60);
 	run("output: 100000 pipelined commands from a client that does not read", test_pipeline_flood, 60);
 	run("transports: TCP, abstract Unix name, adopt_pipe on one socket", test_transports, 60);
+	run("transports: a pipe server streams 2 MiB through a full pipe; client leaves mid-stream", test_pipe_stream, 60);
 	run("hand-driven: poll() loop, split lines answered at once, pending, BYE", test_hand_driven, 60);
 	run("many: 200 clients on one loop, all pending at once", test_many_clients, 60);
 #ifdef GPG_CONNECT_AGENT
