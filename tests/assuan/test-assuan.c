@@ -1960,8 +1960,13 @@ static void test_fds_no_passing(void)
 	TALK(&f, "FDINFO\n", cmd);
 	TALK(&f, "RESET\n", "OK\n");
 	CHECK(fcntl(dup, F_GETFD) < 0); /* the connection owned and closed it */
+	/* Allowed and never selected: closed when the connection ends. */
+	dup = fcntl(tf, F_DUPFD_CLOEXEC, 100);
+	CHECK_EQ(weft_assuan_conn_allow_fd(f.conn, dup), 0);
+	CHECK_EQ(weft_assuan_conn_allow_fd(f.conn, -1), -EINVAL);
 	close(tf);
 	fix_close(&f);
+	CHECK(fcntl(dup, F_GETFD) < 0);
 }
 
 /* T17: descriptors passed with SCM_RIGHTS, as libassuan sends them. */
