@@ -935,7 +935,9 @@ int main(int argc, char **argv)
 	}
 	if (opt.pin)
 		pin_cpu0();
-	make_payload();
+	const char *spec = xspec ? xspec : yspec;
+	if (spec == NULL || strstr(spec, "nop") == NULL)
+		make_payload(); /* not for -X ...:nop: a cleaner profile */
 	if (yspec) {
 		run_y(yspec, n);
 		return 0;

@@ -1382,8 +1382,15 @@ int weft_assuan_process_next(weft_assuan_conn *c, bool *done)
 	c->done_flag = &gone;
 	weft_loop *loop = c->srv->loop;
 	int r = 0;
+	/* The caller polled the connection's fd: serve its stream at once
+	 * (reads, answers, writes run from here), so that the loop — and its
+	 * epoll_wait — is needed only for work that was posted. */
+	if (!c->closed && c->greeted)
+		weft_stream_ready(c->s, WEFT_IO_READ | WEFT_IO_WRITE);
 	/* Run what is ready, and the work it posts, without waiting. */
 	for (int i = 0; i < 16 && !gone; i++) {
+		if (weft_loop_get_timeout(loop) != 0)
+			break; /* nothing ready but the fds, which were served */
 		r = weft_loop_run(loop, WEFT_RUN_NOWAIT);
 		if (r < 0 || weft_loop_get_timeout(loop) != 0)
 			break;
