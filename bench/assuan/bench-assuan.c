@@ -21,8 +21,9 @@
  *
  * The clients:
  *   raw        writes whole lines with write(2) and reads answers with
- *              read(2); its PUT data is encoded into D lines once, before
- *              the clock starts, and written in 64 KiB writes;
+ *              read(2) (256 KiB at a time); its PUT data is encoded into D
+ *              lines once, before the clock starts, and written with one
+ *              write(2) on the blocking socket;
  *   libassuan  assuan_socket_connect_fd + assuan_transact (data callback
  *              for GET; inquire callback with assuan_send_data for PUT).
  *
@@ -511,10 +512,7 @@ static void raw_xact(int fd, enum row r, bool raw_server)
 			write_all(fd, payload, XFER);
 		} else {
 			read_until_tail(fd, "\n"); /* INQUIRE DATA */
-			for (size_t off = 0; off < put_lines_len; off += 65536) {
-				size_t k = put_lines_len - off < 65536 ? put_lines_len - off : 65536;
-				write_all(fd, put_lines + off, k);
-			}
+			write_all(fd, put_lines, put_lines_len); /* one write: a blocking socket */
 		}
 		read_until_tail(fd, "OK\n");
 		break;

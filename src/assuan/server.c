@@ -24,6 +24,8 @@
  * bytes) always fits the big one. */
 #define IN_SMALL 128
 #define IN_BIG 65536
+/* Output buffers larger than this are given back once written. */
+#define OUT_KEEP 4096
 #define DEFAULT_OUTPUT_LIMIT (256u * 1024)
 #define DEFAULT_INQUIRE_LIMIT (1024u * 1024)
 #define DEFAULT_FDS 5
@@ -363,6 +365,8 @@ static void write_done(weft_req *req, void *data)
 	weft_req_free(req);
 	c->wreq = NULL;
 	c->wbuf.len = 0;
+	if (c->wbuf.cap > OUT_KEEP)
+		weft__abuf_free(&c->wbuf); /* a burst of D data is over */
 	if (r < 0) {
 		conn_close(c); /* the peer went away */
 		return;
@@ -384,6 +388,8 @@ static void conn_flush(weft_assuan_conn *c)
 	size_t done = n > 0 ? (size_t)n : 0;
 	if (done == c->out.len) {
 		c->out.len = 0;
+		if (c->out.cap > OUT_KEEP)
+			weft__abuf_free(&c->out); /* an idle connection keeps little */
 	} else {
 		/* Hand the rest to a write request; new answers gather in out. */
 		struct weft__abuf t = c->wbuf;
