@@ -267,15 +267,40 @@ static int hexval(unsigned char c)
 	return -1;
 }
 
-ssize_t weft__adecode(char *s, size_t n, bool strict)
+/* Copy bytes up to the next % (at most lim) from s to d; return how many.
+ * d may be s or lie before it (decoding in place). */
+static size_t copy_to_pct(char *d, const char *s, size_t lim)
 {
-	char *pct = memchr(s, '%', n);
-	if (pct == NULL)
-		return (ssize_t)n;
-	size_t i = (size_t)(pct - s);
-	size_t o = i;
+	size_t i = 0;
+#ifdef __SSE2__
+	const __m128i pct = _mm_set1_epi8('%');
+	for (; i + 16 <= lim; i += 16) {
+		__m128i v = _mm_loadu_si128((const __m128i *)(const void *)(s + i));
+		unsigned m = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(v, pct));
+		if (m != 0) {
+			size_t k = (size_t)__builtin_ctz(m);
+			memmove(d + i, s + i, k);
+			return i + k;
+		}
+		_mm_storeu_si128((__m128i *)(void *)(d + i), v);
+	}
+#endif
+	const char *q = memchr(s + i, '%', lim - i);
+	size_t k = (q ? (size_t)(q - s) : lim) - i;
+	memmove(d + i, s + i, k);
+	return i + k;
+}
+
+ssize_t weft__adecode_to(char *d, const char *s, size_t n, bool strict)
+{
+	size_t i = 0, o = 0;
 	while (i < n) {
-		/* s[i] is a %; plain bytes up to the next one move in one piece */
+		size_t run = copy_to_pct(d + o, s + i, n - i);
+		o += run;
+		i += run;
+		if (i == n)
+			break;
+		/* s[i] is a % */
 		int h = -1, l = -1;
 		if (i + 2 < n) {
 			h = hexval((unsigned char)s[i + 1]);
@@ -284,17 +309,17 @@ ssize_t weft__adecode(char *s, size_t n, bool strict)
 		if (h < 0 || l < 0) {
 			if (strict)
 				return -1;
-			s[o++] = '%';
+			d[o++] = '%';
 			i++;
 		} else {
-			s[o++] = (char)(h << 4 | l);
+			d[o++] = (char)(h << 4 | l);
 			i += 3;
 		}
-		char *next = i < n ? memchr(s + i, '%', n - i) : NULL;
-		size_t run = (next ? (size_t)(next - s) : n) - i;
-		memmove(s + o, s + i, run);
-		o += run;
-		i += run;
 	}
 	return (ssize_t)o;
+}
+
+ssize_t weft__adecode(char *s, size_t n, bool strict)
+{
+	return weft__adecode_to(s, s, n, strict);
 }

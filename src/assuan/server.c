@@ -738,16 +738,21 @@ static void inquire_line(weft_assuan_conn *c, char *line, size_t len)
 	if ((line[0] == 'D' || line[0] == 'd') && line[1] == ' ') {
 		if (c->inq_err != 0)
 			return; /* failed already: read on to END */
-		ssize_t n = weft__adecode(line + 2, len - 2, true);
+		/* Decoded straight into the inquiry's buffer. */
+		if (weft__abuf_reserve(&c->inq, len - 2) < 0) {
+			c->inq_err = mkerr(c->srv, GPG_ERR_ENOMEM);
+			weft__abuf_free(&c->inq);
+			return;
+		}
+		ssize_t n = weft__adecode_to(c->inq.p + c->inq.len, line + 2, len - 2, true);
 		if (n < 0) {
 			c->inq_err = weft_assuan_set_error(c, mkerr(c->srv, GPG_ERR_ASS_SYNTAX),
 					"malformed percent escape in inquired data");
 		} else if (c->inq.len + (size_t)n > c->inq_max) {
 			c->inq_err = mkerr(c->srv, GPG_ERR_ASS_TOO_MUCH_DATA);
 			weft__abuf_free(&c->inq);
-		} else if (weft__abuf_put(&c->inq, line + 2, (size_t)n) < 0) {
-			c->inq_err = mkerr(c->srv, GPG_ERR_ENOMEM);
-			weft__abuf_free(&c->inq);
+		} else {
+			c->inq.len += (size_t)n;
 		}
 		return;
 	}
