@@ -1,6 +1,9 @@
 /* weft-kv: a key-value store spoken over Assuan — the example server.
  *
  *   weft-kv --socket PATH [--no-fdpassing]
+ *   weft-kv --listen tcp:127.0.0.1:0 --tls-cert cert.pem --tls-key key.pem
+ *           (Assuan over TLS: the server code below does not know; prints
+ *           "listening on <address>")
  *
  * Commands (HELP lists them):
  *   PUT key          the value is asked for with INQUIRE VALUE
@@ -25,6 +28,9 @@
 
 #include <weft/weft.h>
 #include <weft/assuan.h>
+#ifdef HAVE_TLS
+#include <weft/tls.h>
+#endif
 
 #define MAX_KEYS 4096
 #define CHUNK 65536
@@ -318,6 +324,22 @@ static weft_assuan_err cmd_sleep(weft_assuan_conn *c, char *args, void *data)
 
 /* ---- main ------------------------------------------------------------------------ */
 
+#ifdef HAVE_TLS
+/* Assuan over TLS: wrap each accepted connection, hand it to the server. */
+static weft_tls_config *tls_cfg;
+
+static void tls_accepted(weft_listener *l, weft_stream *stream, const weft_addr *peer, int e, void *data)
+{
+	(void)l;
+	(void)peer;
+	(void)e;
+	weft_stream *t;
+	if (stream != NULL && weft_tls_server_new(tls_cfg, stream, &t) == 0)
+		weft_assuan_server_adopt(data, t, NULL);
+}
+#endif
+
+static weft_listener *tcp_listener;
 static weft_signal *sigs[2];
 
 static void on_signal(weft_signal *sig, int signum, void *data)
@@ -325,6 +347,8 @@ static void on_signal(weft_signal *sig, int signum, void *data)
 	(void)sig;
 	(void)signum;
 	weft_assuan_server_free(data); /* connections close, the loop ends */
+	weft_listener_free(tcp_listener);
+	tcp_listener = NULL;
 	for (int i = 0; i < 2; i++) {
 		weft_signal_free(sigs[i]);
 		sigs[i] = NULL;
@@ -333,11 +357,17 @@ static void on_signal(weft_signal *sig, int signum, void *data)
 
 int main(int argc, char **argv)
 {
-	const char *path = NULL;
+	const char *path = NULL, *listen_addr = NULL, *cert = NULL, *key = NULL;
 	bool fdpassing = true;
 	for (int i = 1; i < argc; i++) {
 		if (strcmp(argv[i], "--socket") == 0 && i + 1 < argc)
 			path = argv[++i];
+		else if (strcmp(argv[i], "--listen") == 0 && i + 1 < argc)
+			listen_addr = argv[++i];
+		else if (strcmp(argv[i], "--tls-cert") == 0 && i + 1 < argc)
+			cert = argv[++i];
+		else if (strcmp(argv[i], "--tls-key") == 0 && i + 1 < argc)
+			key = argv[++i];
 		else if (strcmp(argv[i], "--no-fdpassing") == 0)
 			fdpassing = false;
 		else {
@@ -345,8 +375,9 @@ int main(int argc, char **argv)
 			return 2;
 		}
 	}
-	if (path == NULL) {
-		fprintf(stderr, "usage: %s --socket PATH [--no-fdpassing]\n", argv[0]);
+	if ((path == NULL) == (listen_addr == NULL) || (listen_addr && (!cert || !key))) {
+		fprintf(stderr, "usage: %s --socket PATH [--no-fdpassing]\n"
+				"       %s --listen ADDR --tls-cert FILE --tls-key FILE\n", argv[0], argv[0]);
 		return 2;
 	}
 	weft_loop *loop;
@@ -364,12 +395,34 @@ int main(int argc, char **argv)
 	weft_assuan_register(srv, "SLEEP", cmd_sleep, NULL, "SLEEP <ms>\n\nAnswer after ms milliseconds.");
 	weft_assuan_register(srv, "INPUT", NULL, NULL, NULL);
 	weft_assuan_register(srv, "OUTPUT", NULL, NULL, NULL);
-	char addr[256];
-	snprintf(addr, sizeof(addr), "unix:%s", path);
-	int r = weft_assuan_server_listen(srv, addr, NULL);
-	if (r < 0) {
-		fprintf(stderr, "weft-kv: listen on %s: %s\n", path, strerror(-r));
-		return 1;
+	int r;
+	if (listen_addr != NULL) {
+#ifdef HAVE_TLS
+		weft_addr a;
+		char text[WEFT_ADDR_STRLEN];
+		if ((r = weft_addr_parse(listen_addr, &a)) < 0 ||
+		    (r = weft_tls_config_new(WEFT_TLS_SERVER, &tls_cfg)) < 0 ||
+		    (r = weft_tls_config_add_cert_file(tls_cfg, cert, key, NULL)) < 0 ||
+		    (r = weft_listen(loop, &a, NULL, tls_accepted, srv, &tcp_listener)) < 0) {
+			fprintf(stderr, "weft-kv: %s: %s\n", listen_addr, strerror(-r));
+			return 1;
+		}
+		weft_listener_addr(tcp_listener, &a);
+		weft_addr_format(&a, text, sizeof(text));
+		printf("listening on %s\n", text);
+		fflush(stdout);
+#else
+		fprintf(stderr, "weft-kv: built without TLS\n");
+		return 2;
+#endif
+	} else {
+		char addr[256];
+		snprintf(addr, sizeof(addr), "unix:%s", path);
+		r = weft_assuan_server_listen(srv, addr, NULL);
+		if (r < 0) {
+			fprintf(stderr, "weft-kv: listen on %s: %s\n", path, strerror(-r));
+			return 1;
+		}
 	}
 	static const int signums[2] = {SIGTERM, SIGINT};
 	for (int i = 0; i < 2; i++) {
@@ -378,6 +431,9 @@ int main(int argc, char **argv)
 		weft_signal_set_ref(sigs[i], false); /* the server keeps the loop alive */
 	}
 	weft_loop_run(loop, WEFT_RUN_DEFAULT);
+#ifdef HAVE_TLS
+	weft_tls_config_unref(tls_cfg);
+#endif
 	for (size_t i = 0; i < nstore; i++) {
 		free(store[i].key);
 		free(store[i].val);

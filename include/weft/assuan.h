@@ -302,6 +302,127 @@ WEFT_EXPORT int weft_assuan_get_active_fds(weft_assuan_conn *c, int what, int *f
  * Returns 0 or -errno from the loop. */
 WEFT_EXPORT int weft_assuan_process_next(weft_assuan_conn *c, bool *done);
 
+/* ==== the client ====================================================================
+ *
+ * A client runs on the loop like everything else: connecting, reading the
+ * greeting, transactions, INQUIRE answers and cancellation are requests and
+ * callbacks, none blocking.  Transactions issued while one is in flight
+ * wait in order (a command is sent when the previous answer arrived).
+ *
+ * Errors: _recv functions return 0 or -errno for the transport (EPIPE or
+ * ECONNRESET: the server went away; ETIMEDOUT; ECANCELED; EPROTO: the
+ * server broke the protocol or refused the connection in its greeting).
+ * The server's answer to a command is a gpg-error value in its own
+ * out-parameter: 0 for OK, the number of the ERR line otherwise. */
+
+typedef struct weft_assuan_client weft_assuan_client;
+
+/* Connect to a server: name is "unix:/path", "unix:@abstract", "tcp:...",
+ * or a plain absolute socket path as libassuan takes it.  The request
+ * completes once the greeting's OK line was read (comment lines before it
+ * are skipped).  Set a timeout on it with weft_req_set_timeout. */
+WEFT_EXPORT weft_req *weft_assuan_connect_send(weft_loop *loop, const char *name);
+/* 0 and *ret_client (the caller frees it with weft_assuan_client_free), or
+ * -errno: ENOENT, ECONNREFUSED, ETIMEDOUT, EPROTO (the greeting was not OK),
+ * EPIPE (closed before the greeting), ... */
+WEFT_EXPORT int weft_assuan_connect_recv(weft_req *req, weft_assuan_client **ret_client, int *perrno);
+
+/* Run a client over a stream already connected (ownership of s passes,
+ * also on failure); reads the greeting like connect.  Collect with
+ * weft_assuan_connect_recv. */
+WEFT_EXPORT weft_req *weft_assuan_client_adopt_send(weft_loop *loop, weft_stream *s);
+
+/* Start a pipe server: argv[0] is run (PATH is searched) with the
+ * connection on stdin/stdout — or, with WEFT_ASSUAN_PIPE_FDPASSING, with a
+ * socketpair named in the environment as _assuan_connection_fd (libassuan's
+ * convention), so descriptors can be passed.  _assuan_pipe_connect_pid is
+ * set to this process's pid.  inherit (n entries, may be NULL) are
+ * descriptors the child keeps under the same numbers; everything else of
+ * ours is close-on-exec.  The child is reaped on the loop (pidfd); see
+ * weft_assuan_client_on_exit.  Collect with weft_assuan_connect_recv. */
+#define WEFT_ASSUAN_PIPE_FDPASSING 1u
+WEFT_EXPORT weft_req *weft_assuan_pipe_connect_send(weft_loop *loop, const char *const argv[],
+		const int *inherit, size_t n, unsigned flags);
+
+/* Close: queued transactions complete with ECANCELED (their callbacks run
+ * before this returns, in order), "BYE" is sent if the transport takes it
+ * at once, the transport is closed.  A spawned server is still reaped when
+ * it exits (its exit callback then runs).  NULL is ignored.  May be called
+ * from the client's own callbacks. */
+WEFT_EXPORT void weft_assuan_client_free(weft_assuan_client *cl);
+
+/* The greeting's text after "OK " (borrowed; "" if none). */
+WEFT_EXPORT const char *weft_assuan_client_greeting(const weft_assuan_client *cl);
+WEFT_EXPORT weft_stream *weft_assuan_client_stream(const weft_assuan_client *cl);
+
+/* The spawned server's pid (0 if none) and its end: cb(pid, wait status as
+ * waitpid gives it, data) runs once from the loop when it has exited (at
+ * once, posted, if it already has).  Returns 0, -EINVAL (no child). */
+typedef void (*weft_assuan_exit_cb)(pid_t pid, int wstatus, void *data);
+WEFT_EXPORT pid_t weft_assuan_client_pid(const weft_assuan_client *cl);
+WEFT_EXPORT int weft_assuan_client_on_exit(weft_assuan_client *cl, weft_assuan_exit_cb cb, void *data);
+
+/* What a transaction hears, each optional.  A callback returning non-zero
+ * ends the transaction with that value as its answer (the rest of the
+ * server's answer is read and dropped; an INQUIRE is answered CAN). */
+typedef struct weft_assuan_transact_cbs {
+	/* Decoded bytes of D lines (any split); buf NULL/len 0 for an END line. */
+	weft_assuan_err (*data)(void *data, const void *buf, size_t len);
+	/* "S keyword args". */
+	weft_assuan_err (*status)(void *data, const char *keyword, const char *args);
+	/* "INQUIRE keyword args": answer now or later — from any loop event —
+	 * with weft_assuan_client_inquire_data/_end/_cancel.  Without this
+	 * callback an INQUIRE is answered CAN. */
+	weft_assuan_err (*inquire)(void *data, const char *keyword, const char *args);
+	/* "# ..." lines (the whole line). */
+	weft_assuan_err (*comment)(void *data, const char *line);
+} weft_assuan_transact_cbs;
+
+/* Send command (one line, without LF; copied) and follow its answer.
+ * cbs is copied; cbs and data may be NULL.  Cancel with weft_req_cancel:
+ * while an INQUIRE waits, CAN is sent; otherwise the transaction completes
+ * with ECANCELED at once and its answer is dropped when it comes — the
+ * connection stays usable.  A timeout (weft_req_set_timeout) does the
+ * same with ETIMEDOUT. */
+WEFT_EXPORT weft_req *weft_assuan_transact_send(weft_assuan_client *cl, const char *command,
+		const weft_assuan_transact_cbs *cbs, void *data);
+/* 0 and *ret_err (0 for OK, the ERR value otherwise), or -errno (EPIPE /
+ * ECONNRESET when the server went away mid-transaction, ECANCELED,
+ * ETIMEDOUT, EPROTO, EINVAL for a command with an LF or too long). */
+WEFT_EXPORT int weft_assuan_transact_recv(weft_req *req, weft_assuan_err *ret_err, int *perrno);
+/* The text of the last OK line (borrowed; "" if none). */
+WEFT_EXPORT const char *weft_assuan_client_okay_text(const weft_assuan_client *cl);
+
+/* Answer the INQUIRE in progress: data (escaped into D lines; any number of
+ * calls), then END — or CAN.  Returns 0, -EINVAL (no INQUIRE waits),
+ * -ENOMEM, -EPIPE. */
+WEFT_EXPORT int weft_assuan_client_inquire_data(weft_assuan_client *cl, const void *buf, size_t len);
+WEFT_EXPORT int weft_assuan_client_inquire_end(weft_assuan_client *cl);
+WEFT_EXPORT int weft_assuan_client_inquire_cancel(weft_assuan_client *cl);
+
+/* Pass a descriptor, as libassuan's assuan_sendfd: "# descriptor N is in
+ * flight" with fd attached (SCM_RIGHTS), in order with the commands — send
+ * it before the INPUT FD / OUTPUT FD command that takes it.  fd is
+ * borrowed until the returned request completes (then close it).
+ * Completes with EOPNOTSUPP on transports that cannot carry descriptors. */
+WEFT_EXPORT weft_req *weft_assuan_client_sendfd_send(weft_assuan_client *cl, int fd);
+WEFT_EXPORT int weft_assuan_client_sendfd_recv(weft_req *req, int *perrno);
+
+/* ---- the low-level shape (for code ported from GPGME) ----
+ * Lines no transaction takes stay buffered for these: read one line, write
+ * one line, and the descriptor to poll when driving the loop by hand. */
+
+/* The connection's fd (borrowed), or -ENOTSOCK for non-socket transports. */
+WEFT_EXPORT int weft_assuan_client_fd(const weft_assuan_client *cl);
+/* Queue one line (LF added; copied; written without blocking).  0 or
+ * -EINVAL (LF inside, too long), -ENOMEM, -EPIPE. */
+WEFT_EXPORT int weft_assuan_client_write_line(weft_assuan_client *cl, const char *line);
+/* Take the next received line no transaction is reading: copies it (NUL-
+ * terminated, LF cut) into buf of size bytes.  Returns its length, -EAGAIN
+ * if none is buffered yet (run the loop), -EPIPE at the end of the
+ * connection, -EMSGSIZE if buf is too small (the line stays). */
+WEFT_EXPORT ssize_t weft_assuan_client_read_line(weft_assuan_client *cl, char *buf, size_t size);
+
 #ifdef __cplusplus
 }
 #endif

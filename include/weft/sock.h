@@ -128,6 +128,8 @@ typedef struct weft_stream_ops {
 	size_t (*pending)(weft_stream *s);
 	int (*watch)(weft_stream *s, unsigned events);
 	int (*fd)(weft_stream *s);
+	/* Optional: writev with descriptor fd attached (SCM_RIGHTS). */
+	ssize_t (*sendfd)(weft_stream *s, const struct iovec *iov, int count, int fd);
 } weft_stream_ops;
 
 /* For implementations: create a stream around ops (not copied: keep it
@@ -253,6 +255,16 @@ WEFT_EXPORT ssize_t weft_stream_try_writev(weft_stream *s, const struct iovec *v
 WEFT_EXPORT weft_req *weft_stream_writev_queue_send(weft_stream *s, weft_queue *queue,
 		const struct iovec *vector, size_t count);
 WEFT_EXPORT ssize_t weft_stream_writev_queue_recv(weft_req *req, int *perrno);
+
+/* Write buf with descriptor fd attached to its first byte (SCM_RIGHTS on a
+ * Unix-domain socket stream), through the stream's own write queue, in
+ * order with the other writes queued there.  fd is borrowed: the kernel
+ * takes its own reference when the first byte goes out, so the caller may
+ * close fd once the request completes.  It is never sent twice, however
+ * many partial writes the rest of buf needs.  Errors: EINVAL (fd < 0, empty
+ * buf), EOPNOTSUPP (the transport cannot carry descriptors), and those of
+ * writev.  Collect with weft_stream_writev_recv. */
+WEFT_EXPORT weft_req *weft_stream_sendfd_send(weft_stream *s, int fd, const void *buf, size_t len);
 
 /* Half-close after everything queued on the stream's own write queue has
  * been written.  Returns 0 or -errno via weft_req_simple_recv. */

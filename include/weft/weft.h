@@ -1,9 +1,16 @@
-/* weft — umbrella header: includes every public module header. */
+/* weft — umbrella header: includes every public module header that was
+ * built (the protocol modules are optional meson features). */
 #ifndef WEFT_WEFT_H
 #define WEFT_WEFT_H
 
 #include <weft/loop.h>
 #include <weft/req.h>
 #include <weft/sock.h>
+
+#if defined(__has_include)
+#if __has_include(<weft/assuan.h>) && __has_include(<gpg-error.h>)
+#include <weft/assuan.h>
+#endif
+#endif
 
 #endif

@@ -59,4 +59,34 @@ ssize_t weft__adecode(char *s, size_t n, bool strict);
 /* The same from s to d (d may be s or before it; room for n bytes). */
 ssize_t weft__adecode_to(char *d, const char *s, size_t n, bool strict);
 
+/* ---- the pump: one Assuan endpoint's bytes over a weft_stream ----------- */
+
+/* Reads into the line buffer, writes the output buffer (what the transport
+ * takes at once, the rest by a write request while new output gathers in
+ * a second buffer), and tells its owner through event() when input
+ * arrived, the input ended, or a write finished or failed. */
+struct weft__apump {
+	weft_stream *s;
+	struct weft__ain in;
+	weft_req *rreq;
+	bool eof;   /* no more input (EOF, reset, error) */
+	int err;    /* first transport error (positive errno), 0 if none */
+	struct weft__abuf out;  /* gathering */
+	struct weft__abuf wbuf; /* being written */
+	weft_req *wreq;
+	size_t dcount; /* length of the open D line in out */
+	void (*event)(struct weft__apump *p);
+};
+
+void weft__apump_init(struct weft__apump *p, weft_stream *s, void (*event)(struct weft__apump *p));
+/* Start a read if there is room and none runs.  Returns 0 or -ENOMEM. */
+int weft__apump_read(struct weft__apump *p);
+/* Write what was gathered.  Returns 0, or -errno when the transport failed
+ * (p->err is set; event is not called for it). */
+int weft__apump_flush(struct weft__apump *p);
+/* Bytes gathered or being written. */
+size_t weft__apump_pending(const struct weft__apump *p);
+/* Drop requests and buffers, close the stream (it is gone after this). */
+void weft__apump_close(struct weft__apump *p);
+
 #endif

@@ -53,13 +53,13 @@ void weft__abuf_free(struct weft__abuf *b)
 
 /* ---- input lines ---------------------------------------------------------- */
 
+/* off + len stays where it was: a driver may have a read in flight into
+ * buf + off + len (only weft__ain_compact moves the bytes). */
 static void ain_consume(struct weft__ain *in, size_t n)
 {
 	in->off += n;
 	in->len -= n;
 	in->scanned = 0;
-	if (in->len == 0)
-		in->off = 0;
 }
 
 enum weft__aline weft__ain_next(struct weft__ain *in, char **line, size_t *len)

@@ -70,21 +70,14 @@ struct weft_assuan_conn {
 	weft_req *rreq;
 	size_t rpos;  /* where rreq's bytes land: in.off + in.len when it started */
 	size_t rroom; /* and how many it may read */
-	bool eof;
-
 	struct weft__abuf out;  /* answers gathering */
 	struct weft__abuf wbuf; /* being written by wreq */
 	weft_req *wreq;
 	size_t dcount; /* length of the open D line */
 
-	enum cstate state;
 	uint64_t cmd_seq;
-	enum builtin cur_builtin;
 	char *okay;
-	weft_assuan_err err_no;
 	char *err_text;
-	bool force_close, bye, greeted, close_after_write, fd_receiver;
-	unsigned depth;
 	weft_assuan_cancel_cb cancel_cb;
 	void *cancel_data;
 	weft_assuan_room_cb room_cb;
@@ -94,18 +87,24 @@ struct weft_assuan_conn {
 	void *inq_data;
 	struct weft__abuf inq;
 	size_t inq_max;
-	weft_assuan_err inq_err;
 
-	int input_fd, output_fd;
 	int *pfds; /* passed by the peer, oldest first */
-	unsigned npfds;
 	int *allowed;
+	weft_defer kick;
+	bool *done_flag;
+
+	enum cstate state;
+	enum builtin cur_builtin;
+	weft_assuan_err err_no;
+	weft_assuan_err inq_err;
+	int input_fd, output_fd;
+	unsigned npfds;
 	unsigned nallowed;
 	pid_t peer_pid;
-
-	weft_defer kick;
+	unsigned depth;
+	bool eof;
+	bool force_close, bye, greeted, close_after_write, fd_receiver;
 	bool closed;
-	bool *done_flag;
 	char in_small[IN_SMALL];
 };
 
@@ -1220,8 +1219,10 @@ static void conn_close(weft_assuan_conn *c)
 	for (unsigned i = 0; i < c->nallowed; i++)
 		close(c->allowed[i]);
 	c->nallowed = 0;
-	if (srv->freeing) {
-		/* The server goes now: no loop pass will come for us. */
+	if (srv->freeing && c->depth == 0) {
+		/* The server goes now: finish here (a connection whose callback
+		 * is on the stack — the server freed from a handler — ends from
+		 * the loop instead; the server lives until it has). */
 		weft_defer_cancel(&c->kick);
 		if (srv->hooks.close)
 			srv->hooks.close(c, srv->hooks_data);
@@ -1390,6 +1391,7 @@ int weft_assuan_process_next(weft_assuan_conn *c, bool *done)
 	if (c == NULL || done == NULL)
 		return -EINVAL;
 	bool gone = false;
+	/* cppcheck-suppress autoVariables ; cleared below unless the conn is gone */
 	c->done_flag = &gone;
 	weft_loop *loop = c->srv->loop;
 	int r = 0;

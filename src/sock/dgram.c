@@ -672,3 +672,8 @@ void weft_dgram_close(weft_dgram *d)
 	d->bound.set = false;
 	unpin(d);
 }
+
+weft_loop *weft__dgram_loop(const weft_dgram *d)
+{
+	return d ? d->loop : NULL;
+}

@@ -36,4 +36,22 @@ struct weft__bound_path {
 int weft__bind(int fd, const weft_addr *addr, bool replace_stale, struct weft__bound_path *ret_bound);
 void weft__unlink_bound(const struct weft__bound_path *bound);
 
+/* Stacked transports (TLS over any stream).  weft__stream_take hands the
+ * transport of s to another layer: from then on readiness of s goes to
+ * hook(data, revents) instead of s's own requests, and the taker reads,
+ * writes and watches through weft__stream_raw_*, which call s's ops
+ * directly (raw_readv first returns bytes s had read ahead).  s must have
+ * no request attached (-EBUSY).  The taker closes s with weft_stream_close
+ * when done. */
+typedef void (*weft__stream_hook_fn)(void *data, unsigned revents);
+int weft__stream_take(weft_stream *s, weft__stream_hook_fn hook, void *data);
+ssize_t weft__stream_raw_readv(weft_stream *s, const struct iovec *iov, int count);
+ssize_t weft__stream_raw_writev(weft_stream *s, const struct iovec *iov, int count);
+int weft__stream_raw_shutdown(weft_stream *s);
+int weft__stream_raw_watch(weft_stream *s, unsigned events);
+size_t weft__stream_raw_pending(const weft_stream *s);
+
+/* The loop of a datagram socket (DTLS takes sockets over). */
+weft_loop *weft__dgram_loop(const weft_dgram *d);
+
 #endif

@@ -98,6 +98,28 @@ static ssize_t sock_writev(weft_stream *s, const struct iovec *iov, int count)
 	return ret_errno(sendmsg(si->fd, &msg, MSG_NOSIGNAL));
 }
 
+static ssize_t sock_sendfd(weft_stream *s, const struct iovec *iov, int count, int fd)
+{
+	struct sock_impl *si = weft_stream_impl(s);
+	union {
+		struct cmsghdr align;
+		char buf[CMSG_SPACE(sizeof(int))];
+	} ctl;
+	memset(&ctl, 0, sizeof(ctl));
+	struct msghdr msg = {
+		.msg_iov = (struct iovec *)iov,
+		.msg_iovlen = (size_t)count,
+		.msg_control = ctl.buf,
+		.msg_controllen = sizeof(ctl.buf),
+	};
+	struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+	c->cmsg_level = SOL_SOCKET;
+	c->cmsg_type = SCM_RIGHTS;
+	c->cmsg_len = CMSG_LEN(sizeof(int));
+	memcpy(CMSG_DATA(c), &fd, sizeof(int));
+	return ret_errno(sendmsg(si->fd, &msg, MSG_NOSIGNAL));
+}
+
 static int sock_shutdown(weft_stream *s)
 {
 	struct sock_impl *si = weft_stream_impl(s);
@@ -128,6 +150,7 @@ static const weft_stream_ops sock_ops = {
 	.name = "socket",
 	.readv = sock_readv,
 	.writev = sock_writev,
+	.sendfd = sock_sendfd,
 	.shutdown = sock_shutdown,
 	.close = sock_close,
 	.watch = sock_watch,

@@ -43,6 +43,10 @@ struct weft_stream {
 	bool closing;
 	weft_stream_close_cb close_cb;
 	void *close_data;
+
+	/* Taken by a stacked transport (TLS): readiness goes to hook. */
+	weft__stream_hook_fn hook;
+	void *hook_data;
 };
 
 struct readv_state {
@@ -64,6 +68,7 @@ struct writev_state {
 	size_t count, idx;
 	uint64_t total;
 	bool shutdown; /* a shutdown request, not a write */
+	int fd;        /* >= 0: rides on the first byte (sent once) */
 	struct iovec inline_vec[4];
 };
 
@@ -227,6 +232,8 @@ static void stream_update_watch(weft_stream *s)
 	/* A reader between two vectors still wants data: keeping READ armed
 	 * costs nothing, dropping and re-adding it costs two syscalls. */
 	unsigned want = 0;
+	if (s->hook != NULL)
+		return; /* the taker watches through weft__stream_raw_watch */
 	if (s->reader != NULL && s->ra_len == 0)
 		want |= WEFT_IO_READ;
 	if (s->writer != NULL && s->write_blocked)
@@ -241,7 +248,69 @@ void weft_stream_ready(weft_stream *s, unsigned revents)
 {
 	if (s == NULL || s->closing)
 		return;
+	if (s->hook != NULL) {
+		s->hook(s->hook_data, revents);
+		return;
+	}
 	stream_serve(s, revents);
+}
+
+/* ---- stacked transports ------------------------------------------------- */
+
+int weft__stream_take(weft_stream *s, weft__stream_hook_fn hook, void *data)
+{
+	if (s == NULL || hook == NULL || s->closing)
+		return -EINVAL;
+	if (s->hook != NULL || !weft__list_empty(&s->ops_list))
+		return -EBUSY;
+	weft_defer_cancel(&s->kick);
+	s->hook = hook;
+	s->hook_data = data;
+	return 0;
+}
+
+ssize_t weft__stream_raw_readv(weft_stream *s, const struct iovec *iov, int count)
+{
+	if (s->ra_len > 0) {
+		/* Bytes the stream read ahead before it was taken come first. */
+		size_t done = 0;
+		for (int i = 0; i < count && s->ra_len > 0; i++) {
+			size_t n = iov[i].iov_len < s->ra_len ? iov[i].iov_len : s->ra_len;
+			memcpy(iov[i].iov_base, s->ra + s->ra_off, n);
+			s->ra_off += n;
+			s->ra_len -= n;
+			done += n;
+		}
+		if (s->ra_len == 0)
+			s->ra_off = 0;
+		return (ssize_t)done;
+	}
+	return s->ops->readv(s, iov, count);
+}
+
+ssize_t weft__stream_raw_writev(weft_stream *s, const struct iovec *iov, int count)
+{
+	return s->ops->writev(s, iov, count);
+}
+
+int weft__stream_raw_shutdown(weft_stream *s)
+{
+	return s->ops->shutdown ? s->ops->shutdown(s) : -EOPNOTSUPP;
+}
+
+int weft__stream_raw_watch(weft_stream *s, unsigned events)
+{
+	if (events == s->watching)
+		return 0;
+	int r = s->ops->watch(s, events);
+	if (r == 0)
+		s->watching = events;
+	return r;
+}
+
+size_t weft__stream_raw_pending(const weft_stream *s)
+{
+	return s->ra_len + (s->ops->pending ? s->ops->pending((weft_stream *)s) : 0);
 }
 
 static void serve_write(weft_stream *s);
@@ -566,6 +635,7 @@ static weft_req *writev_new(weft_stream *s, const struct iovec *vector, size_t c
 		return req;
 	}
 	st->shutdown = shutdown;
+	st->fd = -1;
 	if (count <= sizeof(st->inline_vec) / sizeof(st->inline_vec[0])) {
 		st->vec = st->inline_vec;
 	} else {
@@ -587,6 +657,10 @@ static void serve_write(weft_stream *s)
 	struct writev_state *st = weft_req_state(req);
 	if (st->shutdown) {
 		int r = s->ops->shutdown ? s->ops->shutdown(s) : -EOPNOTSUPP;
+		if (r == -EAGAIN) {
+			s->write_blocked = true; /* TLS: close_notify waits for room */
+			return;
+		}
 		if (!weft_req_error(req, r))
 			weft_req_done(req);
 		return;
@@ -597,7 +671,9 @@ static void serve_write(weft_stream *s)
 			continue;
 		}
 		size_t n = st->count - st->idx;
-		ssize_t w = s->ops->writev(s, &st->vec[st->idx], n > MAX_IOV ? MAX_IOV : (int)n);
+		int cnt = n > MAX_IOV ? MAX_IOV : (int)n;
+		ssize_t w = st->fd >= 0 ? s->ops->sendfd(s, &st->vec[st->idx], cnt, st->fd)
+			: s->ops->writev(s, &st->vec[st->idx], cnt);
 		if (w == -EAGAIN || w == -EWOULDBLOCK) {
 			s->write_blocked = true;
 			return;
@@ -608,6 +684,7 @@ static void serve_write(weft_stream *s)
 			weft_req_error(req, (int)w); /* EPIPE, ECONNRESET, ... */
 			return;
 		}
+		st->fd = -1; /* on the first byte, never again on a retry */
 		st->total += (uint64_t)w;
 		weft_req_set_progress(req, st->total);
 		size_t left = (size_t)w;
@@ -711,6 +788,26 @@ weft_req *weft_stream_writev_queue_send(weft_stream *s, weft_queue *queue, const
 		return req;
 	int r = weft_queue_add_now(queue ? queue : s->wqueue, req, write_start, NULL);
 	weft_req_error(req, r);
+	return req;
+}
+
+weft_req *weft_stream_sendfd_send(weft_stream *s, int fd, const void *buf, size_t len)
+{
+	struct iovec iov = {(void *)buf, len};
+	weft_req *req = writev_new(s, &iov, 1, false);
+	if (req == NULL || !weft_req_is_in_progress(req))
+		return req;
+	if (fd < 0 || buf == NULL || len == 0) {
+		weft_req_error(req, EINVAL);
+		return req;
+	}
+	if (s->ops->sendfd == NULL) {
+		weft_req_error(req, EOPNOTSUPP);
+		return req;
+	}
+	struct writev_state *st = weft_req_state(req);
+	st->fd = fd;
+	weft_req_error(req, weft_queue_add_now(s->wqueue, req, write_start, NULL));
 	return req;
 }
 

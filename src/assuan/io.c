@@ -1,0 +1,117 @@
+/* The pump between an Assuan endpoint (server connection or client) and its
+ * weft_stream.  The input buffer is allocated at the first read; output is
+ * written once per pass of the owner, not once per line. */
+#include "assuan-private.h"
+
+#include <errno.h>
+#include <stdlib.h>
+
+#define IN_CAP 16384 /* a line is at most 1002 bytes; room for many */
+
+void weft__apump_init(struct weft__apump *p, weft_stream *s, void (*event)(struct weft__apump *p))
+{
+	*p = (struct weft__apump){.s = s, .event = event};
+}
+
+static void read_done(weft_req *req, void *data)
+{
+	struct weft__apump *p = data;
+	int err = 0;
+	ssize_t n = weft_stream_read_recv(req, &err);
+	weft_req_free(req);
+	p->rreq = NULL;
+	if (n > 0) {
+		p->in.len += (size_t)n;
+	} else {
+		p->eof = true;
+		if (err != EPIPE && p->err == 0)
+			p->err = err; /* EPIPE is the orderly end */
+	}
+	p->event(p);
+}
+
+int weft__apump_read(struct weft__apump *p)
+{
+	if (p->s == NULL || p->eof || p->rreq != NULL)
+		return 0;
+	if (p->in.buf == NULL) {
+		p->in.buf = malloc(IN_CAP);
+		if (p->in.buf == NULL)
+			return -ENOMEM;
+		p->in.cap = IN_CAP;
+	}
+	size_t room = weft__ain_compact(&p->in);
+	if (room == 0)
+		return 0; /* full of lines the owner does not take yet */
+	p->rreq = weft_stream_read_send(p->s, p->in.buf + p->in.len, room);
+	if (p->rreq == NULL)
+		return -ENOMEM;
+	weft_req_set_callback(p->rreq, read_done, p);
+	return 0;
+}
+
+static void write_done(weft_req *req, void *data)
+{
+	struct weft__apump *p = data;
+	int err = 0;
+	ssize_t r = weft_stream_writev_recv(req, &err);
+	weft_req_free(req);
+	p->wreq = NULL;
+	p->wbuf.len = 0;
+	if (r < 0 && p->err == 0)
+		p->err = err;
+	p->event(p);
+}
+
+int weft__apump_flush(struct weft__apump *p)
+{
+	if (p->err != 0)
+		return -p->err;
+	if (p->s == NULL || p->wreq != NULL || p->out.len == 0)
+		return 0;
+	struct iovec iov = {p->out.p, p->out.len};
+	ssize_t n = weft_stream_try_writev(p->s, &iov, 1);
+	if (n < 0 && n != -EAGAIN && n != -EWOULDBLOCK && n != -EBUSY) {
+		p->err = (int)-n;
+		return (int)n;
+	}
+	size_t done = n > 0 ? (size_t)n : 0;
+	if (done == p->out.len) {
+		p->out.len = 0;
+		return 0;
+	}
+	/* The rest goes by a request; new output gathers in the other buffer. */
+	struct weft__abuf t = p->wbuf;
+	p->wbuf = p->out;
+	p->out = t;
+	p->out.len = 0;
+	iov.iov_base = p->wbuf.p + done;
+	iov.iov_len = p->wbuf.len - done;
+	p->wreq = weft_stream_writev_queue_send(p->s, NULL, &iov, 1);
+	if (p->wreq == NULL) {
+		p->err = ENOMEM;
+		return -ENOMEM;
+	}
+	weft_req_set_callback(p->wreq, write_done, p);
+	return 0;
+}
+
+size_t weft__apump_pending(const struct weft__apump *p)
+{
+	return p->out.len + p->wbuf.len;
+}
+
+void weft__apump_close(struct weft__apump *p)
+{
+	weft_req_free(p->rreq); /* in progress: abandoned, no callback */
+	p->rreq = NULL;
+	weft_req_free(p->wreq);
+	p->wreq = NULL;
+	weft_stream_close(p->s, NULL, NULL);
+	p->s = NULL;
+	free(p->in.buf);
+	p->in = (struct weft__ain){0};
+	weft__abuf_free(&p->out);
+	weft__abuf_free(&p->wbuf);
+	p->eof = true;
+}

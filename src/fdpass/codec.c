@@ -1,0 +1,249 @@
+/* The fdpass framing codec: headers, and a decoder that turns bytes and
+ * descriptor batches into messages.  No system calls (descriptors to drop
+ * go to the close_fd hook), no clock. */
+#include "fdpass-private.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const uint8_t magic[4] = {'W', 'F', 'D', 'P'};
+
+/* Room offered beyond the current message, so one read can take several
+ * small pipelined messages. */
+#define READAHEAD 16384u
+
+static void put_be16(uint8_t *p, uint16_t v)
+{
+	p[0] = (uint8_t)(v >> 8);
+	p[1] = (uint8_t)v;
+}
+
+static void put_be32(uint8_t *p, uint32_t v)
+{
+	p[0] = (uint8_t)(v >> 24);
+	p[1] = (uint8_t)(v >> 16);
+	p[2] = (uint8_t)(v >> 8);
+	p[3] = (uint8_t)v;
+}
+
+static uint16_t get_be16(const uint8_t *p)
+{
+	return (uint16_t)((unsigned)p[0] << 8 | p[1]);
+}
+
+static uint32_t get_be32(const uint8_t *p)
+{
+	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+void weft__fdp_put_header(uint8_t *out, const struct weft__fdp_hdr *hdr)
+{
+	memcpy(out, magic, sizeof(magic));
+	out[4] = WEFT__FDP_VERSION;
+	out[5] = hdr->type;
+	put_be16(out + 6, hdr->nfds);
+	put_be32(out + 8, hdr->len);
+	put_be32(out + 12, hdr->seq);
+}
+
+int weft__fdp_get_header(const uint8_t *buf, uint32_t max_payload, uint32_t max_fds,
+		struct weft__fdp_hdr *ret_hdr)
+{
+	if (memcmp(buf, magic, sizeof(magic)) != 0 || buf[4] != WEFT__FDP_VERSION)
+		return -EPROTO;
+	struct weft__fdp_hdr h = {
+		.type = buf[5],
+		.nfds = get_be16(buf + 6),
+		.len = get_be32(buf + 8),
+		.seq = get_be32(buf + 12),
+	};
+	switch (h.type) {
+	case WEFT__FDP_REQUEST:
+	case WEFT__FDP_RESPONSE:
+		break;
+	case WEFT__FDP_ERROR:
+		if (h.len != 4 || h.nfds != 0)
+			return -EPROTO;
+		break;
+	default:
+		return -EPROTO;
+	}
+	if (h.len > max_payload)
+		return -EMSGSIZE;
+	if (h.nfds > max_fds)
+		return -ETOOMANYREFS;
+	*ret_hdr = h;
+	return 0;
+}
+
+/* ---- the decoder ---------------------------------------------------------- */
+
+void weft__fdp_dec_init(struct weft__fdp_dec *dec, uint32_t max_payload, uint32_t max_fds,
+		void (*close_fd)(int fd, void *ctx), void *close_ctx)
+{
+	memset(dec, 0, sizeof(*dec));
+	dec->max_payload = max_payload;
+	dec->max_fds = max_fds;
+	dec->close_fd = close_fd;
+	dec->close_ctx = close_ctx;
+}
+
+static void close_all(struct weft__fdp_dec *dec, const int *fds, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (fds[i] >= 0)
+			dec->close_fd(fds[i], dec->close_ctx);
+}
+
+static void drop_batches(struct weft__fdp_dec *dec)
+{
+	for (size_t i = 0; i < dec->nbatches; i++) {
+		close_all(dec, dec->batches[i].fds, dec->batches[i].n);
+	}
+	dec->nbatches = 0;
+	dec->regions_used = 0;
+}
+
+static int fail(struct weft__fdp_dec *dec, int err)
+{
+	assert(err < 0);
+	drop_batches(dec);
+	if (dec->err == 0)
+		dec->err = err;
+	return dec->err;
+}
+
+void weft__fdp_dec_clear(struct weft__fdp_dec *dec)
+{
+	drop_batches(dec);
+	free(dec->fdstore);
+	dec->fdstore = NULL;
+	free(dec->buf);
+	dec->buf = NULL;
+	dec->cap = dec->start = dec->end = dec->consume = 0;
+}
+
+/* Forget the message handed out last. */
+static void apply_consume(struct weft__fdp_dec *dec)
+{
+	dec->start += dec->consume;
+	dec->pos += dec->consume;
+	dec->consume = 0;
+	if (dec->start == dec->end)
+		dec->start = dec->end = 0;
+}
+
+size_t weft__fdp_dec_buffered(const struct weft__fdp_dec *dec)
+{
+	return dec->end - dec->start - dec->consume;
+}
+
+int weft__fdp_dec_space(struct weft__fdp_dec *dec, uint8_t **ret_buf, size_t *ret_len)
+{
+	if (dec->err)
+		return dec->err;
+	apply_consume(dec);
+	size_t have = dec->end - dec->start;
+	size_t want = WEFT__FDP_HDR - (have < WEFT__FDP_HDR ? have : 0);
+	if (have >= WEFT__FDP_HDR) {
+		struct weft__fdp_hdr h;
+		int r = weft__fdp_get_header(dec->buf + dec->start, dec->max_payload, dec->max_fds, &h);
+		if (r < 0)
+			return fail(dec, r);
+		size_t total = WEFT__FDP_HDR + h.len;
+		want = total > have ? total - have : 1;
+	}
+	if (want < READAHEAD)
+		want = READAHEAD;
+	if (dec->cap - dec->end < want && dec->start > 0) {
+		memmove(dec->buf, dec->buf + dec->start, have);
+		dec->start = 0;
+		dec->end = have;
+	}
+	if (dec->cap - dec->end < want) {
+		size_t cap = dec->end + want;
+		uint8_t *b = realloc(dec->buf, cap);
+		if (b == NULL)
+			return -ENOMEM; /* not sticky: the caller may try again */
+		dec->buf = b;
+		dec->cap = cap;
+	}
+	*ret_buf = dec->buf + dec->end;
+	*ret_len = dec->cap - dec->end;
+	return 0;
+}
+
+int weft__fdp_dec_ack(struct weft__fdp_dec *dec, size_t n, const int *fds, size_t nfds, bool truncated)
+{
+	if (dec->err || truncated || nfds > dec->max_fds || (nfds > 0 && n == 0) ||
+	    (nfds > 0 && dec->nbatches == WEFT__FDP_MAX_BATCHES)) {
+		close_all(dec, fds, nfds);
+		if (dec->err)
+			return dec->err;
+		return fail(dec, truncated || nfds > dec->max_fds ? -ETOOMANYREFS : -EPROTO);
+	}
+	assert(n <= dec->cap - dec->end);
+	uint64_t from = dec->pos + (dec->end - dec->start);
+	if (nfds > 0) {
+		if (dec->fdstore == NULL)
+			dec->fdstore = malloc((WEFT__FDP_MAX_BATCHES + 1) * WEFT_FDPASS_MAX_FDS_LIMIT * sizeof(int));
+		if (dec->fdstore == NULL) {
+			close_all(dec, fds, nfds);
+			return fail(dec, -ENOMEM);
+		}
+		unsigned region = 0;
+		while (dec->regions_used & (1u << region))
+			region++; /* fewer than WEFT__FDP_MAX_BATCHES are in use */
+		dec->regions_used |= 1u << region;
+		int *store = dec->fdstore + region * WEFT_FDPASS_MAX_FDS_LIMIT;
+		memcpy(store, fds, nfds * sizeof(int));
+		dec->batches[dec->nbatches++] = (struct weft__fdp_batch){
+			.from = from, .to = from + n, .fds = store, .n = nfds, .region = region};
+	}
+	dec->end += n;
+	return 0;
+}
+
+int weft__fdp_dec_next(struct weft__fdp_dec *dec, struct weft__fdp_msg *ret_msg)
+{
+	if (dec->err)
+		return dec->err;
+	apply_consume(dec);
+	size_t have = dec->end - dec->start;
+	uint64_t p = dec->pos;
+	/* A batch whose read ended before the next message starts belongs to
+	 * no message's first byte. */
+	if (dec->nbatches > 0 && dec->batches[0].to <= p)
+		return fail(dec, -EPROTO);
+	if (have < WEFT__FDP_HDR)
+		return 0;
+	struct weft__fdp_hdr h;
+	int r = weft__fdp_get_header(dec->buf + dec->start, dec->max_payload, dec->max_fds, &h);
+	if (r < 0)
+		return fail(dec, r);
+	uint64_t e = p + WEFT__FDP_HDR + h.len; /* where the next message starts */
+	if (dec->nbatches > 0 && dec->batches[0].from > p && dec->batches[0].to <= e)
+		return fail(dec, -EPROTO); /* descriptors inside this message */
+	if (have < WEFT__FDP_HDR + h.len)
+		return 0;
+	struct weft__fdp_batch *b = dec->nbatches > 0 ? &dec->batches[0] : NULL;
+	bool take = b != NULL && b->from <= p && e >= b->to;
+	size_t n = take ? b->n : 0;
+	if (n != h.nfds)
+		return fail(dec, -EPROTO);
+	int *fds = NULL;
+	if (take) {
+		fds = dec->fdstore + WEFT__FDP_MAX_BATCHES * WEFT_FDPASS_MAX_FDS_LIMIT;
+		memcpy(fds, b->fds, n * sizeof(int));
+		dec->regions_used &= ~(1u << b->region);
+		dec->nbatches--;
+		memmove(&dec->batches[0], &dec->batches[1], dec->nbatches * sizeof(dec->batches[0]));
+	}
+	ret_msg->hdr = h;
+	ret_msg->payload = dec->buf + dec->start + WEFT__FDP_HDR;
+	ret_msg->fds = fds;
+	dec->consume = WEFT__FDP_HDR + h.len;
+	return 1;
+}

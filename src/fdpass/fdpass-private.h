@@ -1,0 +1,153 @@
+/* Internals of the fdpass module (src/fdpass/): the sans-I/O framing codec
+ * (codec.c) and the socket helpers the drivers share (io.c). */
+#ifndef WEFT_FDPASS_PRIVATE_H
+#define WEFT_FDPASS_PRIVATE_H
+
+#include <weft/fdpass.h>
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- wire format (docs/fdpass.md) ------------------------------------------
+ *
+ *   offset size  field
+ *        0    4  magic "WFDP"
+ *        4    1  version (1)
+ *        5    1  type: 1 request, 2 response, 3 error (payload: errno, u32)
+ *        6    2  number of descriptors in SCM_RIGHTS on byte 0 (big-endian)
+ *        8    4  payload length (big-endian)
+ *       12    4  sequence number (big-endian): the client numbers its
+ *                requests from 1, the server echoes the number
+ *       16       payload
+ */
+#define WEFT__FDP_HDR 16u
+#define WEFT__FDP_VERSION 1u
+
+enum weft__fdp_type {
+	WEFT__FDP_REQUEST = 1,
+	WEFT__FDP_RESPONSE = 2,
+	WEFT__FDP_ERROR = 3,
+};
+
+struct weft__fdp_hdr {
+	uint8_t type;
+	uint16_t nfds;
+	uint32_t len;
+	uint32_t seq;
+};
+
+/* Write a header into out[0..WEFT__FDP_HDR). */
+void weft__fdp_put_header(uint8_t *out, const struct weft__fdp_hdr *hdr);
+
+/* Parse a header from buf[0..WEFT__FDP_HDR).  Returns 0, -EPROTO (bad
+ * magic, version or type), -EMSGSIZE (len > max_payload), -ETOOMANYREFS
+ * (nfds > max_fds). */
+int weft__fdp_get_header(const uint8_t *buf, uint32_t max_payload, uint32_t max_fds,
+		struct weft__fdp_hdr *ret_hdr);
+
+/* ---- the decoder: bytes and descriptors in, messages out ------------------
+ *
+ * The driver asks for space (weft__fdp_dec_space), fills some of it from
+ * the socket and acknowledges what it wrote together with the descriptors
+ * that came with those bytes (weft__fdp_dec_ack); then it takes complete
+ * messages out (weft__fdp_dec_next) until that returns 0.
+ *
+ * Which message owns a batch of descriptors: the kernel delivers the
+ * descriptors of a sendmsg with the bytes of that sendmsg's first chunk and
+ * stops the read right after it, so a batch belongs to the last message
+ * whose first byte arrived in the same read.  A batch with no message
+ * starting in its read, or a count different from the header's, is a
+ * protocol error.  The decoder makes no system call: the descriptors it
+ * must drop go to close_fd. */
+struct weft__fdp_batch {
+	uint64_t from, to; /* stream offsets of the read the fds came with */
+	int *fds;          /* region `region` of the decoder's fd store */
+	size_t n;
+	unsigned region;
+};
+
+#define WEFT__FDP_MAX_BATCHES 4
+
+struct weft__fdp_dec {
+	uint32_t max_payload;
+	uint32_t max_fds;
+	void (*close_fd)(int fd, void *ctx);
+	void *close_ctx;
+
+	uint8_t *buf;
+	size_t cap;
+	size_t start;    /* first unconsumed byte */
+	size_t end;      /* one past the last byte received */
+	uint64_t pos;    /* stream offset of buf[start] */
+	size_t consume;  /* bytes of the message handed out last, consumed on the next call */
+
+	struct weft__fdp_batch batches[WEFT__FDP_MAX_BATCHES];
+	size_t nbatches;
+	/* Descriptor storage, allocated once on the first descriptor: one
+	 * region of WEFT_FDPASS_MAX_FDS_LIMIT per batch, and one for the
+	 * message handed out last. */
+	int *fdstore;
+	unsigned regions_used; /* bit i: batch region i */
+
+	int err;         /* sticky: once failed, every call returns it */
+};
+
+/* A decoded message: header, payload pointing into the decoder's buffer,
+ * descriptors in fds[0..hdr.nfds) (NULL when none).  Both arrays are valid
+ * until the next decoder call; the descriptors themselves now belong to the
+ * caller (the decoder no longer closes them). */
+struct weft__fdp_msg {
+	struct weft__fdp_hdr hdr;
+	const uint8_t *payload;
+	int *fds;
+};
+
+void weft__fdp_dec_init(struct weft__fdp_dec *dec, uint32_t max_payload, uint32_t max_fds,
+		void (*close_fd)(int fd, void *ctx), void *close_ctx);
+/* Close every descriptor still held and free the buffer. */
+void weft__fdp_dec_clear(struct weft__fdp_dec *dec);
+
+/* Room for at least one more byte: *ret_buf / *ret_len.  Returns 0,
+ * -ENOMEM, or the sticky error. */
+int weft__fdp_dec_space(struct weft__fdp_dec *dec, uint8_t **ret_buf, size_t *ret_len);
+
+/* n bytes were written at the space; fds[0..nfds) (ownership passes to the
+ * decoder, also on failure) came with them; truncated: the kernel dropped
+ * descriptors (MSG_CTRUNC).  Returns 0 or -errno (the error is sticky and
+ * every descriptor held is closed): -ETOOMANYREFS (truncated, or more than
+ * max_fds), -EPROTO (too many batches pending), -ENOMEM. */
+int weft__fdp_dec_ack(struct weft__fdp_dec *dec, size_t n, const int *fds, size_t nfds, bool truncated);
+
+/* Returns 1 and a message, 0 when more bytes are needed, or -errno (sticky;
+ * every descriptor held is closed): -EPROTO, -EMSGSIZE, -ETOOMANYREFS. */
+int weft__fdp_dec_next(struct weft__fdp_dec *dec, struct weft__fdp_msg *ret_msg);
+
+/* Bytes received but not yet handed out as messages (0 between messages). */
+size_t weft__fdp_dec_buffered(const struct weft__fdp_dec *dec);
+
+/* ---- socket helpers (io.c) -------------------------------------------------- */
+
+/* close(2) for the decoder's close_fd. */
+void weft__fdp_close_fd(int fd, void *ctx);
+
+/* One non-blocking sendmsg of buf[0..len) with fds on its first byte
+ * (nfds 0: none).  Returns bytes sent or -errno (-EAGAIN). */
+ssize_t weft__fdp_sendmsg(int sock, const void *buf, size_t len, const int *fds, size_t nfds);
+
+/* One non-blocking recvmsg into buf[0..len) with MSG_CMSG_CLOEXEC; up to
+ * maxfds descriptors land in fds (more are closed and *ret_truncated set,
+ * as for MSG_CTRUNC).  Returns bytes (0: end of stream) or -errno.  On
+ * error no descriptor is left open. */
+ssize_t weft__fdp_recvmsg(int sock, void *buf, size_t len, int *fds, size_t maxfds,
+		size_t *ret_nfds, bool *ret_truncated);
+
+/* Resolve zero fields of limits to defaults into ret; -EINVAL above the
+ * ceilings. */
+int weft__fdp_limits(const weft_fdpass_limits *in, weft_fdpass_limits *ret);
+
+/* Fill an error record. */
+void weft__fdp_error(weft_fdpass_error *e, weft_fdpass_phase phase, weft_fdpass_op op, int err,
+		const char *what);
+
+#endif
