@@ -3,6 +3,10 @@
 #include "assuan-private.h"
 
 #include <errno.h>
+#include <stdint.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -108,27 +112,54 @@ size_t weft__ain_compact(struct weft__ain *in)
 
 /* ---- output --------------------------------------------------------------- */
 
-/* Where the next byte that needs escaping (%, CR, LF) is, from p[i] on:
- * memchr for each of the three, remembered until passed — so the bytes are
- * scanned at memchr's speed and each call finds one escape. */
-struct esc_scan {
-	size_t next[3];
-};
-
-static const unsigned char esc_chars[3] = {'%', '\r', '\n'};
-
-static size_t esc_next(struct esc_scan *sc, const unsigned char *p, size_t i, size_t n)
+static bool needs_escape(unsigned char c)
 {
-	size_t best = n;
-	for (int k = 0; k < 3; k++) {
-		if (sc->next[k] < i) {
-			const unsigned char *q = memchr(p + i, esc_chars[k], n - i);
-			sc->next[k] = q ? (size_t)(q - p) : n;
-		}
-		if (sc->next[k] < best)
-			best = sc->next[k];
+	return c == '%' || c == '\r' || c == '\n';
+}
+
+/* The high bit of every byte of w that is %, CR or LF (and maybe of bytes
+ * above such a byte: only the lowest flag is exact). */
+static inline uint64_t esc_flags(uint64_t w)
+{
+	const uint64_t ones = 0x0101010101010101u, highs = 0x8080808080808080u;
+	uint64_t a = w ^ (ones * '%'), b = w ^ (ones * '\r'), c = w ^ (ones * '\n');
+	return (((a - ones) & ~a) | ((b - ones) & ~b) | ((c - ones) & ~c)) & highs;
+}
+
+/* Copy the bytes from p on that need no escape (at most lim) to o and
+ * return how many: sixteen at a time with SSE2, else eight at a time.  It
+ * may write up to lim bytes at o, past the run. */
+static size_t copy_plain(char *o, const unsigned char *p, size_t lim)
+{
+	size_t i = 0;
+#ifdef __SSE2__
+	const __m128i pct = _mm_set1_epi8('%'), cr = _mm_set1_epi8('\r'), lf = _mm_set1_epi8('\n');
+	for (; i + 16 <= lim; i += 16) {
+		__m128i v = _mm_loadu_si128((const __m128i *)(const void *)(p + i));
+		_mm_storeu_si128((__m128i *)(void *)(o + i), v);
+		__m128i e = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, pct), _mm_cmpeq_epi8(v, cr)),
+				_mm_cmpeq_epi8(v, lf));
+		unsigned m = (unsigned)_mm_movemask_epi8(e);
+		if (m != 0)
+			return i + (size_t)__builtin_ctz(m);
 	}
-	return best;
+#endif
+	for (; i + 8 <= lim; i += 8) {
+		uint64_t w;
+		memcpy(&w, p + i, 8);
+		memcpy(o + i, &w, 8);
+		uint64_t f = esc_flags(w);
+		if (f != 0) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+			return i + ((size_t)__builtin_ctzll(f) >> 3);
+#else
+			break; /* find it byte by byte */
+#endif
+		}
+	}
+	for (; i < lim && !needs_escape(p[i]); i++)
+		o[i] = (char)p[i];
+	return i;
 }
 
 int weft__aenc_data(struct weft__abuf *b, size_t *dcount, const unsigned char *p, size_t n)
@@ -142,11 +173,6 @@ int weft__aenc_data(struct weft__abuf *b, size_t *dcount, const unsigned char *p
 	char *o = b->p + b->len;
 	size_t dc = *dcount;
 	size_t i = 0;
-	struct esc_scan sc;
-	for (int k = 0; k < 3; k++) {
-		const unsigned char *q = memchr(p, esc_chars[k], n);
-		sc.next[k] = q ? (size_t)(q - p) : n;
-	}
 	while (i < n) {
 		if (dc == 0) {
 			*o++ = 'D';
@@ -155,10 +181,7 @@ int weft__aenc_data(struct weft__abuf *b, size_t *dcount, const unsigned char *p
 		}
 		/* A run of plain bytes that fits the line. */
 		size_t room = DLINE_FLUSH - dc;
-		size_t run = esc_next(&sc, p, i, n) - i;
-		if (run > room)
-			run = room;
-		memcpy(o, p + i, run);
+		size_t run = copy_plain(o, p + i, n - i < room ? n - i : room);
 		o += run;
 		dc += run;
 		i += run;
@@ -244,15 +267,40 @@ static int hexval(unsigned char c)
 	return -1;
 }
 
-ssize_t weft__adecode(char *s, size_t n, bool strict)
+/* Copy bytes up to the next % (at most lim) from s to d; return how many.
+ * d may be s or lie before it (decoding in place). */
+static size_t copy_to_pct(char *d, const char *s, size_t lim)
 {
-	char *pct = memchr(s, '%', n);
-	if (pct == NULL)
-		return (ssize_t)n;
-	size_t i = (size_t)(pct - s);
-	size_t o = i;
+	size_t i = 0;
+#ifdef __SSE2__
+	const __m128i pct = _mm_set1_epi8('%');
+	for (; i + 16 <= lim; i += 16) {
+		__m128i v = _mm_loadu_si128((const __m128i *)(const void *)(s + i));
+		unsigned m = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(v, pct));
+		if (m != 0) {
+			size_t k = (size_t)__builtin_ctz(m);
+			memmove(d + i, s + i, k);
+			return i + k;
+		}
+		_mm_storeu_si128((__m128i *)(void *)(d + i), v);
+	}
+#endif
+	const char *q = memchr(s + i, '%', lim - i);
+	size_t k = (q ? (size_t)(q - s) : lim) - i;
+	memmove(d + i, s + i, k);
+	return i + k;
+}
+
+ssize_t weft__adecode_to(char *d, const char *s, size_t n, bool strict)
+{
+	size_t i = 0, o = 0;
 	while (i < n) {
-		/* s[i] is a %; plain bytes up to the next one move in one piece */
+		size_t run = copy_to_pct(d + o, s + i, n - i);
+		o += run;
+		i += run;
+		if (i == n)
+			break;
+		/* s[i] is a % */
 		int h = -1, l = -1;
 		if (i + 2 < n) {
 			h = hexval((unsigned char)s[i + 1]);
@@ -261,17 +309,17 @@ ssize_t weft__adecode(char *s, size_t n, bool strict)
 		if (h < 0 || l < 0) {
 			if (strict)
 				return -1;
-			s[o++] = '%';
+			d[o++] = '%';
 			i++;
 		} else {
-			s[o++] = (char)(h << 4 | l);
+			d[o++] = (char)(h << 4 | l);
 			i += 3;
 		}
-		char *next = i < n ? memchr(s + i, '%', n - i) : NULL;
-		size_t run = (next ? (size_t)(next - s) : n) - i;
-		memmove(s + o, s + i, run);
-		o += run;
-		i += run;
 	}
 	return (ssize_t)o;
+}
+
+ssize_t weft__adecode(char *s, size_t n, bool strict)
+{
+	return weft__adecode_to(s, s, n, strict);
 }

@@ -24,6 +24,8 @@
  * bytes) always fits the big one. */
 #define IN_SMALL 128
 #define IN_BIG 65536
+/* Output buffers larger than this are given back once written. */
+#define OUT_KEEP 4096
 #define DEFAULT_OUTPUT_LIMIT (256u * 1024)
 #define DEFAULT_INQUIRE_LIMIT (1024u * 1024)
 #define DEFAULT_FDS 5
@@ -363,6 +365,8 @@ static void write_done(weft_req *req, void *data)
 	weft_req_free(req);
 	c->wreq = NULL;
 	c->wbuf.len = 0;
+	if (c->wbuf.cap > OUT_KEEP)
+		weft__abuf_free(&c->wbuf); /* a burst of D data is over */
 	if (r < 0) {
 		conn_close(c); /* the peer went away */
 		return;
@@ -388,6 +392,8 @@ static void conn_flush(weft_assuan_conn *c)
 	size_t done = n > 0 ? (size_t)n : 0;
 	if (done == c->out.len) {
 		c->out.len = 0;
+		if (c->out.cap > OUT_KEEP)
+			weft__abuf_free(&c->out); /* an idle connection keeps little */
 	} else {
 		/* Hand the rest to a write request; new answers gather in out. */
 		struct weft__abuf t = c->wbuf;
@@ -745,16 +751,21 @@ static void inquire_line(weft_assuan_conn *c, char *line, size_t len)
 	if ((line[0] == 'D' || line[0] == 'd') && line[1] == ' ') {
 		if (c->inq_err != 0)
 			return; /* failed already: read on to END */
-		ssize_t n = weft__adecode(line + 2, len - 2, true);
+		/* Decoded straight into the inquiry's buffer. */
+		if (weft__abuf_reserve(&c->inq, len - 2) < 0) {
+			c->inq_err = mkerr(c->srv, GPG_ERR_ENOMEM);
+			weft__abuf_free(&c->inq);
+			return;
+		}
+		ssize_t n = weft__adecode_to(c->inq.p + c->inq.len, line + 2, len - 2, true);
 		if (n < 0) {
 			c->inq_err = weft_assuan_set_error(c, mkerr(c->srv, GPG_ERR_ASS_SYNTAX),
 					"malformed percent escape in inquired data");
 		} else if (c->inq.len + (size_t)n > c->inq_max) {
 			c->inq_err = mkerr(c->srv, GPG_ERR_ASS_TOO_MUCH_DATA);
 			weft__abuf_free(&c->inq);
-		} else if (weft__abuf_put(&c->inq, line + 2, (size_t)n) < 0) {
-			c->inq_err = mkerr(c->srv, GPG_ERR_ENOMEM);
-			weft__abuf_free(&c->inq);
+		} else {
+			c->inq.len += (size_t)n;
 		}
 		return;
 	}
@@ -1404,8 +1415,15 @@ int weft_assuan_process_next(weft_assuan_conn *c, bool *done)
 	c->done_flag = &gone;
 	weft_loop *loop = c->srv->loop;
 	int r = 0;
+	/* The caller polled the connection's fd: serve its stream at once
+	 * (reads, answers, writes run from here), so that the loop — and its
+	 * epoll_wait — is needed only for work that was posted. */
+	if (!c->closed && c->greeted)
+		weft_stream_ready(c->s, WEFT_IO_READ | WEFT_IO_WRITE);
 	/* Run what is ready, and the work it posts, without waiting. */
 	for (int i = 0; i < 16 && !gone; i++) {
+		if (weft_loop_get_timeout(loop) != 0)
+			break; /* nothing ready but the fds, which were served */
 		r = weft_loop_run(loop, WEFT_RUN_NOWAIT);
 		if (r < 0 || weft_loop_get_timeout(loop) != 0)
 			break;
