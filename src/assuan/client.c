@@ -879,12 +879,26 @@ int weft_assuan_client_write_line(weft_assuan_client *cl, const char *line)
 
 ssize_t weft_assuan_client_read_line(weft_assuan_client *cl, char *buf, size_t size)
 {
-	if (cl == NULL || buf == NULL || size < WEFT_ASSUAN_LINELENGTH)
+	if (cl == NULL || buf == NULL || size == 0)
 		return -EINVAL;
 	if (cl->phase == P_DEAD)
 		return -EPIPE;
 	if (cl->phase != P_READY || cl->active != NULL || cl->discard > 0)
 		return -EAGAIN; /* a transaction reads the lines now */
+	/* Look at the next complete line before taking it: one that does not
+	 * fit buf stays. */
+	const struct weft__ain *in = &cl->io.in;
+	if (!in->discarding && in->len > 0) {
+		const char *start = in->buf + in->off;
+		const char *nl = memchr(start, '\n', in->len);
+		if (nl != NULL && (size_t)(nl - start) < WEFT_ASSUAN_LINELENGTH) {
+			size_t n = (size_t)(nl - start);
+			if (n > 0 && start[n - 1] == '\r')
+				n--;
+			if (n + 1 > size)
+				return -EMSGSIZE;
+		}
+	}
 	char *line;
 	size_t len;
 	enum weft__aline k = weft__ain_next(&cl->io.in, &line, &len);
