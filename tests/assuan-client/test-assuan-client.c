@@ -171,7 +171,11 @@ struct tx {
 	bool free_in_data;        /* weft_assuan_client_free from the data callback */
 	bool free_in_done;        /* ... from the completion callback */
 	bool free_req_in_data;    /* weft_req_free of itself from the data callback */
+	struct tx *then;          /* ... and then start this one */
+	const char *then_cmd;
 };
+
+static void tx_start(struct tx *tx, weft_assuan_client *cl, const char *cmd);
 
 static int g_order;
 
@@ -196,6 +200,8 @@ static weft_assuan_err tx_data(void *data, const void *buf, size_t len)
 		weft_req_free(tx->req);
 		tx->req = NULL;
 		tx->done = true;
+		if (tx->then)
+			tx_start(tx->then, tx->cl, tx->then_cmd);
 		return tx->fail;
 	}
 	if (tx->free_in_data) {
@@ -1662,6 +1668,21 @@ static void test_free_in_callback(void)
 	}
 	pair_close(&p);
 
+	/* ... and starts the next transaction there: the error it returns is
+	 * not the new one's answer (the new request may reuse the freed one's
+	 * memory) */
+	if (pair_open(&p, NULL)) {
+		struct tx b = {0};
+		struct tx a = {.free_req_in_data = true, .fail = 5, .then = &b, .then_cmd = "ECHO again"};
+		tx_start(&a, p.cl, "BLOB 5000");
+		CHECK(run_until(p.loop, &b.done, WAIT_MS));
+		CHECK_EQ(b.r, 0);
+		CHECK_EQ(b.answer, 0);
+		CHECK(b.dlen == 5 && memcmp(b.data, "again", 5) == 0);
+		CHECK(strcmp(g_srv.log, "BLOB,ECHO,") == 0);
+	}
+	pair_close(&p);
+
 	/* from the connect callback's failure path, and a free before the
 	 * greeting: the connect request completes ECANCELED */
 	weft_loop *loop = new_loop();
@@ -2115,6 +2136,31 @@ static void test_agent_basics(void)
 	free_loop(loop);
 }
 
+/* Two canonical public-key S-expressions are the same key: equal up to
+ * "(1:q", the same q once leading zero bytes are dropped (READKEY writes
+ * q as an unsigned MPI: 33:\0... when the first byte has its top bit set,
+ * GENKEY as the 32 raw bytes), the same tail. */
+static bool same_public_key(const unsigned char *a, size_t an, const unsigned char *b, size_t bn)
+{
+	const unsigned char *qa = memmem(a, an, "(1:q", 4), *qb = memmem(b, bn, "(1:q", 4);
+	if (qa == NULL || qb == NULL || qa - a != qb - b || memcmp(a, b, (size_t)(qa - a)) != 0)
+		return false;
+	char *ea, *eb;
+	unsigned long la = strtoul((const char *)qa + 4, &ea, 10), lb = strtoul((const char *)qb + 4, &eb, 10);
+	if (*ea != ':' || *eb != ':')
+		return false;
+	const unsigned char *pa = (const unsigned char *)ea + 1, *pb = (const unsigned char *)eb + 1;
+	if (pa + la > a + an || pb + lb > b + bn)
+		return false;
+	const unsigned char *enda = pa + la, *endb = pb + lb;
+	while (pa < enda && *pa == 0)
+		pa++;
+	while (pb < endb && *pb == 0)
+		pb++;
+	return enda - pa == endb - pb && enda - pa == 32 && memcmp(pa, pb, 32) == 0 &&
+	       a + an - enda == b + bn - endb && memcmp(enda, endb, (size_t)(a + an - enda)) == 0;
+}
+
 /* The answer to INQUIRE KEYPARAM comes from a timer, not the callback. */
 static void test_agent_genkey(void)
 {
@@ -2153,8 +2199,8 @@ static void test_agent_genkey(void)
 		REQUIRE(rk != NULL);
 		tx_run(rk, loop, cl, cmd);
 		CHECK_EQ(rk->answer, 0);
-		CHECK_EQ(rk->dlen, g->dlen);
-		if (rk->dlen != g->dlen) {
+		if (!same_public_key(g->data, g->dlen, rk->data, rk->dlen)) {
+			CHECK(!"READKEY gave another key than GENKEY");
 			printf("# GENKEY: ");
 			for (size_t i = 0; i < g->dlen; i++)
 				printf("%02x", g->data[i]);
@@ -2163,7 +2209,6 @@ static void test_agent_genkey(void)
 				printf("%02x", rk->data[i]);
 			printf("\n");
 		}
-		CHECK(rk->dlen == g->dlen && memcmp(rk->data, g->data, g->dlen) == 0);
 		snprintf(cmd, sizeof(cmd), "HAVEKEY %s", grip);
 		expect_ok(loop, cl, cmd);
 
