@@ -371,7 +371,10 @@ static void answer_line(weft_assuan_client *cl, char *line, size_t len)
 		kill_client(cl, EPROTO); /* not an Assuan answer */
 		return;
 	}
-	if (r != 0 && t != NULL && t->cl == cl)
+	/* The callback may have freed t's request (or the client) and even
+	 * started a transaction that reuses t's memory: t is only still ours
+	 * if it is still the active one. */
+	if (r != 0 && t != NULL && cl->active == t)
 		tr_end_early(cl, t, r);
 }
 
