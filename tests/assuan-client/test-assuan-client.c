@@ -1605,6 +1605,41 @@ static void test_timeout(void)
 	pair_close(&p);
 }
 
+/* A timeout while an INQUIRE waits (CAN goes out) and while queued (never
+ * sent). */
+static void test_timeout_inquire_queued(void)
+{
+	struct raw r;
+	if (raw_open(&r, "OK\n")) {
+		struct tx a = {.mode = INQ_WAIT}, b = {0}, c = {0};
+		tx_start(&a, r.cl, "ASK");
+		tx_start(&b, r.cl, "QUEUED");
+		tx_start(&c, r.cl, "LAST");
+		CHECK_EQ(weft_req_set_timeout(b.req, 30), 0);
+		raw_expect(&r, "ASK\n");
+		raw_send(&r, "INQUIRE KEY\n");
+		for (int i = 0; i < 500 && a.inquires == 0; i++)
+			run_for(r.loop, 2);
+		CHECK(run_until(r.loop, &b.done, WAIT_MS));
+		CHECK_EQ(b.r, -ETIMEDOUT);
+		CHECK_EQ(weft_req_set_timeout(a.req, 30), 0);
+		CHECK(run_until(r.loop, &a.done, WAIT_MS));
+		CHECK_EQ(a.r, -ETIMEDOUT);
+		raw_expect(&r, "CAN\n");
+		raw_expect_nothing(&r, 20);
+		raw_send(&r, "ERR 67109141 IPC call has been cancelled\n");
+		raw_expect(&r, "LAST\n"); /* QUEUED was never sent */
+		raw_send(&r, "OK\n");
+		CHECK(run_until(r.loop, &c.done, WAIT_MS));
+		CHECK_EQ(c.r, 0);
+		CHECK_EQ(c.answer, 0);
+		CHECK_EQ(weft_req_set_timeout(NULL, 5) < 0, 1);
+	}
+	raw_close(&r);
+}
+
+static int sendfd_sync(weft_loop *loop, weft_assuan_client *cl, int fd);
+
 /* ---- 7. the server goes away ---------------------------------------------- */
 
 static void test_server_dies(void)
@@ -1628,6 +1663,18 @@ static void test_server_dies(void)
 		CHECK_EQ(weft_assuan_client_read_line(p.cl, buf, sizeof(buf)), -EPIPE);
 		CHECK_EQ(weft_assuan_client_write_line(p.cl, "NOP"), -EPIPE);
 		CHECK_EQ(g_srv.closes, 1);
+	}
+	pair_close(&p);
+
+	/* the server closes while the client is idle: the next transaction
+	 * fails, so does a sendfd */
+	if (pair_open(&p, NULL)) {
+		weft_assuan_conn_close(p.conn);
+		run_for(p.loop, 20);
+		struct tx a = {0};
+		tx_run(&a, p.loop, p.cl, "NOP");
+		CHECK(a.r == -EPIPE || a.r == -ECONNRESET);
+		CHECK_EQ(sendfd_sync(p.loop, p.cl, 0) < 0, 1);
 	}
 	pair_close(&p);
 
@@ -1800,6 +1847,20 @@ static void test_sendfd(void)
 		CHECK(d.answer != 0);
 		/* a bad descriptor */
 		CHECK_EQ(sendfd_sync(p.loop, p.cl, -1), -EINVAL);
+		/* freed with a sendfd and a transaction in flight: both complete */
+		struct sendfd_wait w2 = {0};
+		fd = open(path, O_RDONLY | O_CLOEXEC);
+		req = weft_assuan_client_sendfd_send(p.cl, fd);
+		REQUIRE(req != NULL);
+		weft_req_set_callback(req, sendfd_done, &w2);
+		struct tx e = {0};
+		tx_start(&e, p.cl, "INPUT FD");
+		weft_assuan_client_free(p.cl);
+		p.cl = NULL;
+		CHECK(e.done);
+		CHECK_EQ(e.r, -ECANCELED);
+		CHECK(run_until(p.loop, &w2.done, WAIT_MS));
+		close(fd);
 		unlink(path);
 	}
 	pair_close(&p);
@@ -1949,6 +2010,25 @@ static void test_pipe_self(void)
 		CHECK_EQ(w.pid, pid);
 		CHECK(WIFEXITED(w.wstatus) && WEXITSTATUS(w.wstatus) == 3);
 	}
+	/* the pipe server is killed mid-transaction: EPIPE, the signal reported */
+	cl = connect_wait(loop, weft_assuan_pipe_connect_send(loop, argv, NULL, 0, 0), &err);
+	CHECK_EQ(err, 0);
+	if (cl != NULL) {
+		pid_t pid = weft_assuan_client_pid(cl);
+		struct exit_wait w = {0};
+		CHECK_EQ(weft_assuan_client_on_exit(cl, on_exit_cb, &w), 0);
+		struct tx a = {0}, b = {0};
+		tx_start(&a, cl, "SLEEP 5000");
+		tx_start(&b, cl, "NOP");
+		run_for(loop, 20);
+		kill(pid, SIGKILL);
+		CHECK(run_until(loop, &b.done, WAIT_MS));
+		CHECK(a.r == -EPIPE || a.r == -ECONNRESET);
+		CHECK_EQ(b.r, a.r);
+		CHECK(run_until(loop, &w.done, WAIT_MS));
+		CHECK(WIFSIGNALED(w.wstatus) && WTERMSIG(w.wstatus) == SIGKILL);
+		weft_assuan_client_free(cl);
+	}
 	/* a program that does not exist */
 	const char *nope[] = {"/nonexistent/weft-no-such-server", NULL};
 	CHECK(connect_wait(loop, weft_assuan_pipe_connect_send(loop, nope, NULL, 0, 0), &err) == NULL);
@@ -1994,6 +2074,7 @@ static int pipe_server_main(void)
 	weft_assuan_server_set_hello(srv, hello);
 	weft_assuan_register(srv, "INO", cmd_ino, NULL, NULL);
 	weft_assuan_register(srv, "EXITCODE", cmd_exitcode, NULL, NULL);
+	weft_assuan_register(srv, "SLEEP", cmd_sleep, NULL, NULL);
 	weft_assuan_hooks hooks = {.close = child_close};
 	weft_assuan_server_set_hooks(srv, &hooks, NULL);
 	const char *cfd = getenv("_assuan_connection_fd");
@@ -2612,6 +2693,7 @@ int main(int argc, char **argv)
 	run("cancel during INQUIRE sends CAN", test_cancel_inquire);
 	run("cancel while queued", test_cancel_queued);
 	run("per-transaction timeout", test_timeout);
+	run("timeout during INQUIRE and while queued", test_timeout_inquire_queued);
 	run("server dies mid-transaction", test_server_dies);
 	run("client_free from callbacks", test_free_in_callback);
 	run("sendfd + INPUT FD (same inode)", test_sendfd);
