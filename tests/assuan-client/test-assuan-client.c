@@ -30,6 +30,7 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -2604,6 +2605,28 @@ static void test_tool_kv(void)
 	unlink(cpath);
 }
 
+/* --timeout bounds the wait for the greeting too: a server that accepts
+ * (the backlog does) and never greets. */
+static void test_tool_no_greeting(void)
+{
+	char path[128];
+	snprintf(path, sizeof(path), "%s/mute", g_dir);
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	REQUIRE(fd >= 0);
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	REQUIRE(strlen(path) < sizeof(sa.sun_path));
+	memcpy(sa.sun_path, path, strlen(path) + 1);
+	CHECK_EQ(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	CHECK_EQ(listen(fd, 8), 0);
+	uint64_t t0 = t_now_ms();
+	run_tool(TOOL("-S", path, "--timeout", "300", "NOP"), NULL, 8000, &g_out);
+	CHECK_EQ(g_out.status, 2);
+	CHECK(t_now_ms() - t0 < 6000);
+	CHECK(memmem(g_out.err, g_out.errlen, "timed out", 9) != NULL);
+	close(fd);
+	unlink(path);
+}
+
 static void test_tool_agent(void)
 {
 	REQUIRE(g_have_agent);
@@ -2713,6 +2736,7 @@ int main(int argc, char **argv)
 		printf("# weft-kv could not be started\n");
 	run("weft-connect against weft-kv", test_tool_kv);
 	kv_stop();
+	run("weft-connect --timeout while waiting for the greeting", test_tool_no_greeting);
 	run("weft-connect against gpg-agent", test_tool_agent);
 	agent_stop();
 	return t_finish();
