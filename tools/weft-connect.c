@@ -45,7 +45,7 @@ static const char usage[] =
 	"      --inquire KW=FILE  answer INQUIRE KW with the contents of FILE\n"
 	"      --inquire-prog KW=CMD  answer INQUIRE KW with the output of CMD (sh -c)\n"
 	"      --sendfd FILE      pass FILE (opened read-only) before the first command\n"
-	"  -t, --timeout MS       fail a command that takes longer than MS\n"
+	"  -t, --timeout MS       fail a command (or the greeting) that takes longer than MS\n"
 #ifdef HAVE_TLS
 	"      --tls              speak TLS on the connection (-S tcp:HOST:PORT or a socket)\n"
 	"      --cafile FILE      trust the CA certificates in FILE (default: the system's)\n"
@@ -678,7 +678,11 @@ int main(int argc, char **argv)
 #ifdef HAVE_TLS
 	if (!tls.on)
 #endif
+	{
+		if (g.timeout)
+			weft_req_set_timeout(req, g.timeout); /* a server that never greets */
 		weft_req_set_callback(req, connected, (void *)sendfd_path);
+	}
 	int stdin_flags = fcntl(0, F_GETFL);
 	if (g.interactive) {
 		fcntl(0, F_SETFL, stdin_flags | O_NONBLOCK);
