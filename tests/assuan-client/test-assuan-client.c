@@ -788,8 +788,10 @@ struct out {
 	int status; /* exit status, or -1 (killed, crashed) */
 };
 
-/* Run argv with `input` on stdin (NULL: /dev/null), collect stdout and
- * stderr, and its exit status; killed after ms. */
+static int g_stdin_fd = -1; /* run_tool: stdin from this fd (when input is NULL) */
+
+/* Run argv with `input` on stdin (NULL: /dev/null or g_stdin_fd), collect
+ * stdout and stderr, and its exit status; killed after ms. */
 static void run_tool(const char *const argv[], const char *input, unsigned ms, struct out *o)
 {
 	memset(o, 0, sizeof(*o));
@@ -803,7 +805,7 @@ static void run_tool(const char *const argv[], const char *input, unsigned ms, s
 		CHECK(!"pipe");
 		return;
 	}
-	pid_t pid = spawn(argv, pi[0], po[1], pe[1]);
+	pid_t pid = spawn(argv, input ? pi[0] : g_stdin_fd, po[1], pe[1]);
 	g_tool_pid = pid;
 	close(po[1]);
 	close(pe[1]);
@@ -2546,6 +2548,13 @@ static void test_tool_kv(void)
 	CHECK_EQ(g_out.status, 0);
 	CHECK(has(&g_out, "ERR 536870939"));
 	CHECK(has(&g_out, "value from a file\nOK\n"));
+	/* from stdin that is a regular file (it cannot be polled) */
+	g_stdin_fd = open(cpath, O_RDONLY | O_CLOEXEC);
+	run_tool(TOOL("-S", S), NULL, 20000, &g_out);
+	close(g_stdin_fd);
+	g_stdin_fd = -1;
+	CHECK_EQ(g_out.status, 1);
+	CHECK(has(&g_out, "value from a file\nOK\nERR 536870939 Not found <User defined source 1>\n"));
 	/* a last line without LF, and /bye */
 	run_tool(TOOL("-S", S), "NOP\nGET nothing", 20000, &g_out);
 	CHECK_EQ(g_out.status, 1);
