@@ -86,10 +86,16 @@ static void on_alarm(int sig)
 	_exit(2);
 }
 
+/* WEFT_TEST_ONLY=text runs only the tests whose name has text. */
+static bool selected(const char *name)
+{
+	const char *only = getenv("WEFT_TEST_ONLY");
+	return only == NULL || strstr(name, only) != NULL;
+}
+
 static void run(const char *name, void (*fn)(void))
 {
-	const char *only = getenv("WEFT_TEST_ONLY"); /* run the tests whose name has this */
-	if (only != NULL && strstr(name, only) == NULL)
+	if (!selected(name))
 		return;
 	g_current = name;
 	alarm(WATCHDOG_S);
@@ -2614,6 +2620,35 @@ static void test_tool_kv(void)
 	unlink(cpath);
 }
 
+/* On a terminal weft-connect prompts with line editing (readline when it
+ * was built with it): commands typed on a pty. */
+static void test_tool_tty(void)
+{
+	REQUIRE(g_kv_pid > 0);
+	int m = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
+	REQUIRE(m >= 0);
+	CHECK_EQ(grantpt(m), 0);
+	CHECK_EQ(unlockpt(m), 0);
+	const char *name = ptsname(m);
+	int sfd = name ? open(name, O_RDWR | O_NOCTTY | O_CLOEXEC) : -1;
+	if (sfd < 0) {
+		CHECK(!"pty");
+		close(m);
+		return;
+	}
+	static const char typed[] = "GET nothing\nNOP\n/bye\nGET nothing\n";
+	CHECK_EQ(write(m, typed, sizeof(typed) - 1), (ssize_t)sizeof(typed) - 1);
+	g_stdin_fd = sfd;
+	run_tool(TOOL("-S", g_kv_sock), NULL, 20000, &g_out);
+	g_stdin_fd = -1;
+	close(sfd);
+	close(m);
+	CHECK_EQ(g_out.status, 0); /* NOP's OK; nothing runs after /bye */
+	CHECK(has(&g_out, "> GET nothing"));
+	CHECK(has(&g_out, "ERR 536870939"));
+	CHECK(has(&g_out, "OK\n"));
+}
+
 /* --timeout bounds the wait for the greeting too: a server that accepts
  * (the backlog does) and never greets. */
 static void test_tool_no_greeting(void)
@@ -2733,20 +2768,29 @@ int main(int argc, char **argv)
 	run("low-level read_line into a small buffer", test_low_level_small_buffer);
 	run("pipe server (self): inherit, exit status", test_pipe_self);
 
-	g_have_agent = agent_start();
-	if (!g_have_agent)
-		printf("# gpg-agent could not be started: its tests fail\n");
-	run("gpg-agent: GETINFO, NOP, unknown, HAVEKEY, status, cancel", test_agent_basics);
-	run("gpg-agent: GENKEY with async INQUIRE, KEYINFO, READKEY", test_agent_genkey);
+	static const char *const agent_tests[] = {
+		"gpg-agent: GETINFO, NOP, unknown, HAVEKEY, status, cancel",
+		"gpg-agent: GENKEY with async INQUIRE, KEYINFO, READKEY",
+		"weft-connect against gpg-agent",
+	};
+	if (selected(agent_tests[0]) || selected(agent_tests[1]) || selected(agent_tests[2])) {
+		g_have_agent = agent_start();
+		if (!g_have_agent)
+			printf("# gpg-agent could not be started: its tests fail\n");
+	}
+	run(agent_tests[0], test_agent_basics);
+	run(agent_tests[1], test_agent_genkey);
 	run("gpg-agent --server as a pipe server (+fd passing)", test_agent_pipe);
 
 	run("weft-connect --help and bad options", test_tool_help);
-	if (!kv_start())
+	static const char *const kv_tests[] = {"weft-connect against weft-kv", "weft-connect on a terminal"};
+	if ((selected(kv_tests[0]) || selected(kv_tests[1])) && !kv_start())
 		printf("# weft-kv could not be started\n");
-	run("weft-connect against weft-kv", test_tool_kv);
+	run(kv_tests[0], test_tool_kv);
+	run(kv_tests[1], test_tool_tty);
 	kv_stop();
 	run("weft-connect --timeout while waiting for the greeting", test_tool_no_greeting);
-	run("weft-connect against gpg-agent", test_tool_agent);
+	run(agent_tests[2], test_tool_agent);
 	agent_stop();
 	return t_finish();
 }
