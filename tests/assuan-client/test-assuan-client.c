@@ -876,6 +876,7 @@ static bool run_line(const char *const argv[], char *buf, size_t size)
 }
 
 static int other_children(void);
+static int sendfd_sync(weft_loop *loop, weft_assuan_client *cl, int fd);
 
 /* ---- 1. greeting and connecting ------------------------------------------ */
 
@@ -1008,6 +1009,40 @@ static void test_connect_path(void)
 		}
 		weft_assuan_client_free(cl);
 	}
+	run_for(loop, 20);
+	weft_assuan_server_free(srv);
+
+	/* an abstract name, and TCP on 127.0.0.1 (port 0, read back) */
+	char tcp[64];
+	snprintf(addr, sizeof(addr), "unix:@weft-ac-%d", (int)getpid());
+	for (int i = 0; i < 2; i++) {
+		srv = test_server(loop, "other transports");
+		CHECK_EQ(weft_assuan_server_listen(srv, i ? "tcp:127.0.0.1:0" : addr, NULL), 0);
+		const char *name = addr;
+		if (i) {
+			weft_addr a;
+			CHECK_EQ(weft_listener_addr(weft_assuan_server_listener(srv), &a), 0);
+			snprintf(tcp, sizeof(tcp), "tcp:127.0.0.1:%d", weft_addr_port(&a));
+			name = tcp;
+		}
+		int err = 0;
+		weft_assuan_client *cl = connect_wait(loop, weft_assuan_connect_send(loop, name), &err);
+		CHECK_EQ(err, 0);
+		if (cl) {
+			CHECK(strcmp(weft_assuan_client_greeting(cl), "other transports") == 0);
+			struct tx t = {0};
+			tx_run(&t, loop, cl, "BLOB 4000");
+			blob_expect(t.data, t.dlen, 4000);
+			/* no descriptors over TCP */
+			if (i)
+				CHECK_EQ(sendfd_sync(loop, cl, 0) < 0, 1);
+		}
+		weft_assuan_client_free(cl);
+		run_for(loop, 20);
+		weft_assuan_server_free(srv);
+	}
+	srv = NULL;
+
 	char missing[128];
 	snprintf(missing, sizeof(missing), "%s/nothing-here", g_dir);
 	int err = 0;
