@@ -849,6 +849,15 @@ weft_req *weft_assuan_client_sendfd_send(weft_assuan_client *cl, int fd)
 		weft_req_error(req, EPIPE);
 		return req;
 	}
+	/* Only a Unix-domain socket carries descriptors: over TCP sendmsg
+	 * takes SCM_RIGHTS and drops it without a word. */
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof(ss);
+	int sfd = weft_stream_fd(cl->io.s);
+	if (sfd >= 0 && (getsockname(sfd, (struct sockaddr *)&ss, &sl) < 0 || ss.ss_family != AF_UNIX)) {
+		weft_req_error(req, EOPNOTSUPP);
+		return req;
+	}
 	if (weft_req_error(req, pump_hand_over(&cl->io)))
 		return req;
 	int len = snprintf(st->msg, sizeof(st->msg), "# descriptor %d is in flight\n", fd);
