@@ -176,6 +176,7 @@ struct tx {
 	weft_timer *timer;
 	weft_assuan_err fail;     /* returned by the data/status callbacks when set */
 	bool free_in_data;        /* weft_assuan_client_free from the data callback */
+	bool free_in_inquire;     /* ... from the inquire callback */
 	bool free_in_done;        /* ... from the completion callback */
 	bool free_req_in_data;    /* weft_req_free of itself from the data callback */
 	struct tx *then;          /* ... and then start this one */
@@ -255,6 +256,10 @@ static weft_assuan_err tx_inquire(void *data, const char *kw, const char *args)
 	tx->inquires++;
 	cat(tx->inq, sizeof(tx->inq), kw, "|", args);
 	cat(tx->inq, sizeof(tx->inq), "\n", "", "");
+	if (tx->free_in_inquire) {
+		weft_assuan_client_free(tx->cl);
+		return tx->fail;
+	}
 	switch (tx->mode) {
 	case INQ_NOW:
 		inq_answer(tx);
@@ -1778,6 +1783,24 @@ static void test_free_in_callback(void)
 		pair_close(&p);
 	}
 
+	/* from an inquire callback */
+	for (int fail = 0; fail < 2; fail++) {
+		if (pair_open(&p, NULL)) {
+			struct tx a = {.mode = INQ_WAIT, .free_in_inquire = true, .fail = fail ? 9 : 0}, b = {0};
+			tx_start(&a, p.cl, "ASK");
+			tx_start(&b, p.cl, "NOP");
+			CHECK(run_until(p.loop, &b.done, WAIT_MS));
+			CHECK(a.done);
+			CHECK_EQ(a.r, -ECANCELED);
+			CHECK_EQ(b.r, -ECANCELED);
+			CHECK_EQ(a.inquires, 1);
+			p.cl = NULL;
+			run_for(p.loop, 20);
+			CHECK_EQ(g_srv.closes, 1); /* the server saw the end */
+		}
+		pair_close(&p);
+	}
+
 	/* a data callback that frees its own request, returning an error */
 	if (pair_open(&p, NULL)) {
 		struct tx a = {.free_req_in_data = true, .fail = 5};
@@ -2237,7 +2260,21 @@ static bool agent_start(void)
 		return false;
 	}
 	const char *argv[] = {"gpg-agent", "--homedir", g_agent_home, "--daemon", "--allow-loopback-pinentry", NULL};
+	/* values the agent hands back with GETINFO getenv (V9 of the wire
+	 * notes): long, and full of % */
+	char big[2600];
+	memset(big, 'x', 2500);
+	big[2500] = '\0';
+	setenv("WEFT_BIG1", big, 1);
+	memset(big, '%', 402);
+	big[0] = big[1] = 'A';
+	big[402] = '\0';
+	setenv("WEFT_BIG2", big, 1);
+	setenv("WEFT_BIG5", "line1\r\nline2", 1);
 	pid_t p = spawn(argv, -1, -1, -1);
+	unsetenv("WEFT_BIG1");
+	unsetenv("WEFT_BIG2");
+	unsetenv("WEFT_BIG5");
 	if (p < 0)
 		return false;
 	int st = reap(p, 20000);
@@ -2319,6 +2356,27 @@ static void test_agent_basics(void)
 		tx_run(&gv, loop, cl, "GETVAL k");
 		CHECK_EQ(gv.answer, 0);
 		CHECK(gv.dlen == 9 && memcmp(gv.data, "a b%c\nd\re", 9) == 0);
+		/* D lines split at 996 bytes, escapes (the agent's environment) */
+		struct tx *big = calloc(1, sizeof(*big));
+		REQUIRE(big != NULL);
+		tx_run(big, loop, cl, "GETINFO getenv WEFT_BIG1");
+		CHECK_EQ(big->answer, 0);
+		CHECK_EQ(big->dlen, 2500);
+		CHECK_EQ(big->data_calls, 3);
+		CHECK(big->dlen == 2500 && big->data[0] == 'x' && big->data[2499] == 'x');
+		memset(big, 0, sizeof(*big));
+		tx_run(big, loop, cl, "GETINFO getenv WEFT_BIG2");
+		CHECK_EQ(big->answer, 0);
+		CHECK_EQ(big->dlen, 402);
+		size_t pct = 0;
+		for (size_t k = 2; k < big->dlen; k++)
+			pct += big->data[k] == '%';
+		CHECK(big->dlen == 402 && memcmp(big->data, "AA%%", 4) == 0 && pct == 400);
+		CHECK_EQ(big->data_calls, 2);
+		memset(big, 0, sizeof(*big));
+		tx_run(big, loop, cl, "GETINFO getenv WEFT_BIG5");
+		CHECK(big->dlen == 12 && memcmp(big->data, "line1\r\nline2", 12) == 0);
+		free(big);
 		/* a cancelled transaction against the real thing: queued behind
 		 * a GETINFO, the connection goes on */
 		struct tx q1 = {0}, q2 = {0}, q3 = {0};
@@ -2423,6 +2481,22 @@ static void test_agent_genkey(void)
 		b->inq_answer = "";
 		tx_run(b, loop, cl, "GENKEY --no-protection");
 		CHECK_EQ(b->answer, 16777281u); /* Invalid object <gcrypt> */
+		/* more than INQUIRE_MAXLEN: the agent reads on to END, answers
+		 * Too much data, and the connection stays in sync */
+		char *much = malloc(1801);
+		REQUIRE(much != NULL);
+		memset(much, 'y', 1800);
+		much[1800] = '\0';
+		struct tx *tm = calloc(1, sizeof(*tm));
+		REQUIRE(tm != NULL);
+		tm->mode = INQ_LATER;
+		tm->inq_answer = much;
+		tx_run(tm, loop, cl, "GENKEY --no-protection");
+		CHECK_EQ(tm->answer, 67109137u); /* Too much data for IPC layer */
+		tx_fini(tm);
+		free(tm);
+		free(much);
+		expect_ok(loop, cl, "NOP");
 		/* cancelled while the agent's INQUIRE waits */
 		struct tx *w = calloc(1, sizeof(*w));
 		REQUIRE(w != NULL);
