@@ -2686,6 +2686,19 @@ static void test_tool_kv(void)
 	run_tool(TOOL("-S", S, "--inquire-prog", "VALUE=exit 3", "PUT q"), NULL, 20000, &g_out);
 	CHECK_EQ(g_out.status, 1);
 	CHECK(has(&g_out, "ERR 536871189")); /* IPC call has been cancelled */
+	/* a program that closes its output and lingers: the loop does not
+	 * wait for it (--timeout still fires), and it is not left behind */
+	uint64_t t1 = t_now_ms();
+	run_tool(TOOL("-S", S, "-t", "300", "--inquire-prog", "VALUE=printf abc; exec >&-; sleep 4", "PUT z"), NULL,
+			20000, &g_out);
+	CHECK_EQ(g_out.status, 2);
+	CHECK(t_now_ms() - t1 < 2500);
+	CHECK_EQ(other_children(), 0);
+	/* ... and the END waits for its exit status */
+	run_tool(TOOL("-S", S, "--inquire-prog", "VALUE=printf late; exec >&-; sleep 0.3; exit 0", "PUT z", "GET z"),
+			NULL, 20000, &g_out);
+	CHECK_EQ(g_out.status, 0);
+	CHECK(has(&g_out, "late\nOK\n"));
 	/* no --inquire for the keyword: CAN */
 	run_tool(TOOL("-S", S, "PUT r"), NULL, 20000, &g_out);
 	CHECK_EQ(g_out.status, 1);
