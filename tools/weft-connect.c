@@ -4,11 +4,13 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <signal.h>
 #include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -95,9 +97,12 @@ static struct {
 	weft_stream *prog_out;
 	weft_req *prog_read;
 	char prog_buf[4096];
-	pid_t prog_pid;
+	pid_t prog_pid;  /* 0: none runs */
+	bool prog_eof;   /* its output ended cleanly */
+	int prog_pidfd;  /* -1: none */
+	weft_io *prog_wait;
 	weft_req *tr;
-} g = {.last = 2};
+} g = {.last = 2, .prog_pidfd = -1};
 
 static void next_command(void);
 
@@ -155,6 +160,56 @@ static void prog_next_read(void)
 	weft_req_set_callback(g.prog_read, prog_read_done, NULL);
 }
 
+/* Drop what watches the program (its output, its pidfd); it is not reaped. */
+static void prog_stop(void)
+{
+	weft_req_free(g.prog_read);
+	g.prog_read = NULL;
+	weft_stream_close(g.prog_out, NULL, NULL);
+	g.prog_out = NULL;
+	weft_io_free(g.prog_wait);
+	g.prog_wait = NULL;
+	if (g.prog_pidfd >= 0)
+		close(g.prog_pidfd);
+	g.prog_pidfd = -1;
+}
+
+/* The program ended with wait status st: END after a clean exit, else CAN. */
+static void prog_answer(int st)
+{
+	g.prog_pid = 0;
+	prog_stop();
+	if (g.prog_eof && WIFEXITED(st) && WEXITSTATUS(st) == 0)
+		weft_assuan_client_inquire_end(g.cl);
+	else
+		weft_assuan_client_inquire_cancel(g.cl);
+}
+
+/* Its pidfd is readable: it has exited. */
+static void prog_exited(weft_io *io, unsigned revents, void *data)
+{
+	(void)io;
+	(void)revents;
+	(void)data;
+	int st = 0;
+	pid_t p = waitpid(g.prog_pid, &st, WNOHANG);
+	if (p == 0)
+		return; /* not yet */
+	prog_answer(p == g.prog_pid ? st : 1);
+}
+
+/* The session ends while a program answers: stop it, reap it. */
+static void prog_kill(void)
+{
+	if (g.prog_pid <= 0)
+		return;
+	kill(g.prog_pid, SIGKILL);
+	while (waitpid(g.prog_pid, NULL, 0) < 0 && errno == EINTR)
+		;
+	g.prog_pid = 0;
+	prog_stop();
+}
+
 static void prog_read_done(weft_req *req, void *data)
 {
 	(void)data;
@@ -169,12 +224,17 @@ static void prog_read_done(weft_req *req, void *data)
 	}
 	weft_stream_close(g.prog_out, NULL, NULL);
 	g.prog_out = NULL;
-	int st = 0;
-	waitpid(g.prog_pid, &st, 0); /* its output ended: it is exiting */
-	if (err == EPIPE && WIFEXITED(st) && WEXITSTATUS(st) == 0)
-		weft_assuan_client_inquire_end(g.cl);
-	else
-		weft_assuan_client_inquire_cancel(g.cl);
+	g.prog_eof = err == EPIPE;
+	/* Its output ended but it may linger: wait for its exit on the loop
+	 * (a pidfd), not in waitpid, so --timeout and the rest go on. */
+	g.prog_pidfd = (int)syscall(SYS_pidfd_open, g.prog_pid, 0);
+	if (g.prog_pidfd >= 0 && weft_io_new(g.loop, g.prog_pidfd, prog_exited, NULL, &g.prog_wait) == 0 &&
+	    weft_io_start(g.prog_wait, WEFT_IO_READ) == 0)
+		return;
+	int st = 0; /* no pidfd: wait here */
+	while (waitpid(g.prog_pid, &st, 0) < 0 && errno == EINTR)
+		;
+	prog_answer(st);
 }
 
 static int start_prog(const char *cmd)
@@ -250,6 +310,7 @@ static void finish(int status)
 {
 	g.last = status;
 	g.done = true;
+	prog_kill();
 	weft_assuan_client_free(g.cl);
 	g.cl = NULL;
 #ifdef HAVE_READLINE
