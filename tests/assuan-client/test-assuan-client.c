@@ -2608,15 +2608,26 @@ static bool kv_start(void)
 	return g_kv_pid > 0 && stat(g_kv_sock, &st) == 0;
 }
 
-static void kv_stop(void)
+/* SIGTERM: weft-kv stops; its exit status (ASan's leak check included). */
+static int kv_stop(void)
 {
 	if (g_kv_pid <= 0)
-		return;
+		return -1;
 	kill(g_kv_pid, SIGTERM);
 	int st = reap(g_kv_pid, 10000);
 	if (st < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
 		printf("# weft-kv ended with status %d\n", st);
 	g_kv_pid = 0;
+	return st;
+}
+
+/* After all the sessions above (one was cut off during an INQUIRE), weft-kv
+ * ends cleanly. */
+static void test_kv_exit(void)
+{
+	REQUIRE(g_kv_pid > 0);
+	int st = kv_stop();
+	CHECK(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0);
 }
 
 static bool has(const struct out *o, const char *text)
@@ -2918,6 +2929,8 @@ int main(int argc, char **argv)
 		printf("# weft-kv could not be started\n");
 	run(kv_tests[0], test_tool_kv);
 	run(kv_tests[1], test_tool_tty);
+	if (g_kv_pid > 0)
+		run("weft-kv exits cleanly after the sessions", test_kv_exit);
 	kv_stop();
 	run("weft-connect --timeout while waiting for the greeting", test_tool_no_greeting);
 	run(agent_tests[2], test_tool_agent);
