@@ -90,6 +90,13 @@ static weft_assuan_err put_value(weft_assuan_conn *c, weft_assuan_err e, unsigne
 	return e;
 }
 
+/* The client went away before it answered: the inquire callback never runs. */
+static void put_cancel(weft_assuan_conn *c, void *data)
+{
+	(void)c;
+	free(data);
+}
+
 static weft_assuan_err cmd_put(weft_assuan_conn *c, char *args, void *data)
 {
 	(void)data;
@@ -100,6 +107,7 @@ static weft_assuan_err cmd_put(weft_assuan_conn *c, char *args, void *data)
 		free(key);
 		return err(c, GPG_ERR_ENOMEM, NULL);
 	}
+	weft_assuan_on_cancel(c, put_cancel, key);
 	return WEFT_ASSUAN_PENDING;
 }
 
