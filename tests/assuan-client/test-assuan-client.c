@@ -2761,6 +2761,91 @@ static void test_tool_kv(void)
 	unlink(cpath);
 }
 
+/* weft-connect --tls against weft-kv serving Assuan over TLS on TCP: a
+ * self-signed certificate made with certtool. */
+static void test_tool_tls(void)
+{
+#ifndef WEFT_TEST_TLS
+	printf("# built without TLS: nothing to test\n");
+#else
+	char key[128], cert[128], tmpl[128], vpath[128];
+	snprintf(key, sizeof(key), "%s/tls-key.pem", g_dir);
+	snprintf(cert, sizeof(cert), "%s/tls-cert.pem", g_dir);
+	int fd = make_file("tls.tmpl", "cn = \"localhost\"\ndns_name = \"localhost\"\nip_address = \"127.0.0.1\"\n"
+			"tls_www_server\nsigning_key\nencryption_key\nexpiration_days = 30\n", tmpl, sizeof(tmpl));
+	REQUIRE(fd >= 0);
+	close(fd);
+	fd = make_file("tls-value", "over TLS", vpath, sizeof(vpath));
+	REQUIRE(fd >= 0);
+	close(fd);
+	const char *mk[] = {"certtool", "--generate-privkey", "--key-type=ecdsa", "--curve=secp256r1", "--outfile", key,
+		NULL};
+	pid_t p = spawn(mk, -1, -1, -1);
+	REQUIRE(p > 0);
+	int st = reap(p, 20000);
+	REQUIRE(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	const char *sign[] = {"certtool", "--generate-self-signed", "--load-privkey", key, "--template", tmpl,
+		"--outfile", cert, NULL};
+	p = spawn(sign, -1, -1, -1);
+	REQUIRE(p > 0);
+	st = reap(p, 20000);
+	REQUIRE(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0);
+
+	/* weft-kv says where it listens on its stdout */
+	int po[2];
+	REQUIRE(pipe2(po, O_CLOEXEC) == 0);
+	const char *kv[] = {WEFT_KV_PATH, "--listen", "tcp:127.0.0.1:0", "--tls-cert", cert, "--tls-key", key, NULL};
+	pid_t kvpid = spawn(kv, -1, po[1], 2);
+	close(po[1]);
+	char line[256] = "";
+	size_t n = 0;
+	uint64_t end = t_now_ms() + WAIT_MS;
+	while (kvpid > 0 && !memchr(line, '\n', n) && n < sizeof(line) - 1 && t_now_ms() < end) {
+		struct pollfd pfd = {po[0], POLLIN, 0};
+		if (poll(&pfd, 1, 50) > 0) {
+			ssize_t k = read(po[0], line + n, sizeof(line) - 1 - n);
+			if (k <= 0)
+				break;
+			n += (size_t)k;
+		}
+	}
+	line[n] = '\0';
+	close(po[0]);
+	char addr[128] = "";
+	CHECK_EQ(sscanf(line, "listening on %127s", addr), 1);
+	if (addr[0]) {
+		char inq[160];
+		snprintf(inq, sizeof(inq), "VALUE=%s", vpath);
+		run_tool(TOOL("--tls", "--cafile", cert, "-S", addr, "--inquire", inq, "PUT k", "GET k"), NULL, 20000,
+				&g_out);
+		CHECK_EQ(g_out.status, 0);
+		CHECK(has(&g_out, "INQUIRE VALUE\nOK\nover TLS\nOK\n"));
+		/* the name the certificate must carry */
+		run_tool(TOOL("--tls", "--cafile", cert, "--servername", "localhost", "-S", addr, "GET k"), NULL, 20000,
+				&g_out);
+		CHECK_EQ(g_out.status, 0);
+		run_tool(TOOL("--tls", "--cafile", cert, "--servername", "elsewhere.example", "-S", addr, "GET k"), NULL,
+				20000, &g_out);
+		CHECK_EQ(g_out.status, 2);
+		/* a certificate nobody vouches for */
+		run_tool(TOOL("--tls", "-S", addr, "NOP"), NULL, 20000, &g_out);
+		CHECK_EQ(g_out.status, 2);
+		/* plain Assuan to a TLS port: no greeting, --timeout ends it */
+		run_tool(TOOL("-S", addr, "-t", "500", "NOP"), NULL, 20000, &g_out);
+		CHECK_EQ(g_out.status, 2);
+	}
+	if (kvpid > 0) {
+		kill(kvpid, SIGTERM);
+		st = reap(kvpid, 10000);
+		CHECK(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	}
+	unlink(key);
+	unlink(cert);
+	unlink(tmpl);
+	unlink(vpath);
+#endif
+}
+
 /* On a terminal weft-connect prompts with line editing (readline when it
  * was built with it): commands typed on a pty. */
 static void test_tool_tty(void)
@@ -2929,6 +3014,7 @@ int main(int argc, char **argv)
 		printf("# weft-kv could not be started\n");
 	run(kv_tests[0], test_tool_kv);
 	run(kv_tests[1], test_tool_tty);
+	run("weft-connect --tls against weft-kv over TLS", test_tool_tls);
 	if (g_kv_pid > 0)
 		run("weft-kv exits cleanly after the sessions", test_kv_exit);
 	kv_stop();
