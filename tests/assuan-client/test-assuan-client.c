@@ -55,6 +55,7 @@ static const char *g_current;
 static volatile pid_t g_agent_pid; /* the gpg-agent daemon */
 static volatile pid_t g_kv_pid;    /* weft-kv */
 static volatile pid_t g_tool_pid;  /* a weft-connect run */
+static volatile pid_t g_kv_tls_pid; /* weft-kv over TLS */
 
 static void on_alarm(int sig)
 {
@@ -66,8 +67,8 @@ static void on_alarm(int sig)
 		ignored = write(1, g_current, strlen(g_current));
 	ignored = write(1, post, sizeof post - 1);
 	(void)ignored;
-	pid_t pids[3] = {g_agent_pid, g_kv_pid, g_tool_pid};
-	for (int i = 0; i < 3; i++)
+	pid_t pids[4] = {g_agent_pid, g_kv_pid, g_tool_pid, g_kv_tls_pid};
+	for (int i = 0; i < 4; i++)
 		if (pids[i] > 0)
 			kill(pids[i], SIGKILL);
 	if (g_dir[0]) {
@@ -80,7 +81,7 @@ static void on_alarm(int sig)
 		if (p > 0)
 			waitpid(p, NULL, 0);
 	}
-	for (int i = 0; i < 3; i++)
+	for (int i = 0; i < 4; i++)
 		if (pids[i] > 0)
 			waitpid(pids[i], NULL, 0);
 	_exit(2);
@@ -2796,6 +2797,7 @@ static void test_tool_tls(void)
 	REQUIRE(pipe2(po, O_CLOEXEC) == 0);
 	const char *kv[] = {WEFT_KV_PATH, "--listen", "tcp:127.0.0.1:0", "--tls-cert", cert, "--tls-key", key, NULL};
 	pid_t kvpid = spawn(kv, -1, po[1], 2);
+	g_kv_tls_pid = kvpid;
 	close(po[1]);
 	char line[256] = "";
 	size_t n = 0;
@@ -2837,6 +2839,7 @@ static void test_tool_tls(void)
 	if (kvpid > 0) {
 		kill(kvpid, SIGTERM);
 		st = reap(kvpid, 10000);
+		g_kv_tls_pid = 0;
 		CHECK(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0);
 	}
 	unlink(key);
