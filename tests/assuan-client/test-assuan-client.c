@@ -1368,8 +1368,11 @@ static void test_answer_lines(void)
 			{"ERR 67109139 Unknown IPC command <GPG Agent>\n", 67109139u},
 			{"ERR 16777281\n", 16777281u},
 			{"ERR\n", GPG_ERR_GENERAL},
+			/* an ERR is never an OK (libassuan's atoi would make these 0) */
+			{"ERR Something went wrong\n", GPG_ERR_GENERAL},
+			{"ERR 0 zero\n", GPG_ERR_GENERAL},
 		};
-		for (int i = 0; i < 3; i++) {
+		for (int i = 0; i < 5; i++) {
 			struct tx e = {0};
 			tx_start(&e, r.cl, "E");
 			raw_expect(&r, "E\n");
