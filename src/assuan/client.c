@@ -317,8 +317,11 @@ static void answer_line(weft_assuan_client *cl, char *line, size_t len)
 	struct tr *t = cl->discard > 0 ? NULL : cl->active;
 	if (word(line, "OK") || word(line, "ERR")) {
 		weft_assuan_err answer = 0;
-		if (line[0] == 'E')
-			answer = line[3] ? (weft_assuan_err)strtoul(line + 4, NULL, 10) : GPG_ERR_GENERAL;
+		if (line[0] == 'E') {
+			answer = line[3] ? (weft_assuan_err)strtoul(line + 4, NULL, 10) : 0;
+			if (answer == 0)
+				answer = GPG_ERR_GENERAL; /* an ERR is never an OK (GPGME's rule) */
+		}
 		cl->inquiring = false;
 		if (t == NULL) {
 			cl->discard--;
