@@ -1,19 +1,27 @@
 /* Tests for the Assuan client (include/weft/assuan.h, second half) and the
  * weft-connect tool.
  *
- * Three kinds of peers:
- *  - a weft server in this process, on the same loop, over a socketpair;
+ * Peers:
+ *  - a weft server in this process, on the same loop, over a socketpair
+ *    (or listening on a path, an abstract name, TCP);
  *  - a fake server: the test writes exact bytes to the other end of a
  *    socketpair and reads back exactly what the client wrote (edge cases
- *    no real server produces);
- *  - real programs: gpg-agent (a daemon with a fresh --homedir, and
- *    `gpg-agent --server` as a pipe server), weft-kv, this program itself
- *    as a pipe server (--pipe-server), and the built weft-connect.
+ *    no real server produces: split lines, odd ERR lines, garbage);
+ *  - real programs: gpg-agent 2.2 (a daemon with a fresh --homedir, and
+ *    `gpg-agent --server` as a pipe server, with and without descriptor
+ *    passing), weft-kv (socket and TLS), this program itself as a pipe
+ *    server (--pipe-server), and the built weft-connect run as a child
+ *    (arguments, -f, stdin pipe/file/pty, INQUIRE answers, sendfd, TLS).
  *
  * Every test checks the open-fd count before/after (helper); children are
  * always reaped (this process is a child subreaper, so the daemonized
- * gpg-agent is reaped too) and the agent is always killed and its
- * directory removed, also when a test hangs (the watchdog does it). */
+ * gpg-agent and orphans are ours to reap) and the agent is always killed
+ * and the temporary directory removed, also when a test hangs (the
+ * watchdog does it before it bails out).
+ *
+ * WEFT_TEST_ONLY=text runs the tests whose name contains text (and starts
+ * gpg-agent / weft-kv only if one of those needs them);
+ * WEFT_TEST_VERBOSE=1 prints every weft-connect run's output. */
 #include "helper.h"
 
 #include <weft/weft.h>
@@ -863,7 +871,7 @@ static void run_tool(const char *const argv[], const char *input, unsigned ms, s
 		o->status = st >= 0 && WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 	}
 	g_tool_pid = 0;
-	if (o->status < 0 || getenv("WEFT_TEST_VERBOSE"))
+	if (o->status < 0 || getenv("WEFT_TEST_VERBOSE") != NULL)
 		printf("# %s: status %d\n# stdout: %.*s\n# stderr: %.*s\n", argv[0], o->status, (int)o->outlen,
 				o->out, (int)o->errlen, o->err);
 }
