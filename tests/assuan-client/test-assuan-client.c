@@ -2136,6 +2136,60 @@ static void test_pipe_self(void)
 	free_loop(loop);
 }
 
+/* A pipe server gets stdin, stdout, stderr and the descriptors it is
+ * given, and nothing of weft's (the header: "everything else of ours is
+ * close-on-exec"): a shell greets with the numbers of its other open
+ * descriptors (3..63).  What this process holds without close-on-exec
+ * (the test harness may pass some; one opened here on purpose) goes along
+ * too: weft does not close the caller's descriptors in the child, as
+ * libassuan's fork/exec does. */
+static void test_pipe_fds(void)
+{
+	weft_loop *loop = new_loop();
+	char path[128];
+	int fd = make_file("inherited2", "x", path, sizeof(path));
+	REQUIRE(fd >= 0);
+	int extra = open(path, O_RDONLY); /* not close-on-exec, and not passed */
+	REQUIRE(extra >= 0);
+	static const char script[] =
+		"c=${_assuan_connection_fd:-}; if [ -n \"$c\" ]; then eval \"exec <&$c >&$c\"; fi; printf OK; i=3; "
+		"while [ $i -lt 64 ]; do if [ \"$i\" != \"$c\" ] && [ -e /proc/$$/fd/$i ]; then printf ' %s' $i; fi; "
+		"i=$((i+1)); done; echo; read x";
+	const char *argv[] = {"sh", "-c", script, NULL};
+	for (int fdp = 0; fdp < 2; fdp++) {
+		/* what the child should have: the given one and what we hold
+		 * without close-on-exec (the loop's own descriptors exist now) */
+		char want[256] = "";
+		for (int i = 3; i < 64; i++) {
+			int fl = fcntl(i, F_GETFD);
+			if (i == fd || (fl >= 0 && !(fl & FD_CLOEXEC))) {
+				size_t n = strlen(want);
+				snprintf(want + n, sizeof(want) - n, "%s%d", n ? " " : "", i);
+			}
+		}
+		int err = 0;
+		weft_assuan_client *cl = connect_wait(loop,
+				weft_assuan_pipe_connect_send(loop, argv, &fd, 1, fdp ? WEFT_ASSUAN_PIPE_FDPASSING : 0), &err);
+		CHECK_EQ(err, 0);
+		if (cl != NULL) {
+			const char *g = weft_assuan_client_greeting(cl);
+			if (strcmp(g, want) != 0)
+				printf("# %s: the child has \"%s\", want \"%s\"\n", fdp ? "socketpair" : "pipes", g, want);
+			CHECK(strcmp(g, want) == 0);
+			struct exit_wait w = {0};
+			CHECK_EQ(weft_assuan_client_on_exit(cl, on_exit_cb, &w), 0);
+			weft_assuan_client_free(cl); /* EOF: read returns, sh exits */
+			CHECK(run_until(loop, &w.done, WAIT_MS));
+			CHECK(WIFEXITED(w.wstatus));
+		}
+	}
+	close(extra);
+	close(fd);
+	unlink(path);
+	free_loop(loop);
+	CHECK_EQ(other_children(), 0);
+}
+
 /* --pipe-server: serve one connection on stdin/stdout (or the socket named
  * by _assuan_connection_fd), exit with the EXITCODE given. */
 static weft_loop *g_child_loop;
@@ -3007,6 +3061,7 @@ int main(int argc, char **argv)
 	run("low-level lines, loop driven by hand", test_low_level);
 	run("low-level read_line into a small buffer", test_low_level_small_buffer);
 	run("pipe server (self): inherit, exit status", test_pipe_self);
+	run("pipe server gets the given descriptors, none of weft's", test_pipe_fds);
 
 	static const char *const agent_tests[] = {
 		"gpg-agent: GETINFO, NOP, unknown, HAVEKEY, status, cancel",
