@@ -2748,6 +2748,23 @@ static void test_tool_kv(void)
 	CHECK_EQ(g_out.status, 0);
 	CHECK(has(&g_out, "ERR 536870939"));
 	CHECK(has(&g_out, "value from a file\nOK\n"));
+	/* a command file line over 1000 characters is refused whole, not
+	 * split into two commands */
+	char *longf = malloc(1600);
+	REQUIRE(longf != NULL);
+	memcpy(longf, "GET ", 4);
+	memset(longf + 4, 'k', 1500);
+	memcpy(longf + 1504, "\nNOP\n", 6);
+	fd = make_file("longcmds", longf, cpath, sizeof(cpath));
+	free(longf);
+	REQUIRE(fd >= 0);
+	close(fd);
+	run_tool(TOOL("-S", S, "-f", cpath), NULL, 20000, &g_out);
+	CHECK_EQ(g_out.status, 2);
+	CHECK(!has(&g_out, "ERR"));
+	fd = make_file("cmds", "# a comment\nGET k\n\nGET nothing\n", cpath, sizeof(cpath));
+	REQUIRE(fd >= 0);
+	close(fd);
 	/* from stdin that is a regular file (it cannot be polled) */
 	g_stdin_fd = open(cpath, O_RDONLY | O_CLOEXEC);
 	run_tool(TOOL("-S", S), NULL, 20000, &g_out);
@@ -2972,6 +2989,15 @@ static void test_tool_agent(void)
 	CHECK_EQ(g_out.status, 0);
 	CHECK(has(&g_out, "2.2."));
 	CHECK(has(&g_out, "\nOK\nOK\n"));
+	/* a home directory whose name has a quote: gpgconf is asked all the
+	 * same (no agent runs there: the connect fails, exit 2) */
+	char qhome[160];
+	snprintf(qhome, sizeof(qhome), "%s/it's", g_dir);
+	CHECK_EQ(mkdir(qhome, 0700), 0);
+	run_tool(TOOL("--agent", "--homedir", qhome, "NOP"), NULL, 20000, &g_out);
+	CHECK_EQ(g_out.status, 2);
+	CHECK(memmem(g_out.err, g_out.errlen, "can't connect: No such file or directory", 40) != NULL);
+	rmdir(qhome);
 	run_tool(TOOL("--agent", "--homedir", g_agent_home, "FOOBAR"), NULL, 20000, &g_out);
 	CHECK_EQ(g_out.status, 1);
 	CHECK(has(&g_out, "ERR 67109139 Unknown IPC command <GPG Agent>\n"));
