@@ -494,22 +494,44 @@ static void next_command(void)
 
 /* ---- start-up ------------------------------------------------------------------ */
 
+/* gpgconf [--homedir DIR] --list-dirs agent-socket, run without a shell
+ * (DIR may hold any character).  Before the loop runs: nothing waits. */
 static char *agent_socket(const char *homedir)
 {
-	char cmd[1200];
-	if (homedir)
-		snprintf(cmd, sizeof(cmd), "gpgconf --homedir '%s' --list-dirs agent-socket", homedir);
-	else
-		snprintf(cmd, sizeof(cmd), "gpgconf --list-dirs agent-socket");
-	FILE *p = popen(cmd, "r"); /* before the loop runs: nothing waits on us yet */
-	if (p == NULL)
+	int p[2];
+	if (pipe2(p, O_CLOEXEC) < 0)
 		return NULL;
+	posix_spawn_file_actions_t fa;
+	posix_spawn_file_actions_init(&fa);
+	posix_spawn_file_actions_adddup2(&fa, p[1], 1);
+	const char *argv[] = {"gpgconf", "--homedir", homedir, "--list-dirs", "agent-socket", NULL};
+	if (homedir == NULL) {
+		argv[1] = "--list-dirs";
+		argv[2] = "agent-socket";
+		argv[3] = NULL;
+	}
+	pid_t pid;
+	int r = posix_spawnp(&pid, "gpgconf", &fa, NULL, (char *const *)argv, environ);
+	posix_spawn_file_actions_destroy(&fa);
+	close(p[1]);
+	if (r != 0) {
+		close(p[0]);
+		return NULL;
+	}
 	char buf[1024];
-	char *r = fgets(buf, sizeof(buf), p) ? strdup(buf) : NULL;
-	pclose(p);
-	if (r)
-		r[strcspn(r, "\n")] = '\0';
-	return r;
+	size_t n = 0;
+	ssize_t k;
+	while (n < sizeof(buf) - 1 && ((k = read(p[0], buf + n, sizeof(buf) - 1 - n)) > 0 || (k < 0 && errno == EINTR)))
+		n += k > 0 ? (size_t)k : 0;
+	close(p[0]);
+	int st = 0;
+	while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
+		;
+	buf[n] = '\0';
+	buf[strcspn(buf, "\n")] = '\0';
+	if (!WIFEXITED(st) || WEXITSTATUS(st) != 0 || buf[0] == '\0')
+		return NULL;
+	return strdup(buf);
 }
 
 static void connected(weft_req *req, void *data)
