@@ -2834,6 +2834,15 @@ static void test_tool_kv(void)
 	CHECK_EQ(g_out.status, 0);
 	CHECK(g_out.outlen == 17 && memcmp(g_out.out, "value from a file", 17) == 0); /* the bytes as they are */
 
+	/* -q still shows an ERR */
+	run_tool(TOOL("-q", "-S", S, "GET nothing"), NULL, 20000, &g_out);
+	CHECK_EQ(g_out.status, 1);
+	CHECK(has(&g_out, "ERR 536870939"));
+	/* HELP's answer comes as comment lines */
+	run_tool(TOOL("-S", S, "HELP"), NULL, 20000, &g_out);
+	CHECK_EQ(g_out.status, 0);
+	CHECK(has(&g_out, "# NOP\n"));
+	CHECK(has(&g_out, "# PUT <key>\n"));
 	/* status 2: nothing listens there */
 	char missing[160];
 	snprintf(missing, sizeof(missing), "%s/no-socket", g_dir);
@@ -3024,6 +3033,21 @@ static void test_tool_agent(void)
 	CHECK_EQ(g_out.status, 0);
 	CHECK(has(&g_out, "2.2."));
 	CHECK(has(&g_out, "ERR 67109139"));
+	/* --sendfd: over a socketpair the agent takes it; over pipes it cannot go */
+	char vpath[128];
+	int vfd = make_file("agent-input", "x", vpath, sizeof(vpath));
+	REQUIRE(vfd >= 0);
+	close(vfd);
+	run_tool(TOOL("-E", "--fdpassing", "--sendfd", vpath, "--", "gpg-agent", "--homedir", home, "--server", "--",
+			     "INPUT FD"),
+			NULL, 20000, &g_out);
+	CHECK_EQ(g_out.status, 0);
+	run_tool(TOOL("-E", "--sendfd", vpath, "--", "gpg-agent", "--homedir", home, "--server", "--", "INPUT FD"), NULL,
+			20000, &g_out);
+	CHECK_EQ(g_out.status, 1);
+	CHECK(memmem(g_out.err, g_out.errlen, "Operation not supported", 23) != NULL);
+	CHECK(has(&g_out, "ERR 67108933")); /* Not implemented */
+	unlink(vpath);
 }
 
 /* ---- main ------------------------------------------------------------------ */
