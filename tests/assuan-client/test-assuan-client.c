@@ -1953,6 +1953,103 @@ static void test_sendfd(void)
 	pair_close(&p);
 }
 
+/* A descriptor passed while a big INQUIRE answer is still being written
+ * goes after it: on the wire the SCM_RIGHTS rides on the "# descriptor"
+ * line that follows the D lines and END. */
+static void test_sendfd_order(void)
+{
+	struct raw r;
+	if (!raw_open(&r, "OK\n")) {
+		raw_close(&r);
+		return;
+	}
+	enum { BIG = 400000 };
+	char *val = malloc(BIG);
+	REQUIRE(val != NULL);
+	memset(val, 'v', BIG);
+	struct tx a = {.mode = INQ_NOW, .inq_answer = val, .inq_answer_len = BIG};
+	tx_start(&a, r.cl, "ASK");
+	raw_expect(&r, "ASK\n");
+	raw_send(&r, "INQUIRE BIG\n");
+	for (int i = 0; i < 500 && a.inquires == 0; i++)
+		run_for(r.loop, 2);
+	CHECK_EQ(a.inquires, 1);
+	char path[128];
+	int fd = make_file("ordered", "o", path, sizeof(path));
+	REQUIRE(fd >= 0);
+	struct stat st;
+	CHECK_EQ(fstat(fd, &st), 0);
+	struct sendfd_wait w = {0};
+	weft_req *req = weft_assuan_client_sendfd_send(r.cl, fd);
+	REQUIRE(req != NULL);
+	weft_req_set_callback(req, sendfd_done, &w);
+	/* read it all as a server would, noting where the descriptor came */
+	size_t cap = BIG * 2, len = 0, fd_at = (size_t)-1;
+	char *in = malloc(cap);
+	REQUIRE(in != NULL);
+	int got = -1;
+	char want_tail[64];
+	snprintf(want_tail, sizeof(want_tail), "END\n# descriptor %d is in flight\n", fd);
+	uint64_t end = t_now_ms() + WAIT_MS;
+	while (t_now_ms() < end && (len < strlen(want_tail) || memcmp(in + len - strlen(want_tail), want_tail,
+			strlen(want_tail)) != 0)) {
+		weft_loop_run(r.loop, WEFT_RUN_NOWAIT);
+		union {
+			struct cmsghdr h;
+			char b[CMSG_SPACE(sizeof(int))];
+		} cm;
+		struct iovec iov = {in + len, cap - len};
+		struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cm.b, .msg_controllen = sizeof(cm.b)};
+		ssize_t k = recvmsg(r.fd, &m, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+		if (k <= 0)
+			continue;
+		struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+		if (c && c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+			memcpy(&got, CMSG_DATA(c), sizeof(int));
+			fd_at = len;
+		}
+		len += (size_t)k;
+	}
+	CHECK(run_until(r.loop, &w.done, WAIT_MS));
+	CHECK_EQ(w.r, 0);
+	/* everything before the marker line is the D lines and END */
+	char *marker = memmem(in, len, "# descriptor", 12);
+	CHECK(marker != NULL);
+	CHECK(got >= 0);
+	if (marker != NULL) {
+		size_t at = (size_t)(marker - in);
+		CHECK(fd_at <= at && fd_at != (size_t)-1);
+		CHECK(at >= 4 && memcmp(in + at - 4, "END\n", 4) == 0);
+		/* the D lines decode to the answer */
+		size_t dbytes = 0, bad = 0;
+		for (char *p = in; p < in + at - 4;) {
+			char *nl = memchr(p, '\n', (size_t)(in + at - 4 - p));
+			if (nl == NULL || p[0] != 'D' || p[1] != ' ') {
+				bad++;
+				break;
+			}
+			dbytes += (size_t)(nl - p - 2);
+			p = nl + 1;
+		}
+		CHECK_EQ(bad, 0);
+		CHECK_EQ(dbytes, BIG);
+	}
+	if (got >= 0) {
+		struct stat st2;
+		CHECK_EQ(fstat(got, &st2), 0);
+		CHECK_EQ(st2.st_ino, st.st_ino);
+		close(got);
+	}
+	raw_send(&r, "OK\n");
+	CHECK(run_until(r.loop, &a.done, WAIT_MS));
+	CHECK_EQ(a.answer, 0);
+	close(fd);
+	unlink(path);
+	free(in);
+	free(val);
+	raw_close(&r);
+}
+
 /* ---- 10. the low-level shape ---------------------------------------------- */
 
 /* Drive the loop by hand (its one fd + timeout) until read_line has a line. */
@@ -3108,6 +3205,7 @@ int main(int argc, char **argv)
 	run("server dies mid-transaction", test_server_dies);
 	run("client_free from callbacks", test_free_in_callback);
 	run("sendfd + INPUT FD (same inode)", test_sendfd);
+	run("sendfd after a big INQUIRE answer: in order", test_sendfd_order);
 	run("low-level lines, loop driven by hand", test_low_level);
 	run("low-level read_line into a small buffer", test_low_level_small_buffer);
 	run("pipe server (self): inherit, exit status", test_pipe_self);
