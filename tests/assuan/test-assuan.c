@@ -2655,6 +2655,7 @@ static void test_pipe_stream(void)
 
 /* ---- tier 3: interop with the real gpg-connect-agent ------------------------------------ */
 
+#ifdef GPG_CONNECT_AGENT
 /* A child process with its stdout and stderr captured. */
 struct child {
 	pid_t pid;
@@ -2762,7 +2763,6 @@ static bool child_wait(struct child *ch, weft_loop *loop, unsigned ms)
 	return true;
 }
 
-#ifdef GPG_CONNECT_AGENT
 static void write_file(const char *name, const void *p, size_t n)
 {
 	char path[160];
