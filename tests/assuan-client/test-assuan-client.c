@@ -2134,6 +2134,20 @@ static void on_exit_cb(pid_t pid, int wstatus, void *data)
 	w->done = true;
 }
 
+/* The natural thing to do when the server process is gone: free its client. */
+struct exit_free {
+	struct exit_wait w;
+	weft_assuan_client *cl;
+};
+
+static void on_exit_free(pid_t pid, int wstatus, void *data)
+{
+	struct exit_free *f = data;
+	on_exit_cb(pid, wstatus, &f->w);
+	weft_assuan_client_free(f->cl);
+	f->cl = NULL;
+}
+
 /* This program as a pipe server (stdin/stdout), its exit status reported;
  * an inherited descriptor named by number. */
 static void test_pipe_self(void)
@@ -2212,6 +2226,42 @@ static void test_pipe_self(void)
 		CHECK(run_until(loop, &w.done, WAIT_MS));
 		CHECK(WIFSIGNALED(w.wstatus) && WTERMSIG(w.wstatus) == SIGKILL);
 		weft_assuan_client_free(cl);
+	}
+	/* the client freed from its exit callback: when the exit is seen, and
+	 * when on_exit comes after it (posted) */
+	for (int late = 0; late < 2; late++) {
+		cl = connect_wait(loop, weft_assuan_pipe_connect_send(loop, argv, NULL, 0, 0), &err);
+		CHECK_EQ(err, 0);
+		if (cl == NULL)
+			continue;
+		struct exit_free f = {.cl = cl};
+		if (!late)
+			CHECK_EQ(weft_assuan_client_on_exit(cl, on_exit_free, &f), 0);
+		struct tx bye = {0};
+		tx_run(&bye, loop, cl, "BYE");
+		if (late) {
+			/* wait until the child is gone, then ask */
+			pid_t pid = weft_assuan_client_pid(cl);
+			for (int i = 0; i < 1000 && kill(pid, 0) == 0; i++) {
+				char sp[64], buf[256];
+				snprintf(sp, sizeof(sp), "/proc/%d/stat", (int)pid);
+				int sfd = open(sp, O_RDONLY | O_CLOEXEC);
+				ssize_t k = sfd >= 0 ? read(sfd, buf, sizeof(buf) - 1) : -1;
+				if (sfd >= 0)
+					close(sfd);
+				buf[k > 0 ? k : 0] = '\0';
+				char *rp = strrchr(buf, ')');
+				if (rp && rp[2] == 'Z')
+					break;
+				run_for(loop, 5);
+			}
+			run_for(loop, 20); /* the reaper sees it */
+			CHECK_EQ(weft_assuan_client_on_exit(cl, on_exit_free, &f), 0);
+		}
+		CHECK(run_until(loop, &f.w.done, WAIT_MS));
+		CHECK(f.cl == NULL);
+		CHECK(WIFEXITED(f.w.wstatus) && WEXITSTATUS(f.w.wstatus) == 0);
+		run_for(loop, 10);
 	}
 	/* a program that does not exist */
 	const char *nope[] = {"/nonexistent/weft-no-such-server", NULL};
