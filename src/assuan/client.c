@@ -38,6 +38,7 @@ struct reaper {
 	int pidfd;
 	weft_io *io;
 	bool exited;
+	bool reporting; /* its exit callback runs */
 	int wstatus;
 	weft_assuan_exit_cb cb;
 	void *data;
@@ -80,15 +81,20 @@ static void reaper_free(struct reaper *r)
 	free(r);
 }
 
-/* Tell the exit callback (once); a reaper whose client is gone ends here. */
+/* Tell the exit callback (once); a reaper whose client is gone ends here.
+ * The callback may free the client (the reaper stays until it returns) or
+ * set a new callback (posted: the reaper stays for it). */
 static void reaper_report(void *data)
 {
 	struct reaper *r = data;
 	weft_assuan_exit_cb cb = r->cb;
 	r->cb = NULL;
-	if (cb)
+	if (cb) {
+		r->reporting = true;
 		cb(r->pid, r->wstatus, r->data);
-	if (r->cl == NULL)
+		r->reporting = false;
+	}
+	if (r->cl == NULL && r->cb == NULL)
 		reaper_free(r);
 }
 
@@ -508,7 +514,7 @@ static void client_release(weft_assuan_client *cl)
 	weft__apump_close(&cl->io);
 	if (cl->reaper != NULL) {
 		cl->reaper->cl = NULL;
-		if (cl->reaper->exited && cl->reaper->cb == NULL)
+		if (cl->reaper->exited && cl->reaper->cb == NULL && !cl->reaper->reporting)
 			reaper_free(cl->reaper); /* else it frees itself at exit */
 	}
 	free(cl->greeting);
