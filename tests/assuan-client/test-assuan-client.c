@@ -1767,6 +1767,21 @@ static void test_server_dies(void)
 
 /* ---- 8. freeing the client from its own callbacks ------------------------ */
 
+static void connect_take_free(weft_req *req, void *data)
+{
+	weft_assuan_client *cl = NULL;
+	CHECK_EQ(weft_assuan_connect_recv(req, &cl, NULL), 0);
+	weft_req_free(req);
+	weft_assuan_client_free(cl);
+	*(bool *)data = true;
+}
+
+static void connect_drop(weft_req *req, void *data)
+{
+	weft_req_free(req); /* the client nobody took is freed with it */
+	*(bool *)data = true;
+}
+
 static void test_free_in_callback(void)
 {
 	/* from a completion callback: the queued ones complete with ECANCELED,
@@ -1844,6 +1859,29 @@ static void test_free_in_callback(void)
 		CHECK(strcmp(g_srv.log, "BLOB,ECHO,") == 0);
 	}
 	pair_close(&p);
+
+	/* from the connect callback, at once; and a connect request freed in
+	 * its callback without taking the client */
+	for (int take = 0; take < 2; take++) {
+		weft_loop *l2 = new_loop();
+		int sv2[2];
+		REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv2) == 0);
+		CHECK_EQ(write(sv2[1], "OK hi\nOK extra\n", 15), 15);
+		weft_stream *s2 = NULL;
+		CHECK_EQ(weft_stream_new_socket(l2, sv2[0], &s2), 0);
+		weft_req *r2 = weft_assuan_client_adopt_send(l2, s2);
+		REQUIRE(r2 != NULL);
+		static bool done2;
+		done2 = false;
+		weft_req_set_callback(r2, take ? connect_take_free : connect_drop, &done2);
+		CHECK(run_until(l2, &done2, WAIT_MS));
+		run_for(l2, 10);
+		char b[8];
+		CHECK_EQ(read(sv2[1], b, sizeof(b)), 4); /* BYE, then EOF */
+		CHECK(memcmp(b, "BYE\n", 4) == 0);
+		close(sv2[1]);
+		free_loop(l2);
+	}
 
 	/* from the connect callback's failure path, and a free before the
 	 * greeting: the connect request completes ECANCELED */
