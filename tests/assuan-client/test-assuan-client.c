@@ -2314,8 +2314,20 @@ static void test_pipe_self(void)
 	const char *garbage[] = {"sh", "-c", "echo hello; sleep 1", NULL};
 	CHECK(connect_wait(loop, weft_assuan_pipe_connect_send(loop, garbage, NULL, 0, 0), &err) == NULL);
 	CHECK_EQ(err, EPROTO);
+	/* a program that never greets: the connect times out; nobody holds
+	 * its pid, so it must not be left running (the loop would stay alive
+	 * for it) */
+	const char *mute[] = {"sh", "-c", "exec sleep 30", NULL};
+	weft_req *mreq = weft_assuan_pipe_connect_send(loop, mute, NULL, 0, 0);
+	if (mreq)
+		weft_req_set_timeout(mreq, 100);
+	CHECK(connect_wait(loop, mreq, &err) == NULL);
+	CHECK_EQ(err, ETIMEDOUT);
+	uint64_t t0 = t_now_ms();
 	for (int i = 0; i < 500 && weft_loop_alive(loop); i++)
 		weft_loop_run(loop, WEFT_RUN_ONCE); /* the reapers wait for their exits */
+	CHECK(!weft_loop_alive(loop));
+	CHECK(t_now_ms() - t0 < 10000);
 	CHECK_EQ(other_children(), 0);
 	unlink(path);
 	free_loop(loop);
