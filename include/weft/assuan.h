@@ -349,7 +349,9 @@ WEFT_EXPORT weft_req *weft_assuan_client_adopt_send(weft_loop *loop, weft_stream
  * set to this process's pid.  inherit (n entries, may be NULL) are
  * descriptors the child keeps under the same numbers; everything else of
  * ours is close-on-exec.  The child is reaped on the loop (pidfd); see
- * weft_assuan_client_on_exit.  Collect with weft_assuan_connect_recv. */
+ * weft_assuan_client_on_exit.  If the connect fails (no greeting, timeout,
+ * request freed) the child, which nobody else can reach, gets SIGTERM.
+ * Collect with weft_assuan_connect_recv. */
 #define WEFT_ASSUAN_PIPE_FDPASSING 1u
 WEFT_EXPORT weft_req *weft_assuan_pipe_connect_send(weft_loop *loop, const char *const argv[],
 		const int *inherit, size_t n, unsigned flags);

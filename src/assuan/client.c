@@ -7,6 +7,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -570,6 +571,10 @@ static void connect_cleanup(weft_req *req, weft_req_stage stage)
 		weft_assuan_client *cl = cs->cl;
 		cs->cl = NULL;
 		cl->connect_req = NULL;
+		/* A spawned server nobody will see (no client, no pid handed
+		 * out): stop it, or it runs on and the loop waits for it. */
+		if (cl->reaper != NULL && !cl->reaper->exited)
+			kill(cl->reaper->pid, SIGTERM);
 		weft_assuan_client_free(cl); /* not handed out */
 	}
 }

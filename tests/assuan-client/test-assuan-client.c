@@ -2311,7 +2311,7 @@ static void test_pipe_self(void)
 	const char *quits[] = {"sh", "-c", "echo '# only a comment'; exit 4", NULL};
 	CHECK(connect_wait(loop, weft_assuan_pipe_connect_send(loop, quits, NULL, 0, 0), &err) == NULL);
 	CHECK_EQ(err, EPIPE);
-	const char *garbage[] = {"sh", "-c", "echo hello; sleep 1", NULL};
+	const char *garbage[] = {"sh", "-c", "echo hello; exec sleep 1", NULL};
 	CHECK(connect_wait(loop, weft_assuan_pipe_connect_send(loop, garbage, NULL, 0, 0), &err) == NULL);
 	CHECK_EQ(err, EPROTO);
 	/* a program that never greets: the connect times out; nobody holds
