@@ -1368,6 +1368,14 @@ static void test_answer_lines(void)
 		CHECK(run_until(r.loop, &b.done, WAIT_MS));
 		check_answer(&b);
 
+		/* NUL bytes inside a D line */
+		struct tx z = {0};
+		tx_start(&z, r.cl, "Z");
+		raw_expect(&r, "Z\n");
+		raw_send_n(&r, "D a\0b\0\nOK\n", 10);
+		CHECK(run_until(r.loop, &z.done, WAIT_MS));
+		CHECK(z.dlen == 4 && memcmp(z.data, "a\0b\0", 4) == 0);
+
 		/* ERR values: with text, bare number, no number */
 		static const struct {
 			const char *line;
@@ -2627,6 +2635,12 @@ static void test_agent_basics(void)
 		tx_run(&gv, loop, cl, "GETVAL k");
 		CHECK_EQ(gv.answer, 0);
 		CHECK(gv.dlen == 9 && memcmp(gv.data, "a b%c\nd\re", 9) == 0);
+		/* NULs inside D lines, one D line per name (V8) */
+		struct tx ev = {0};
+		tx_run(&ev, loop, cl, "GETINFO std_env_names");
+		CHECK_EQ(ev.answer, 0);
+		CHECK(ev.dlen > 13 && memcmp(ev.data, "GPG_TTY\0TERM\0", 13) == 0);
+		CHECK(ev.data_calls >= 10);
 		/* D lines split at 996 bytes, escapes (the agent's environment) */
 		struct tx *big = calloc(1, sizeof(*big));
 		REQUIRE(big != NULL);
