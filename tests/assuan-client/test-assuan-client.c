@@ -1019,8 +1019,10 @@ static void test_connect_path(void)
 	snprintf(path, sizeof(path), "%s/s1", g_dir);
 	snprintf(addr, sizeof(addr), "unix:%s", path);
 	CHECK_EQ(weft_assuan_server_listen(srv, addr, NULL), 0);
-	const char *names[] = {path, addr};
-	for (int i = 0; i < 2; i++) {
+	char fileurl[160];
+	snprintf(fileurl, sizeof(fileurl), "file://%s", path);
+	const char *names[] = {path, addr, fileurl};
+	for (int i = 0; i < 3; i++) {
 		int err = 0;
 		weft_assuan_client *cl = connect_wait(loop, weft_assuan_connect_send(loop, names[i]), &err);
 		CHECK_EQ(err, 0);
