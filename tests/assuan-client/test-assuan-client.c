@@ -2575,6 +2575,21 @@ static bool agent_start(void)
 	return g_agent_pid > 0 && S_ISSOCK(sst.st_mode);
 }
 
+/* "OK Pleased to meet you, process N": libassuan 2.5 (Debian 12) names the
+ * peer (us: SO_PEERCRED, or _assuan_pipe_connect_pid for a pipe server),
+ * libassuan 3 the server itself. */
+static bool agent_greeting_ok(const char *g, pid_t server)
+{
+	char a[64], b[64];
+	snprintf(a, sizeof(a), "Pleased to meet you, process %d", (int)getpid());
+	snprintf(b, sizeof(b), "Pleased to meet you, process %d", (int)server);
+	if (strcmp(g, a) != 0 && strcmp(g, b) != 0) {
+		printf("# greeting \"%s\"\n", g);
+		return false;
+	}
+	return true;
+}
+
 static weft_assuan_client *agent_connect(weft_loop *loop)
 {
 	int err = 0;
@@ -2592,9 +2607,7 @@ static void test_agent_basics(void)
 	weft_loop *loop = new_loop();
 	weft_assuan_client *cl = agent_connect(loop);
 	if (cl != NULL) {
-		char want[64];
-		snprintf(want, sizeof(want), "Pleased to meet you, process %d", (int)getpid());
-		CHECK(strcmp(weft_assuan_client_greeting(cl), want) == 0);
+		CHECK(agent_greeting_ok(weft_assuan_client_greeting(cl), g_agent_pid));
 		struct tx v = {0};
 		tx_run(&v, loop, cl, "GETINFO version");
 		CHECK_EQ(v.answer, 0);
@@ -2827,10 +2840,8 @@ static void test_agent_pipe(void)
 		weft_assuan_client *cl = connect_wait(loop, req, &err);
 		CHECK_EQ(err, 0);
 		if (cl != NULL) {
-			char want[64];
-			snprintf(want, sizeof(want), "Pleased to meet you, process %d", (int)getpid());
-			CHECK(strcmp(weft_assuan_client_greeting(cl), want) == 0);
 			pid_t cpid = weft_assuan_client_pid(cl);
+			CHECK(agent_greeting_ok(weft_assuan_client_greeting(cl), cpid));
 			struct tx p = {0};
 			tx_run(&p, loop, cl, "GETINFO pid");
 			p.data[p.dlen < 16 ? p.dlen : 15] = '\0';
