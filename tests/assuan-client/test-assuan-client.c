@@ -42,6 +42,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/common_interface_defs.h>
+#endif
+
 #ifndef WEFT_CONNECT_PATH
 #error "WEFT_CONNECT_PATH must name the built weft-connect"
 #endif
@@ -65,6 +69,9 @@ static volatile pid_t g_kv_pid;    /* weft-kv */
 static volatile pid_t g_tool_pid;  /* a weft-connect run */
 static volatile pid_t g_kv_tls_pid; /* weft-kv over TLS */
 
+/* Kill what we started, remove the directory (async-signal-safe). */
+static void emergency_cleanup(void);
+
 static void on_alarm(int sig)
 {
 	(void)sig;
@@ -75,6 +82,28 @@ static void on_alarm(int sig)
 		ignored = write(1, g_current, strlen(g_current));
 	ignored = write(1, post, sizeof post - 1);
 	(void)ignored;
+	emergency_cleanup();
+	_exit(2);
+}
+
+#if !defined(__SANITIZE_ADDRESS__)
+/* A crash: clean up, then die of the same signal. */
+static void on_crash(int sig)
+{
+	static const char pre[] = "Bail out! crashed in test ";
+	ssize_t ignored = write(1, pre, sizeof pre - 1);
+	if (g_current)
+		ignored = write(1, g_current, strlen(g_current));
+	ignored = write(1, "\n", 1);
+	(void)ignored;
+	emergency_cleanup();
+	signal(sig, SIG_DFL);
+	raise(sig);
+}
+#endif
+
+static void emergency_cleanup(void)
+{
 	pid_t pids[4] = {g_agent_pid, g_kv_pid, g_tool_pid, g_kv_tls_pid};
 	for (int i = 0; i < 4; i++)
 		if (pids[i] > 0)
@@ -92,7 +121,7 @@ static void on_alarm(int sig)
 	for (int i = 0; i < 4; i++)
 		if (pids[i] > 0)
 			waitpid(pids[i], NULL, 0);
-	_exit(2);
+	g_dir[0] = '\0';
 }
 
 /* WEFT_TEST_ONLY=text runs only the tests whose name has text. */
@@ -3309,6 +3338,13 @@ int main(int argc, char **argv)
 		return pipe_server_main();
 	signal(SIGPIPE, SIG_IGN);
 	signal(SIGALRM, on_alarm);
+#if defined(__SANITIZE_ADDRESS__)
+	__sanitizer_set_death_callback(emergency_cleanup); /* ASan reports, then this */
+#else
+	static const int crashes[] = {SIGSEGV, SIGBUS, SIGABRT, SIGFPE, SIGILL};
+	for (size_t i = 0; i < sizeof(crashes) / sizeof(crashes[0]); i++)
+		signal(crashes[i], on_crash);
+#endif
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	/* the daemonized gpg-agent becomes our child: we can reap it */
 	prctl(PR_SET_CHILD_SUBREAPER, 1);
