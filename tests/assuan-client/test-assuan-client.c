@@ -215,6 +215,7 @@ struct tx {
 	weft_assuan_err fail;     /* returned by the data/status callbacks when set */
 	bool free_in_data;        /* weft_assuan_client_free from the data callback */
 	bool free_in_inquire;     /* ... from the inquire callback */
+	bool cancel_in_data;      /* weft_req_cancel of itself from the data callback */
 	bool free_in_done;        /* ... from the completion callback */
 	bool free_req_in_data;    /* weft_req_free of itself from the data callback */
 	struct tx *then;          /* ... and then start this one */
@@ -254,6 +255,8 @@ static weft_assuan_err tx_data(void *data, const void *buf, size_t len)
 		weft_assuan_client_free(tx->cl);
 		return tx->fail;
 	}
+	if (tx->cancel_in_data && tx->req != NULL && weft_req_is_in_progress(tx->req))
+		CHECK_EQ(weft_req_cancel(tx->req), 0);
 	return tx->fail;
 }
 
@@ -1875,6 +1878,20 @@ static void test_free_in_callback(void)
 		pair_close(&p);
 	}
 
+	/* a data callback that cancels its own transaction: ECANCELED, the
+	 * rest of its answer is dropped, the next one is clean */
+	if (pair_open(&p, NULL)) {
+		struct tx a = {.cancel_in_data = true}, b = {0};
+		tx_start(&a, p.cl, "BLOB 20000");
+		tx_start(&b, p.cl, "ECHO clean");
+		CHECK(run_until(p.loop, &b.done, WAIT_MS));
+		CHECK_EQ(a.r, -ECANCELED);
+		CHECK_EQ(a.data_calls, 1);
+		CHECK_EQ(b.r, 0);
+		CHECK(b.dlen == 5 && memcmp(b.data, "clean", 5) == 0);
+	}
+	pair_close(&p);
+
 	/* a data callback that frees its own request, returning an error */
 	if (pair_open(&p, NULL)) {
 		struct tx a = {.free_req_in_data = true, .fail = 5};
@@ -3380,7 +3397,7 @@ int main(int argc, char **argv)
 	run("per-transaction timeout", test_timeout);
 	run("timeout during INQUIRE and while queued", test_timeout_inquire_queued);
 	run("server dies mid-transaction", test_server_dies);
-	run("client_free from callbacks", test_free_in_callback);
+	run("client_free (and cancel) from callbacks", test_free_in_callback);
 	run("sendfd + INPUT FD (same inode)", test_sendfd);
 	run("sendfd after a big INQUIRE answer: in order", test_sendfd_order);
 	run("low-level lines, loop driven by hand", test_low_level);
