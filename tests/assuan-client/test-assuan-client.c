@@ -1209,6 +1209,43 @@ static void test_queue_order(void)
 	pair_close(&p);
 }
 
+/* Many transactions queued at once: all answered, in order, quickly. */
+static int g_many_done, g_many_bad;
+
+static void many_done(weft_req *req, void *data)
+{
+	weft_assuan_err e = 1;
+	int r = weft_assuan_transact_recv(req, &e, NULL);
+	if (r != 0 || e != 0 || (intptr_t)data != g_many_done)
+		g_many_bad++;
+	g_many_done++;
+	weft_req_free(req);
+}
+
+static void test_queue_many(void)
+{
+	struct pair p;
+	if (pair_open(&p, NULL)) {
+		enum { N = 5000 };
+		g_many_done = g_many_bad = 0;
+		uint64_t t0 = t_now_ms();
+		for (intptr_t i = 0; i < N; i++) {
+			weft_req *req = weft_assuan_transact_send(p.cl, i % 2 ? "NOP" : "ECHO x", NULL, NULL);
+			REQUIRE(req != NULL);
+			weft_req_set_callback(req, many_done, (void *)i);
+		}
+		bool all = false;
+		for (uint64_t end = t_now_ms() + 30000; !all && t_now_ms() < end;) {
+			weft_loop_run(p.loop, WEFT_RUN_ONCE);
+			all = g_many_done == N;
+		}
+		CHECK(all);
+		CHECK_EQ(g_many_bad, 0);
+		printf("# %d transactions in %llu ms\n", N, (unsigned long long)(t_now_ms() - t0));
+	}
+	pair_close(&p);
+}
+
 /* Bad commands are refused before anything is sent. */
 static void test_bad_commands(void)
 {
@@ -3383,6 +3420,7 @@ int main(int argc, char **argv)
 	run("D, S, comments, END, OK text", test_data_status_comments);
 	run("ERR values", test_err_values);
 	run("queued transactions in order", test_queue_order);
+	run("5000 queued transactions", test_queue_many);
 	run("bad commands", test_bad_commands);
 	run("INQUIRE: now, later, CAN, no callback, failing callback", test_inquire_now_and_later);
 	run("INQUIRE on the wire", test_inquire_wire);
