@@ -3012,6 +3012,21 @@ static struct out g_out; /* big: not on the stack */
 
 #define TOOL(...) ((const char *const[]){WEFT_CONNECT_PATH, __VA_ARGS__, NULL})
 
+/* weft-connect with pipe servers that fail: one that is not there, one
+ * that leaves in the middle of a command. */
+static void test_tool_pipe_fail(void)
+{
+	run_tool(TOOL("-E", "--", "/nonexistent/weft-server", "--", "NOP"), NULL, 20000, &g_out);
+	CHECK_EQ(g_out.status, 2);
+	CHECK(g_out.errlen > 0);
+	run_tool(TOOL("-E", "--", "sh", "-c", "echo OK hello; read x; echo 'D half'; exit 0", "--", "GETINFO x", "NOP"),
+			NULL, 20000, &g_out);
+	CHECK_EQ(g_out.status, 2);
+	CHECK(has(&g_out, "half"));
+	CHECK(memmem(g_out.err, g_out.errlen, "weft-connect: ", 14) != NULL);
+	CHECK_EQ(other_children(), 0);
+}
+
 static void test_tool_help(void)
 {
 	run_tool(TOOL("--help"), NULL, 20000, &g_out);
@@ -3462,6 +3477,7 @@ int main(int argc, char **argv)
 	}
 
 	run("weft-connect --help and bad options", test_tool_help);
+	run("weft-connect with pipe servers that fail", test_tool_pipe_fail);
 	static const char *const kv_tests[] = {"weft-connect against weft-kv", "weft-connect on a terminal"};
 	if ((selected(kv_tests[0]) || selected(kv_tests[1])) && !kv_start())
 		printf("# weft-kv could not be started\n");
