@@ -1511,6 +1511,116 @@ static void test_free_says_bye(void)
 	raw_close(&r);
 }
 
+/* Random answers in random pieces: 300 transactions, each answer made of
+ * D lines (random bytes, escaped, split anywhere), S lines, comments, END
+ * lines and an OK or ERR, written in chunks of 1..64 bytes with loop
+ * passes in between now and then.  Seeded: the same run every time
+ * (WEFT_TEST_SEED=n for another). */
+static unsigned g_rand = 12345;
+static uint64_t g_random_bytes;
+
+static unsigned rnd(unsigned n)
+{
+	g_rand = g_rand * 1103515245u + 12345u;
+	return (g_rand >> 8) % n;
+}
+
+static void test_answer_random(void)
+{
+	struct raw r;
+	if (!raw_open(&r, "OK\n")) {
+		raw_close(&r);
+		return;
+	}
+	enum { N = 300 };
+	const char *seed = getenv("WEFT_TEST_SEED"); /* another run */
+	if (seed != NULL)
+		g_rand = (unsigned)strtoul(seed, NULL, 10);
+	size_t cap = 1 << 20;
+	char *wire = malloc(cap);
+	unsigned char *want = malloc(65536);
+	struct tx *tx = calloc(1, sizeof(*tx));
+	REQUIRE(wire != NULL && want != NULL && tx != NULL);
+	int bad = 0;
+	for (int t = 0; t < N && !bad; t++) {
+		size_t w = 0, wl = 0;
+		char st[2048] = "";
+		int ends = 0;
+		int parts = (int)rnd(6);
+		for (int k = 0; k < parts; k++) {
+			switch (rnd(4)) {
+			case 0: { /* a D line of random bytes */
+				size_t n = 1 + rnd(300);
+				w += (size_t)snprintf(wire + w, cap - w, "D ");
+				for (size_t i = 0; i < n; i++) {
+					unsigned char c = (unsigned char)rnd(256);
+					want[wl++] = c;
+					if (c == '%' || c == '\r' || c == '\n' || rnd(8) == 0)
+						w += (size_t)snprintf(wire + w, cap - w, rnd(2) ? "%%%02X" : "%%%02x", c);
+					else
+						wire[w++] = (char)c;
+				}
+				wire[w++] = '\n';
+				break;
+			}
+			case 1: { /* S */
+				char line[64];
+				snprintf(line, sizeof(line), "KW%u|a %u b", rnd(100), rnd(1000));
+				cat(st, sizeof(st), line, "\n", "");
+				char *bar = strchr(line, '|');
+				*bar = '\0';
+				w += (size_t)snprintf(wire + w, cap - w, "S %s %s\n", line, bar + 1);
+				break;
+			}
+			case 2:
+				w += (size_t)snprintf(wire + w, cap - w, "# comment %u\n", rnd(100));
+				break;
+			default:
+				w += (size_t)snprintf(wire + w, cap - w, "END\n");
+				ends++;
+				break;
+			}
+		}
+		weft_assuan_err answer = rnd(3) ? 0 : 1 + rnd(100000);
+		if (answer)
+			w += (size_t)snprintf(wire + w, cap - w, "ERR %u random failure <x>\n", answer);
+		else
+			w += (size_t)snprintf(wire + w, cap - w, "OK\n");
+		g_random_bytes += w;
+		memset(tx, 0, sizeof(*tx));
+		tx_start(tx, r.cl, "R");
+		if (!raw_expect(&r, "R\n")) {
+			bad = 1;
+			break;
+		}
+		for (size_t off = 0; off < w;) {
+			size_t n = 1 + rnd(64);
+			if (n > w - off)
+				n = w - off;
+			raw_send_n(&r, wire + off, n);
+			off += n;
+			if (rnd(2))
+				weft_loop_run(r.loop, WEFT_RUN_NOWAIT);
+		}
+		if (!run_until(r.loop, &tx->done, WAIT_MS)) {
+			bad = 2;
+			break;
+		}
+		if (tx->r != 0 || tx->answer != answer || tx->dlen != wl || memcmp(tx->data, want, wl) != 0 ||
+		    tx->ends != ends || strcmp(tx->status, st) != 0) {
+			printf("# transaction %d: r %d answer %u/%u data %zu/%zu ends %d/%d\n", t, tx->r, tx->answer,
+					answer, tx->dlen, wl, tx->ends, ends);
+			bad = 3;
+		}
+	}
+	CHECK_EQ(bad, 0);
+	printf("# %d answers, %llu bytes of them\n", N, (unsigned long long)g_random_bytes);
+	free(tx);
+	free(want);
+	free(wire);
+	raw_close(&r);
+}
+
 /* Lines that are no Assuan answer: the transaction fails with EPROTO and
  * the connection is over. */
 static void test_answer_garbage(void)
@@ -3440,6 +3550,7 @@ int main(int argc, char **argv)
 	run("INQUIRE: now, later, CAN, no callback, failing callback", test_inquire_now_and_later);
 	run("INQUIRE on the wire", test_inquire_wire);
 	run("answer lines, byte by byte", test_answer_lines);
+	run("random answers in random pieces", test_answer_random);
 	run("lines that are no answer: EPROTO", test_answer_garbage);
 	run("client_free says BYE", test_free_says_bye);
 	run("callbacks that end the transaction", test_callback_ends);
