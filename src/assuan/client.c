@@ -37,7 +37,8 @@ struct reaper {
 	weft_assuan_client *cl;
 	pid_t pid;
 	int pidfd;
-	weft_io *io;
+	weft_io *io;       /* on the pidfd */
+	weft_timer *poll;  /* without pidfd_open: waitpid every few ms */
 	bool exited;
 	bool reporting; /* its exit callback runs */
 	int wstatus;
@@ -77,6 +78,7 @@ static void client_release(weft_assuan_client *cl);
 static void reaper_free(struct reaper *r)
 {
 	weft_io_free(r->io);
+	weft_timer_free(r->poll);
 	if (r->pidfd >= 0)
 		close(r->pidfd);
 	free(r);
@@ -99,11 +101,8 @@ static void reaper_report(void *data)
 		reaper_free(r);
 }
 
-static void reaper_io(weft_io *io, unsigned revents, void *data)
+static void reaper_check(struct reaper *r)
 {
-	struct reaper *r = data;
-	(void)io;
-	(void)revents;
 	int st;
 	pid_t p = waitpid(r->pid, &st, WNOHANG);
 	if (p == 0)
@@ -112,7 +111,22 @@ static void reaper_io(weft_io *io, unsigned revents, void *data)
 	r->wstatus = p == r->pid ? st : 0;
 	weft_io_free(r->io);
 	r->io = NULL;
+	weft_timer_free(r->poll);
+	r->poll = NULL;
 	reaper_report(r);
+}
+
+static void reaper_io(weft_io *io, unsigned revents, void *data)
+{
+	(void)io;
+	(void)revents;
+	reaper_check(data);
+}
+
+static void reaper_tick(weft_timer *t, void *data)
+{
+	(void)t;
+	reaper_check(data);
 }
 
 static int reaper_new(weft_loop *loop, pid_t pid, struct reaper **ret)
@@ -122,14 +136,20 @@ static int reaper_new(weft_loop *loop, pid_t pid, struct reaper **ret)
 		return -ENOMEM;
 	r->pid = pid;
 	r->pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
-	if (r->pidfd < 0) {
-		int e = -errno;
-		free(r);
-		return e;
+	int rc;
+	if (r->pidfd < 0 && (errno == ENOSYS || errno == EPERM)) {
+		/* No pidfd_open (before Linux 5.3, valgrind, seccomp): look
+		 * with waitpid(WNOHANG) every 20 ms. */
+		rc = weft_timer_new(loop, reaper_tick, r, &r->poll);
+		if (rc == 0)
+			rc = weft_timer_start(r->poll, 20, 20);
+	} else if (r->pidfd < 0) {
+		rc = -errno;
+	} else {
+		rc = weft_io_new(loop, r->pidfd, reaper_io, r, &r->io);
+		if (rc == 0)
+			rc = weft_io_start(r->io, WEFT_IO_READ);
 	}
-	int rc = weft_io_new(loop, r->pidfd, reaper_io, r, &r->io);
-	if (rc == 0)
-		rc = weft_io_start(r->io, WEFT_IO_READ);
 	if (rc < 0) {
 		reaper_free(r);
 		return rc;
@@ -773,19 +793,26 @@ weft_req *weft_assuan_pipe_connect_send(weft_loop *loop, const char *const argv[
 	if (r < 0 || rr < 0) {
 		if (r == 0)
 			weft_stream_close(s, NULL, NULL);
-		/* The child sees EOF and ends; reap it when we can. */
-		if (rp != NULL)
+		/* Nobody will reach this child: stop it and reap it, on the
+		 * loop if we can watch it, else here (it was killed: at once). */
+		if (rp != NULL) {
+			kill(pid, SIGTERM);
 			rp->cl = NULL; /* frees itself at exit */
-		else
-			waitpid(pid, NULL, WNOHANG);
+		} else {
+			kill(pid, SIGKILL);
+			while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+				;
+		}
 		weft_req_error(req, r < 0 ? r : rr);
 		return req;
 	}
 	connect_attach(req, s);
 	struct connect_state *cs = weft_req_state(req);
-	if (cs->cl != NULL && rp != NULL) {
+	if (cs->cl != NULL) {
 		cs->cl->reaper = rp;
 		rp->cl = cs->cl;
+	} else {
+		kill(pid, SIGTERM); /* no client: as above */
 	}
 	return req;
 }
