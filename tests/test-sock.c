@@ -2984,6 +2984,54 @@ static void test_dgram_refused(weft_loop *loop)
 }
 
 /* An adopted fd is made non-blocking and close-on-exec; bad fds. */
+/* sendfd: the descriptor arrives on a Unix socket (same file) and is refused
+ * on TCP, which would drop it silently. */
+static void got_fd(weft_stream *s, int fd, void *data)
+{
+	(void)s;
+	*(int *)data = fd;
+}
+
+static void test_sendfd(weft_loop *loop)
+{
+	int sv[2];
+	REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+	weft_stream *a, *b;
+	REQUIRE(weft_stream_new_socket(loop, sv[0], &a) == 0);
+	REQUIRE(weft_stream_new_socket(loop, sv[1], &b) == 0);
+	int got = -1;
+	CHECK_EQ(weft_stream_set_fd_receiver(b, got_fd, &got), 0);
+	int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	REQUIRE(fd >= 0);
+	weft_req *w = weft_stream_sendfd_send(a, fd, "x", 1);
+	REQUIRE(w != NULL);
+	CHECK_EQ(weft_req_wait(w), 0);
+	CHECK_EQ(weft_stream_writev_recv(w, NULL), 1);
+	weft_req_free(w);
+	char c;
+	CHECK_EQ(read_exact(b, &c, 1, NULL), 0);
+	CHECK(got >= 0);
+	struct stat s1, s2;
+	CHECK(fstat(fd, &s1) == 0 && got >= 0 && fstat(got, &s2) == 0 && s1.st_ino == s2.st_ino);
+	if (got >= 0)
+		close(got);
+	weft_stream_close(a, NULL, NULL);
+	weft_stream_close(b, NULL, NULL);
+
+	weft_stream *c1, *s1s;
+	REQUIRE(tcp_pair(loop, &c1, &s1s));
+	CHECK_EQ(weft_stream_set_fd_receiver(s1s, got_fd, &got), -EOPNOTSUPP);
+	w = weft_stream_sendfd_send(c1, fd, "x", 1);
+	REQUIRE(w != NULL);
+	CHECK_EQ(weft_req_wait(w), 0);
+	int err = 0;
+	CHECK_EQ(weft_stream_writev_recv(w, &err), -EOPNOTSUPP);
+	weft_req_free(w);
+	weft_stream_close(c1, NULL, NULL);
+	weft_stream_close(s1s, NULL, NULL);
+	close(fd);
+}
+
 static void test_stream_new_socket(weft_loop *loop)
 {
 	int sv[2];
@@ -3296,6 +3344,7 @@ int main(int argc, char **argv)
 	run_loop("readv: a second read request -> EBUSY", test_readv_busy);
 	run_loop("writev: 64 MiB to a slow reader, no spinning while it pauses", test_big_write_slow_reader);
 	run_loop("writev_queue: 100 writes in order, queue length", test_writev_queue);
+	run_loop("sendfd: a descriptor on the first byte over Unix; EOPNOTSUPP over TCP", test_sendfd);
 	run_loop("writev: reset by the peer mid-write -> ECONNRESET/EPIPE, no SIGPIPE", test_reset_mid_write);
 	run("writev: closed peer with SIGPIPE at SIG_DFL -> EPIPE (child)", test_sigpipe_child);
 	run_loop("shutdown: after queued writes, the peer reads all, then EOF", test_shutdown_after_writes);

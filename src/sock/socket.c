@@ -103,6 +103,12 @@ static ssize_t sock_writev(weft_stream *s, const struct iovec *iov, int count)
 static ssize_t sock_sendfd(weft_stream *s, const struct iovec *iov, int count, int fd)
 {
 	struct sock_impl *si = weft_stream_impl(s);
+	struct sockaddr_storage ss = {0};
+	socklen_t sl = sizeof(ss);
+	if (getsockname(si->fd, (struct sockaddr *)&ss, &sl) < 0)
+		return -errno;
+	if (ss.ss_family != AF_UNIX)
+		return -EOPNOTSUPP; /* TCP would drop the descriptor without a word */
 	union {
 		struct cmsghdr align;
 		char buf[CMSG_SPACE(sizeof(int))];
