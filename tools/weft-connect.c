@@ -4,11 +4,13 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <signal.h>
 #include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -45,7 +47,7 @@ static const char usage[] =
 	"      --inquire KW=FILE  answer INQUIRE KW with the contents of FILE\n"
 	"      --inquire-prog KW=CMD  answer INQUIRE KW with the output of CMD (sh -c)\n"
 	"      --sendfd FILE      pass FILE (opened read-only) before the first command\n"
-	"  -t, --timeout MS       fail a command that takes longer than MS\n"
+	"  -t, --timeout MS       fail a command (or the greeting) that takes longer than MS\n"
 #ifdef HAVE_TLS
 	"      --tls              speak TLS on the connection (-S tcp:HOST:PORT or a socket)\n"
 	"      --cafile FILE      trust the CA certificates in FILE (default: the system's)\n"
@@ -95,9 +97,12 @@ static struct {
 	weft_stream *prog_out;
 	weft_req *prog_read;
 	char prog_buf[4096];
-	pid_t prog_pid;
+	pid_t prog_pid;  /* 0: none runs */
+	bool prog_eof;   /* its output ended cleanly */
+	int prog_pidfd;  /* -1: none */
+	weft_io *prog_wait;
 	weft_req *tr;
-} g = {.last = 2};
+} g = {.last = 2, .prog_pidfd = -1};
 
 static void next_command(void);
 
@@ -155,6 +160,56 @@ static void prog_next_read(void)
 	weft_req_set_callback(g.prog_read, prog_read_done, NULL);
 }
 
+/* Drop what watches the program (its output, its pidfd); it is not reaped. */
+static void prog_stop(void)
+{
+	weft_req_free(g.prog_read);
+	g.prog_read = NULL;
+	weft_stream_close(g.prog_out, NULL, NULL);
+	g.prog_out = NULL;
+	weft_io_free(g.prog_wait);
+	g.prog_wait = NULL;
+	if (g.prog_pidfd >= 0)
+		close(g.prog_pidfd);
+	g.prog_pidfd = -1;
+}
+
+/* The program ended with wait status st: END after a clean exit, else CAN. */
+static void prog_answer(int st)
+{
+	g.prog_pid = 0;
+	prog_stop();
+	if (g.prog_eof && WIFEXITED(st) && WEXITSTATUS(st) == 0)
+		weft_assuan_client_inquire_end(g.cl);
+	else
+		weft_assuan_client_inquire_cancel(g.cl);
+}
+
+/* Its pidfd is readable: it has exited. */
+static void prog_exited(weft_io *io, unsigned revents, void *data)
+{
+	(void)io;
+	(void)revents;
+	(void)data;
+	int st = 0;
+	pid_t p = waitpid(g.prog_pid, &st, WNOHANG);
+	if (p == 0)
+		return; /* not yet */
+	prog_answer(p == g.prog_pid ? st : 1);
+}
+
+/* The session ends while a program answers: stop it, reap it. */
+static void prog_kill(void)
+{
+	if (g.prog_pid <= 0)
+		return;
+	kill(g.prog_pid, SIGKILL);
+	while (waitpid(g.prog_pid, NULL, 0) < 0 && errno == EINTR)
+		;
+	g.prog_pid = 0;
+	prog_stop();
+}
+
 static void prog_read_done(weft_req *req, void *data)
 {
 	(void)data;
@@ -169,12 +224,17 @@ static void prog_read_done(weft_req *req, void *data)
 	}
 	weft_stream_close(g.prog_out, NULL, NULL);
 	g.prog_out = NULL;
-	int st = 0;
-	waitpid(g.prog_pid, &st, 0); /* its output ended: it is exiting */
-	if (err == EPIPE && WIFEXITED(st) && WEXITSTATUS(st) == 0)
-		weft_assuan_client_inquire_end(g.cl);
-	else
-		weft_assuan_client_inquire_cancel(g.cl);
+	g.prog_eof = err == EPIPE;
+	/* Its output ended but it may linger: wait for its exit on the loop
+	 * (a pidfd), not in waitpid, so --timeout and the rest go on. */
+	g.prog_pidfd = (int)syscall(SYS_pidfd_open, g.prog_pid, 0);
+	if (g.prog_pidfd >= 0 && weft_io_new(g.loop, g.prog_pidfd, prog_exited, NULL, &g.prog_wait) == 0 &&
+	    weft_io_start(g.prog_wait, WEFT_IO_READ) == 0)
+		return;
+	int st = 0; /* no pidfd: wait here */
+	while (waitpid(g.prog_pid, &st, 0) < 0 && errno == EINTR)
+		;
+	prog_answer(st);
 }
 
 static int start_prog(const char *cmd)
@@ -250,6 +310,7 @@ static void finish(int status)
 {
 	g.last = status;
 	g.done = true;
+	prog_kill();
 	weft_assuan_client_free(g.cl);
 	g.cl = NULL;
 #ifdef HAVE_READLINE
@@ -433,22 +494,44 @@ static void next_command(void)
 
 /* ---- start-up ------------------------------------------------------------------ */
 
+/* gpgconf [--homedir DIR] --list-dirs agent-socket, run without a shell
+ * (DIR may hold any character).  Before the loop runs: nothing waits. */
 static char *agent_socket(const char *homedir)
 {
-	char cmd[1200];
-	if (homedir)
-		snprintf(cmd, sizeof(cmd), "gpgconf --homedir '%s' --list-dirs agent-socket", homedir);
-	else
-		snprintf(cmd, sizeof(cmd), "gpgconf --list-dirs agent-socket");
-	FILE *p = popen(cmd, "r"); /* before the loop runs: nothing waits on us yet */
-	if (p == NULL)
+	int p[2];
+	if (pipe2(p, O_CLOEXEC) < 0)
 		return NULL;
+	posix_spawn_file_actions_t fa;
+	posix_spawn_file_actions_init(&fa);
+	posix_spawn_file_actions_adddup2(&fa, p[1], 1);
+	const char *argv[] = {"gpgconf", "--homedir", homedir, "--list-dirs", "agent-socket", NULL};
+	if (homedir == NULL) {
+		argv[1] = "--list-dirs";
+		argv[2] = "agent-socket";
+		argv[3] = NULL;
+	}
+	pid_t pid;
+	int r = posix_spawnp(&pid, "gpgconf", &fa, NULL, (char *const *)argv, environ);
+	posix_spawn_file_actions_destroy(&fa);
+	close(p[1]);
+	if (r != 0) {
+		close(p[0]);
+		return NULL;
+	}
 	char buf[1024];
-	char *r = fgets(buf, sizeof(buf), p) ? strdup(buf) : NULL;
-	pclose(p);
-	if (r)
-		r[strcspn(r, "\n")] = '\0';
-	return r;
+	size_t n = 0;
+	ssize_t k;
+	while (n < sizeof(buf) - 1 && ((k = read(p[0], buf + n, sizeof(buf) - 1 - n)) > 0 || (k < 0 && errno == EINTR)))
+		n += k > 0 ? (size_t)k : 0;
+	close(p[0]);
+	int st = 0;
+	while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
+		;
+	buf[n] = '\0';
+	buf[strcspn(buf, "\n")] = '\0';
+	if (!WIFEXITED(st) || WEXITSTATUS(st) != 0 || buf[0] == '\0')
+		return NULL;
+	return strdup(buf);
 }
 
 static void connected(weft_req *req, void *data)
@@ -678,7 +761,11 @@ int main(int argc, char **argv)
 #ifdef HAVE_TLS
 	if (!tls.on)
 #endif
+	{
+		if (g.timeout)
+			weft_req_set_timeout(req, g.timeout); /* a server that never greets */
 		weft_req_set_callback(req, connected, (void *)sendfd_path);
+	}
 	int stdin_flags = fcntl(0, F_GETFL);
 	if (g.interactive) {
 		fcntl(0, F_SETFL, stdin_flags | O_NONBLOCK);

@@ -37,6 +37,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -57,8 +58,37 @@ static struct {
 	unsigned watchdog;
 } opt = {.n = 100000, .msg = 32, .watchdog = 120};
 
-static double samples[NIMPL][MAX_ROUNDS + 1];
+static double samples[NIMPL][MAX_ROUNDS + 1];     /* round trips per second (wall clock) */
+static double cpu_samples[NIMPL][MAX_ROUNDS + 1]; /* round trips per CPU-second, both processes */
 static int nsamples[NIMPL];
+
+/* CPU time (user + system) in seconds of a rusage. */
+static double ru_cpu(const struct rusage *ru)
+{
+	return (double)(ru->ru_utime.tv_sec + ru->ru_stime.tv_sec) +
+	       (double)(ru->ru_utime.tv_usec + ru->ru_stime.tv_usec) / 1e6;
+}
+
+static double self_cpu(void)
+{
+	struct rusage ru;
+	getrusage(RUSAGE_SELF, &ru);
+	return ru_cpu(&ru);
+}
+
+/* Wait for the round's server; its CPU time goes to *cpu.  False if it
+ * failed. */
+static bool reap_server(pid_t pid, double *cpu)
+{
+	int st;
+	struct rusage ru;
+	if (wait4(pid, &st, 0, &ru) < 0)
+		return false;
+	*cpu = ru_cpu(&ru);
+	return WIFEXITED(st) && WEXITSTATUS(st) == 0;
+}
+
+static double last_cpu_rate;
 
 static void pin_cpu0(void)
 {
@@ -116,6 +146,7 @@ static double raw_round(void)
 	int s = sv[0];
 	char req[4096], resp[4096];
 	memset(req, 'q', (size_t)opt.msg);
+	double c0 = self_cpu();
 	double t0 = now_mono();
 	for (long i = 0; i < opt.n; i++) {
 		memcpy(req, &i, sizeof(i));
@@ -133,11 +164,11 @@ static double raw_round(void)
 		close(fd);
 	}
 	double dt = now_mono() - t0;
+	double cpu = self_cpu() - c0, scpu = 0;
 	close(s);
-	int st;
-	waitpid(pid, &st, 0);
-	if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+	if (!reap_server(pid, &scpu))
 		die("raw: the server failed");
+	last_cpu_rate = (double)opt.n / (cpu + scpu);
 	return (double)opt.n / dt;
 }
 
@@ -251,20 +282,21 @@ static double weft_round(void)
 	wcheck(weft_req_wait(creq), "weft_req_wait");
 	wcheck(weft_fdpass_connect_recv(creq, &w.c, NULL), "weft_fdpass_connect_recv");
 	weft_req_free(creq);
+	double c0 = self_cpu();
 	double t0 = now_mono();
 	wclient_send(&w);
 	weft_loop_run(w.loop, WEFT_RUN_DEFAULT);
 	double dt = now_mono() - t0;
+	double cpu = self_cpu() - c0, scpu = 0;
 	if (w.failed || w.i != opt.n)
 		die("weft: wrong response %ld", w.i);
 	weft_fdpass_client_free(w.c);
 	for (int i = 0; i < 4; i++)
 		weft_loop_run(w.loop, WEFT_RUN_NOWAIT);
 	wcheck(weft_loop_free(w.loop), "weft_loop_free");
-	int st;
-	waitpid(pid, &st, 0);
-	if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+	if (!reap_server(pid, &scpu))
 		die("weft: the server failed");
+	last_cpu_rate = (double)opt.n / (cpu + scpu);
 	return (double)opt.n / dt;
 }
 
@@ -277,9 +309,11 @@ static void one_round(int impl, int round, void *arg)
 	double v = impl == I_RAW ? raw_round() : weft_round();
 	wd_disarm();
 	if (bench.verbose)
-		printf("round %2d  %-5s %12.0f rt/s\n", round, impl_names[impl], v);
-	if (round >= 0)
+		printf("round %2d  %-5s %12.0f rt/s  %12.0f rt/CPU-s\n", round, impl_names[impl], v, last_cpu_rate);
+	if (round >= 0) {
+		cpu_samples[impl][nsamples[impl]] = last_cpu_rate;
 		samples[impl][nsamples[impl]++] = v;
+	}
 }
 
 static void usage(FILE *f)
@@ -326,25 +360,24 @@ int main(int argc, char **argv)
 
 	run_interleaved(NIMPL, opt.sel, one_round, NULL);
 
-	double med[NIMPL];
-	for (int i = 0; i < NIMPL; i++)
-		med[i] = median(samples[i], nsamples[i]);
-	char cells[3][32];
 	const char *heads[3] = {"raw", "weft", "weft/raw"};
 	int widths[3] = {10, 10, 9};
-	char title[64];
-	snprintf(title, sizeof(title), "request/response + 1 fd, %d B (rt/s)", opt.msg);
-	table_head(40, "row (median)", 3, widths, heads);
-	if (opt.sel[I_RAW])
-		fmt_rate(cells[0], sizeof(cells[0]), med[I_RAW]);
-	else
-		snprintf(cells[0], sizeof(cells[0]), "-");
-	if (opt.sel[I_WEFT])
-		fmt_rate(cells[1], sizeof(cells[1]), med[I_WEFT]);
-	else
-		snprintf(cells[1], sizeof(cells[1]), "-");
-	fmt_ratio(cells[2], sizeof(cells[2]), opt.sel[I_RAW] && opt.sel[I_WEFT], med[I_WEFT], med[I_RAW]);
-	const char *row[3] = {cells[0], cells[1], cells[2]};
-	table_row(40, title, 3, widths, row);
+	table_head(44, "row (median)", 3, widths, heads);
+	for (int k = 0; k < 2; k++) {
+		double med[NIMPL];
+		for (int i = 0; i < NIMPL; i++)
+			med[i] = median(k == 0 ? samples[i] : cpu_samples[i], nsamples[i]);
+		char cells[3][32], title[64];
+		snprintf(title, sizeof(title), "req/resp + 1 fd, %d B (%s)", opt.msg, k == 0 ? "rt/s" : "rt/CPU-s");
+		for (int i = 0; i < NIMPL; i++) {
+			if (opt.sel[i])
+				fmt_rate(cells[i], sizeof(cells[i]), med[i]);
+			else
+				snprintf(cells[i], sizeof(cells[i]), "-");
+		}
+		fmt_ratio(cells[2], sizeof(cells[2]), opt.sel[I_RAW] && opt.sel[I_WEFT], med[I_WEFT], med[I_RAW]);
+		const char *row[3] = {cells[0], cells[1], cells[2]};
+		table_row(44, title, 3, widths, row);
+	}
 	return 0;
 }

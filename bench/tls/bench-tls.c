@@ -20,7 +20,9 @@
  *               = bytes / time until that byte (after the handshake).
  *   small-rr    64-byte records echoed by the server, one in flight:
  *               round trips per second.
- *   handshake   connect, full handshake (no resumption, no tickets), close;
+ *   handshake   connect, full handshake (no resumption, no tickets),
+ *               close_notify, close (weft_stream_close sends close_notify;
+ *               the gnutls side calls gnutls_bye(GNUTLS_SHUT_WR) to match);
  *               handshakes per second, measured at the client.
  * One warm-up round, then -r rounds; the table shows medians and the ratio
  * weft / gnutls (> 1: weft is faster).  -P pins both processes to CPU 0 (the
@@ -42,6 +44,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -69,6 +72,7 @@ static struct {
 static char dir[64];
 static char cert[128], key[128], ca[128];
 static double samples[NROWS][NIMPL][MAX_ROUNDS + 1];
+static double cpu_samples[NROWS][NIMPL][MAX_ROUNDS + 1];
 
 /* ---- certificates ------------------------------------------------------------ */
 
@@ -287,6 +291,21 @@ static void w_write(weft_loop *loop, weft_stream *s, const void *p, size_t n)
 
 /* ---- the rows ------------------------------------------------------------------- */
 
+/* The timed part of the client: wall clock and this process's CPU time. */
+static double w0, c0, timed_wall, timed_cpu;
+
+static void timer_start(void)
+{
+	w0 = now_mono();
+	c0 = now_cpu();
+}
+
+static void timer_stop(void)
+{
+	timed_wall = now_mono() - w0;
+	timed_cpu = now_cpu() - c0;
+}
+
 static unsigned char *bulk_buf;
 
 static uint64_t bulk_bytes(void)
@@ -320,24 +339,23 @@ static void peer_bulk(int impl, int fd)
 static double client_bulk(int impl, int fd)
 {
 	unsigned char ack;
-	double t0, t1;
 	if (impl == I_GNUTLS) {
 		gnutls_session_t s = g_session(fd, false);
-		t0 = now_mono();
+		timer_start();
 		for (uint64_t left = bulk_bytes(); left > 0;) {
 			size_t n = left < WEFT_CHUNK ? (size_t)left : WEFT_CHUNK;
 			g_send_all(s, bulk_buf, n);
 			left -= n;
 		}
 		g_recv_n(s, &ack, 1, 1);
-		t1 = now_mono();
+		timer_stop();
 		gnutls_deinit(s);
 	} else {
 		weft_loop *loop;
 		wcheck(weft_loop_new(&loop), "loop_new");
 		weft_tls_config *cfg = w_cfg(false);
 		weft_stream *s = w_session(loop, cfg, fd, false);
-		t0 = now_mono();
+		timer_start();
 		for (uint64_t left = bulk_bytes(); left > 0;) {
 			size_t n = left < WEFT_CHUNK ? (size_t)left : WEFT_CHUNK;
 			struct iovec iov = {bulk_buf, n};
@@ -347,11 +365,11 @@ static double client_bulk(int impl, int fd)
 			left -= n;
 		}
 		w_read_n(loop, s, &ack, 1, 1);
-		t1 = now_mono();
+		timer_stop();
 		w_close(loop, s);
 		weft_tls_config_unref(cfg);
 	}
-	return (double)bulk_bytes() / 1e6 / (t1 - t0);
+	return (double)bulk_bytes() / 1e6;
 }
 
 static void peer_rr(int impl, int fd)
@@ -382,31 +400,30 @@ static double client_rr(int impl, int fd)
 {
 	unsigned char buf[RR_MSG];
 	memset(buf, 'x', sizeof buf);
-	double t0, t1;
 	if (impl == I_GNUTLS) {
 		gnutls_session_t s = g_session(fd, false);
-		t0 = now_mono();
+		timer_start();
 		for (long i = 0; i < opt.rr; i++) {
 			g_send_all(s, buf, RR_MSG);
 			g_recv_n(s, buf, RR_MSG, RR_MSG);
 		}
-		t1 = now_mono();
+		timer_stop();
 		gnutls_deinit(s);
 	} else {
 		weft_loop *loop;
 		wcheck(weft_loop_new(&loop), "loop_new");
 		weft_tls_config *cfg = w_cfg(false);
 		weft_stream *s = w_session(loop, cfg, fd, false);
-		t0 = now_mono();
+		timer_start();
 		for (long i = 0; i < opt.rr; i++) {
 			w_write(loop, s, buf, RR_MSG);
 			w_read_n(loop, s, buf, RR_MSG, RR_MSG);
 		}
-		t1 = now_mono();
+		timer_stop();
 		w_close(loop, s);
 		weft_tls_config_unref(cfg);
 	}
-	return (double)opt.rr / (t1 - t0);
+	return (double)opt.rr;
 }
 
 /* Handshakes: the peer accepts on an abstract Unix socket (listen fd
@@ -422,6 +439,7 @@ static void peer_hs(int impl, int lfd)
 			if (fd < 0)
 				die("accept: %s", strerror(errno));
 			gnutls_session_t s = g_session(fd, true);
+			(void)gnutls_bye(s, GNUTLS_SHUT_WR); /* as weft_stream_close does */
 			gnutls_deinit(s);
 			close(fd);
 		}
@@ -451,11 +469,12 @@ static int hs_connect(void)
 
 static double client_hs(int impl)
 {
-	double t0 = now_mono();
+	timer_start();
 	if (impl == I_GNUTLS) {
 		for (long i = 0; i < opt.hs; i++) {
 			int fd = hs_connect();
 			gnutls_session_t s = g_session(fd, false);
+			(void)gnutls_bye(s, GNUTLS_SHUT_WR);
 			gnutls_deinit(s);
 			close(fd);
 		}
@@ -470,12 +489,25 @@ static double client_hs(int impl)
 		w_close(loop, NULL);
 		weft_tls_config_unref(cfg);
 	}
-	return (double)opt.hs / (now_mono() - t0);
+	timer_stop();
+	return (double)opt.hs;
 }
 
-/* One round of one row with one implementation: fork the peer, measure. */
-static double run_one(int row, int impl)
+static double children_cpu(void)
 {
+	struct rusage ru;
+	getrusage(RUSAGE_CHILDREN, &ru);
+	return (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + (double)ru.ru_stime.tv_sec +
+		ru.ru_stime.tv_usec / 1e6;
+}
+
+/* One round of one row with one implementation: fork the peer, measure.
+ * Returns the work done (MB, round trips, handshakes); *ret_wall and
+ * *ret_cpu get the rate per wall-clock second and per CPU second of both
+ * processes together (the client's timed part + the whole peer). */
+static void run_one(int row, int impl, double *ret_wall, double *ret_cpu)
+{
+	double peer0 = children_cpu();
 	int sv[2] = {-1, -1};
 	int lfd = -1;
 	if (row == R_HS) {
@@ -505,14 +537,14 @@ static double run_one(int row, int impl)
 		}
 		_exit(0);
 	}
-	double v;
+	double work;
 	wd_arm(impl, row);
 	if (row == R_HS) {
-		v = client_hs(impl);
+		work = client_hs(impl);
 		close(lfd);
 	} else {
 		close(sv[1]);
-		v = row == R_BULK ? client_bulk(impl, sv[0]) : client_rr(impl, sv[0]);
+		work = row == R_BULK ? client_bulk(impl, sv[0]) : client_rr(impl, sv[0]);
 		if (impl == I_GNUTLS)
 			close(sv[0]); /* weft closed its own */
 	}
@@ -520,17 +552,21 @@ static double run_one(int row, int impl)
 	if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
 		die("the %s peer failed (%s)", impl_names[impl], row_names[row]);
 	wd_disarm();
-	return v;
+	*ret_wall = work / timed_wall;
+	*ret_cpu = work / (timed_cpu + children_cpu() - peer0);
 }
 
 static void row_round(int impl, int round, void *arg)
 {
 	int row = *(int *)arg;
-	double v = run_one(row, impl);
+	double v, cpu;
+	run_one(row, impl, &v, &cpu);
 	if (bench.verbose)
-		printf("  %-8s %-10s %12.1f\n", impl_names[impl], row_names[row], v);
-	if (round >= 0)
+		printf("  %-8s %-10s %12.1f /s   %12.1f /CPU-s\n", impl_names[impl], row_names[row], v, cpu);
+	if (round >= 0) {
 		samples[row][impl][round] = v;
+		cpu_samples[row][impl][round] = cpu;
+	}
 }
 
 static void usage(FILE *f)
@@ -597,28 +633,31 @@ int main(int argc, char **argv)
 		bool all[NIMPL] = {true, true};
 		run_interleaved(NIMPL, all, row_round, &row);
 	}
-	static const int widths[3] = {12, 12, 12};
-	static const char *const heads[3] = {"gnutls", "weft", "weft/gnutls"};
-	table_head(40, "row (median)", 3, widths, heads);
+	static const int widths[6] = {9, 9, 11, 10, 10, 11};
+	static const char *const heads[6] = {"gnutls", "weft", "weft/gnutls", "gnutls/CPU", "weft/CPU",
+		"weft/gnutls"};
+	table_head(34, "row (median)", 6, widths, heads);
 	for (int row = 0; row < NROWS; row++) {
 		if (!opt.rows[row])
 			continue;
-		double g = median(samples[row][I_GNUTLS], bench.rounds);
-		double w = median(samples[row][I_WEFT], bench.rounds);
-		char cg[32], cw[32], cr[32], title[80];
-		if (row == R_BULK) {
-			snprintf(title, sizeof title, "bulk, 16 KiB records (MB/s)");
-			snprintf(cg, sizeof cg, "%.0f", g);
-			snprintf(cw, sizeof cw, "%.0f", w);
-		} else {
-			snprintf(title, sizeof title, row == R_RR ? "64-byte records, round trips/s" : "full handshakes/s");
-			fmt_rate(cg, sizeof cg, g);
-			fmt_rate(cw, sizeof cw, w);
+		double v[4] = {median(samples[row][I_GNUTLS], bench.rounds), median(samples[row][I_WEFT], bench.rounds),
+			median(cpu_samples[row][I_GNUTLS], bench.rounds), median(cpu_samples[row][I_WEFT], bench.rounds)};
+		char cell[6][32], title[80];
+		for (int k = 0; k < 4; k++) {
+			if (row == R_BULK)
+				snprintf(cell[k < 2 ? k : k + 1], 32, "%.0f", v[k]);
+			else
+				fmt_rate(cell[k < 2 ? k : k + 1], 32, v[k]);
 		}
-		fmt_ratio(cr, sizeof cr, true, w, g);
-		const char *cells[3] = {cg, cw, cr};
-		table_row(40, title, 3, widths, cells);
+		fmt_ratio(cell[2], 32, true, v[1], v[0]);
+		fmt_ratio(cell[5], 32, true, v[3], v[2]);
+		snprintf(title, sizeof title, "%s", row == R_BULK ? "bulk, 16 KiB records (MB/s)"
+			: row == R_RR ? "64-byte records (round trips/s)" : "full handshakes (/s)");
+		const char *cells[6] = {cell[0], cell[1], cell[2], cell[3], cell[4], cell[5]};
+		table_row(34, title, 6, widths, cells);
 	}
+	printf("\nThe first three columns are per wall-clock second; the /CPU columns per second\n"
+		"of CPU time of both processes together (robust when other programs share the CPU).\n");
 	printf("\nratios > 1 mean weft is faster; target >= 0.95 on every row.\n");
 	free(bulk_buf);
 	gnutls_certificate_free_credentials(g_srv_cred);

@@ -90,6 +90,13 @@ static weft_assuan_err put_value(weft_assuan_conn *c, weft_assuan_err e, unsigne
 	return e;
 }
 
+/* The client left before answering the INQUIRE: put_value never runs. */
+static void put_cancel(weft_assuan_conn *c, void *data)
+{
+	(void)c;
+	free(data);
+}
+
 static weft_assuan_err cmd_put(weft_assuan_conn *c, char *args, void *data)
 {
 	(void)data;
@@ -100,6 +107,7 @@ static weft_assuan_err cmd_put(weft_assuan_conn *c, char *args, void *data)
 		free(key);
 		return err(c, GPG_ERR_ENOMEM, NULL);
 	}
+	weft_assuan_on_cancel(c, put_cancel, key);
 	return WEFT_ASSUAN_PENDING;
 }
 
@@ -176,30 +184,35 @@ static void cat_room(weft_assuan_conn *c, void *data)
 	weft_defer_schedule(x->step);
 }
 
-/* One chunk per loop pass, so other clients are served in between. */
+/* One chunk per loop pass, so other clients are served in between.  A
+ * chunk refused for lack of room waits in buf (x->len bytes): the file may
+ * be a pipe, which cannot be read again. */
 static void cat_step(weft_defer *d, void *data)
 {
 	(void)d;
 	struct xfer *x = data;
-	ssize_t n = read(x->fd, x->buf, CHUNK);
-	if (n < 0 && errno == EINTR) {
-		weft_defer_schedule(x->step);
-		return;
+	if (x->len == 0) {
+		ssize_t n = read(x->fd, x->buf, CHUNK);
+		if (n < 0 && errno == EINTR) {
+			weft_defer_schedule(x->step);
+			return;
+		}
+		if (n <= 0) {
+			xfer_finish(x, n < 0 ? err(x->c, gpg_err_code_from_errno(errno), "read") : 0);
+			return;
+		}
+		x->len = (size_t)n;
 	}
-	if (n <= 0) {
-		xfer_finish(x, n < 0 ? err(x->c, gpg_err_code_from_errno(errno), "read") : 0);
-		return;
-	}
-	int r = weft_assuan_send_data(x->c, x->buf, (size_t)n);
+	int r = weft_assuan_send_data(x->c, x->buf, x->len);
 	if (r == -ENOBUFS) {
-		lseek(x->fd, -n, SEEK_CUR); /* not taken: again when there is room */
-		weft_assuan_on_room(x->c, cat_room, x);
+		weft_assuan_on_room(x->c, cat_room, x); /* again when there is room */
 		return;
 	}
 	if (r < 0) {
 		xfer_finish(x, err(x->c, GPG_ERR_ENOMEM, NULL));
 		return;
 	}
+	x->len = 0;
 	weft_defer_schedule(x->step);
 }
 

@@ -284,7 +284,9 @@ WEFT_EXPORT int weft_assuan_receive_fd(weft_assuan_conn *c);
  * pipe server inherited for this client).  Without this, FD=n is accepted
  * only for a descriptor the peer passed — libassuan accepts any number,
  * letting a client make the server close its own descriptors.  The
- * connection takes ownership of n once a command selects it. */
+ * connection takes ownership of n: it is closed after the command that
+ * selects it (as any INPUT/OUTPUT descriptor), or when the connection
+ * ends if no command selected it.  Returns 0, -EINVAL, -ENOMEM. */
 WEFT_EXPORT int weft_assuan_conn_allow_fd(weft_assuan_conn *c, int fd);
 
 /* ---- hand-driven mode ---------------------------------------------------------------- */

@@ -78,8 +78,10 @@ extern "C" {
  *                   fails with ETOOMANYREFS and they are all closed)
  *   max_pending     server: calls in progress per connection before weft
  *                   stops reading that connection (back-pressure);
- *                   client: requests waiting for their response (another
- *                   request_send completes with EAGAIN)
+ *                   client: requests waiting for their response, those
+ *                   that timed out after going out included until their
+ *                   late answer arrives (another request_send completes
+ *                   with EAGAIN)
  *   max_connections server only: open connections before weft stops
  *                   accepting (they wait in the kernel's backlog) */
 typedef struct weft_fdpass_limits {
@@ -163,15 +165,20 @@ typedef struct weft_fdpass_server weft_fdpass_server;
 typedef struct weft_fdpass_call weft_fdpass_call;
 
 /* A request arrived.  req->buf is borrowed for the duration of the
- * callback (copy what you need later); req->fds belong to the call (take
- * them as described above; the rest are closed when the call ends).  peer
- * is borrowed for the callback.  Answer the call exactly once, now or
- * later, with weft_fdpass_call_reply or weft_fdpass_call_fail. */
+ * callback (copy what you need later).  req->fds belong to the call: take
+ * the ones you keep as described above before answering; the rest are
+ * closed when the call is answered, and the array is gone with the call
+ * (do not read it after answering).  peer is borrowed for the callback
+ * (weft_fdpass_call_peer gives it while the call is open).  Answer the call
+ * exactly once, now or later, with weft_fdpass_call_reply or
+ * weft_fdpass_call_fail.  If the server was closed meanwhile the call
+ * still must be answered (the connection finishes it). */
 typedef void (*weft_fdpass_request_cb)(weft_fdpass_server *srv, weft_fdpass_call *call,
 		const weft_fdpass_msg *req, const weft_fdpass_peer *peer, void *data);
 
 /* The response of an answered call went out (err 0) or could not (err
- * positive: the connection broke or the server was closed first).  fds and
+ * positive: the connection broke first; a graceful server close still
+ * sends it).  fds and
  * nfds are the descriptors given to weft_fdpass_call_reply (borrowed by
  * weft until now: close them here if they were only lent to the
  * response).  post_data is the value given to weft_fdpass_call_reply. */
@@ -225,8 +232,9 @@ WEFT_EXPORT int weft_fdpass_server_set_limits(weft_fdpass_server *srv, const wef
 
 /* Close gracefully: stop accepting now (the listening socket is closed and
  * a socket file it created is removed); each connection stops reading new
- * requests, finishes the calls already received (the handler still answers
- * them, their responses go out, the post handler runs) and is closed.
+ * requests (requests not yet handed to the handler are dropped), finishes
+ * the calls in progress (the handler still answers them, their responses
+ * go out, the post handler runs) and is closed.
  * Then cb(data) (may be NULL) runs from the loop, and srv is freed.  No
  * request, post or error callback runs after cb.  srv must not be used
  * after this call except to answer its calls.  May be called from any
@@ -299,9 +307,9 @@ WEFT_EXPORT void weft_fdpass_client_free(weft_fdpass_client *c);
  * (up to max_pending).  A request that times out or is canceled after its
  * first byte went out still goes out whole, and its late response is
  * discarded (its descriptors closed), so the connection stays usable.
- * Returns NULL only on allocation failure; errors detected now (EINVAL,
- * EMSGSIZE, ETOOMANYREFS, EAGAIN at max_pending, ENOTCONN on a client
- * whose connection failed) complete the request from the loop. */
+ * Returns NULL only on allocation failure or with c NULL; errors detected
+ * now (EINVAL, EMSGSIZE, ETOOMANYREFS, EAGAIN at max_pending, ENOTCONN on
+ * a client whose connection failed) complete the request from the loop. */
 WEFT_EXPORT weft_req *weft_fdpass_request_send(weft_fdpass_client *c, const void *buf, size_t len,
 		const int *fds, size_t nfds);
 

@@ -200,9 +200,10 @@ WEFT_EXPORT int weft_tls_handshake_recv(weft_req *req, int *perrno);
 
 /* Clients: resume the session described by data (from weft_tls_session_data
  * of an earlier connection to the same server); before the handshake.
- * The data is copied.  An unusable blob is not an error: the handshake is
- * then a full one (see weft_tls_resumed).  Returns 0, -EINVAL (not a
- * client, handshake started, bad data), -ENOMEM. */
+ * The data is copied.  A session the server no longer accepts (expired
+ * ticket, another server) is not an error: the handshake is then a full
+ * one (see weft_tls_resumed).  Returns 0, -EINVAL (not a client, handshake
+ * started, data that does not parse), -ENOMEM. */
 WEFT_EXPORT int weft_tls_set_session_data(weft_stream *tls, const void *data, size_t len);
 
 /* Clients, after the handshake: the data to resume this session later,

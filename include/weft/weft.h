@@ -6,6 +6,7 @@
 #include <weft/loop.h>
 #include <weft/req.h>
 #include <weft/sock.h>
+#include <weft/fdpass.h>
 
 #if defined(__has_include)
 #if __has_include(<weft/assuan.h>) && __has_include(<gpg-error.h>)

@@ -69,6 +69,7 @@ struct weft__apump {
 	weft_stream *s;
 	struct weft__ain in;
 	weft_req *rreq;
+	size_t rpos; /* where in in.buf the read in flight puts its bytes */
 	bool eof;   /* no more input (EOF, reset, error) */
 	int err;    /* first transport error (positive errno), 0 if none */
 	struct weft__abuf out;  /* gathering */

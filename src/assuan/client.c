@@ -317,8 +317,11 @@ static void answer_line(weft_assuan_client *cl, char *line, size_t len)
 	struct tr *t = cl->discard > 0 ? NULL : cl->active;
 	if (word(line, "OK") || word(line, "ERR")) {
 		weft_assuan_err answer = 0;
-		if (line[0] == 'E')
-			answer = line[3] ? (weft_assuan_err)strtoul(line + 4, NULL, 10) : GPG_ERR_GENERAL;
+		if (line[0] == 'E') {
+			answer = line[3] ? (weft_assuan_err)strtoul(line + 4, NULL, 10) : 0;
+			if (answer == 0)
+				answer = GPG_ERR_GENERAL; /* an ERR is never an OK (GPGME's rule) */
+		}
 		cl->inquiring = false;
 		if (t == NULL) {
 			cl->discard--;
@@ -371,7 +374,10 @@ static void answer_line(weft_assuan_client *cl, char *line, size_t len)
 		kill_client(cl, EPROTO); /* not an Assuan answer */
 		return;
 	}
-	if (r != 0 && t != NULL && t->cl == cl)
+	/* The callback may have freed t's request (or the client) and even
+	 * started a transaction that reuses t's memory: t is only still ours
+	 * if it is still the active one. */
+	if (r != 0 && t != NULL && cl->active == t)
 		tr_end_early(cl, t, r);
 }
 
@@ -846,6 +852,15 @@ weft_req *weft_assuan_client_sendfd_send(weft_assuan_client *cl, int fd)
 		weft_req_error(req, EPIPE);
 		return req;
 	}
+	/* Only a Unix-domain socket carries descriptors: over TCP sendmsg
+	 * takes SCM_RIGHTS and drops it without a word. */
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof(ss);
+	int sfd = weft_stream_fd(cl->io.s);
+	if (sfd >= 0 && (getsockname(sfd, (struct sockaddr *)&ss, &sl) < 0 || ss.ss_family != AF_UNIX)) {
+		weft_req_error(req, EOPNOTSUPP);
+		return req;
+	}
 	if (weft_req_error(req, pump_hand_over(&cl->io)))
 		return req;
 	int len = snprintf(st->msg, sizeof(st->msg), "# descriptor %d is in flight\n", fd);
@@ -879,12 +894,26 @@ int weft_assuan_client_write_line(weft_assuan_client *cl, const char *line)
 
 ssize_t weft_assuan_client_read_line(weft_assuan_client *cl, char *buf, size_t size)
 {
-	if (cl == NULL || buf == NULL || size < WEFT_ASSUAN_LINELENGTH)
+	if (cl == NULL || buf == NULL || size == 0)
 		return -EINVAL;
 	if (cl->phase == P_DEAD)
 		return -EPIPE;
 	if (cl->phase != P_READY || cl->active != NULL || cl->discard > 0)
 		return -EAGAIN; /* a transaction reads the lines now */
+	/* Look at the next complete line before taking it: one that does not
+	 * fit buf stays. */
+	const struct weft__ain *in = &cl->io.in;
+	if (!in->discarding && in->len > 0) {
+		const char *start = in->buf + in->off;
+		const char *nl = memchr(start, '\n', in->len);
+		if (nl != NULL && (size_t)(nl - start) < WEFT_ASSUAN_LINELENGTH) {
+			size_t n = (size_t)(nl - start);
+			if (n > 0 && start[n - 1] == '\r')
+				n--;
+			if (n + 1 > size)
+				return -EMSGSIZE;
+		}
+	}
 	char *line;
 	size_t len;
 	enum weft__aline k = weft__ain_next(&cl->io.in, &line, &len);

@@ -21,6 +21,11 @@ static void read_done(weft_req *req, void *data)
 	weft_req_free(req);
 	p->rreq = NULL;
 	if (n > 0) {
+		/* The owner may have taken lines while the read was in flight;
+		 * taking the last one resets in.off to 0, but the bytes landed
+		 * where the read was aimed. */
+		if (p->in.len == 0)
+			p->in.off = p->rpos;
 		p->in.len += (size_t)n;
 	} else {
 		p->eof = true;
@@ -43,7 +48,8 @@ int weft__apump_read(struct weft__apump *p)
 	size_t room = weft__ain_compact(&p->in);
 	if (room == 0)
 		return 0; /* full of lines the owner does not take yet */
-	p->rreq = weft_stream_read_send(p->s, p->in.buf + p->in.len, room);
+	p->rpos = p->in.len; /* compacted: off is 0 */
+	p->rreq = weft_stream_read_send(p->s, p->in.buf + p->rpos, room);
 	if (p->rreq == NULL)
 		return -ENOMEM;
 	weft_req_set_callback(p->rreq, read_done, p);

@@ -88,6 +88,7 @@ struct weft_assuan_conn {
 	size_t inq_max;
 
 	int *pfds; /* passed by the peer, oldest first */
+	unsigned pfds_cap;
 	int *allowed;
 	weft_defer kick;
 	bool *done_flag;
@@ -375,8 +376,12 @@ static void write_done(weft_req *req, void *data)
 
 static void conn_flush(weft_assuan_conn *c)
 {
-	if (c->closed || c->wreq != NULL || c->out.len == 0)
+	if (c->closed || c->wreq != NULL)
 		return;
+	if (c->out.len == 0) {
+		room_check(c); /* a write request may just have drained it all */
+		return;
+	}
 	struct iovec iov = {c->out.p, c->out.len};
 	ssize_t n = weft_stream_try_writev(c->s, &iov, 1);
 	if (n < 0 && n != -EAGAIN && n != -EWOULDBLOCK && n != -EBUSY) {
@@ -526,9 +531,15 @@ static void on_passed_fd(weft_stream *s, int fd, void *data)
 		close(fd); /* over the limit, as libassuan's pendingfds */
 		return;
 	}
-	if (c->pfds == NULL && (c->pfds = calloc(c->srv->limits.fds, sizeof(int))) == NULL) {
-		close(fd);
-		return;
+	if (c->npfds == c->pfds_cap) {
+		/* Sized by the limit now in force (it may have grown). */
+		int *t = realloc(c->pfds, c->srv->limits.fds * sizeof(int));
+		if (t == NULL) {
+			close(fd);
+			return;
+		}
+		c->pfds = t;
+		c->pfds_cap = c->srv->limits.fds;
 	}
 	c->pfds[c->npfds++] = fd;
 }
@@ -650,8 +661,11 @@ static void finish(weft_assuan_conn *c, weft_assuan_err err)
 		close_fd(&c->input_fd);
 		close_fd(&c->output_fd);
 	}
-	if (c->srv->hooks.post_cmd)
+	if (c->srv->hooks.post_cmd) {
+		c->depth++; /* a hook that frees the server: c stays until the loop */
 		c->srv->hooks.post_cmd(c, err, c->srv->hooks_data);
+		c->depth--;
+	}
 	if (r < 0 || c->bye || c->force_close) {
 		c->close_after_write = true;
 		c->eof = true; /* read no more */
@@ -987,6 +1001,10 @@ static void command_line(weft_assuan_conn *c, char *line)
 	c->state = C_CMD;
 	c->cur_builtin = cmd->builtin;
 	uint64_t seq = c->cmd_seq;
+	/* The hook may register commands: the table may move. */
+	weft_assuan_handler fn = cmd->fn;
+	void *fn_data = cmd->data;
+	enum builtin b = cmd->builtin;
 	if (srv->hooks.pre_cmd) {
 		weft_assuan_err e = srv->hooks.pre_cmd(c, cmd->name, srv->hooks_data);
 		if (c->closed || c->cmd_seq != seq)
@@ -997,10 +1015,10 @@ static void command_line(weft_assuan_conn *c, char *line)
 		}
 	}
 	weft_assuan_err r;
-	if (cmd->fn != NULL)
-		r = cmd->fn(c, p, cmd->data);
+	if (fn != NULL)
+		r = fn(c, p, fn_data);
 	else
-		r = run_builtin(c, cmd->builtin, p);
+		r = run_builtin(c, b, p);
 	verdict(c, seq, r);
 }
 
@@ -1135,6 +1153,8 @@ static void conn_process(weft_assuan_conn *c)
 			c->close_after_write = true;
 	}
 	conn_flush(c);
+	if (!c->closed && waiting_lines && out_pending(c) < c->srv->limits.output)
+		weft_defer_schedule(&c->kick); /* written at once: on with the waiting lines */
 	if (!c->closed && c->close_after_write && out_pending(c) == 0) {
 		c->depth--;
 		conn_close(c);

@@ -142,7 +142,10 @@ static void conn_shutdown(struct conn *c, int err)
 	c->io = NULL;
 	close(c->fd);
 	c->fd = -1;
-	weft__fdp_dec_clear(&c->dec);
+	/* A request handler on the stack still reads its payload from the
+	 * decoder's buffer: then the decoder is cleared by conn_after. */
+	if (c->dispatching == 0)
+		weft__fdp_dec_clear(&c->dec);
 	struct weft__dnode *n = c->calls.head;
 	while (n != NULL) {
 		weft_fdpass_call *call = weft__dlist_entry(n, weft_fdpass_call, link);
@@ -306,7 +309,7 @@ static void conn_read(struct conn *c)
 	int fdbuf[WEFT_FDPASS_MAX_FDS_LIMIT];
 	conn_pump(c); /* requests left buffered by back-pressure go first */
 	for (int i = 0; i < READS_PER_WAKEUP; i++) {
-		if (c->dead || c->eof || c->ncalls >= c->lim.max_pending)
+		if (c->dead || c->eof || c->peer_closed || c->ncalls >= c->lim.max_pending)
 			break;
 		uint8_t *space;
 		size_t room;
@@ -372,6 +375,8 @@ static void conn_after(struct conn *c)
 	if (c->dispatching)
 		return;
 	weft_fdpass_server *srv = c->srv;
+	if (c->dead)
+		weft__fdp_dec_clear(&c->dec); /* descriptors still buffered are closed */
 	c->dispatching++;
 	if (!c->dead && !c->eof && c->ncalls < c->lim.max_pending && weft__fdp_dec_buffered(&c->dec) > 0) {
 		conn_pump(c); /* back-pressure lifted */
@@ -405,14 +410,15 @@ static void conn_maybe_destroy(struct conn *c)
 	if (!c->dead || c->dispatching || c->has_error || c->calls.head != NULL || c->done.head != NULL)
 		return;
 	weft_fdpass_server *srv = c->srv;
+	weft__fdp_dec_clear(&c->dec);
 	weft_defer_free(c->after);
 	weft__dlist_remove(&srv->conns, &c->link);
 	srv->nconns--;
 	free(c);
 	if (srv->closing)
 		server_maybe_finish(srv);
-	else if (srv->nconns + 1 == srv->lim.max_connections)
-		accept_resume(srv);
+	else if (srv->nconns < srv->lim.max_connections)
+		accept_resume(srv); /* no-op unless accepting had stopped at the limit */
 }
 
 static int conn_new(weft_fdpass_server *srv, int fd)

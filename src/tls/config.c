@@ -155,10 +155,21 @@ int weft_tls_config_last_error(const weft_tls_config *cfg)
 	return cfg ? cfg->last_gerr : 0;
 }
 
+/* A credential that could not be loaded: the file is missing (ENOENT),
+ * memory ran out, or else the contents are not what was expected. */
 static int config_fail(weft_tls_config *cfg, int g)
 {
 	cfg->last_gerr = g;
-	return weft__tls_errno(g);
+	switch (g) {
+	case GNUTLS_E_FILE_ERROR:
+		return -ENOENT;
+	case GNUTLS_E_MEMORY_ERROR:
+		return -ENOMEM;
+	case GNUTLS_E_INVALID_REQUEST:
+		return -EINVAL;
+	default:
+		return -EBADMSG;
+	}
 }
 
 int weft_tls_config_add_cert_file(weft_tls_config *cfg, const char *cert_file, const char *key_file,

@@ -60,6 +60,7 @@ struct weft_dtls {
 	weft_tls_config *cfg;
 	gnutls_session_t sess;
 	bool server;
+	char *server_name; /* GnuTLS's verification keeps pointing at it */
 
 	enum phase ph;
 	unsigned hs_want; /* 0: step now */
@@ -425,6 +426,8 @@ static int dtls_new(weft_tls_config *cfg, weft_dgram *d, bool server, const char
 	dt->scratch = malloc(DGRAM_MAX);
 	if (dt->scratch == NULL)
 		goto fail;
+	if (server_name != NULL && (dt->server_name = strdup(server_name)) == NULL)
+		goto fail;
 	if (server && !connected && cfg->cookie_key.data == NULL) {
 		int g = gnutls_key_generate(&cfg->cookie_key, GNUTLS_COOKIE_KEY_SIZE);
 		if (g < 0) {
@@ -438,7 +441,7 @@ static int dtls_new(weft_tls_config *cfg, weft_dgram *d, bool server, const char
 		r = weft__tls_errno(g);
 		goto fail;
 	}
-	if ((r = weft__tls_session_setup(cfg, dt->sess, server_name)) < 0)
+	if ((r = weft__tls_session_setup(cfg, dt->sess, dt->server_name)) < 0)
 		goto fail;
 	gnutls_transport_set_ptr(dt->sess, dt);
 	gnutls_transport_set_pull_function(dt->sess, dtls_pull);
@@ -464,6 +467,7 @@ fail:
 		if (dt->sess != NULL)
 			gnutls_deinit(dt->sess);
 		free(dt->scratch);
+		free(dt->server_name);
 		free(dt);
 	}
 	weft_dgram_close(d);
@@ -493,6 +497,7 @@ static void dtls_release(weft_dtls *dt)
 	weft_tls_config_unref(dt->cfg);
 	free(dt->held);
 	free(dt->scratch);
+	free(dt->server_name);
 	free(dt->err_text);
 	free(dt);
 }
@@ -607,6 +612,8 @@ weft_req *weft_dtls_send_send(weft_dtls *dt, const void *buf, size_t len)
 		serve_sends(dt); /* completion inside _send is posted */
 		dtls_update(dt);
 		dt->busy--;
+	} else if (!dt->flush_pending) {
+		weft_defer_schedule(dt->kick); /* from a callback: served from the loop */
 	}
 	return req;
 }

@@ -29,10 +29,9 @@
 #include "sock-private.h"
 
 #include <errno.h>
-#include <limits.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <stdio.h>
 
 /* Ciphertext read past what GnuTLS asked for: enough for a small record and
  * the next header, so request/response traffic costs one read per record;
@@ -49,7 +48,7 @@ struct tls_impl {
 	weft_tls_config *cfg;
 	gnutls_session_t sess;
 	bool server;
-	char *server_name;
+	char *server_name; /* GnuTLS's verification keeps pointing at it */
 
 	enum hs_phase hs;
 	unsigned hs_want;  /* inner events the handshake waits for; 0: step now */
@@ -59,6 +58,7 @@ struct tls_impl {
 	unsigned armed;      /* what the inner stream watches */
 	unsigned rd_want;    /* inner events an interrupted record_recv needs */
 	bool flush_pending;  /* a record GnuTLS queued after GNUTLS_E_AGAIN */
+	bool push_blocked;   /* the inner stream said EAGAIN; not retried before it is writable */
 	unsigned flush_want;
 	bool bye_sent;
 	bool eof;            /* close_notify received */
@@ -152,6 +152,8 @@ static ssize_t tls_vec_push(gnutls_transport_ptr_t ptr, const giovec_t *iov, int
 {
 	struct tls_impl *t = ptr;
 	ssize_t r = weft__stream_raw_writev(t->inner, (const struct iovec *)iov, count);
+	if (r == -EAGAIN || r == -EWOULDBLOCK)
+		t->push_blocked = true; /* no more pushes before WRITE readiness */
 	return r < 0 ? set_io_errno(t, r) : r;
 }
 
@@ -360,6 +362,8 @@ static void tls_drive(struct tls_impl *t, unsigned revents)
 	bool read_wanted = (needed_events(t) & WEFT_IO_READ) != 0;
 	if (revents & (WEFT_IO_ERR | WEFT_IO_HUP))
 		revents |= WEFT_IO_READ | WEFT_IO_WRITE; /* let every side find out */
+	if (revents & WEFT_IO_WRITE)
+		t->push_blocked = false;
 	if (t->flush_pending && t->err == 0 && (revents & t->flush_want) && flush_step(t))
 		tev |= WEFT_IO_WRITE;
 	if (t->hs == HS_RUNNING && t->err == 0 && (t->hs_want == 0 || (revents & t->hs_want)))
@@ -512,6 +516,8 @@ static ssize_t tls_writev(weft_stream *s, const struct iovec *iov, int count)
 		if (t->hs != HS_DONE)
 			return -EAGAIN;
 	}
+	if (t->flush_pending && t->flush_want == WEFT_IO_WRITE && t->push_blocked)
+		return -EAGAIN; /* it just failed: wait for readiness, not another syscall */
 	if (t->flush_pending && !flush_step(t))
 		return t->err != 0 ? t->err : -EAGAIN;
 	const void *data;
@@ -677,7 +683,8 @@ static int tls_new(weft_tls_config *cfg, weft_stream *inner, bool server, const 
 		r = weft__tls_errno(g);
 		goto fail;
 	}
-	if ((r = weft__tls_session_setup(cfg, t->sess, server_name)) < 0)
+	/* GnuTLS keeps the host name pointer for the session's life: our copy. */
+	if ((r = weft__tls_session_setup(cfg, t->sess, t->server_name)) < 0)
 		goto fail;
 	gnutls_transport_set_ptr(t->sess, t);
 	gnutls_transport_set_pull_function(t->sess, tls_pull);

@@ -24,6 +24,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,6 +38,8 @@
 static char g_dir[64];  /* mkdtemp directory: socket paths, the shared file */
 static char g_file[96]; /* a file whose identity the transfers check */
 static int g_seq;
+/* Kept reachable for forked children that leave with _exit (valgrind). */
+static void *volatile g_keep[4];
 
 /* ---- helpers ------------------------------------------------------------------ */
 
@@ -440,6 +443,107 @@ static void test_codec_large(void)
 	free(stream);
 }
 
+/* Randomized: valid streams mutated (flipped bytes, random read sizes,
+ * descriptor batches on random reads) fed to the decoder.  Whatever
+ * happens, every descriptor given to it is handed out in a message or
+ * closed exactly once — none leaked, none closed twice (ASan watches the
+ * memory). */
+static uint32_t g_rng = 12345;
+
+static uint32_t rnd(void)
+{
+	g_rng ^= g_rng << 13;
+	g_rng ^= g_rng >> 17;
+	g_rng ^= g_rng << 5;
+	return g_rng;
+}
+
+struct fuzz_fds {
+	unsigned char state[4096]; /* per fake fd: 0 unused, 1 given, 2 closed, 3 handed out */
+	int bad;
+};
+
+static void fuzz_close(int fd, void *ctx)
+{
+	struct fuzz_fds *f = ctx;
+	if (fd < 0 || fd >= 4096 || f->state[fd] != 1)
+		f->bad++;
+	else
+		f->state[fd] = 2;
+}
+
+static void test_codec_random(void)
+{
+	struct fuzz_fds *f = calloc(1, sizeof(*f));
+	REQUIRE(f != NULL);
+	int next_fd = 0, errors = 0, messages = 0;
+	for (int iter = 0; iter < 3000; iter++) {
+		struct sim s;
+		memset(&s, 0, sizeof(s));
+		int nmsg = 1 + (int)(rnd() % 5);
+		for (int i = 0; i < nmsg && s.len < 3000; i++) {
+			char payload[64];
+			size_t plen = rnd() % 40;
+			memset(payload, 'a' + i, plen);
+			payload[plen] = '\0';
+			sim_add(&s, (uint8_t)(1 + rnd() % 2), (uint32_t)i, payload, NULL, 0);
+		}
+		int mutations = (int)(rnd() % 3);
+		for (int i = 0; i < mutations; i++)
+			s.bytes[rnd() % s.len] ^= (uint8_t)(1u << (rnd() % 8));
+		struct weft__fdp_dec dec;
+		weft__fdp_dec_init(&dec, 32, 3, fuzz_close, f);
+		size_t pos = 0;
+		int r = 0;
+		while (pos < s.len && r >= 0) {
+			uint8_t *space;
+			size_t room;
+			if ((r = weft__fdp_dec_space(&dec, &space, &room)) < 0)
+				break;
+			size_t n = 1 + rnd() % 40;
+			if (n > room)
+				n = room;
+			if (n > s.len - pos)
+				n = s.len - pos;
+			memcpy(space, s.bytes + pos, n);
+			pos += n;
+			int fds[4];
+			size_t nfds = rnd() % 4 == 0 ? rnd() % 5 : 0;
+			for (size_t i = 0; i < nfds; i++) {
+				fds[i] = next_fd++ % 4096;
+				if (f->state[fds[i]] == 1)
+					f->bad++; /* the numbers wrapped while one is still held */
+				f->state[fds[i]] = 1;
+			}
+			r = weft__fdp_dec_ack(&dec, n, fds, nfds, rnd() % 50 == 0);
+			struct weft__fdp_msg m;
+			while (r >= 0 && (r = weft__fdp_dec_next(&dec, &m)) == 1) {
+				messages++;
+				for (size_t i = 0; i < m.hdr.nfds; i++) {
+					if (m.fds[i] < 0 || m.fds[i] >= 4096 || f->state[m.fds[i]] != 1)
+						f->bad++;
+					else
+						f->state[m.fds[i]] = 3;
+				}
+				if (m.hdr.len > 32)
+					f->bad++;
+			}
+		}
+		if (r < 0)
+			errors++;
+		weft__fdp_dec_clear(&dec);
+		for (int i = 0; i < 4096; i++) {
+			if (f->state[i] == 1)
+				f->bad++; /* given, never closed nor handed out */
+			f->state[i] = 0;
+		}
+	}
+	CHECK_EQ(f->bad, 0);
+	CHECK(errors > 100 && messages > 1000); /* both paths exercised */
+	printf("# %d streams failed, %d messages decoded\n", errors, messages);
+	free(f);
+}
+
 /* ---- 2. low-level calls ---------------------------------------------------------------- */
 
 static void test_lowlevel(void)
@@ -553,6 +657,7 @@ struct srv_ctx {
 	int fail_errno;            /* answer with weft_fdpass_call_fail */
 	bool closed;
 	bool close_in_handler;
+	int intact_after_reply; /* the request bytes were still readable after replying */
 };
 
 static void srv_request(weft_fdpass_server *srv, weft_fdpass_call *call, const weft_fdpass_msg *req,
@@ -590,8 +695,13 @@ static void srv_request(weft_fdpass_server *srv, weft_fdpass_call *call, const w
 		}
 		return;
 	}
-	CHECK_EQ(weft_fdpass_call_reply(call, req->buf, req->len, x->reply_fd >= 0 ? &x->reply_fd : NULL,
-			x->reply_fd >= 0 ? 1 : 0, NULL), 0);
+	int r = weft_fdpass_call_reply(call, req->buf, req->len, x->reply_fd >= 0 ? &x->reply_fd : NULL,
+			x->reply_fd >= 0 ? 1 : 0, NULL);
+	CHECK(r == 0 || r == -ECONNRESET);
+	/* the payload stays readable for the whole callback, even when the
+	 * reply found the peer gone (ASan watches this) */
+	if (req->len == 4 && memcmp(req->buf, "gone", 4) == 0)
+		x->intact_after_reply++;
 	if (x->close_in_handler)
 		weft_fdpass_server_close(srv, NULL, NULL);
 }
@@ -1009,6 +1119,9 @@ static void test_partial_write(void)
 	size_t big = 3u << 20;
 	char *payload = malloc(big);
 	REQUIRE(payload != NULL);
+	g_keep[0] = payload;
+	g_keep[1] = c;
+	g_keep[2] = loop;
 	for (size_t i = 0; i < big; i++)
 		payload[i] = (char)(i * 13);
 	int file = open(g_file, O_RDONLY | O_CLOEXEC);
@@ -1036,6 +1149,7 @@ static void test_partial_write(void)
 		nfds = 4;
 		n = weft_fdpass_recv(sv[1], small, sizeof(small), fds, &nfds, 10000);
 		ok = ok && n == 4 && nfds == 0 && memcmp(small, "next", 4) == 0;
+		free(buf);
 		_exit(ok ? 0 : 1); /* no answer: the client sees ECONNRESET */
 	}
 	close(sv[1]);
@@ -1325,12 +1439,22 @@ static void test_server_bad_peers(void)
 
 	/* truncated: half a request with a descriptor, then the peer closes */
 	fd = raw_connect(&addr);
-	uint8_t msg[WEFT__FDP_HDR + 10];
+	uint8_t msg[WEFT__FDP_HDR + 10] = {0};
 	weft__fdp_put_header(msg, &(struct weft__fdp_hdr){.type = WEFT__FDP_REQUEST, .nfds = 1, .len = 10, .seq = 1});
 	CHECK_EQ(weft__fdp_sendmsg(fd, msg, WEFT__FDP_HDR + 4, &file, 1), WEFT__FDP_HDR + 4);
 	run_for(loop, 10);
 	close(fd);
 	expect_server_error(&x, -1, EPIPE, WEFT_FDPASS_OP_EOF);
+
+	/* the peer sends a request and closes at once: the reply fails inside
+	 * the handler (EPIPE), which may still read its request */
+	for (int i = 0; i < 3; i++) {
+		fd = raw_connect(&addr);
+		CHECK_EQ(weft_fdpass_send(fd, "gone", 4, NULL, 0, 1000), 0);
+		close(fd);
+	}
+	run_for(loop, 30);
+	CHECK_EQ(x.intact_after_reply, 3);
 
 	/* a clean close between messages is no error; requests before it
 	 * are answered */
@@ -1368,7 +1492,7 @@ static pid_t fork_raw_server(int *ret_fd, int mode)
 		ssize_t n = weft_fdpass_recv(s, in, sizeof(in), fds, &nf, 5000);
 		if (n < 0)
 			_exit(1);
-		uint8_t out[WEFT__FDP_HDR + 8];
+		uint8_t out[WEFT__FDP_HDR + 8] = {0};
 		int devnull = open("/dev/null", O_RDONLY);
 		switch (mode) {
 		case 0: /* dies between request and response */
@@ -1414,10 +1538,10 @@ static void test_client_bad_servers(void)
 		{4, EPIPE, WEFT_FDPASS_OP_EOF},
 	};
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-		weft_loop *loop = new_loop();
 		int fd = -1;
-		pid_t pid = fork_raw_server(&fd, cases[i].mode);
+		pid_t pid = fork_raw_server(&fd, cases[i].mode); /* before the loop: the child holds none */
 		REQUIRE(pid > 0);
+		weft_loop *loop = new_loop();
 		weft_fdpass_client *c = NULL;
 		CHECK_EQ(weft_fdpass_client_new(loop, fd, &c), 0);
 		CHECK_EQ(weft_fdpass_client_set_limits(c, &(weft_fdpass_limits){.max_fds = 1}), 0);
@@ -1474,6 +1598,8 @@ static void child_request(weft_fdpass_server *srv, weft_fdpass_call *call, const
 	} else if (strcmp(text, "count") == 0) {
 		snprintf(text, sizeof(text), "%d", t_fd_count());
 		weft_fdpass_call_reply(call, text, strlen(text), NULL, 0, NULL);
+	} else if (strcmp(text, "hang") == 0) {
+		/* never answered: the parent kills this process */
 	} else if (strcmp(text, "quit") == 0) {
 		weft_fdpass_call_reply(call, "bye", 3, NULL, 0, NULL);
 		weft_fdpass_server_close(srv, NULL, NULL);
@@ -1636,6 +1762,215 @@ static void test_10000_transfers(void)
 	free_loop(loop);
 }
 
+/* The same server and client on a loop driven by hand (the external
+ * backend): a poll(2) driver of this test's own. */
+#define PL_MAXFD 1024
+struct poll_loop {
+	unsigned events[PL_MAXFD];
+	int64_t timer_ms; /* -1: none */
+	uint64_t timer_at;
+	int watches;
+};
+
+static int pl_watch(weft_loop *loop, int fd, unsigned events, void *fd_data, void *user)
+{
+	struct poll_loop *p = user;
+	(void)loop;
+	(void)fd_data;
+	if (fd < 0 || fd >= PL_MAXFD)
+		return -EINVAL;
+	p->events[fd] = events;
+	p->watches++;
+	return 0;
+}
+
+static void pl_timer(weft_loop *loop, int64_t timeout_ms, void *user)
+{
+	struct poll_loop *p = user;
+	(void)loop;
+	p->timer_ms = timeout_ms;
+	p->timer_at = t_now_ms() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0);
+}
+
+/* One round: poll what weft asked for, report readiness and timers. */
+static void pl_step(weft_loop *loop, struct poll_loop *p)
+{
+	struct pollfd fds[64];
+	int n = 0;
+	for (int fd = 0; fd < PL_MAXFD && n < 64; fd++)
+		if (p->events[fd])
+			fds[n++] = (struct pollfd){.fd = fd,
+				.events = (short)(((p->events[fd] & WEFT_IO_READ) ? POLLIN : 0) |
+				                  ((p->events[fd] & WEFT_IO_WRITE) ? POLLOUT : 0))};
+	int wait = 20;
+	if (p->timer_ms >= 0) {
+		uint64_t now = t_now_ms();
+		wait = p->timer_at <= now ? 0 : (int)(p->timer_at - now < 20 ? p->timer_at - now : 20);
+	}
+	poll(fds, (nfds_t)n, wait);
+	for (int i = 0; i < n; i++) {
+		unsigned rev = 0;
+		if (fds[i].revents & POLLIN)
+			rev |= WEFT_IO_READ;
+		if (fds[i].revents & POLLOUT)
+			rev |= WEFT_IO_WRITE;
+		if (fds[i].revents & POLLHUP)
+			rev |= WEFT_IO_HUP;
+		if (fds[i].revents & POLLERR)
+			rev |= WEFT_IO_ERR;
+		if (rev)
+			weft_loop_process_fd(loop, fds[i].fd, rev);
+	}
+	if (p->timer_ms >= 0 && t_now_ms() >= p->timer_at)
+		weft_loop_process_timeout(loop);
+}
+
+struct ext_result {
+	bool done;
+	int r;
+	weft_fdpass_msg m;
+};
+
+static void ext_answered(weft_req *req, void *data)
+{
+	struct ext_result *res = data;
+	res->r = weft_fdpass_request_recv(req, &res->m, NULL, NULL);
+	res->done = true;
+	weft_req_free(req);
+}
+
+static void test_external_loop(void)
+{
+	struct poll_loop p = {.timer_ms = -1};
+	static const weft_loop_ops ops = {.watch = pl_watch, .timer = pl_timer};
+	weft_loop *loop = NULL;
+	REQUIRE(weft_loop_new_external(&ops, &p, &loop) == 0);
+	struct srv_ctx x = {0};
+	weft_addr addr;
+	REQUIRE(start_server(&x, loop, &addr, NULL) != NULL);
+	x.echo_fds = true;
+	weft_fdpass_client *c = NULL;
+	weft_req *creq = weft_fdpass_connect_send(loop, &addr);
+	uint64_t end = t_now_ms() + 3000;
+	while (weft_req_is_in_progress(creq) && t_now_ms() < end)
+		pl_step(loop, &p);
+	/* the connect completed inside _send: its result is posted (a deferred
+	 * call, run by process_timeout) */
+	for (int i = 0; i < 5; i++)
+		pl_step(loop, &p);
+	CHECK_EQ(weft_fdpass_connect_recv(creq, &c, NULL), 0);
+	weft_req_free(creq);
+	REQUIRE(c != NULL);
+	int pfd[2];
+	REQUIRE(pipe2(pfd, O_CLOEXEC) == 0);
+	for (int round = 0; round < 20; round++) {
+		struct ext_result res = {0};
+		weft_req *req = weft_fdpass_request_send(c, "ext", 3, pfd, 2);
+		REQUIRE(req != NULL);
+		weft_req_set_callback(req, ext_answered, &res);
+		end = t_now_ms() + 3000;
+		while (!res.done && t_now_ms() < end)
+			pl_step(loop, &p);
+		CHECK(res.done);
+		CHECK_EQ(res.r, 0);
+		if (res.r == 0) {
+			CHECK_EQ(res.m.nfds, 2);
+			CHECK(res.m.nfds == 2 && same_file(res.m.fds[0], pfd[0]) && same_file(res.m.fds[1], pfd[1]));
+			weft_fdpass_msg_clear(&res.m);
+		}
+	}
+	CHECK(p.watches > 0);
+	weft_fdpass_client_free(c);
+	x.closed = false;
+	weft_fdpass_server_close(x.srv, srv_closed, &x);
+	end = t_now_ms() + 3000;
+	while (!x.closed && t_now_ms() < end)
+		pl_step(loop, &p);
+	CHECK(x.closed);
+	CHECK_EQ(x.posts, 20);
+	close(pfd[0]);
+	close(pfd[1]);
+	int r = -EBUSY;
+	for (int i = 0; i < 50 && (r = weft_loop_free(loop)) == -EBUSY; i++)
+		pl_step(loop, &p);
+	CHECK_EQ(r, 0);
+}
+
+/* A real server process killed between request and response: the
+ * client's request fails with ECONNRESET. */
+static void test_server_killed(void)
+{
+	char addr_text[128];
+	snprintf(addr_text, sizeof(addr_text), "unix:@weft-fdpass-%d-kill-%d", (int)getpid(), ++g_seq);
+	weft_addr addr;
+	CHECK_EQ(weft_addr_parse(addr_text, &addr), 0);
+	pid_t pid = spawn_child_server(addr_text);
+	REQUIRE(pid > 0);
+	weft_loop *loop = new_loop();
+	weft_fdpass_client *c = connect_client(loop, &addr);
+	if (c != NULL) {
+		weft_req *req = weft_fdpass_request_send(c, "hang", 4, NULL, 0);
+		run_for(loop, 30);
+		CHECK(weft_req_is_in_progress(req));
+		kill(pid, SIGKILL);
+		CHECK_EQ(weft_req_wait(req), 0);
+		weft_fdpass_error e;
+		CHECK_EQ(weft_fdpass_request_recv(req, NULL, &e, NULL), -ECONNRESET);
+		CHECK_EQ(e.phase, WEFT_FDPASS_PHASE_READ_RESPONSE);
+		CHECK_EQ(e.op, WEFT_FDPASS_OP_EOF);
+		weft_req_free(req);
+		weft_fdpass_client_free(c);
+	}
+	CHECK_EQ(wait_child(pid), 128 + SIGKILL);
+	free_loop(loop);
+}
+
+/* max_connections: the third client waits in the backlog until one of
+ * the first two leaves; adopt refuses at the limit. */
+static void test_max_connections(void)
+{
+	weft_loop *loop = new_loop();
+	struct srv_ctx x = {0};
+	weft_addr addr;
+	REQUIRE(start_server(&x, loop, &addr, &(weft_fdpass_limits){.max_connections = 2}) != NULL);
+	weft_fdpass_client *a = connect_client(loop, &addr);
+	weft_fdpass_client *b = connect_client(loop, &addr);
+	weft_fdpass_client *c = connect_client(loop, &addr); /* connect succeeds: the backlog */
+	REQUIRE(a != NULL && b != NULL && c != NULL);
+	weft_fdpass_msg m;
+	weft_fdpass_error e;
+	CHECK_EQ(request_sync(a, "a", NULL, 0, &m, &e), 0);
+	weft_fdpass_msg_clear(&m);
+	CHECK_EQ(request_sync(b, "b", NULL, 0, &m, &e), 0);
+	weft_fdpass_msg_clear(&m);
+	CHECK_EQ(weft_fdpass_server_connections(x.srv), 2);
+	int sv[2];
+	REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+	CHECK_EQ(weft_fdpass_server_adopt(x.srv, sv[0]), -EBUSY); /* sv[0] closed */
+	close(sv[1]);
+	weft_req *req = weft_fdpass_request_send(c, "c", 1, NULL, 0);
+	run_for(loop, 50);
+	CHECK(weft_req_is_in_progress(req));
+	weft_fdpass_client_free(a);
+	CHECK_EQ(weft_req_wait(req), 0);
+	CHECK_EQ(weft_fdpass_request_recv(req, NULL, NULL, NULL), 0);
+	weft_req_free(req);
+	/* adopt: a socketpair end served like an accepted connection */
+	weft_fdpass_client_free(b);
+	run_for(loop, 20);
+	REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+	CHECK_EQ(weft_fdpass_server_adopt(x.srv, sv[0]), 0);
+	weft_fdpass_client *d = NULL;
+	CHECK_EQ(weft_fdpass_client_new(loop, sv[1], &d), 0);
+	CHECK_EQ(request_sync(d, "d", NULL, 0, &m, &e), 0);
+	CHECK(m.len == 1 && memcmp(m.buf, "d", 1) == 0);
+	weft_fdpass_msg_clear(&m);
+	weft_fdpass_client_free(d);
+	weft_fdpass_client_free(c);
+	close_server(&x);
+	free_loop(loop);
+}
+
 /* ---- main -------------------------------------------------------------------------------- */
 
 static const char *g_only;
@@ -1674,6 +2009,7 @@ int main(int argc, char **argv)
 	run("codec: header fields, bad magic/version/type, limits", test_header);
 	run("codec: every read size and every split, fds attributed", test_codec_every_split);
 	run("codec: misplaced, miscounted, truncated fds are closed", test_codec_bad_fds);
+	run("codec: 3000 random mutated streams, every fd handed out or closed once", test_codec_random);
 	run("codec: a 200 000-byte payload in 7777-byte reads", test_codec_large);
 	run("low-level: send/recv, same file, EAGAIN, timeout, EMSGSIZE, EPROTO", test_lowlevel);
 	run("request/response: fds both ways, peer creds, post, fail, limits", test_request_response);
@@ -1686,6 +2022,9 @@ int main(int argc, char **argv)
 	run("paths: live refused, stale replaced when asked, mode, removed", test_paths);
 	run("server: garbage, oversized, too many fds, truncated, clean close", test_server_bad_peers);
 	run("client: server dies, garbage, wrong seq, too many fds, truncated", test_client_bad_servers);
+	run("external loop: a hand-driven poll(2) loop, fds both ways", test_external_loop);
+	run("max connections: backlog waits, adopt refused at the limit, adopt", test_max_connections);
+	run("processes: a server killed between request and response", test_server_killed);
 	run("processes: 10 000 transfers both ways, fd counts equal", test_10000_transfers);
 
 	unlink(g_file);
