@@ -1160,11 +1160,6 @@ static void conn_process(weft_assuan_conn *c)
 		conn_close(c);
 		return;
 	}
-	/* Lines wait for room in the output, and the flush just made it
-	 * without a write request (whose end would resume them): go on from
-	 * the loop (a pass is bounded by the output limit). */
-	if (!c->closed && waiting_lines && c->wreq == NULL && out_pending(c) < c->srv->limits.output)
-		weft_defer_schedule(&c->kick);
 	start_read(c);
 	c->depth--;
 }
