@@ -62,6 +62,7 @@
 #endif
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -1101,6 +1102,38 @@ static uint64_t bulk_per_conn(int row)
 	return (frames > 0 ? frames : 1) * BULK_FRAME;
 }
 
+/* Seconds process pid has spent on a CPU (/proc/PID/schedstat, ns
+ * resolution); -1 if unknown.  On a shared machine the wall clock also
+ * counts other programs' turns on the pinned CPU; on-CPU time does not. */
+static double proc_cpu(pid_t pid)
+{
+	char path[64];
+	snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
+	DIR *d = opendir(path); /* every thread (the raw server has one per connection) */
+	if (d == NULL)
+		return -1;
+	unsigned long long total = 0;
+	struct dirent *e;
+	while ((e = readdir(d)) != NULL) {
+		if (e->d_name[0] == '.')
+			continue;
+		char p2[320];
+		snprintf(p2, sizeof p2, "/proc/%d/task/%s/schedstat", (int)pid, e->d_name);
+		FILE *f = fopen(p2, "r");
+		unsigned long long ns = 0;
+		if (f != NULL && fscanf(f, "%llu", &ns) == 1)
+			total += ns;
+		if (f != NULL)
+			fclose(f);
+	}
+	closedir(d);
+	return (double)total / 1e9;
+}
+
+/* Round trips per on-CPU second of client and server together, of the last
+ * 1-connection ping-pong round (0 if unknown or the server is external). */
+static double last_cpu_rate;
+
 /* One round: connect, handshake, the timed part, close. */
 static double run_round(int row, int srv, int port)
 {
@@ -1110,6 +1143,8 @@ static double run_round(int row, int srv, int port)
 	for (int i = 0; i < nconn; i++)
 		fds[i] = client_connect(port);
 	handshake(fds, nconn);
+	pid_t spid = opt.client_port > 0 ? 0 : children[srv];
+	double c0 = spid > 0 ? proc_cpu(spid) + proc_cpu(getpid()) : -1;
 	double t0 = now_mono(), rate;
 	switch (row) {
 	case R_PP1: rate = pp_one(fds[0], opt.pp1_rt); break;
@@ -1117,6 +1152,8 @@ static double run_round(int row, int srv, int port)
 	default: rate = bulk(fds, nconn, bulk_per_conn(row)); break;
 	}
 	double t1 = now_mono();
+	double c1 = spid > 0 ? proc_cpu(spid) + proc_cpu(getpid()) : -1;
+	last_cpu_rate = row == R_PP1 && c0 >= 0 && c1 > c0 ? (double)opt.pp1_rt / (c1 - c0) : 0;
 	wd_disarm();
 	for (int i = 0; i < nconn; i++)
 		close(fds[i]);
@@ -1130,6 +1167,7 @@ static double run_round(int row, int srv, int port)
 /* ---- table ---------------------------------------------------------------- */
 
 static double samples[NROWS][NSRV][MAX_ROUNDS + 1];
+static double cpu_samples[NSRV][MAX_ROUNDS + 1]; /* R_PP1 per on-CPU second */
 
 static void row_title(int row, char *buf, size_t len)
 {
@@ -1188,9 +1226,26 @@ static void print_table(void)
 		for (int k = 0; k < nextra; k++)
 			cells[7 + k] = cell[extra[k]];
 		table_row(38, title, ncols, widths, cells);
+		if (row == R_PP1 && opt.client_port <= 0) {
+			/* The same round trips per second both processes spent
+			 * on the CPU: what the wall clock gives on a quiet one. */
+			for (int s = 0; s < NSRV; s++) {
+				med[s] = opt.srv[s] ? median(cpu_samples[s], bench.rounds) : 0.0;
+				if (opt.srv[s] && med[s] > 0)
+					fmt_value(cell[s], sizeof cell[s], row, med[s]);
+				else
+					snprintf(cell[s], sizeof cell[s], "-");
+			}
+			for (int k = 0; k < 3; k++)
+				fmt_ratio(ratio[k], sizeof ratio[k], med[S_WEFT] > 0 && med[vs[k]] > 0,
+				          med[S_WEFT], med[vs[k]]);
+			table_row(38, "  the same per on-CPU second", ncols, widths, cells);
+		}
 	}
 	printf("\nrt/s = round trips per second (k = 10^3); MiB/s = bytes sent one way per second;\n"
-	       "ratios > 1 mean weft is faster.\n");
+	       "ratios > 1 mean weft is faster.  \"per on-CPU second\": round trips divided by\n"
+	       "the time client and server spent on a CPU (/proc/PID/schedstat), which\n"
+	       "other programs on a shared machine do not inflate.\n");
 }
 
 /* -C: one column, the external server. */
@@ -1233,8 +1288,11 @@ static void row_round(int srv, int round, void *arg)
 	int row = *(int *)arg;
 	cur_srv = opt.client_port > 0 ? "server" : srv_names[srv];
 	double v = run_round(row, srv, opt.client_port > 0 ? opt.client_port : ports[srv]);
-	if (round >= 0)
+	if (round >= 0) {
 		samples[row][srv][round] = v;
+		if (row == R_PP1)
+			cpu_samples[srv][round] = last_cpu_rate;
+	}
 }
 
 static void run_rows(void)

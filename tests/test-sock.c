@@ -1690,6 +1690,22 @@ static int sigpipe_child(void)
 			rc = 15;
 		weft_stream_close(c, NULL, NULL);
 	}
+
+	/* a pipe whose reader is gone (a pipe server's client left): pipes
+	 * have no MSG_NOSIGNAL */
+	if (rc == 0) {
+		int p[2];
+		if (pipe2(p, O_CLOEXEC) < 0 || weft_stream_new_pipe(loop, -1, p[1], &c) < 0)
+			return 17;
+		close(p[0]);
+		if (write_all(c, buf, sizeof(buf)) != -EPIPE)
+			rc = 18;
+		weft_stream_close(c, NULL, NULL);
+		sigset_t pending;
+		sigpending(&pending);
+		if (sigismember(&pending, SIGPIPE))
+			rc = 19; /* left behind for the program */
+	}
 	if (drain_and_free(loop) != 0 && rc == 0)
 		rc = 16;
 	return rc;

@@ -67,7 +67,8 @@ static struct {
 	long hs;
 	bool pin;
 	bool rows[NROWS];
-} opt = {.bulk_mib = 1024, .rr = 50000, .hs = 1000, .rows = {true, true, true}};
+	bool impls[NIMPL];
+} opt = {.bulk_mib = 1024, .rr = 50000, .hs = 1000, .rows = {true, true, true}, .impls = {true, true}};
 
 static char dir[64];
 static char cert[128], key[128], ca[128];
@@ -578,6 +579,7 @@ static void usage(FILE *f)
 		"  -n N   small-record round trips per round (default 50000)\n"
 		"  -H N   handshakes per round (default 1000)\n"
 		"  -t L   rows: bulk,small-rr,handshake (default all)\n"
+		"  -s L   implementations: gnutls,weft (default both; one alone for perf/strace)\n"
 		"  -o     rotate the order of the implementations each round\n"
 		"  -P     pin both processes to CPU 0 (as taskset -c 0)\n"
 		"  -q     quick run (smoke test): -r 1 -b 16 -n 2000 -H 50 (explicit options win)\n"
@@ -588,12 +590,16 @@ int main(int argc, char **argv)
 {
 	bench_init("bench-tls", 2);
 	int c;
-	while ((c = bench_getopt(argc, argv, "r:b:n:H:t:oPqvh", usage)) != -1) {
+	while ((c = bench_getopt(argc, argv, "r:b:n:H:t:s:oPqvh", usage)) != -1) {
 		switch (c) {
 		case 'b': opt.bulk_mib = parse_num(optarg, 'b', 1, 65536); break;
 		case 'n': opt.rr = parse_num(optarg, 'n', 1, 100000000); break;
 		case 'H': opt.hs = parse_num(optarg, 'H', 1, 10000000); break;
 		case 'P': opt.pin = true; break;
+		case 's':
+			if (!parse_list(optarg, impl_names, NIMPL, NULL, opt.impls))
+				fail(2, "-s: implementations are gnutls, weft");
+			break;
 		case 't':
 			if (!parse_list(optarg, row_names, NROWS, NULL, opt.rows))
 				fail(2, "-t: rows are bulk, small-rr, handshake");
@@ -630,8 +636,7 @@ int main(int argc, char **argv)
 	for (int row = 0; row < NROWS; row++) {
 		if (!opt.rows[row])
 			continue;
-		bool all[NIMPL] = {true, true};
-		run_interleaved(NIMPL, all, row_round, &row);
+		run_interleaved(NIMPL, opt.impls, row_round, &row);
 	}
 	static const int widths[6] = {9, 9, 11, 10, 10, 11};
 	static const char *const heads[6] = {"gnutls", "weft", "weft/gnutls", "gnutls/CPU", "weft/CPU",
@@ -649,8 +654,9 @@ int main(int argc, char **argv)
 			else
 				fmt_rate(cell[k < 2 ? k : k + 1], 32, v[k]);
 		}
-		fmt_ratio(cell[2], 32, true, v[1], v[0]);
-		fmt_ratio(cell[5], 32, true, v[3], v[2]);
+		bool both = opt.impls[I_GNUTLS] && opt.impls[I_WEFT];
+		fmt_ratio(cell[2], 32, both, v[1], v[0]);
+		fmt_ratio(cell[5], 32, both, v[3], v[2]);
 		snprintf(title, sizeof title, "%s", row == R_BULK ? "bulk, 16 KiB records (MB/s)"
 			: row == R_RR ? "64-byte records (round trips/s)" : "full handshakes (/s)");
 		const char *cells[6] = {cell[0], cell[1], cell[2], cell[3], cell[4], cell[5]};

@@ -151,14 +151,42 @@ struct xfer {
 	char *key;             /* STORE: where the value goes */
 	unsigned char *buf;
 	size_t len, cap;
-	weft_defer *step;
+	void (*fn)(struct xfer *x); /* one step */
+	weft_defer *step; /* a regular file: the next step on the next pass */
+	weft_io *io;      /* a pipe or socket: the next step when readable */
 };
+
+/* Run the next step when it can make progress, never blocking: at once
+ * (next loop pass) for a regular file, when readable for a pipe. */
+static void xfer_again(struct xfer *x)
+{
+	if (x->io != NULL)
+		weft_io_start(x->io, WEFT_IO_READ);
+	else
+		weft_defer_schedule(x->step);
+}
+
+static void xfer_deferred(weft_defer *d, void *data)
+{
+	(void)d;
+	struct xfer *x = data;
+	x->fn(x);
+}
+
+static void xfer_readable(weft_io *io, unsigned revents, void *data)
+{
+	(void)revents;
+	struct xfer *x = data;
+	weft_io_stop(io);
+	x->fn(x);
+}
 
 static void xfer_free(struct xfer *x)
 {
+	weft_defer_free(x->step);
+	weft_io_free(x->io); /* before the fd closes */
 	if (x->fd >= 0)
 		close(x->fd);
-	weft_defer_free(x->step);
 	free(x->key);
 	free(x->buf);
 	free(x);
@@ -181,20 +209,18 @@ static void cat_room(weft_assuan_conn *c, void *data)
 {
 	(void)c;
 	struct xfer *x = data;
-	weft_defer_schedule(x->step);
+	weft_defer_schedule(x->step); /* buf holds a chunk: no read needed */
 }
 
 /* One chunk per loop pass, so other clients are served in between.  A
  * chunk refused for lack of room waits in buf (x->len bytes): the file may
  * be a pipe, which cannot be read again. */
-static void cat_step(weft_defer *d, void *data)
+static void cat_step(struct xfer *x)
 {
-	(void)d;
-	struct xfer *x = data;
 	if (x->len == 0) {
 		ssize_t n = read(x->fd, x->buf, CHUNK);
-		if (n < 0 && errno == EINTR) {
-			weft_defer_schedule(x->step);
+		if (n < 0 && (errno == EINTR || errno == EAGAIN)) {
+			xfer_again(x); /* a FIFO with nothing yet */
 			return;
 		}
 		if (n <= 0) {
@@ -213,13 +239,11 @@ static void cat_step(weft_defer *d, void *data)
 		return;
 	}
 	x->len = 0;
-	weft_defer_schedule(x->step);
+	xfer_again(x);
 }
 
-static void store_step(weft_defer *d, void *data)
+static void store_step(struct xfer *x)
 {
-	(void)d;
-	struct xfer *x = data;
 	if (x->cap - x->len < CHUNK) {
 		unsigned char *b = realloc(x->buf, x->cap * 2);
 		if (b == NULL) {
@@ -231,7 +255,7 @@ static void store_step(weft_defer *d, void *data)
 	}
 	ssize_t n = read(x->fd, x->buf + x->len, x->cap - x->len);
 	if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
-		weft_defer_schedule(x->step); /* a pipe not yet written: try again */
+		xfer_again(x); /* a pipe not yet written: wait until it is */
 		return;
 	}
 	if (n < 0) {
@@ -240,14 +264,14 @@ static void store_step(weft_defer *d, void *data)
 	}
 	if (n > 0) {
 		x->len += (size_t)n;
-		weft_defer_schedule(x->step);
+		xfer_again(x);
 		return;
 	}
 	weft_assuan_err e = set_value(x->key, x->buf, x->len) < 0 ? err(x->c, GPG_ERR_ENOMEM, "store full") : 0;
 	xfer_finish(x, e);
 }
 
-static weft_assuan_err start_xfer(weft_assuan_conn *c, int fd, const char *key, weft_defer_cb step)
+static weft_assuan_err start_xfer(weft_assuan_conn *c, int fd, const char *key, void (*step)(struct xfer *x))
 {
 	struct xfer *x = calloc(1, sizeof(*x));
 	if (x == NULL) {
@@ -256,23 +280,33 @@ static weft_assuan_err start_xfer(weft_assuan_conn *c, int fd, const char *key, 
 	}
 	x->c = c;
 	x->fd = fd;
+	x->fn = step;
 	x->cap = CHUNK * 2;
 	x->buf = malloc(x->cap);
 	x->key = key ? strdup(key) : NULL;
 	weft_loop *loop = weft_stream_loop(weft_assuan_conn_stream(c));
-	if (x->buf == NULL || (key && x->key == NULL) || weft_defer_new(loop, step, x, &x->step) < 0) {
+	if (x->buf == NULL || (key && x->key == NULL) || weft_defer_new(loop, xfer_deferred, x, &x->step) < 0) {
 		xfer_free(x);
 		return err(c, GPG_ERR_ENOMEM, NULL);
 	}
+	/* Pipes and sockets are watched; a regular file cannot be (epoll
+	 * refuses it) and is always readable. */
+	int fl = fcntl(fd, F_GETFL);
+	if (fl >= 0)
+		fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+	if (weft_io_new(loop, fd, xfer_readable, x, &x->io) == 0 && weft_io_start(x->io, WEFT_IO_READ) < 0) {
+		weft_io_free(x->io);
+		x->io = NULL;
+	}
 	weft_assuan_on_cancel(c, xfer_cancel, x);
-	weft_defer_schedule(x->step);
+	xfer_again(x);
 	return WEFT_ASSUAN_PENDING;
 }
 
 static weft_assuan_err cmd_cat(weft_assuan_conn *c, char *args, void *data)
 {
 	(void)data;
-	int fd = open(args, O_RDONLY | O_CLOEXEC);
+	int fd = open(args, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* a FIFO must not block the open */
 	if (fd < 0)
 		return err(c, gpg_err_code_from_errno(errno), args);
 	return start_xfer(c, fd, NULL, cat_step);
@@ -286,9 +320,6 @@ static weft_assuan_err cmd_store(weft_assuan_conn *c, char *args, void *data)
 	int fd = weft_assuan_take_input_fd(c);
 	if (fd < 0)
 		return weft_assuan_err_make(weft_assuan_conn_server(c), GPG_ERR_ASS_NO_INPUT);
-	int fl = fcntl(fd, F_GETFL);
-	if (fl >= 0)
-		fcntl(fd, F_SETFL, fl | O_NONBLOCK);
 	return start_xfer(c, fd, args, store_step);
 }
 

@@ -18,6 +18,11 @@
  *    set it with weft_assuan_server_set_err_source().
  *  - Strings handed to callbacks are borrowed for the duration of the call.
  *    A handler that returns WEFT_ASSUAN_PENDING must copy what it needs.
+ *  - The end of the client's input (EOF) means the client is gone, as for
+ *    libassuan's assuan_process_next: lines it sent before are answered,
+ *    a command still pending is cancelled.  (A client that half-closes
+ *    after its last command gets the answers of commands that answer at
+ *    once, not those of pending ones.)
  *  - A connection object stays valid until its close hook has returned; a
  *    pending command's cancel callback is the last call about that command.
  *  - Limits: a line with its LF is at most WEFT_ASSUAN_LINELENGTH (1002)
@@ -77,8 +82,8 @@ WEFT_EXPORT void weft_assuan_server_free(weft_assuan_server *srv);
 
 /* Register a command.  The name is matched exactly, then case-insensitively
  * against its upper-case form (libassuan: commands registered in upper case
- * are case-insensitive).  An existing name is replaced.  handler NULL
- * selects the built-in of that name (the std commands, INPUT, OUTPUT);
+ * are case-insensitive).  An existing name is replaced (the entry keeps
+ * its name).  handler NULL selects the built-in of that name (the std commands, INPUT, OUTPUT);
  * help may be NULL (HELP lists the name; "HELP name" answers Not found).
  * The name and help are copied.  Returns 0, -EINVAL (bad name, or NULL
  * handler for a name with no built-in), -ENOMEM. */
@@ -257,7 +262,10 @@ WEFT_EXPORT int weft_assuan_on_cancel(weft_assuan_conn *c, weft_assuan_cancel_cb
  * the connection stays in sync), GPG_ERR_ASS_SYNTAX (a malformed %
  * escape; also read on to END), GPG_ERR_ASS_UNEXPECTED_CMD (another line).
  * cb returns like a handler: an answer, or WEFT_ASSUAN_PENDING (it may
- * inquire again).  Only from a command in flight, one inquire at a time.
+ * inquire again).  If the connection ends first, cb is not called: the
+ * command's cancel callback (weft_assuan_on_cancel) is — free there what
+ * cb would have freed.  Only from a command in flight, one inquire at a
+ * time.
  * Returns 0, -EINVAL (no command, keyword empty/too long), -EBUSY
  * (already inquiring), -ENOMEM, -ENOTCONN. */
 typedef weft_assuan_err (*weft_assuan_inquire_cb)(weft_assuan_conn *c, weft_assuan_err err,

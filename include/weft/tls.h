@@ -45,14 +45,26 @@
  * weft_tls_error_text() a sentence saying why ("certificate verification
  * failed: The certificate is NOT trusted. ...").
  *
+ * Writes.  A write request completes when GnuTLS has taken its bytes: the
+ * last record may still sit inside GnuTLS (encrypted) while the socket is
+ * full, as bytes sit in a socket's kernel buffer after write(2); weft sends
+ * it as soon as the socket has room, with or without further requests.
+ *
  * End of stream.  A read returns the end of stream (EPIPE in readv_recv)
  * after the peer's close_notify.  weft_stream_shutdown_send() on a TLS
  * stream sends close_notify (after queued writes; it waits for room if the
  * transport is full — bound it with weft_req_set_timeout) and then shuts
- * the inner stream's write side.  weft_stream_close() sends close_notify
- * once, without waiting, if it was not sent yet, discards any record that
- * could not be flushed, and closes the inner stream.  For a fully clean
- * end: shutdown_send, read until EPIPE (with a timeout), then close.
+ * the inner stream's write side.  weft_stream_close() ends the session
+ * cleanly too: the record GnuTLS still holds and close_notify go out at
+ * once if the socket has room; if not, the session lingers after the close
+ * — the inner stream (and its fd) stays open, watched, for at most the
+ * close timeout (weft_tls_config_set_close_timeout, 2000 ms by default) —
+ * and whatever is still unsent then is dropped
+ * (gnutls_record_discard_queued).  While it lingers the loop has a live
+ * handle: weft_loop_run keeps running, weft_loop_free says -EBUSY.  Close
+ * callbacks and requests behave as for any stream.  Receiving the peer's
+ * close_notify as well: shutdown_send, read until EPIPE (with a timeout),
+ * then close.
  */
 #ifndef WEFT_TLS_H
 #define WEFT_TLS_H
@@ -158,6 +170,11 @@ WEFT_EXPORT int weft_tls_config_set_alpn(weft_tls_config *cfg, const char *const
 /* Servers: session tickets (resumption) on or off (on by default).
  * Returns 0, -EINVAL (a client configuration), -ENOMEM. */
 WEFT_EXPORT int weft_tls_config_set_tickets(weft_tls_config *cfg, bool enable);
+
+/* How long a closed TLS stream may linger to send what it accepted and
+ * its close_notify when the transport is full (see "End of stream" above);
+ * 0: one try, no lingering.  Default 2000 ms.  Returns 0 or -EINVAL. */
+WEFT_EXPORT int weft_tls_config_set_close_timeout(weft_tls_config *cfg, unsigned ms);
 
 /* DTLS: the first retransmission timeout and the total time a handshake
  * may take (GnuTLS defaults: 1000 ms and 60000 ms).  Returns 0 or -EINVAL. */

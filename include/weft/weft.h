@@ -12,6 +12,9 @@
 #if __has_include(<weft/assuan.h>) && __has_include(<gpg-error.h>)
 #include <weft/assuan.h>
 #endif
+#if __has_include(<weft/tls.h>) && __has_include(<gnutls/gnutls.h>)
+#include <weft/tls.h>
+#endif
 #endif
 
 #endif

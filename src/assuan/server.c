@@ -196,7 +196,8 @@ int weft_assuan_register(weft_assuan_server *srv, const char *name, weft_assuan_
 		if (strcasecmp(srv->cmds[i].name, name) == 0)
 			slot = &srv->cmds[i];
 	if (slot != NULL) {
-		free(slot->name);
+		free(n); /* the entry keeps its name (and so its case rule) */
+		n = slot->name;
 		free(slot->help);
 	} else {
 		if (srv->ncmds == srv->capcmds) {

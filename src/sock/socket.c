@@ -4,6 +4,8 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -226,12 +228,34 @@ static ssize_t pipe_readv(weft_stream *s, const struct iovec *iov, int count)
 	return ret_errno(readv(pi->rfd, iov, count));
 }
 
+/* writev(2) on a pipe raises SIGPIPE when the reader is gone, and pipes
+ * have no MSG_NOSIGNAL: hold SIGPIPE back for this thread during the write
+ * and take the one our write raised.  (If the program blocks SIGPIPE
+ * itself, it is left pending as with any write.) */
+static ssize_t writev_nosigpipe(int fd, const struct iovec *iov, int count)
+{
+	sigset_t pipe_set, old;
+	sigemptyset(&pipe_set);
+	sigaddset(&pipe_set, SIGPIPE);
+	if (pthread_sigmask(SIG_BLOCK, &pipe_set, &old) != 0)
+		return ret_errno(writev(fd, iov, count));
+	ssize_t n = writev(fd, iov, count);
+	int e = errno;
+	if (n < 0 && e == EPIPE && !sigismember(&old, SIGPIPE)) {
+		/* Not blocked before, so not pending before: it is ours. */
+		static const struct timespec zero = {0, 0};
+		sigtimedwait(&pipe_set, NULL, &zero);
+	}
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	return n < 0 ? -e : n;
+}
+
 static ssize_t pipe_writev(weft_stream *s, const struct iovec *iov, int count)
 {
 	struct pipe_impl *pi = weft_stream_impl(s);
 	if (pi->wfd < 0)
 		return -EPIPE;
-	return ret_errno(writev(pi->wfd, iov, count));
+	return writev_nosigpipe(pi->wfd, iov, count);
 }
 
 static int pipe_shutdown(weft_stream *s)

@@ -109,6 +109,7 @@ int weft_tls_config_new(weft_tls_role role, weft_tls_config **ret_cfg)
 	cfg->refs = 1;
 	cfg->role = role;
 	cfg->tickets = role == WEFT_TLS_SERVER;
+	cfg->close_timeout_ms = 2000;
 	*ret_cfg = cfg;
 	return 0;
 }
@@ -294,6 +295,14 @@ int weft_tls_config_set_tickets(weft_tls_config *cfg, bool enable)
 	if (cfg == NULL || cfg->role != WEFT_TLS_SERVER)
 		return -EINVAL;
 	cfg->tickets = enable;
+	return 0;
+}
+
+int weft_tls_config_set_close_timeout(weft_tls_config *cfg, unsigned ms)
+{
+	if (cfg == NULL)
+		return -EINVAL;
+	cfg->close_timeout_ms = ms;
 	return 0;
 }
 

@@ -26,6 +26,7 @@ struct weft_tls_config {
 	gnutls_datum_t ticket_key;  /* servers; empty until needed */
 	gnutls_datum_t cookie_key;  /* DTLS servers: HelloVerifyRequest key */
 	unsigned dtls_retrans_ms, dtls_total_ms;
+	unsigned close_timeout_ms;  /* lingering bound after close */
 	int last_gerr;
 };
 

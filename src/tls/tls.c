@@ -76,6 +76,8 @@ struct tls_impl {
 	weft_defer *kick;
 	unsigned busy;
 	bool closed;
+	bool lingering;     /* closed, still sending what it accepted */
+	weft_timer *linger; /* the bound on lingering */
 
 	unsigned char *rb; /* read-ahead of ciphertext */
 	size_t rb_off, rb_len;
@@ -92,6 +94,8 @@ static const char tls_name[] = "tls";
 static const weft_stream_ops tls_ops;
 
 static void tls_release(struct tls_impl *t);
+static void tls_finish(struct tls_impl *t);
+static void linger_step(struct tls_impl *t, unsigned revents);
 static void update_watch(struct tls_impl *t);
 static unsigned needed_events(const struct tls_impl *t);
 static void watch_inner(struct tls_impl *t, bool keep_read);
@@ -169,7 +173,8 @@ static int tls_pull_timeout(gnutls_transport_ptr_t ptr, unsigned ms)
 
 static void kick(struct tls_impl *t)
 {
-	weft_defer_schedule(t->kick);
+	if (!t->closed)
+		weft_defer_schedule(t->kick);
 }
 
 static void set_error(struct tls_impl *t, int err, int gerr, char *text)
@@ -398,18 +403,24 @@ static void tls_drive(struct tls_impl *t, unsigned revents)
 	if (!t->closed)
 		watch_inner(t, !(revents & WEFT_IO_READ) || read_wanted);
 	if (--t->busy == 0 && t->closed)
-		tls_release(t);
+		tls_finish(t);
 }
 
 static void inner_hook(void *data, unsigned revents)
 {
-	tls_drive(data, revents);
+	struct tls_impl *t = data;
+	if (t->lingering)
+		linger_step(t, revents);
+	else
+		tls_drive(t, revents);
 }
 
 static void kick_cb(weft_defer *defer, void *data)
 {
+	struct tls_impl *t = data;
 	(void)defer;
-	tls_drive(data, 0);
+	if (!t->closed)
+		tls_drive(t, 0);
 }
 
 static unsigned needed_events(const struct tls_impl *t)
@@ -605,8 +616,9 @@ static void tls_close(weft_stream *s)
 {
 	struct tls_impl *t = weft_stream_impl(s);
 	t->closed = true;
+	t->s = NULL;
 	if (t->busy == 0)
-		tls_release(t);
+		tls_finish(t);
 }
 
 static const weft_stream_ops tls_ops = {
@@ -620,7 +632,45 @@ static const weft_stream_ops tls_ops = {
 	.fd = tls_fd,
 };
 
-static void tls_release(struct tls_impl *t)
+/* After the stream was closed: send the record GnuTLS holds and
+ * close_notify.  True when nothing is left to do (sent, or it can never be
+ * sent), false while the transport is full. */
+static bool goodbye_step(struct tls_impl *t)
+{
+	if (t->hs != HS_DONE || t->err != 0 || t->bye_sent)
+		return true;
+	if (t->flush_pending) {
+		if (t->push_blocked)
+			return false;
+		if (!flush_step(t))
+			return t->err != 0;
+	}
+	int g = gnutls_bye(t->sess, GNUTLS_SHUT_WR);
+	if (g == GNUTLS_E_AGAIN || g == GNUTLS_E_INTERRUPTED)
+		return false;
+	t->bye_sent = true; /* or it failed: either way, done */
+	return true;
+}
+
+static void linger_timeout(weft_timer *timer, void *data)
+{
+	(void)timer;
+	tls_release(data); /* the bound: what is left is dropped */
+}
+
+static void linger_step(struct tls_impl *t, unsigned revents)
+{
+	if (revents & (WEFT_IO_WRITE | WEFT_IO_ERR | WEFT_IO_HUP))
+		t->push_blocked = false;
+	if (goodbye_step(t))
+		tls_release(t);
+}
+
+/* The stream is closed (and off the stack): end the session.  If the
+ * transport is full, linger — the inner stream stays open, watched for
+ * WRITE — until what was accepted and close_notify are out, or the close
+ * timeout passes. */
+static void tls_finish(struct tls_impl *t)
 {
 	/* Waiting handshakes: ECANCELED (posted); their cleanup detaches them. */
 	while (!weft__list_empty(&t->hs_waiters)) {
@@ -630,13 +680,22 @@ static void tls_release(struct tls_impl *t)
 		st->t = NULL;
 		weft_req_cancel(req);
 	}
+	weft_defer_cancel(t->kick);
+	if (!goodbye_step(t) && t->cfg->close_timeout_ms > 0 &&
+	    weft_timer_new(t->loop, linger_timeout, t, &t->linger) == 0 &&
+	    weft_timer_start(t->linger, t->cfg->close_timeout_ms, 0) == 0 &&
+	    weft__stream_raw_watch(t->inner, WEFT_IO_WRITE) == 0) {
+		t->lingering = true;
+		return;
+	}
+	tls_release(t);
+}
+
+static void tls_release(struct tls_impl *t)
+{
+	weft_timer_free(t->linger);
 	weft_defer_free(t->kick);
 	if (t->sess != NULL) {
-		if (t->hs == HS_DONE && t->err == 0 && !t->bye_sent) {
-			/* One try at a clean end, without waiting. */
-			if (!t->flush_pending || flush_step(t))
-				(void)gnutls_bye(t->sess, GNUTLS_SHUT_WR);
-		}
 		if (t->flush_pending)
 			(void)gnutls_record_discard_queued(t->sess);
 		gnutls_deinit(t->sess);

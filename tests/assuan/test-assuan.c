@@ -1312,6 +1312,10 @@ static void test_help(void)
 	/* Re-registering replaces the entry in place. */
 	CHECK_EQ(weft_assuan_register(f.srv, "NOP", NULL, NULL, "NOP\nDo nothing."), 0);
 	TALK(&f, "HELP NOP\n", "# NOP\n# Do nothing.\nOK\n");
+	/* ... and keeps its name: registered again in lower case, NOP is
+	 * still matched in any case and listed as NOP. */
+	CHECK_EQ(weft_assuan_register(f.srv, "nop", NULL, NULL, NULL), 0);
+	TALK(&f, "NOP\nnop\nHELP NOP\n", "OK\nOK\nERR 67108891 Not found <GPG Agent>\n");
 	CHECK_EQ(weft_assuan_register(f.srv, "BOGUS", NULL, NULL, NULL), -EINVAL);
 	CHECK_EQ(weft_assuan_register(f.srv, "TWO WORDS", cmd_lower, NULL, NULL), -EINVAL);
 	CHECK_EQ(weft_assuan_register(f.srv, "", cmd_lower, NULL, NULL), -EINVAL);
@@ -2655,6 +2659,7 @@ static void test_pipe_stream(void)
 
 /* ---- tier 3: interop with the real gpg-connect-agent ------------------------------------ */
 
+#ifdef GPG_CONNECT_AGENT
 /* A child process with its stdout and stderr captured. */
 struct child {
 	pid_t pid;
@@ -2762,7 +2767,6 @@ static bool child_wait(struct child *ch, weft_loop *loop, unsigned ms)
 	return true;
 }
 
-#ifdef GPG_CONNECT_AGENT
 static void write_file(const char *name, const void *p, size_t n)
 {
 	char path[160];

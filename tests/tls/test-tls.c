@@ -20,6 +20,8 @@
 #include <weft/weft.h>
 #include <weft/tls.h>
 
+#include <gnutls/gnutls.h>
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -1461,6 +1463,104 @@ static void test_server_name_copied(void)
 	free_loop(loop);
 }
 
+/* Close right after writing into a full socket: the record GnuTLS holds
+ * and close_notify still go out (the session lingers), so the peer reads
+ * every byte and then the clean end; and lingering is bounded. */
+static size_t fill_until_full(weft_stream *c)
+{
+	static char chunk[16384];
+	size_t total = 0;
+	for (int i = 0; i < 4096; i++) {
+		for (size_t k = 0; k < sizeof(chunk); k++)
+			chunk[k] = (char)pattern(total + k);
+		struct iovec iov = {chunk, sizeof(chunk)};
+		ssize_t w = weft_stream_try_writev(c, &iov, 1);
+		if (w <= 0)
+			break;
+		total += (size_t)w;
+		if ((size_t)w < sizeof(chunk))
+			break;
+	}
+	return total;
+}
+
+static void test_close_lingers(void)
+{
+	weft_loop *loop = new_loop();
+	weft_tls_config *cc = client_cfg(), *sc = server_cfg();
+	weft_stream *c = NULL, *s = NULL;
+	tls_pair(loop, cc, sc, "localhost", &c, &s);
+	int ec, es;
+	handshake2(loop, c, s, &ec, &es);
+	CHECK_EQ(ec, 0);
+	CHECK_EQ(es, 0);
+	size_t total = fill_until_full(c);
+	CHECK(total > 0);
+	weft_stream_close(c, NULL, NULL); /* the last record is still inside GnuTLS */
+	unsigned char *buf = malloc(total + 1);
+	CHECK_EQ(read_n(loop, s, (char *)buf, total, 10000), (ssize_t)total);
+	bool same = true;
+	for (size_t i = 0; i < total; i++)
+		if (buf[i] != pattern(i))
+			same = false;
+	CHECK(same);
+	free(buf);
+	char x;
+	CHECK_EQ(read_n(loop, s, &x, 1, 5000), -EPIPE); /* close_notify, not a reset */
+	weft_stream_close(s, NULL, NULL);
+
+	/* The bound: a peer that never reads; after the close timeout the
+	 * client's socket is closed anyway. */
+	CHECK_EQ(weft_tls_config_set_close_timeout(cc, 100), 0);
+	tls_pair(loop, cc, sc, "localhost", &c, &s);
+	handshake2(loop, c, s, &ec, &es);
+	CHECK_EQ(ec, 0);
+	fill_until_full(c);
+	int fds = t_fd_count();
+	weft_stream_close(c, NULL, NULL);
+	weft_loop_run(loop, WEFT_RUN_NOWAIT);
+	CHECK_EQ(t_fd_count(), fds); /* still lingering */
+	int none = 0;
+	run_until(loop, &none, 1, 300);
+	CHECK_EQ(t_fd_count(), fds - 1);
+	weft_stream_close(s, NULL, NULL);
+	weft_tls_config_unref(cc);
+	weft_tls_config_unref(sc);
+	free_loop(loop);
+}
+
+/* TLS 1.3 KeyUpdate with update_requested: the client's read must write
+ * its own KeyUpdate (a read that needs the write direction); data goes on
+ * both ways with the new keys.  The update is started through the GnuTLS
+ * session handle. */
+static void test_key_update(void)
+{
+	weft_loop *loop = new_loop();
+	weft_tls_config *cc = client_cfg(), *sc = server_cfg();
+	weft_stream *c = NULL, *s = NULL;
+	tls_pair(loop, cc, sc, "localhost", &c, &s);
+	int ec, es;
+	handshake2(loop, c, s, &ec, &es);
+	CHECK_EQ(ec, 0);
+	CHECK_EQ(es, 0);
+	for (int round = 0; round < 3; round++) {
+		CHECK_EQ(gnutls_session_key_update(weft_tls_gnutls_session(s), GNUTLS_KU_PEER), 0);
+		CHECK_EQ(write_all(loop, s, "after update", 12), 0);
+		char buf[16] = {0};
+		CHECK_EQ(read_n(loop, c, buf, 12, 5000), 12);
+		CHECK(strcmp(buf, "after update") == 0);
+		CHECK_EQ(write_all(loop, c, "reply", 5), 0);
+		memset(buf, 0, sizeof(buf));
+		CHECK_EQ(read_n(loop, s, buf, 5, 5000), 5);
+		CHECK(strcmp(buf, "reply") == 0);
+	}
+	weft_stream_close(c, NULL, NULL);
+	weft_stream_close(s, NULL, NULL);
+	weft_tls_config_unref(cc);
+	weft_tls_config_unref(sc);
+	free_loop(loop);
+}
+
 static void test_api_errors(void)
 {
 	weft_tls_config *c = NULL;
@@ -2074,6 +2174,8 @@ int main(int argc, char **argv)
 	run("tls: two server certificates, chosen by SNI", test_sni_cert_selection);
 	run("tls: certificate, key and CA from memory", test_credentials_from_memory);
 	run("tls: the server name is copied (freed by the caller before the handshake)", test_server_name_copied);
+	run("tls: close into a full socket lingers: every byte and close_notify arrive; bounded", test_close_lingers);
+	run("tls: TLS 1.3 KeyUpdate requested by the peer (a read that writes)", test_key_update);
 	run("tls: canceling the handshake request -> ECANCELED (sticky)", test_handshake_cancel);
 	run("tls: writes queued before the handshake, in order; TLS over TLS", test_queued_writes_nested);
 	run("tls: close from the handshake and read callbacks", test_close_in_callbacks);
