@@ -68,8 +68,7 @@ struct weft_assuan_conn {
 	struct weft__ain in;
 	bool in_filled; /* the last read filled the buffer */
 	weft_req *rreq;
-	size_t rpos;  /* where rreq's bytes land: in.off + in.len when it started */
-	size_t rroom; /* and how many it may read */
+	size_t rroom; /* bytes rreq may read */
 	struct weft__abuf out;  /* answers gathering */
 	struct weft__abuf wbuf; /* being written by wreq */
 	weft_req *wreq;
@@ -1081,7 +1080,6 @@ static void start_read(weft_assuan_conn *c)
 	}
 	if (room == 0)
 		return; /* full of waiting lines: the client waits for answers */
-	c->rpos = c->in.len;
 	c->rroom = room;
 	c->rreq = weft_stream_read_send(c->s, c->in.buf + c->in.len, room);
 	if (c->rreq == NULL) {
@@ -1099,16 +1097,13 @@ static void read_done(weft_req *req, void *data)
 	weft_req_free(req);
 	c->rreq = NULL;
 	if (n > 0) {
-		/* Lines taken while the read was in flight (a pending command
-		 * finished) moved the end of the unparsed bytes back. */
-		size_t end = c->in.off + c->in.len;
-		if (end != c->rpos)
-			memmove(c->in.buf + end, c->in.buf + c->rpos, (size_t)n);
+		/* The bytes landed at in.off + in.len: lines taken meanwhile
+		 * leave that end in place (weft__ain_next). */
 		c->in.len += (size_t)n;
 		c->in_filled = (size_t)n == c->rroom;
-	}
-	else
+	} else {
 		c->eof = true; /* EOF, reset or error: the client is gone */
+	}
 	conn_process(c);
 }
 

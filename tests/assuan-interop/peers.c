@@ -23,6 +23,7 @@
 
 #include <assuan.h>
 #include <errno.h>
+#include <poll.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -379,4 +380,48 @@ void peer_run_libassuan(int fd, enum peer_hello hello)
 	assuan_process(ctx); /* until BYE, EOF or an error (it drops the connection then) */
 	assuan_release(ctx);
 	_exit(0); /* libassuan's allocations are not ours to leak-check */
+}
+
+/* ---- libassuan with assuan_process_next (the external-loop API) ------------------- */
+
+/* Only SLOW (answers 30 ms later, from the poll loop) and ECHO: enough to
+ * show what happens to a line that arrives while a command is pending. */
+static bool ln_pending;
+
+static gpg_error_t ln_slow(assuan_context_t ctx, char *args)
+{
+	ln_pending = true; /* no assuan_process_done: the command stays open */
+	return 0;
+}
+
+static gpg_error_t ln_echo(assuan_context_t ctx, char *args)
+{
+	assuan_send_data(ctx, args, strlen(args));
+	return assuan_process_done(ctx, 0);
+}
+
+void peer_run_libassuan_next(int fd)
+{
+	assuan_context_t ctx;
+	assuan_set_gpg_err_source(PEER_ERR_SOURCE);
+	lcheck(assuan_new(&ctx), "new");
+	lcheck(assuan_init_socket_server(ctx, fd, ASSUAN_SOCKET_SERVER_ACCEPTED), "init");
+	lcheck(assuan_set_hello_line(ctx, hello_custom), "hello");
+	lcheck(assuan_register_command(ctx, "SLOW", ln_slow, NULL), "SLOW");
+	lcheck(assuan_register_command(ctx, "ECHO", ln_echo, help_echo), "ECHO");
+	lcheck(assuan_accept(ctx), "accept");
+	for (;;) {
+		struct pollfd p = {fd, POLLIN, 0};
+		int r = poll(&p, 1, ln_pending ? 30 : -1);
+		if (r == 0 && ln_pending) {
+			ln_pending = false;
+			assuan_process_done(ctx, 0);
+			continue;
+		}
+		int done = 0;
+		if (assuan_process_next(ctx, &done) || done)
+			break;
+	}
+	assuan_release(ctx);
+	_exit(0);
 }

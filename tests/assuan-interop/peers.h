@@ -17,5 +17,8 @@ enum peer_hello {
 /* Serve the connection fd until it ends, then exit the process. */
 __attribute__((noreturn)) void peer_run_weft(int fd, enum peer_hello hello);
 __attribute__((noreturn)) void peer_run_libassuan(int fd, enum peer_hello hello);
+/* libassuan driven by assuan_process_next from a poll() loop, with SLOW
+ * (pending for 30 ms) and ECHO only; custom hello. */
+__attribute__((noreturn)) void peer_run_libassuan_next(int fd);
 
 #endif
