@@ -73,8 +73,13 @@ static const char *const srv_names[NSRV] = {"raw", "weft", "weft-hand", "libassu
 enum row { R_NOP, R_GET, R_PUT, NROW };
 static const char *const row_names[NROW] = {"nop", "get", "put"};
 
-enum cli { C_RAW, C_LIB, C_SPLIT, NCLI };
-static const char *const cli_names[NCLI] = {"raw", "libassuan", "split"};
+enum cli { C_RAW, C_LIB, C_SPLIT, C_WEFT, NCLI };
+static const char *const cli_names[NCLI] = {"raw", "libassuan", "split", "weft"};
+
+/* The raw server speaks Assuan to the Assuan clients (libassuan, weft):
+ * GET as the payload's D lines and OK, PUT as INQUIRE DATA, read to END,
+ * OK.  Set before the server is forked, or by -S. */
+static bool raw_assuan;
 
 static struct {
 	bool pin;
@@ -155,6 +160,8 @@ static void make_payload(void)
 
 /* ---- the raw server ------------------------------------------------------------------- */
 
+static size_t read_until_tail(int fd, const char *tail); /* the client's; rbuf is this process's copy */
+
 static void serve_raw(int fd)
 {
 	static char buf[65536];
@@ -170,6 +177,17 @@ static void serve_raw(int fd)
 			*nl = '\0';
 			size_t ll = (size_t)(nl - buf) + 1;
 			if (strcmp(buf, "NOP") == 0) {
+				write_all(fd, "OK\n", 3);
+			} else if (strncmp(buf, "GET ", 4) == 0 && raw_assuan) {
+				/* the payload's D lines, encoded before the clock started */
+				for (size_t left = strtoul(buf + 4, NULL, 10); left >= XFER; left -= XFER)
+					write_all(fd, put_lines, put_lines_len - 4); /* without END */
+				write_all(fd, "OK\n", 3);
+			} else if (strncmp(buf, "PUT ", 4) == 0 && raw_assuan) {
+				if (have != ll)
+					die("raw server: data before INQUIRE");
+				write_all(fd, "INQUIRE DATA\n", 13);
+				read_until_tail(fd, "\nEND\n");
 				write_all(fd, "OK\n", 3);
 			} else if (strncmp(buf, "GET ", 4) == 0) {
 				size_t left = strtoul(buf + 4, NULL, 10);
@@ -569,6 +587,163 @@ static void lib_xact(assuan_context_t ctx, enum row r)
 		die("assuan_transact(%s): %s", row_names[r], gpg_strerror(e));
 }
 
+/* ---- the weft client ------------------------------------------------------------------------ */
+
+/* A weft client on its own weft loop (built-in epoll backend).  Each
+ * transaction's completion callback sends the next one: a pipeline depth
+ * of 1, assuan_transact's ping-pong. */
+static struct {
+	weft_loop *loop;
+	weft_assuan_client *cl;
+	enum row r;
+	long left;  /* transactions still to send */
+	size_t got; /* D bytes of the current GET */
+} wc;
+
+static weft_assuan_err wc_data(void *data, const void *buf, size_t len)
+{
+	wc.got += len;
+	return 0;
+}
+
+static weft_assuan_err wc_inquire(void *data, const char *keyword, const char *args)
+{
+	int r = weft_assuan_client_inquire_data(wc.cl, payload, XFER);
+	if (r == 0)
+		r = weft_assuan_client_inquire_end(wc.cl);
+	if (r < 0)
+		die("weft_assuan_client_inquire_data/_end: %s", strerror(-r));
+	return 0;
+}
+
+static void wc_send(void);
+
+static void wc_done(weft_req *req, void *data)
+{
+	weft_assuan_err e = 0;
+	int err = 0;
+	if (weft_assuan_transact_recv(req, &e, &err) < 0)
+		die("weft client %s: %s", row_names[wc.r], strerror(err));
+	if (e)
+		die("weft client %s: ERR %u", row_names[wc.r], (unsigned)e);
+	if (wc.r == R_GET && wc.got != XFER)
+		die("weft client GET: %zu bytes", wc.got);
+	weft_req_free(req);
+	if (wc.left > 0)
+		wc_send();
+	else
+		weft_loop_stop(wc.loop);
+}
+
+static void wc_send(void)
+{
+	static const weft_assuan_transact_cbs cbs[NROW] = {
+		[R_NOP] = {0},
+		[R_GET] = {.data = wc_data},
+		[R_PUT] = {.inquire = wc_inquire},
+	};
+	static char line[NROW][32];
+	if (line[R_NOP][0] == '\0') {
+		snprintf(line[R_NOP], sizeof(line[R_NOP]), "NOP");
+		snprintf(line[R_GET], sizeof(line[R_GET]), "GET %u", XFER);
+		snprintf(line[R_PUT], sizeof(line[R_PUT]), "PUT %u", XFER);
+	}
+	wc.left--;
+	wc.got = 0;
+	weft_req *req = weft_assuan_transact_send(wc.cl, line[wc.r], &cbs[wc.r], NULL);
+	if (req == NULL)
+		die("weft_assuan_transact_send: out of memory");
+	weft_req_set_callback(req, wc_done, NULL);
+}
+
+/* Connect over fd (taken) and read the greeting. */
+static void wc_open(int fd)
+{
+	wcheck(weft_loop_new(&wc.loop), "weft_loop_new");
+	weft_stream *s;
+	wcheck(weft_stream_new_socket(wc.loop, fd, &s), "weft_stream_new_socket");
+	weft_req *req = weft_assuan_client_adopt_send(wc.loop, s);
+	if (req == NULL)
+		die("weft_assuan_client_adopt_send: out of memory");
+	wcheck(weft_req_wait(req), "weft_req_wait");
+	int err = 0;
+	if (weft_assuan_connect_recv(req, &wc.cl, &err) < 0)
+		die("weft client connect: %s", strerror(err));
+	weft_req_free(req);
+}
+
+/* n transactions of r, one after the other, from the loop. */
+static void wc_run(enum row r, long n)
+{
+	wc.r = r;
+	wc.left = n;
+	wc_send();
+	wcheck(weft_loop_run(wc.loop, WEFT_RUN_DEFAULT), "weft_loop_run");
+	if (wc.left != 0)
+		die("weft client: the loop stopped early");
+}
+
+static void wc_close(void)
+{
+	weft_assuan_client_free(wc.cl); /* sends BYE, closes the socket */
+	wcheck(weft_loop_run(wc.loop, WEFT_RUN_DEFAULT), "weft_loop_run"); /* the stream's close */
+	wcheck(weft_loop_free(wc.loop), "weft_loop_free");
+	wc.cl = NULL;
+	wc.loop = NULL;
+}
+
+/* ---- any client -------------------------------------------------------------------------- */
+
+/* Take the connection to a server (fd) and read its greeting. */
+static assuan_context_t client_open(enum cli c, int fd)
+{
+	assuan_context_t ctx = NULL;
+	switch (c) {
+	case C_LIB:
+		if (assuan_new(&ctx))
+			die("assuan_new");
+		gpg_error_t e = assuan_socket_connect_fd(ctx, fd, 0); /* takes fd */
+		if (e)
+			die("assuan_socket_connect_fd: %s", gpg_strerror(e));
+		break;
+	case C_WEFT:
+		wc_open(fd);
+		break;
+	case C_RAW:
+	case C_SPLIT:
+	case NCLI:
+	default:
+		raw_greeting(fd);
+		break;
+	}
+	return ctx;
+}
+
+/* n transactions of r with client c. */
+static void client_xacts(enum cli c, assuan_context_t ctx, int fd, enum srv s, enum row r, long n)
+{
+	if (c == C_WEFT) {
+		wc_run(r, n);
+		return;
+	}
+	for (long i = 0; i < n; i++) {
+		if (c == C_LIB)
+			lib_xact(ctx, r);
+		else
+			raw_xact(fd, r, s == S_RAW, c == C_SPLIT);
+	}
+}
+
+static void client_close(enum cli c, assuan_context_t ctx, int fd)
+{
+	if (c == C_LIB)
+		assuan_release(ctx); /* sends BYE, closes fd */
+	else if (c == C_WEFT)
+		wc_close();
+	else
+		close(fd);
+}
+
 /* ---- measuring ------------------------------------------------------------------------------ */
 
 static bool applicable(enum srv s, enum row r, enum cli c)
@@ -576,7 +751,7 @@ static bool applicable(enum srv s, enum row r, enum cli c)
 	if (c == C_SPLIT)
 		return r == R_NOP;
 	if (s == S_RAW)
-		return c == C_RAW;
+		return true; /* for the Assuan clients it speaks Assuan (raw_assuan) */
 	if (s == S_LIB_NEXT)
 		return r == R_NOP; /* its libassuan client writes a line in 3 writes: EAGAIN, 100 ms */
 	return true;
@@ -597,19 +772,10 @@ static double measure(enum srv s, enum row r, enum cli c, double *ret_cpu)
 	int fd;
 	struct rusage ru0, ru1;
 	getrusage(RUSAGE_CHILDREN, &ru0);
+	raw_assuan = c == C_LIB || c == C_WEFT;
 	pid_t pid = spawn_server(s, &fd);
-	assuan_context_t ctx = NULL;
-	if (c == C_LIB) {
-		if (assuan_new(&ctx))
-			die("assuan_new");
-		gpg_error_t e = assuan_socket_connect_fd(ctx, fd, 0); /* takes fd */
-		if (e)
-			die("assuan_socket_connect_fd: %s", gpg_strerror(e));
-	} else {
-		raw_greeting(fd);
-	}
-#define XACT() (c == C_LIB ? lib_xact(ctx, r) : raw_xact(fd, r, s == S_RAW, c == C_SPLIT))
-	XACT(); /* untimed */
+	assuan_context_t ctx = client_open(c, fd);
+	client_xacts(c, ctx, fd, s, r, 1); /* untimed */
 	double t0 = now_mono(), t;
 	double c0 = now_cpu();
 	double v, work;
@@ -617,24 +783,20 @@ static double measure(enum srv s, enum row r, enum cli c, double *ret_cpu)
 		long n = 0;
 		long max = s == S_LIB_NEXT ? (bench.quick ? 3 : 10) : -1;
 		do {
-			for (int i = 0; i < 64 && n != max; i++, n++)
-				XACT();
+			long k = max < 0 || max - n > 64 ? 64 : max - n;
+			client_xacts(c, ctx, fd, s, r, k);
+			n += k;
 			t = now_mono() - t0;
 		} while (n != max && t < opt.secs);
 		work = (double)n;
 	} else {
-		for (unsigned i = 0; i < opt.xfers; i++)
-			XACT();
+		client_xacts(c, ctx, fd, s, r, opt.xfers);
 		t = now_mono() - t0;
 		work = (double)opt.xfers * XFER / 1e6;
 	}
 	v = work / t;
 	double ccpu = now_cpu() - c0;
-#undef XACT
-	if (ctx)
-		assuan_release(ctx); /* sends BYE, closes fd */
-	else
-		close(fd);
+	client_close(c, ctx, fd);
 	reap(pid);
 	getrusage(RUSAGE_CHILDREN, &ru1);
 	double cpu = ccpu + cpu_of(&ru1) - cpu_of(&ru0);
@@ -914,12 +1076,14 @@ static void print_table(bool cpu)
 	int w[9] = {9, 9, 9, 9, 9, 8, 8, 8, 8};
 	table_head(22, "", 9, w, heads);
 	static const char *const rtitle[NROW][NCLI] = {
-		{"NOP rt/s, raw client", "NOP rt/s, libassuan cl", "NOP rt/s, split lines"},
-		{"D MB/s, raw client", "D MB/s, libassuan cl", NULL},
-		{"INQUIRE MB/s, raw cl", "INQUIRE MB/s, lib cl", NULL},
+		{"NOP rt/s, raw client", "NOP rt/s, libassuan cl", "NOP rt/s, split lines", "NOP rt/s, weft client"},
+		{"D MB/s, raw client", "D MB/s, libassuan cl", NULL, "D MB/s, weft client"},
+		{"INQUIRE MB/s, raw cl", "INQUIRE MB/s, lib cl", NULL, "INQUIRE MB/s, weft cl"},
 	};
+	static const enum cli order[NCLI] = {C_RAW, C_LIB, C_WEFT, C_SPLIT};
 	for (int r = 0; r < NROW; r++)
-		for (int c = 0; c < NCLI; c++) {
+		for (int ci = 0; ci < NCLI; ci++) {
+			int c = order[ci];
 			if (rtitle[r][c] == NULL)
 				continue;
 			char cells[9][32];
@@ -936,10 +1100,9 @@ static void print_table(bool cpu)
 				else
 					snprintf(cells[s], 32, "%.0f", v[s]);
 			}
-			/* The limit: the raw server with this client, or (for the
-			 * libassuan client, which the raw server cannot serve) with
-			 * the raw client. */
-			enum cli rc = nsamples[r][c][S_RAW] > 0 ? (enum cli)c : C_RAW;
+			/* The limit: the raw server with the raw client (the split
+			 * client: with the split client). */
+			enum cli rc = c == C_SPLIT ? C_SPLIT : C_RAW;
 			bool hraw = srv_sel[S_RAW] && nsamples[r][rc][S_RAW] > 0;
 			double raw = hraw ? med((enum row)r, rc, S_RAW) : 0;
 			fmt_ratio(cells[5], 32, hraw && have[S_WEFT], v[S_WEFT], raw);
