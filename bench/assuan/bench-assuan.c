@@ -989,9 +989,67 @@ static void run_y(const char *spec, long n)
 	close(fd);
 }
 
-/* Run a tool on "-X spec -n n" and return the figure parse() finds in
- * its output file, or -1. */
-static double tool_run(const char *const *pre, int npre, const char *spec, long n,
+/* ---- -C: one client in the foreground, the server exec'ed ---------------------------------- */
+
+static int name_index(const char *name, const char *const *names, int n)
+{
+	for (int i = 0; i < n; i++)
+		if (strcmp(name, names[i]) == 0)
+			return i;
+	return -1;
+}
+
+static void run_c(const char *spec, long n)
+{
+	char cname[32], sname[32], rname[16];
+	if (sscanf(spec, "%31[^:]:%31[^:]:%15s", cname, sname, rname) != 3)
+		fail(2, "-C: expected CLIENT:SERVER:ROW");
+	int c = name_index(cname, cli_names, NCLI);
+	int s = name_index(sname, srv_names, NSRV);
+	int r = name_index(rname, row_names, NROW);
+	if (c < 0 || c == C_SPLIT || s < 0 || r < 0)
+		fail(2, "-C: unknown client, server or row in '%s'", spec);
+	int sv[2];
+	if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) < 0)
+		die("socketpair: %s", strerror(errno));
+	fcntl(sv[0], F_SETFD, FD_CLOEXEC);
+	fflush(stdout);
+	pid_t pid = fork();
+	if (pid < 0)
+		die("fork: %s", strerror(errno));
+	if (pid == 0) {
+		char arg[96];
+		snprintf(arg, sizeof(arg), "%s:%s:%s:%d", sname, cname, rname, sv[1]);
+		execl(opt.self, opt.self, "-S", arg, (char *)NULL);
+		_exit(127);
+	}
+	close(sv[1]);
+	signal(SIGPIPE, SIG_IGN);
+	assuan_context_t ctx = client_open((enum cli)c, sv[0]);
+	client_xacts((enum cli)c, ctx, sv[0], (enum srv)s, (enum row)r, n);
+	client_close((enum cli)c, ctx, sv[0]);
+	reap(pid);
+}
+
+/* -S SERVER:CLIENT:ROW:FD: the server of -C. */
+static void run_s(const char *spec)
+{
+	char sname[32], cname[32], rname[16];
+	int fd;
+	if (sscanf(spec, "%31[^:]:%31[^:]:%15[^:]:%d", sname, cname, rname, &fd) != 4)
+		fail(2, "-S: bad spec");
+	int s = name_index(sname, srv_names, NSRV);
+	int c = name_index(cname, cli_names, NCLI);
+	if (s < 0 || c < 0)
+		fail(2, "-S: bad spec");
+	raw_assuan = c == C_LIB || c == C_WEFT;
+	signal(SIGPIPE, SIG_IGN);
+	serve((enum srv)s, fd);
+}
+
+/* Run a tool on "flag spec -n n" (flag: -X or -C) and return the figure
+ * parse() finds in its output file, or -1. */
+static double tool_run(const char *const *pre, int npre, const char *flag, const char *spec, long n,
 		double (*parse)(FILE *f))
 {
 	char out[] = "/tmp/bench-assuan-XXXXXX";
@@ -1008,7 +1066,7 @@ static double tool_run(const char *const *pre, int npre, const char *spec, long 
 		for (int i = 0; i < npre; i++)
 			argv[a++] = strcmp(pre[i], "@OUT") == 0 ? out : pre[i];
 		argv[a++] = opt.self;
-		argv[a++] = "-X";
+		argv[a++] = flag;
 		argv[a++] = spec;
 		argv[a++] = "-n";
 		argv[a++] = num;
@@ -1051,14 +1109,19 @@ static double parse_callgrind(FILE *f)
 }
 
 /* Per transaction: the difference between n and 2n transactions, so that
- * start-up and teardown cancel out. */
-static double per_xact(const char *const *pre, int npre, enum srv s, enum row r, long n,
+ * start-up and teardown cancel out.  cli < 0: -X (server s, the raw
+ * client exec'ed); else -C (client cli, server s exec'ed). */
+static double per_xact(const char *const *pre, int npre, int cli, enum srv s, enum row r, long n,
 		double (*parse)(FILE *f))
 {
-	char spec[64];
-	snprintf(spec, sizeof(spec), "%s:%s", srv_names[s], row_names[r]);
-	double a = tool_run(pre, npre, spec, n, parse);
-	double b = tool_run(pre, npre, spec, 2 * n, parse);
+	char spec[96];
+	if (cli < 0)
+		snprintf(spec, sizeof(spec), "%s:%s", srv_names[s], row_names[r]);
+	else
+		snprintf(spec, sizeof(spec), "%s:%s:%s", cli_names[cli], srv_names[s], row_names[r]);
+	const char *flag = cli < 0 ? "-X" : "-C";
+	double a = tool_run(pre, npre, flag, spec, n, parse);
+	double b = tool_run(pre, npre, flag, spec, 2 * n, parse);
 	if (a < 0 || b < 0)
 		return -1;
 	return (b - a) / (double)n;
@@ -1235,7 +1298,7 @@ int main(int argc, char **argv)
 		for (int s = 0; s < S_LIB_NEXT; s++)
 			for (int r = 0; r < NROW; r++)
 				if (srv_sel[s])
-					sc[s][r] = per_xact(pre, 5, (enum srv)s, (enum row)r,
+					sc[s][r] = per_xact(pre, 5, -1, (enum srv)s, (enum row)r,
 							r == R_NOP ? (bench.quick ? 2000 : 20000) : (bench.quick ? 4 : 32),
 							parse_strace);
 	}
@@ -1244,7 +1307,7 @@ int main(int argc, char **argv)
 		for (int s = 0; s < S_LIB_NEXT; s++)
 			for (int r = 0; r < NROW; r++)
 				if (srv_sel[s])
-					ins[s][r] = per_xact(pre, 3, (enum srv)s, (enum row)r,
+					ins[s][r] = per_xact(pre, 3, -1, (enum srv)s, (enum row)r,
 							r == R_NOP ? (bench.quick ? 2000 : 20000) : (bench.quick ? 2 : 8),
 							parse_callgrind);
 	}

@@ -61,21 +61,31 @@ ssize_t weft__adecode_to(char *d, const char *s, size_t n, bool strict);
 
 /* ---- the pump: one Assuan endpoint's bytes over a weft_stream ----------- */
 
+#define WEFT__APUMP_SMALL 128    /* input buffer of an idle endpoint, inline */
+#define WEFT__APUMP_BIG 65536    /* input buffer while data streams in */
+#define WEFT__APUMP_OUT_KEEP 4096 /* output buffers above this are given back */
+
 /* Reads into the line buffer, writes the output buffer (what the transport
  * takes at once, the rest by a write request while new output gathers in
- * a second buffer), and tells its owner through event() when input
- * arrived, the input ended, or a write finished or failed. */
+ * a second buffer), and tells its owner through event() when a read or a
+ * write request finished (input arrived, the input ended: eof, or a
+ * transfer failed: err).  An idle endpoint keeps a small inline input
+ * buffer and no output buffer: a read that fills the small buffer moves
+ * to a big one, given back once it empties. */
 struct weft__apump {
 	weft_stream *s;
 	struct weft__ain in;
 	weft_req *rreq;
-	bool eof;   /* no more input (EOF, reset, error) */
-	int err;    /* first transport error (positive errno), 0 if none */
+	size_t rroom; /* how many bytes rreq may read */
+	bool filled;  /* the last read filled its room: more is coming */
+	bool eof;     /* no more input (EOF, reset, error) or none wanted */
+	int err;      /* first transport error (positive errno), 0 if none */
 	struct weft__abuf out;  /* gathering */
 	struct weft__abuf wbuf; /* being written */
 	weft_req *wreq;
 	size_t dcount; /* length of the open D line in out */
 	void (*event)(struct weft__apump *p);
+	char small[WEFT__APUMP_SMALL];
 };
 
 void weft__apump_init(struct weft__apump *p, weft_stream *s, void (*event)(struct weft__apump *p));

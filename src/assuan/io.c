@@ -1,12 +1,11 @@
 /* The pump between an Assuan endpoint (server connection or client) and its
- * weft_stream.  The input buffer is allocated at the first read; output is
- * written once per pass of the owner, not once per line. */
+ * weft_stream.  Output is written once per pass of the owner, not once per
+ * line; an idle endpoint holds little memory (see assuan-private.h). */
 #include "assuan-private.h"
 
 #include <errno.h>
 #include <stdlib.h>
-
-#define IN_CAP 16384 /* a line is at most 1002 bytes; room for many */
+#include <string.h>
 
 void weft__apump_init(struct weft__apump *p, weft_stream *s, void (*event)(struct weft__apump *p))
 {
@@ -21,7 +20,10 @@ static void read_done(weft_req *req, void *data)
 	weft_req_free(req);
 	p->rreq = NULL;
 	if (n > 0) {
+		/* The bytes landed at in.off + in.len: lines taken meanwhile
+		 * leave that end in place (weft__ain_next). */
 		p->in.len += (size_t)n;
+		p->filled = (size_t)n == p->rroom;
 	} else {
 		p->eof = true;
 		if (err != EPIPE && p->err == 0)
@@ -30,19 +32,33 @@ static void read_done(weft_req *req, void *data)
 	p->event(p);
 }
 
+static bool big_buffer(const struct weft__apump *p)
+{
+	return p->in.buf != NULL && p->in.buf != p->small;
+}
+
 int weft__apump_read(struct weft__apump *p)
 {
 	if (p->s == NULL || p->eof || p->rreq != NULL)
 		return 0;
-	if (p->in.buf == NULL) {
-		p->in.buf = malloc(IN_CAP);
-		if (p->in.buf == NULL)
-			return -ENOMEM;
-		p->in.cap = IN_CAP;
+	if (p->in.buf == NULL || (p->in.len == 0 && !p->filled && big_buffer(p))) {
+		if (big_buffer(p))
+			free(p->in.buf); /* the stream of data is over */
+		p->in = (struct weft__ain){.buf = p->small, .cap = sizeof(p->small)};
 	}
 	size_t room = weft__ain_compact(&p->in);
+	if ((room == 0 || p->filled) && p->in.cap < WEFT__APUMP_BIG) {
+		char *big = malloc(WEFT__APUMP_BIG);
+		if (big == NULL)
+			return -ENOMEM;
+		memcpy(big, p->in.buf, p->in.len);
+		p->in.buf = big; /* was the small one */
+		p->in.cap = WEFT__APUMP_BIG;
+		room = WEFT__APUMP_BIG - p->in.len;
+	}
 	if (room == 0)
 		return 0; /* full of lines the owner does not take yet */
+	p->rroom = room;
 	p->rreq = weft_stream_read_send(p->s, p->in.buf + p->in.len, room);
 	if (p->rreq == NULL)
 		return -ENOMEM;
@@ -58,6 +74,8 @@ static void write_done(weft_req *req, void *data)
 	weft_req_free(req);
 	p->wreq = NULL;
 	p->wbuf.len = 0;
+	if (p->wbuf.cap > WEFT__APUMP_OUT_KEEP)
+		weft__abuf_free(&p->wbuf); /* a burst of D data is over */
 	if (r < 0 && p->err == 0)
 		p->err = err;
 	p->event(p);
@@ -78,6 +96,8 @@ int weft__apump_flush(struct weft__apump *p)
 	size_t done = n > 0 ? (size_t)n : 0;
 	if (done == p->out.len) {
 		p->out.len = 0;
+		if (p->out.cap > WEFT__APUMP_OUT_KEEP)
+			weft__abuf_free(&p->out); /* an idle endpoint keeps little */
 		return 0;
 	}
 	/* The rest goes by a request; new output gathers in the other buffer. */
@@ -109,7 +129,8 @@ void weft__apump_close(struct weft__apump *p)
 	p->wreq = NULL;
 	weft_stream_close(p->s, NULL, NULL);
 	p->s = NULL;
-	free(p->in.buf);
+	if (big_buffer(p))
+		free(p->in.buf);
 	p->in = (struct weft__ain){0};
 	weft__abuf_free(&p->out);
 	weft__abuf_free(&p->wbuf);

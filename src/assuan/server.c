@@ -22,10 +22,7 @@
  * to a big one (bulk INQUIRE data, pipelined commands), which is given back
  * once it is empty and the last read was short.  A line (at most 1002
  * bytes) always fits the big one. */
-#define IN_SMALL 128
-#define IN_BIG 65536
 /* Output buffers larger than this are given back once written. */
-#define OUT_KEEP 4096
 #define DEFAULT_OUTPUT_LIMIT (256u * 1024)
 #define DEFAULT_INQUIRE_LIMIT (1024u * 1024)
 #define DEFAULT_FDS 5
@@ -62,17 +59,8 @@ struct weft_assuan_server {
 struct weft_assuan_conn {
 	struct weft__list link;
 	weft_assuan_server *srv;
-	weft_stream *s;
 	void *data;
-
-	struct weft__ain in;
-	bool in_filled; /* the last read filled the buffer */
-	weft_req *rreq;
-	size_t rroom; /* bytes rreq may read */
-	struct weft__abuf out;  /* answers gathering */
-	struct weft__abuf wbuf; /* being written by wreq */
-	weft_req *wreq;
-	size_t dcount; /* length of the open D line */
+	struct weft__apump io; /* the stream, its input lines and output */
 
 	uint64_t cmd_seq;
 	char *okay;
@@ -102,10 +90,8 @@ struct weft_assuan_conn {
 	unsigned nallowed;
 	pid_t peer_pid;
 	unsigned depth;
-	bool eof;
 	bool force_close, bye, greeted, close_after_write, fd_receiver;
 	bool closed;
-	char in_small[IN_SMALL];
 };
 
 static void conn_process(weft_assuan_conn *c);
@@ -341,7 +327,7 @@ weft_listener *weft_assuan_server_listener(const weft_assuan_server *srv)
 
 static size_t out_pending(const weft_assuan_conn *c)
 {
-	return c->out.len + c->wbuf.len;
+	return weft__apump_pending(&c->io);
 }
 
 /* After output was queued from outside a pass: write it from the loop. */
@@ -357,57 +343,25 @@ static void room_check(weft_assuan_conn *c)
 		weft_defer_schedule(&c->kick); /* the waiter runs from the loop */
 }
 
-static void write_done(weft_req *req, void *data)
+/* A read or write request of the pump finished. */
+static void pump_event(struct weft__apump *p)
 {
-	weft_assuan_conn *c = data;
-	int err = 0;
-	ssize_t r = weft_stream_writev_recv(req, &err);
-	weft_req_free(req);
-	c->wreq = NULL;
-	c->wbuf.len = 0;
-	if (c->wbuf.cap > OUT_KEEP)
-		weft__abuf_free(&c->wbuf); /* a burst of D data is over */
-	if (r < 0) {
+	weft_assuan_conn *c = weft__container_of(p, weft_assuan_conn, io);
+	if (p->err != 0) {
 		conn_close(c); /* the peer went away */
 		return;
 	}
 	room_check(c); /* conn_flush does not look when nothing new is queued */
-	conn_process(c); /* more output; paused commands may go on */
+	conn_process(c); /* lines to dispatch; more output; paused commands */
 }
 
 static void conn_flush(weft_assuan_conn *c)
 {
-	if (c->closed || c->wreq != NULL)
+	if (c->closed)
 		return;
-	if (c->out.len == 0) {
-		room_check(c); /* a write request may just have drained it all */
-		return;
-	}
-	struct iovec iov = {c->out.p, c->out.len};
-	ssize_t n = weft_stream_try_writev(c->s, &iov, 1);
-	if (n < 0 && n != -EAGAIN && n != -EWOULDBLOCK && n != -EBUSY) {
+	if (weft__apump_flush(&c->io) < 0) {
 		conn_close(c);
 		return;
-	}
-	size_t done = n > 0 ? (size_t)n : 0;
-	if (done == c->out.len) {
-		c->out.len = 0;
-		if (c->out.cap > OUT_KEEP)
-			weft__abuf_free(&c->out); /* an idle connection keeps little */
-	} else {
-		/* Hand the rest to a write request; new answers gather in out. */
-		struct weft__abuf t = c->wbuf;
-		c->wbuf = c->out;
-		c->out = t;
-		c->out.len = 0;
-		iov.iov_base = c->wbuf.p + done;
-		iov.iov_len = c->wbuf.len - done;
-		c->wreq = weft_stream_writev_queue_send(c->s, NULL, &iov, 1);
-		if (c->wreq == NULL) {
-			conn_close(c);
-			return;
-		}
-		weft_req_set_callback(c->wreq, write_done, c);
 	}
 	room_check(c);
 }
@@ -416,9 +370,9 @@ static int out_line(weft_assuan_conn *c, const char *prefix, const char *text)
 {
 	if (c->closed)
 		return -ENOTCONN;
-	int r = weft__aenc_data_end(&c->out, &c->dcount);
+	int r = weft__aenc_data_end(&c->io.out, &c->io.dcount);
 	if (r == 0)
-		r = weft__aenc_line(&c->out, prefix, text);
+		r = weft__aenc_line(&c->io.out, prefix, text);
 	if (r == 0)
 		conn_touch(c);
 	return r;
@@ -448,7 +402,7 @@ int weft_assuan_send_data(weft_assuan_conn *c, const void *buf, size_t len)
 		return -ENOTCONN;
 	if (out_pending(c) >= c->srv->limits.output)
 		return -ENOBUFS;
-	int r = weft__aenc_data(&c->out, &c->dcount, buf, len);
+	int r = weft__aenc_data(&c->io.out, &c->io.dcount, buf, len);
 	if (r == 0)
 		conn_touch(c);
 	return r;
@@ -460,7 +414,7 @@ int weft_assuan_flush_data(weft_assuan_conn *c)
 		return -EINVAL;
 	if (c->closed)
 		return -ENOTCONN;
-	int r = weft__aenc_data_end(&c->out, &c->dcount);
+	int r = weft__aenc_data_end(&c->io.out, &c->io.dcount);
 	if (r == 0)
 		conn_touch(c);
 	return r;
@@ -644,17 +598,17 @@ static bool keeps_fds(enum builtin b)
 
 static void finish(weft_assuan_conn *c, weft_assuan_err err)
 {
-	int r = weft__aenc_data_end(&c->out, &c->dcount);
+	int r = weft__aenc_data_end(&c->io.out, &c->io.dcount);
 	if (err == 0) {
 		const char *text = c->bye ? "closing connection" : c->okay;
 		if (r == 0)
-			r = weft__aenc_line(&c->out, "OK", text);
+			r = weft__aenc_line(&c->io.out, "OK", text);
 	} else {
 		const char *text = c->err_no == err ? c->err_text : NULL;
 		if (c->force_close)
 			text = "[closing connection]";
 		if (r == 0)
-			r = weft__aenc_err(&c->out, err, text);
+			r = weft__aenc_err(&c->io.out, err, text);
 	}
 	enum builtin b = c->cur_builtin;
 	clear_command(c);
@@ -669,7 +623,7 @@ static void finish(weft_assuan_conn *c, weft_assuan_err err)
 	}
 	if (r < 0 || c->bye || c->force_close) {
 		c->close_after_write = true;
-		c->eof = true; /* read no more */
+		c->io.eof = true; /* read no more */
 	}
 	conn_touch(c);
 }
@@ -1051,60 +1005,10 @@ static void send_greeting(weft_assuan_conn *c)
 	}
 }
 
-static void read_done(weft_req *req, void *data);
-
 static void start_read(weft_assuan_conn *c)
 {
-	if (c->closed || c->eof || c->rreq != NULL)
-		return;
-	if (c->in.buf == NULL || (c->in.len == 0 && !c->in_filled && c->in.buf != c->in_small)) {
-		if (c->in.buf != c->in_small)
-			free(c->in.buf);
-		c->in.buf = c->in_small;
-		c->in.cap = IN_SMALL;
-		c->in.off = c->in.scanned = 0;
-	}
-	size_t room = weft__ain_compact(&c->in);
-	if ((room == 0 || c->in_filled) && c->in.cap < IN_BIG) {
-		char *big = malloc(IN_BIG);
-		if (big == NULL) {
-			conn_close(c);
-			return;
-		}
-		memcpy(big, c->in.buf, c->in.len);
-		if (c->in.buf != c->in_small)
-			free(c->in.buf);
-		c->in.buf = big;
-		c->in.cap = IN_BIG;
-		room = IN_BIG - c->in.len;
-	}
-	if (room == 0)
-		return; /* full of waiting lines: the client waits for answers */
-	c->rroom = room;
-	c->rreq = weft_stream_read_send(c->s, c->in.buf + c->in.len, room);
-	if (c->rreq == NULL) {
+	if (!c->closed && weft__apump_read(&c->io) < 0)
 		conn_close(c);
-		return;
-	}
-	weft_req_set_callback(c->rreq, read_done, c);
-}
-
-static void read_done(weft_req *req, void *data)
-{
-	weft_assuan_conn *c = data;
-	int err = 0;
-	ssize_t n = weft_stream_read_recv(req, &err);
-	weft_req_free(req);
-	c->rreq = NULL;
-	if (n > 0) {
-		/* The bytes landed at in.off + in.len: lines taken meanwhile
-		 * leave that end in place (weft__ain_next). */
-		c->in.len += (size_t)n;
-		c->in_filled = (size_t)n == c->rroom;
-	} else {
-		c->eof = true; /* EOF, reset or error: the client is gone */
-	}
-	conn_process(c);
 }
 
 /* The pump: dispatch what can be, write what was answered, read more. */
@@ -1123,7 +1027,7 @@ static void conn_process(weft_assuan_conn *c)
 		}
 		char *line;
 		size_t len;
-		enum weft__aline k = weft__ain_next(&c->in, &line, &len);
+		enum weft__aline k = weft__ain_next(&c->io.in, &line, &len);
 		if (k == WEFT__ALINE_NONE)
 			break;
 		if (k == WEFT__ALINE_TOO_LONG) {
@@ -1141,7 +1045,7 @@ static void conn_process(weft_assuan_conn *c)
 		else
 			command_line(c, line);
 	}
-	if (!c->closed && c->eof && !c->close_after_write) {
+	if (!c->closed && c->io.eof && !c->close_after_write) {
 		/* The client closed (or half-closed) its side.  Lines it sent
 		 * before were answered above; a command still running is
 		 * cancelled; an incomplete last line is dropped. */
@@ -1172,10 +1076,7 @@ static void conn_free(weft_assuan_conn *c)
 	weft_assuan_server *srv = c->srv;
 	if (c->done_flag)
 		*c->done_flag = true;
-	if (c->in.buf != c->in_small)
-		free(c->in.buf);
-	weft__abuf_free(&c->out);
-	weft__abuf_free(&c->wbuf);
+	weft__apump_close(&c->io); /* closed already: frees nothing twice */
 	weft__abuf_free(&c->inq);
 	free(c->okay);
 	free(c->err_text);
@@ -1223,12 +1124,7 @@ static void conn_close(weft_assuan_conn *c)
 	}
 	c->state = C_IDLE;
 	c->room_cb = NULL;
-	weft_req_free(c->rreq); /* in progress: freed without a callback */
-	c->rreq = NULL;
-	weft_req_free(c->wreq);
-	c->wreq = NULL;
-	weft_stream_close(c->s, NULL, NULL);
-	c->s = NULL;
+	weft__apump_close(&c->io); /* requests abandoned, stream closed */
 	close_fd(&c->input_fd);
 	close_fd(&c->output_fd);
 	close_passed_fds(c);
@@ -1266,7 +1162,7 @@ int weft_assuan_server_adopt(weft_assuan_server *srv, weft_stream *s, weft_assua
 		return -ENOMEM;
 	}
 	c->srv = srv;
-	c->s = s;
+	weft__apump_init(&c->io, s, pump_event);
 	c->input_fd = c->output_fd = -1;
 	weft__defer_init(srv->loop, &c->kick, kick_cb, c);
 	if (srv->fdpassing && weft_stream_set_fd_receiver(s, on_passed_fd, c) == 0)
@@ -1346,7 +1242,7 @@ weft_assuan_server *weft_assuan_conn_server(const weft_assuan_conn *c)
 
 weft_stream *weft_assuan_conn_stream(const weft_assuan_conn *c)
 {
-	return c ? c->s : NULL;
+	return c ? c->io.s : NULL;
 }
 
 void weft_assuan_conn_set_data(weft_assuan_conn *c, void *data)
@@ -1379,9 +1275,9 @@ int weft_assuan_peer_cred(const weft_assuan_conn *c, pid_t *ret_pid, uid_t *ret_
 			*ret_gid = getgid();
 		return 0;
 	}
-	if (c->s == NULL)
+	if (c->io.s == NULL)
 		return -ENOTCONN;
-	return weft_stream_peer_cred(c->s, ret_pid, ret_uid, ret_gid);
+	return weft_stream_peer_cred(c->io.s, ret_pid, ret_uid, ret_gid);
 }
 
 /* ---- hand-driven mode ----------------------------------------------------------------- */
@@ -1392,10 +1288,10 @@ int weft_assuan_get_active_fds(weft_assuan_conn *c, int what, int *fds, int n)
 		return -EINVAL;
 	if (c->closed)
 		return 0;
-	int fd = weft_stream_fd(c->s);
+	int fd = weft_stream_fd(c->io.s);
 	if (fd < 0)
 		return 0;
-	bool want = what == 0 ? c->rreq != NULL : c->wreq != NULL;
+	bool want = what == 0 ? c->io.rreq != NULL : c->io.wreq != NULL;
 	if (!want)
 		return 0;
 	fds[0] = fd;
@@ -1415,7 +1311,7 @@ int weft_assuan_process_next(weft_assuan_conn *c, bool *done)
 	 * (reads, answers, writes run from here), so that the loop — and its
 	 * epoll_wait — is needed only for work that was posted. */
 	if (!c->closed && c->greeted)
-		weft_stream_ready(c->s, WEFT_IO_READ | WEFT_IO_WRITE);
+		weft_stream_ready(c->io.s, WEFT_IO_READ | WEFT_IO_WRITE);
 	/* Run what is ready, and the work it posts, without waiting. */
 	for (int i = 0; i < 16 && !gone; i++) {
 		if (weft_loop_get_timeout(loop) != 0)
