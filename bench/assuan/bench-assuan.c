@@ -1184,11 +1184,12 @@ static void usage(FILE *f)
 	fprintf(f,
 		"usage: bench-assuan [-q] [-P] [-r N] [-o] [-v] [-s LIST] [-c] [-i] [-m N]\n"
 		"       bench-assuan -X SERVER:ROW -n N   (one server in the foreground)\n"
+		"       bench-assuan -C CLIENT:SERVER:ROW -n N   (one client in the foreground)\n"
 		"  -q       quick run (CI smoke test): short rounds, one round\n"
 		"  -P       pin every process to CPU 0\n"
 		"  -s LIST  servers: raw,weft,weft-hand,libassuan,libassuan-next (default all)\n"
-		"  -c       syscalls per transaction with strace -f -c (both sides)\n"
-		"  -i       server-side instructions per transaction with callgrind\n"
+		"  -c       syscalls per transaction with strace -c (both sides; and the client alone)\n"
+		"  -i       instructions per transaction with callgrind (the server alone; the client alone)\n"
 		"  -m N     idle connections for the memory row (default 1000)\n"
 		"  -r N, -o, -v: rounds, rotate order, print every round\n");
 }
@@ -1203,13 +1204,13 @@ int main(int argc, char **argv)
 		self[sl] = '\0';
 		opt.self = self;
 	}
-	const char *xspec = NULL, *yspec = NULL;
+	const char *xspec = NULL, *yspec = NULL, *cspec = NULL, *sspec = NULL;
 	long n = 10000;
 	opt.nconns = 1000;
 	for (int i = 0; i < NSRV; i++)
 		srv_sel[i] = true;
 	int o;
-	while ((o = bench_getopt(argc, argv, "r:oqvhPs:cim:X:Y:n:", usage)) != -1) {
+	while ((o = bench_getopt(argc, argv, "r:oqvhPs:cim:X:Y:C:S:n:", usage)) != -1) {
 		switch (o) {
 		case 'P':
 			opt.pin = true;
@@ -1233,6 +1234,12 @@ int main(int argc, char **argv)
 		case 'Y':
 			yspec = optarg;
 			break;
+		case 'C':
+			cspec = optarg;
+			break;
+		case 'S':
+			sspec = optarg;
+			break;
 		case 'n':
 			n = parse_num(optarg, 'n', 1, 100000000);
 			break;
@@ -1243,9 +1250,17 @@ int main(int argc, char **argv)
 	}
 	if (opt.pin)
 		pin_cpu0();
-	const char *spec = xspec ? xspec : yspec;
+	const char *spec = xspec ? xspec : yspec ? yspec : cspec ? cspec : sspec;
 	if (spec == NULL || strstr(spec, "nop") == NULL)
 		make_payload(); /* not for -X ...:nop: a cleaner profile */
+	if (sspec) {
+		run_s(sspec);
+		return 0;
+	}
+	if (cspec) {
+		run_c(cspec, n);
+		return 0;
+	}
 	if (yspec) {
 		run_y(yspec, n);
 		return 0;
@@ -1311,6 +1326,29 @@ int main(int argc, char **argv)
 							r == R_NOP ? (bench.quick ? 2000 : 20000) : (bench.quick ? 2 : 8),
 							parse_callgrind);
 	}
+	/* The client side alone: -C CLIENT:raw:ROW, the raw server exec'ed;
+	 * strace without -f and callgrind see the client only. */
+	static const enum cli ccli[3] = {C_RAW, C_LIB, C_WEFT};
+	double csc[3][NROW], cins[3][NROW], pair_sc = -1;
+	for (int i = 0; i < 3; i++)
+		for (int r = 0; r < NROW; r++)
+			csc[i][r] = cins[i][r] = -1;
+	if (opt.count) {
+		static const char *const pre[] = {"strace", "-c", "-o", "@OUT"};
+		for (int i = 0; i < 3; i++)
+			for (int r = 0; r < NROW; r++)
+				csc[i][r] = per_xact(pre, 4, ccli[i], S_RAW, (enum row)r,
+						r == R_NOP ? (bench.quick ? 2000 : 20000) : (bench.quick ? 4 : 32), parse_strace);
+		static const char *const pref[] = {"strace", "-f", "-c", "-o", "@OUT"};
+		pair_sc = per_xact(pref, 5, C_WEFT, S_WEFT, R_NOP, bench.quick ? 2000 : 20000, parse_strace);
+	}
+	if (opt.instr) {
+		static const char *const pre[] = {"valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"};
+		for (int i = 0; i < 3; i++)
+			for (int r = 0; r < NROW; r++)
+				cins[i][r] = per_xact(pre, 3, ccli[i], S_RAW, (enum row)r,
+						r == R_NOP ? (bench.quick ? 2000 : 20000) : (bench.quick ? 2 : 8), parse_callgrind);
+	}
 	if (opt.count || opt.instr) {
 		printf("\nper transaction (difference of N and 2N transactions; NOP: per round trip, GET/PUT: per MiB):\n");
 		printf("  %-10s %14s %14s %14s %16s %16s %16s\n", "server", "NOP syscalls", "D syscalls", "INQ syscalls",
@@ -1333,6 +1371,30 @@ int main(int argc, char **argv)
 			}
 			printf("\n");
 		}
+	}
+
+	if (opt.count || opt.instr) {
+		printf("\nper transaction, client side alone (against the raw server; NOP: per round trip, GET/PUT: per MiB):\n");
+		printf("  %-10s %14s %14s %14s %16s %16s %16s\n", "client", "NOP syscalls", "D syscalls", "INQ syscalls",
+				"NOP instr (cl)", "D instr (cl)", "INQ instr (cl)");
+		for (int i = 0; i < 3; i++) {
+			printf("  %-10s", cli_names[ccli[i]]);
+			for (int r = 0; r < NROW; r++) {
+				if (csc[i][r] < 0)
+					printf(" %14s", "-");
+				else
+					printf(" %14.1f", csc[i][r]);
+			}
+			for (int r = 0; r < NROW; r++) {
+				if (cins[i][r] < 0)
+					printf(" %16s", "-");
+				else
+					printf(" %16.0f", cins[i][r]);
+			}
+			printf("\n");
+		}
+		if (pair_sc >= 0)
+			printf("  weft client + weft server, both sides: %.1f syscalls per NOP\n", pair_sc);
 	}
 
 	/* Targets (issue 5). */
@@ -1366,6 +1428,27 @@ int main(int argc, char **argv)
 	if (opt.instr && ins[S_WEFT][R_NOP] >= 0)
 		printf("  instructions per NOP (srv)   %.0f  (<= 500)  %s\n", ins[S_WEFT][R_NOP],
 				ins[S_WEFT][R_NOP] <= 500 ? "met" : "NOT met");
+	/* Targets (issue 6: the client). */
+	if (srv_sel[S_RAW] && nsamples[R_NOP][C_RAW][S_RAW] > 0) {
+		static const enum srv ts[2] = {S_RAW, S_WEFT};
+		static const char *const tn[2] = {"NOP weft client, raw server ", "NOP weft client, weft server"};
+		for (int i = 0; i < 2; i++) {
+			if (!srv_sel[ts[i]] || !nsamples[R_NOP][C_WEFT][ts[i]])
+				continue;
+			double wall = med(R_NOP, C_WEFT, ts[i]) / med(R_NOP, C_RAW, S_RAW);
+			per_cpu = true;
+			double cpu = med(R_NOP, C_WEFT, ts[i]) / med(R_NOP, C_RAW, S_RAW);
+			per_cpu = false;
+			printf("  %s %.2f wall, %.2f per CPU s of raw ping-pong  (>= 0.95)  %s\n", tn[i], wall, cpu,
+					wall >= 0.95 && cpu >= 0.95 ? "met" : wall >= 0.95 || cpu >= 0.95 ? "met in one measure" : "NOT met");
+		}
+	}
+	static const enum srv ds[2] = {S_RAW, S_WEFT};
+	static const char *const dn[2] = {"D MB/s (weft client, raw srv) ", "D MB/s (weft client, weft srv)"};
+	for (int i = 0; i < 2; i++)
+		if (srv_sel[ds[i]] && nsamples[R_GET][C_WEFT][ds[i]])
+			printf("  %s %.0f  (>= 1000)  %s\n", dn[i], med(R_GET, C_WEFT, ds[i]),
+					med(R_GET, C_WEFT, ds[i]) >= 1000 ? "met" : "NOT met");
 	if (!opt.count || !opt.instr)
 		printf("  (syscalls: -c; instructions: -i)\n");
 	return 0;
