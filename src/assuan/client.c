@@ -97,6 +97,7 @@ static void reaper_report(void *data)
 		cb(r->pid, r->wstatus, r->data);
 		r->reporting = false;
 	}
+	/* cppcheck-suppress knownConditionTrueFalse ; cb may have set a new one */
 	if (r->cl == NULL && r->cb == NULL)
 		reaper_free(r);
 }
@@ -797,12 +798,13 @@ weft_req *weft_assuan_pipe_connect_send(weft_loop *loop, const char *const argv[
 		 * loop if we can watch it, else here (it was killed: at once). */
 		if (rp != NULL) {
 			kill(pid, SIGTERM);
-			rp->cl = NULL; /* frees itself at exit */
+			rp->cl = NULL; /* its io watcher holds it: freed at the child's exit */
 		} else {
 			kill(pid, SIGKILL);
 			while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
 				;
 		}
+		/* NOLINTNEXTLINE(clang-analyzer-unix.Malloc): rp lives on in its watcher */
 		weft_req_error(req, r < 0 ? r : rr);
 		return req;
 	}
@@ -892,7 +894,7 @@ weft_req *weft_assuan_client_sendfd_send(weft_assuan_client *cl, int fd)
 	}
 	/* Only a Unix-domain socket carries descriptors: over TCP sendmsg
 	 * takes SCM_RIGHTS and drops it without a word. */
-	struct sockaddr_storage ss;
+	struct sockaddr_storage ss = {0};
 	socklen_t sl = sizeof(ss);
 	int sfd = weft_stream_fd(cl->io.s);
 	if (sfd >= 0 && (getsockname(sfd, (struct sockaddr *)&ss, &sl) < 0 || ss.ss_family != AF_UNIX)) {

@@ -271,23 +271,14 @@ static bool client_deliver(weft_fdpass_client *c, struct weft__fdp_msg *m)
 
 static void client_read(weft_fdpass_client *c)
 {
-	int fdbuf[WEFT_FDPASS_MAX_FDS_LIMIT];
 	for (int i = 0; i < READS_PER_WAKEUP && !c->dead && !c->freed; i++) {
-		uint8_t *space;
-		size_t room;
-		int r = weft__fdp_dec_space(&c->dec, &space, &room);
-		if (r < 0) {
-			client_fail(c, WEFT_FDPASS_PHASE_READ_RESPONSE,
-					r == -ENOMEM ? WEFT_FDPASS_OP_ALLOC : WEFT_FDPASS_OP_DECODE, r, NULL);
-			return;
-		}
-		size_t nfds = 0;
-		bool trunc = false;
-		ssize_t n = weft__fdp_recvmsg(c->fd, space, room, fdbuf, c->lim.max_fds, &nfds, &trunc);
+		size_t room = 0;
+		weft_fdpass_op op = WEFT_FDPASS_OP_RECVMSG;
+		ssize_t n = weft__fdp_read_into(&c->dec, c->fd, c->lim.max_fds, &room, &op);
 		if (n == -EAGAIN)
 			return;
 		if (n < 0) {
-			client_fail(c, WEFT_FDPASS_PHASE_READ_RESPONSE, WEFT_FDPASS_OP_RECVMSG, (int)n, NULL);
+			client_fail(c, WEFT_FDPASS_PHASE_READ_RESPONSE, op, (int)n, NULL);
 			return;
 		}
 		if (n == 0) {
@@ -297,7 +288,7 @@ static void client_read(weft_fdpass_client *c)
 					inside ? "end of stream inside a response" : "the server closed the connection");
 			return;
 		}
-		r = weft__fdp_dec_ack(&c->dec, (size_t)n, fdbuf, nfds, trunc);
+		int r = 0;
 		struct weft__fdp_msg m;
 		while (r == 0 && (r = weft__fdp_dec_next(&c->dec, &m)) == 1)
 			r = client_deliver(c, &m) ? 0 : 1;

@@ -142,6 +142,14 @@ ssize_t weft__fdp_sendmsg(int sock, const void *buf, size_t len, const int *fds,
 ssize_t weft__fdp_recvmsg(int sock, void *buf, size_t len, int *fds, size_t maxfds,
 		size_t *ret_nfds, bool *ret_truncated);
 
+/* One read into the decoder: its free space, one recvmsg (up to maxfds
+ * descriptors), the acknowledgement.  Returns the bytes read (> 0), 0 at
+ * the end of the stream, -EAGAIN when the socket is drained, or -errno
+ * with *ret_op naming the step that failed (ALLOC, DECODE, RECVMSG).
+ * *ret_room is the space offered: a shorter read drained the socket. */
+ssize_t weft__fdp_read_into(struct weft__fdp_dec *dec, int sock, size_t maxfds, size_t *ret_room,
+		weft_fdpass_op *ret_op);
+
 /* Resolve zero fields of limits to defaults into ret; -EINVAL above the
  * ceilings. */
 int weft__fdp_limits(const weft_fdpass_limits *in, weft_fdpass_limits *ret);

@@ -298,7 +298,7 @@ ssize_t weft_fdpass_recv(int sock, void *buf, size_t size, int *fds, size_t *nfd
 	size_t got = 0;
 	bool truncated = false;
 	int r = read_exact(sock, hdrbuf, sizeof(hdrbuf), got_fds, &got, &truncated, timeout_ms, deadline, true);
-	struct weft__fdp_hdr h;
+	struct weft__fdp_hdr h = {0};
 	if (r == 0)
 		r = weft__fdp_get_header(hdrbuf, WEFT_FDPASS_MAX_PAYLOAD_LIMIT, WEFT_FDPASS_MAX_FDS_LIMIT, &h);
 	if (r == 0 && (h.nfds != got || truncated))
@@ -323,4 +323,33 @@ ssize_t weft_fdpass_recv(int sock, void *buf, size_t size, int *fds, size_t *nfd
 	if (nfds)
 		*nfds = got;
 	return (ssize_t)h.len;
+}
+
+ssize_t weft__fdp_read_into(struct weft__fdp_dec *dec, int sock, size_t maxfds, size_t *ret_room,
+		weft_fdpass_op *ret_op)
+{
+	int fdbuf[WEFT_FDPASS_MAX_FDS_LIMIT];
+	uint8_t *space;
+	size_t room;
+	int r = weft__fdp_dec_space(dec, &space, &room);
+	if (r < 0) {
+		*ret_op = r == -ENOMEM ? WEFT_FDPASS_OP_ALLOC : WEFT_FDPASS_OP_DECODE;
+		return r;
+	}
+	*ret_room = room;
+	size_t nfds = 0;
+	bool trunc = false;
+	if (maxfds > WEFT_FDPASS_MAX_FDS_LIMIT)
+		maxfds = WEFT_FDPASS_MAX_FDS_LIMIT;
+	ssize_t n = weft__fdp_recvmsg(sock, space, room, fdbuf, maxfds, &nfds, &trunc);
+	if (n < 0 && n != -EAGAIN)
+		*ret_op = WEFT_FDPASS_OP_RECVMSG;
+	if (n <= 0)
+		return n;
+	r = weft__fdp_dec_ack(dec, (size_t)n, fdbuf, nfds, trunc);
+	if (r < 0) {
+		*ret_op = WEFT_FDPASS_OP_DECODE;
+		return r;
+	}
+	return n;
 }

@@ -306,36 +306,22 @@ static void conn_check_end(struct conn *c)
 
 static void conn_read(struct conn *c)
 {
-	int fdbuf[WEFT_FDPASS_MAX_FDS_LIMIT];
 	conn_pump(c); /* requests left buffered by back-pressure go first */
 	for (int i = 0; i < READS_PER_WAKEUP; i++) {
 		if (c->dead || c->eof || c->peer_closed || c->ncalls >= c->lim.max_pending)
 			break;
-		uint8_t *space;
-		size_t room;
-		int r = weft__fdp_dec_space(&c->dec, &space, &room);
-		if (r < 0) {
-			conn_fail(c, WEFT_FDPASS_PHASE_READ_REQUEST,
-					r == -ENOMEM ? WEFT_FDPASS_OP_ALLOC : WEFT_FDPASS_OP_DECODE, r, NULL);
-			return;
-		}
-		size_t nfds = 0;
-		bool trunc = false;
-		ssize_t n = weft__fdp_recvmsg(c->fd, space, room, fdbuf, c->lim.max_fds, &nfds, &trunc);
+		size_t room = 0;
+		weft_fdpass_op op = WEFT_FDPASS_OP_RECVMSG;
+		ssize_t n = weft__fdp_read_into(&c->dec, c->fd, c->lim.max_fds, &room, &op);
 		if (n == -EAGAIN)
 			break;
 		if (n < 0) {
-			conn_fail(c, WEFT_FDPASS_PHASE_READ_REQUEST, WEFT_FDPASS_OP_RECVMSG, (int)n, NULL);
+			conn_fail(c, WEFT_FDPASS_PHASE_READ_REQUEST, op, (int)n, NULL);
 			return;
 		}
 		if (n == 0) {
 			c->peer_closed = true;
 			conn_check_end(c);
-			return;
-		}
-		r = weft__fdp_dec_ack(&c->dec, (size_t)n, fdbuf, nfds, trunc);
-		if (r < 0) {
-			conn_fail(c, WEFT_FDPASS_PHASE_READ_REQUEST, WEFT_FDPASS_OP_DECODE, r, NULL);
 			return;
 		}
 		conn_pump(c);
