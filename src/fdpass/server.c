@@ -496,6 +496,19 @@ static int call_answer(weft_fdpass_call *call, uint8_t type, const void *buf, si
 	return 0;
 }
 
+
+/* Forget a call that cannot be answered (the caller's arguments were bad):
+ * its slot frees up and reading may resume. */
+static void call_drop(weft_fdpass_call *call)
+{
+	struct conn *c = call->conn;
+	weft__dlist_remove(&c->calls, &call->link);
+	c->ncalls--;
+	call_free(call);
+	if (!c->dead)
+		conn_update_watch(c);
+	conn_maybe_destroy(c);
+}
 int weft_fdpass_call_reply(weft_fdpass_call *call, const void *buf, size_t len, const int *fds,
 		size_t nfds, void *post_data)
 {
@@ -505,13 +518,7 @@ int weft_fdpass_call_reply(weft_fdpass_call *call, const void *buf, size_t len, 
 	for (size_t i = 0; !bad && i < nfds; i++)
 		bad = fds[i] < 0;
 	if (bad) {
-		struct conn *c = call->conn;
-		weft__dlist_remove(&c->calls, &call->link);
-		c->ncalls--;
-		call_free(call);
-		if (!c->dead)
-			conn_update_watch(c);
-		conn_maybe_destroy(c);
+		call_drop(call); /* a bad answer ends the call unanswered */
 		return -EINVAL;
 	}
 	return call_answer(call, WEFT__FDP_RESPONSE, buf, len, fds, nfds, post_data);
@@ -524,13 +531,7 @@ int weft_fdpass_call_fail(weft_fdpass_call *call, int err)
 	if (err < 0)
 		err = -err;
 	if (err < 1 || err > 4095) {
-		struct conn *c = call->conn;
-		weft__dlist_remove(&c->calls, &call->link);
-		c->ncalls--;
-		call_free(call);
-		if (!c->dead)
-			conn_update_watch(c);
-		conn_maybe_destroy(c);
+		call_drop(call); /* a bad answer ends the call unanswered */
 		return -EINVAL;
 	}
 	uint8_t be[4] = {(uint8_t)(err >> 24), (uint8_t)(err >> 16), (uint8_t)(err >> 8), (uint8_t)err};

@@ -460,11 +460,10 @@ static void update_watch(struct tls_impl *t)
 	watch_inner(t, true);
 }
 
-/* ---- the stream ops --------------------------------------------------------------- */
-
-static ssize_t tls_readv(weft_stream *s, const struct iovec *iov, int count)
+/* Before data moves: the session's sticky error, or the handshake run on
+ * (0 once it is done, -EAGAIN while it waits for the transport). */
+static int tls_ready(struct tls_impl *t)
 {
-	struct tls_impl *t = weft_stream_impl(s);
 	if (t->err != 0)
 		return t->err;
 	if (t->hs != HS_DONE) {
@@ -474,6 +473,17 @@ static ssize_t tls_readv(weft_stream *s, const struct iovec *iov, int count)
 		if (t->hs != HS_DONE)
 			return -EAGAIN;
 	}
+	return 0;
+}
+
+/* ---- the stream ops --------------------------------------------------------------- */
+
+static ssize_t tls_readv(weft_stream *s, const struct iovec *iov, int count)
+{
+	struct tls_impl *t = weft_stream_impl(s);
+	int hr = tls_ready(t);
+	if (hr < 0)
+		return hr;
 	if (t->eof)
 		return 0;
 	size_t total = 0;
@@ -566,15 +576,9 @@ static ssize_t tls_writev(weft_stream *s, const struct iovec *iov, int count)
 static int tls_shutdown(weft_stream *s)
 {
 	struct tls_impl *t = weft_stream_impl(s);
-	if (t->err != 0)
-		return t->err;
-	if (t->hs != HS_DONE) {
-		int r = hs_ensure(t);
-		if (r < 0)
-			return r;
-		if (t->hs != HS_DONE)
-			return -EAGAIN;
-	}
+	int hr = tls_ready(t);
+	if (hr < 0)
+		return hr;
 	if (t->flush_pending && !flush_step(t))
 		return t->err != 0 ? t->err : -EAGAIN;
 	if (!t->bye_sent) {
