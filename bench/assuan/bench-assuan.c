@@ -19,13 +19,23 @@
  * (about 1.2 % of them %, CR or LF, escaped on the wire); MB/s counts
  * payload bytes.
  *
+ * For the Assuan clients (libassuan, weft) the raw server speaks Assuan:
+ * GET n as the payload's D lines, encoded before the clock starts, and
+ * OK; PUT n as "INQUIRE DATA", reading to "\nEND\n", OK — the cheapest
+ * server such a client can have.
+ *
  * The clients:
  *   raw        writes whole lines with write(2) and reads answers with
  *              read(2) (256 KiB at a time); its PUT data is encoded into D
  *              lines once, before the clock starts, and written with one
  *              write(2) on the blocking socket;
  *   libassuan  assuan_socket_connect_fd + assuan_transact (data callback
- *              for GET; inquire callback with assuan_send_data for PUT).
+ *              for GET; inquire callback with assuan_send_data for PUT);
+ *   weft       weft_assuan_client_adopt_send on its own weft loop (built-in
+ *              epoll backend); each transaction's completion callback
+ *              sends the next (weft_assuan_transact_send, data callback
+ *              for GET, inquire callback answering with
+ *              weft_assuan_client_inquire_data + _end for PUT).
  *
  * The rows: NOP round trips per second; GET (D lines, server -> client) and
  * PUT (INQUIRE, client -> server) in MB/s, 1 MiB per transaction.  Rounds
@@ -35,9 +45,11 @@
  *
  * -X SERVER:ROW -n N runs SERVER in the foreground for N transactions of
  * ROW with the raw client in an exec'ed child: for callgrind (only the
- * server is traced) and strace -f -c (both sides).  -c and -i do that
- * themselves (strace, valgrind) and print syscalls and instructions per
- * transaction; see bench/assuan/README.md.
+ * server is traced) and strace -f -c (both sides).  -C CLIENT:SERVER:ROW
+ * -n N is the other way round: CLIENT in the foreground, SERVER exec'ed
+ * (callgrind and strace without -f see the client alone).  -c and -i do
+ * both themselves (strace, valgrind) and print syscalls and instructions
+ * per transaction; see bench/assuan/README.md.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
