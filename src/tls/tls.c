@@ -155,9 +155,18 @@ static ssize_t tls_pull(gnutls_transport_ptr_t ptr, void *buf, size_t len)
 static ssize_t tls_vec_push(gnutls_transport_ptr_t ptr, const giovec_t *iov, int count)
 {
 	struct tls_impl *t = ptr;
+	if (t->push_blocked)
+		return set_io_errno(t, -EAGAIN); /* known full: no syscall to hear it */
 	ssize_t r = weft__stream_raw_writev(t->inner, (const struct iovec *)iov, count);
 	if (r == -EAGAIN || r == -EWOULDBLOCK)
 		t->push_blocked = true; /* no more pushes before WRITE readiness */
+	if (r >= 0) {
+		size_t asked = 0;
+		for (int i = 0; i < count; i++)
+			asked += iov[i].iov_len;
+		if ((size_t)r < asked)
+			t->push_blocked = true; /* a short write: the transport is full */
+	}
 	return r < 0 ? set_io_errno(t, r) : r;
 }
 
