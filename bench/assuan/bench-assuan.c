@@ -1307,8 +1307,9 @@ int main(int argc, char **argv)
 	print_table(false);
 	printf("\nper CPU second of both processes (robust when other work shares the CPU):\n");
 	print_table(true);
-	printf("  x/raw: against the raw server with the same client (libassuan client rows: with the raw\n"
-	       "  client, the socket limit); split lines: each NOP in two writes (\"NO\", yield, \"P\\n\")\n");
+	printf("  x/raw: against the raw client with the raw server, the socket limit (split lines: the split\n"
+	       "  client with the raw server); raw column of the libassuan and weft client rows: that client\n"
+	       "  against the raw server speaking Assuan; split lines: each NOP in two writes (\"NO\", yield, \"P\\n\")\n");
 
 	double mem[2][2];
 	mem_row(mem);
