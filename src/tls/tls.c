@@ -535,17 +535,11 @@ static ssize_t tls_readv(weft_stream *s, const struct iovec *iov, int count)
 static ssize_t tls_writev(weft_stream *s, const struct iovec *iov, int count)
 {
 	struct tls_impl *t = weft_stream_impl(s);
-	if (t->err != 0)
-		return t->err;
-	if (t->bye_sent)
+	if (t->err == 0 && t->bye_sent)
 		return -EPIPE;
-	if (t->hs != HS_DONE) {
-		int r = hs_ensure(t);
-		if (r < 0)
-			return r;
-		if (t->hs != HS_DONE)
-			return -EAGAIN;
-	}
+	int hr = tls_ready(t);
+	if (hr < 0)
+		return hr;
 	if (t->flush_pending && t->flush_want == WEFT_IO_WRITE && t->push_blocked)
 		return -EAGAIN; /* it just failed: wait for readiness, not another syscall */
 	if (t->flush_pending && !flush_step(t))
