@@ -27,6 +27,7 @@ void bench_init(const char *name, int bad_option_status)
 
 /* ---- messages and exits ----------------------------------------------------- */
 
+__attribute__((format(printf, 2, 0)))
 static void vmessage(const char *kind, const char *fmt, va_list ap)
 {
 	fflush(stdout);

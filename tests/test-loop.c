@@ -3458,7 +3458,7 @@ static void run(const char *name, void (*fn)(void))
 	alarm(0);
 }
 
-#define RUN(fn) run(#fn + 5, fn)
+#define RUN(fn) run(&#fn[5], fn) /* the name without "test_" */
 
 int main(void)
 {
