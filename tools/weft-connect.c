@@ -203,7 +203,7 @@ static void prog_kill(void)
 {
 	if (g.prog_pid <= 0)
 		return;
-	kill(g.prog_pid, SIGKILL);
+	kill(-g.prog_pid, SIGKILL); /* the program and whatever it started */
 	while (waitpid(g.prog_pid, NULL, 0) < 0 && errno == EINTR)
 		;
 	g.prog_pid = 0;
@@ -245,8 +245,14 @@ static int start_prog(const char *cmd)
 	posix_spawn_file_actions_t fa;
 	posix_spawn_file_actions_init(&fa);
 	posix_spawn_file_actions_adddup2(&fa, p[1], 1);
+	/* Its own process group, so that a timeout stops what it started too. */
+	posix_spawnattr_t attr;
+	posix_spawnattr_init(&attr);
+	posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP);
+	posix_spawnattr_setpgroup(&attr, 0);
 	const char *argv[] = {"sh", "-c", cmd, NULL};
-	int r = posix_spawn(&g.prog_pid, "/bin/sh", &fa, NULL, (char *const *)argv, environ);
+	int r = posix_spawn(&g.prog_pid, "/bin/sh", &fa, &attr, (char *const *)argv, environ);
+	posix_spawnattr_destroy(&attr);
 	posix_spawn_file_actions_destroy(&fa);
 	close(p[1]);
 	if (r != 0) {
