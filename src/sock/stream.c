@@ -92,11 +92,6 @@ int weft_stream_new(weft_loop *loop, const weft_stream_ops *ops, void *impl, wef
 	weft_stream *s = calloc(1, sizeof(*s));
 	if (s == NULL)
 		return -ENOMEM;
-	int r = weft_queue_new(loop, "stream-write", &s->wqueue);
-	if (r < 0) {
-		free(s);
-		return r;
-	}
 	s->loop = loop;
 	s->ops = ops;
 	s->impl = impl;
@@ -606,6 +601,15 @@ static void serve_read(weft_stream *s)
 	}
 }
 
+/* The stream's own write queue, made at the first queued write (an idle
+ * connection does not pay for it).  NULL when out of memory. */
+static weft_queue *stream_wqueue(weft_stream *s)
+{
+	if (s->wqueue == NULL && weft_queue_new(s->loop, "stream-write", &s->wqueue) < 0)
+		return NULL;
+	return s->wqueue;
+}
+
 /* ---- writev --------------------------------------------------------------- */
 
 static void writev_cleanup(weft_req *req, weft_req_stage stage)
@@ -737,8 +741,10 @@ weft_req *weft_stream_writev_send(weft_stream *s, const struct iovec *vector, si
 		return req;
 	/* Through the stream's own queue, so queued writes and a shutdown
 	 * issued meanwhile wait behind it; but only if it is idle. */
-	int r = weft_queue_length(s->wqueue) > 0 || s->writer != NULL ? -EBUSY
-		: weft_queue_add_now(s->wqueue, req, write_start, NULL);
+	weft_queue *q = stream_wqueue(s);
+	int r = q == NULL ? -ENOMEM
+		: weft_queue_length(q) > 0 || s->writer != NULL ? -EBUSY
+		: weft_queue_add_now(q, req, write_start, NULL);
 	weft_req_error(req, r);
 	return req;
 }
@@ -786,7 +792,11 @@ weft_req *weft_stream_writev_queue_send(weft_stream *s, weft_queue *queue, const
 	weft_req *req = writev_new(s, vector, count, false);
 	if (req == NULL || !weft_req_is_in_progress(req))
 		return req;
-	int r = weft_queue_add_now(queue ? queue : s->wqueue, req, write_start, NULL);
+	if (queue == NULL && (queue = stream_wqueue(s)) == NULL) {
+		weft_req_error(req, ENOMEM);
+		return req;
+	}
+	int r = weft_queue_add_now(queue, req, write_start, NULL);
 	weft_req_error(req, r);
 	return req;
 }
@@ -807,7 +817,8 @@ weft_req *weft_stream_sendfd_send(weft_stream *s, int fd, const void *buf, size_
 	}
 	struct writev_state *st = weft_req_state(req);
 	st->fd = fd;
-	weft_req_error(req, weft_queue_add_now(s->wqueue, req, write_start, NULL));
+	weft_queue *q = stream_wqueue(s);
+	weft_req_error(req, q == NULL ? -ENOMEM : weft_queue_add_now(q, req, write_start, NULL));
 	return req;
 }
 
@@ -821,7 +832,8 @@ weft_req *weft_stream_shutdown_send(weft_stream *s)
 	weft_req *req = writev_new(s, NULL, 0, true);
 	if (req == NULL || !weft_req_is_in_progress(req))
 		return req;
-	int r = weft_queue_add_now(s->wqueue, req, write_start, NULL);
+	weft_queue *q = stream_wqueue(s);
+	int r = q == NULL ? -ENOMEM : weft_queue_add_now(q, req, write_start, NULL);
 	weft_req_error(req, r);
 	return req;
 }
