@@ -227,6 +227,25 @@ WEFT_EXPORT weft_req *weft_stream_read_send(weft_stream *s, void *buf, size_t le
  * stream, ECONNRESET, ECANCELED, ETIMEDOUT, EINVAL (len 0 or buf NULL). */
 WEFT_EXPORT ssize_t weft_stream_read_recv(weft_req *req, int *perrno);
 
+/* A reader that stays, as libuv's uv_read_start: no request per read.
+ * While started, whenever the stream has data, alloc(s, suggested, &buf,
+ * &len, data) is asked for a buffer (the caller's, borrowed until the
+ * callback) and cb(s, n, buf, data) gets n > 0 bytes read into it — or,
+ * once, -EPIPE at the end of the stream or -errno (ECONNRESET, ...), after
+ * which reading has stopped.  alloc giving no buffer (len 0) stops reading
+ * too (start again when there is room).  Both run from the loop, never
+ * inside read_start.  The callbacks may stop, start, write or close.
+ * Bytes the stream read ahead come first.  A read request (readv_send,
+ * read_send) and a started reader exclude each other: -EBUSY / EBUSY.
+ * read_start returns 0, -EINVAL, -EBUSY; calling it while started replaces
+ * the callbacks.  read_stop returns 0 (stopping a stopped reader too). */
+typedef void (*weft_stream_alloc_cb)(weft_stream *s, size_t suggested, void **ret_buf, size_t *ret_len,
+		void *data);
+typedef void (*weft_stream_read_cb)(weft_stream *s, ssize_t n, void *buf, void *data);
+WEFT_EXPORT int weft_stream_read_start(weft_stream *s, weft_stream_alloc_cb alloc, weft_stream_read_cb cb,
+		void *data);
+WEFT_EXPORT int weft_stream_read_stop(weft_stream *s);
+
 /* Write the whole vector (as many partial writes as needed).  The iovec
  * array is copied; the buffers are borrowed until completion.  A plain
  * writev needs an idle stream: while another write (plain or queued) is in

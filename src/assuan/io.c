@@ -12,35 +12,18 @@ void weft__apump_init(struct weft__apump *p, weft_stream *s, void (*event)(struc
 	*p = (struct weft__apump){.s = s, .event = event};
 }
 
-static void read_done(weft_req *req, void *data)
-{
-	struct weft__apump *p = data;
-	int err = 0;
-	ssize_t n = weft_stream_read_recv(req, &err);
-	weft_req_free(req);
-	p->rreq = NULL;
-	if (n > 0) {
-		/* The bytes landed at in.off + in.len: lines taken meanwhile
-		 * leave that end in place (weft__ain_next). */
-		p->in.len += (size_t)n;
-		p->filled = (size_t)n == p->rroom;
-	} else {
-		p->eof = true;
-		if (err != EPIPE && p->err == 0)
-			p->err = err; /* EPIPE is the orderly end */
-	}
-	p->event(p);
-}
-
 static bool big_buffer(const struct weft__apump *p)
 {
 	return p->in.buf != NULL && p->in.buf != p->small;
 }
 
-int weft__apump_read(struct weft__apump *p)
+/* The stream asks where its next read goes: after the unparsed bytes, in
+ * the small buffer while lines are short and few, the big one while data
+ * streams in (given back once it empties). */
+static void on_alloc(weft_stream *s, size_t suggested, void **ret_buf, size_t *ret_len, void *data)
 {
-	if (p->s == NULL || p->eof || p->rreq != NULL)
-		return 0;
+	struct weft__apump *p = data;
+	(void)suggested;
 	if (p->in.buf == NULL || (p->in.len == 0 && !p->filled && big_buffer(p))) {
 		if (big_buffer(p))
 			free(p->in.buf); /* the stream of data is over */
@@ -49,20 +32,66 @@ int weft__apump_read(struct weft__apump *p)
 	size_t room = weft__ain_compact(&p->in);
 	if ((room == 0 || p->filled) && p->in.cap < WEFT__APUMP_BIG) {
 		char *big = malloc(WEFT__APUMP_BIG);
-		if (big == NULL)
-			return -ENOMEM;
-		memcpy(big, p->in.buf, p->in.len);
-		p->in.buf = big; /* was the small one */
-		p->in.cap = WEFT__APUMP_BIG;
-		room = WEFT__APUMP_BIG - p->in.len;
+		if (big == NULL && room == 0) {
+			p->reading = false; /* stops: no buffer given */
+			p->eof = true;
+			if (p->err == 0)
+				p->err = ENOMEM;
+			weft_stream_read_stop(s);
+			p->event(p);
+			return;
+		}
+		if (big != NULL) {
+			memcpy(big, p->in.buf, p->in.len);
+			p->in.buf = big; /* was the small one */
+			p->in.cap = WEFT__APUMP_BIG;
+			room = WEFT__APUMP_BIG - p->in.len;
+		}
 	}
-	if (room == 0)
-		return 0; /* full of lines the owner does not take yet */
+	if (room == 0) {
+		p->reading = false; /* full of lines the owner does not take yet */
+		return;
+	}
 	p->rroom = room;
-	p->rreq = weft_stream_read_send(p->s, p->in.buf + p->in.len, room);
-	if (p->rreq == NULL)
-		return -ENOMEM;
-	weft_req_set_callback(p->rreq, read_done, p);
+	*ret_buf = p->in.buf + p->in.len;
+	*ret_len = room;
+}
+
+static void on_read(weft_stream *s, ssize_t n, void *buf, void *data)
+{
+	struct weft__apump *p = data;
+	(void)s;
+	(void)buf;
+	if (n > 0) {
+		p->in.len += (size_t)n;
+		p->filled = (size_t)n == p->rroom;
+	} else {
+		p->reading = false;
+		p->eof = true;
+		if (n != -EPIPE && p->err == 0)
+			p->err = (int)-n; /* EPIPE is the orderly end */
+	}
+	p->event(p);
+}
+
+int weft__apump_read(struct weft__apump *p)
+{
+	if (p->s == NULL || p->eof)
+		return 0;
+	bool full = p->in.buf != NULL && p->in.cap == WEFT__APUMP_BIG && p->in.len == p->in.cap;
+	if (full) {
+		if (p->reading) {
+			p->reading = false; /* the owner takes lines first */
+			weft_stream_read_stop(p->s);
+		}
+		return 0;
+	}
+	if (p->reading)
+		return 0;
+	int r = weft_stream_read_start(p->s, on_alloc, on_read, p);
+	if (r < 0)
+		return r;
+	p->reading = true;
 	return 0;
 }
 
@@ -123,8 +152,7 @@ size_t weft__apump_pending(const struct weft__apump *p)
 
 void weft__apump_close(struct weft__apump *p)
 {
-	weft_req_free(p->rreq); /* in progress: abandoned, no callback */
-	p->rreq = NULL;
+	p->reading = false; /* closing the stream stops its reader */
 	weft_req_free(p->wreq);
 	p->wreq = NULL;
 	weft_stream_close(p->s, NULL, NULL);

@@ -1291,7 +1291,7 @@ int weft_assuan_get_active_fds(weft_assuan_conn *c, int what, int *fds, int n)
 	int fd = weft_stream_fd(c->io.s);
 	if (fd < 0)
 		return 0;
-	bool want = what == 0 ? c->io.rreq != NULL : c->io.wreq != NULL;
+	bool want = what == 0 ? c->io.reading : c->io.wreq != NULL;
 	if (!want)
 		return 0;
 	fds[0] = fd;

@@ -25,6 +25,11 @@ struct weft_stream {
 	void *impl;
 
 	weft_req *reader;
+	/* weft_stream_read_start: a reader that stays (no request per read) */
+	weft_stream_alloc_cb rs_alloc;
+	weft_stream_read_cb rs_cb;
+	void *rs_data;
+	bool reading;
 	uint64_t read_seq; /* bumped per reader: detects a reader replaced in next() */
 	bool drained;      /* last read was short: wait for readiness */
 	weft_req *writer;
@@ -176,6 +181,7 @@ void weft_stream_close(weft_stream *s, weft_stream_close_cb cb, void *data)
 	if (s == NULL || s->closing)
 		return;
 	s->closing = true;
+	s->reading = false;
 	s->close_cb = cb;
 	s->close_data = data;
 	weft_defer_cancel(&s->kick);
@@ -229,7 +235,7 @@ static void stream_update_watch(weft_stream *s)
 	unsigned want = 0;
 	if (s->hook != NULL)
 		return; /* the taker watches through weft__stream_raw_watch */
-	if (s->reader != NULL && s->ra_len == 0)
+	if ((s->reader != NULL || s->reading) && s->ra_len == 0)
 		want |= WEFT_IO_READ;
 	if (s->writer != NULL && s->write_blocked)
 		want |= WEFT_IO_WRITE;
@@ -256,7 +262,7 @@ int weft__stream_take(weft_stream *s, weft__stream_hook_fn hook, void *data)
 {
 	if (s == NULL || hook == NULL || s->closing)
 		return -EINVAL;
-	if (s->hook != NULL || !weft__list_empty(&s->ops_list))
+	if (s->hook != NULL || s->reading || !weft__list_empty(&s->ops_list))
 		return -EBUSY;
 	weft_defer_cancel(&s->kick);
 	s->hook = hook;
@@ -310,6 +316,7 @@ size_t weft__stream_raw_pending(const weft_stream *s)
 
 static void serve_write(weft_stream *s);
 static void serve_read(weft_stream *s);
+static void serve_read_started(weft_stream *s);
 
 /* Write side first (tsocket's rule), then the read side. */
 static void stream_serve(weft_stream *s, unsigned revents)
@@ -323,6 +330,8 @@ static void stream_serve(weft_stream *s, unsigned revents)
 		serve_write(s);
 	if (s->reader != NULL && !s->closing)
 		serve_read(s);
+	if (s->reading && !s->closing)
+		serve_read_started(s);
 	if (!s->closing)
 		stream_update_watch(s);
 	if (--s->depth == 0 && s->closing)
@@ -356,7 +365,7 @@ static weft_req *read_new(weft_stream *s, weft_stream_next_vector_fn next, void 
 		weft_req_error(req, s->closing ? ECANCELED : EINVAL);
 		return req;
 	}
-	if (s->reader != NULL) {
+	if (s->reader != NULL || s->reading) {
 		weft_req_error(req, EBUSY);
 		return req;
 	}
@@ -598,6 +607,86 @@ static void serve_read(weft_stream *s)
 		if (!serve_reader(s, s->reader, &budget) || s->read_seq == seq)
 			return;
 		weft_defer_cancel(&s->kick); /* the successor is served here */
+	}
+}
+
+/* ---- the registered reader -------------------------------------------------- */
+
+int weft_stream_read_start(weft_stream *s, weft_stream_alloc_cb alloc, weft_stream_read_cb cb, void *data)
+{
+	if (s == NULL || alloc == NULL || cb == NULL || s->closing || s->hook != NULL)
+		return -EINVAL;
+	if (s->reader != NULL)
+		return -EBUSY;
+	s->rs_alloc = alloc;
+	s->rs_cb = cb;
+	s->rs_data = data;
+	if (s->reading)
+		return 0;
+	s->reading = true;
+	if (!s->drained || weft_stream_pending(s) > 0)
+		stream_kick(s); /* maybe something to read now: look from the loop */
+	else if (s->depth == 0)
+		stream_update_watch(s);
+	return 0;
+}
+
+int weft_stream_read_stop(weft_stream *s)
+{
+	if (s == NULL)
+		return -EINVAL;
+	s->reading = false;
+	if (s->depth == 0 && !s->closing)
+		stream_update_watch(s);
+	return 0;
+}
+
+/* Serve the registered reader: a buffer from alloc, one read into it, the
+ * callback — while data comes, within the per-wake-up limits. */
+static void serve_read_started(weft_stream *s)
+{
+	size_t budget = READ_BUDGET;
+	for (unsigned i = 0; s->reading && !s->closing; i++) {
+		if (i == READS_PER_WAKEUP || budget == 0) {
+			stream_kick(s); /* yield to the other fds, come back */
+			return;
+		}
+		if (s->drained && weft_stream_pending(s) == 0)
+			return; /* wait for readiness */
+		void *buf = NULL;
+		size_t len = 0;
+		s->rs_alloc(s, WEFT__READAHEAD, &buf, &len, s->rs_data);
+		if (!s->reading || s->closing)
+			return;
+		if (buf == NULL || len == 0) {
+			s->reading = false; /* no room: the owner starts again later */
+			return;
+		}
+		ssize_t n;
+		if (s->ra_len > 0) {
+			n = (ssize_t)(len < s->ra_len ? len : s->ra_len);
+			memcpy(buf, s->ra + s->ra_off, (size_t)n);
+			s->ra_off += (size_t)n;
+			s->ra_len -= (size_t)n;
+			if (s->ra_len == 0)
+				s->ra_off = 0;
+		} else {
+			struct iovec iov = {buf, len};
+			do
+				n = s->ops->readv(s, &iov, 1);
+			while (n == -EINTR);
+			if (n == -EAGAIN || n == -EWOULDBLOCK) {
+				s->drained = true;
+				return;
+			}
+			if (n > 0 && (size_t)n < len && weft_stream_pending(s) == 0)
+				s->drained = true; /* a short read: the transport is empty */
+		}
+		if (n <= 0)
+			s->reading = false; /* the end (EPIPE) or an error: reported once */
+		else
+			budget = (size_t)n >= budget ? 0 : budget - (size_t)n;
+		s->rs_cb(s, n == 0 ? -EPIPE : n, buf, s->rs_data);
 	}
 }
 
