@@ -75,11 +75,11 @@ ssize_t weft__adecode_to(char *d, const char *s, size_t n, bool strict);
 struct weft__apump {
 	weft_stream *s;
 	struct weft__ain in;
-	bool reading;  /* the stream's registered reader is started */
 	size_t rroom;  /* how many bytes the read under way may take */
-	bool filled;  /* the last read filled its room: more is coming */
-	bool eof;     /* no more input (EOF, reset, error) or none wanted */
-	int err;      /* first transport error (positive errno), 0 if none */
+	int err;       /* first transport error (positive errno), 0 if none */
+	bool reading;  /* the stream's registered reader is started */
+	bool filled;   /* the last read filled its room: more is coming */
+	bool eof;      /* no more input (EOF, reset, error) or none wanted */
 	struct weft__abuf out;  /* gathering */
 	struct weft__abuf wbuf; /* being written */
 	weft_req *wreq;

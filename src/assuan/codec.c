@@ -19,7 +19,7 @@ int weft__abuf_reserve(struct weft__abuf *b, size_t extra)
 {
 	if (b->cap - b->len >= extra)
 		return 0;
-	size_t cap = b->cap ? b->cap : 256;
+	size_t cap = b->cap ? b->cap : 64; /* an idle endpoint keeps this much */
 	while (cap - b->len < extra) {
 		if (cap > ((size_t)-1) / 2)
 			return -ENOMEM;

@@ -62,7 +62,6 @@ struct weft_assuan_conn {
 	void *data;
 	struct weft__apump io; /* the stream, its input lines and output */
 
-	uint64_t cmd_seq;
 	char *okay;
 	char *err_text;
 	weft_assuan_cancel_cb cancel_cb;
@@ -76,7 +75,6 @@ struct weft_assuan_conn {
 	size_t inq_max;
 
 	int *pfds; /* passed by the peer, oldest first */
-	unsigned pfds_cap;
 	int *allowed;
 	weft_defer kick;
 	bool *done_flag;
@@ -86,7 +84,8 @@ struct weft_assuan_conn {
 	weft_assuan_err err_no;
 	weft_assuan_err inq_err;
 	int input_fd, output_fd;
-	unsigned npfds;
+	unsigned cmd_seq; /* commands finished: tells a verdict it is stale */
+	unsigned npfds, pfds_cap;
 	unsigned nallowed;
 	pid_t peer_pid;
 	unsigned depth;
@@ -639,7 +638,7 @@ int weft_assuan_process_done(weft_assuan_conn *c, weft_assuan_err err)
 }
 
 /* Run a handler or continuation's verdict for command seq. */
-static void verdict(weft_assuan_conn *c, uint64_t seq, weft_assuan_err r)
+static void verdict(weft_assuan_conn *c, unsigned seq, weft_assuan_err r)
 {
 	if (c->closed || c->cmd_seq != seq || c->state == C_IDLE)
 		return; /* finished inside, or gone */
@@ -683,7 +682,7 @@ static void inquire_complete(weft_assuan_conn *c, weft_assuan_err err)
 	void *data = c->inq_data;
 	c->inq_cb = NULL;
 	c->state = C_CMD;
-	uint64_t seq = c->cmd_seq;
+	unsigned seq = c->cmd_seq;
 	if (err != 0) {
 		c->inq.len = 0;
 	} else if (weft__abuf_put(&c->inq, "", 1) == 0) {
@@ -955,7 +954,7 @@ static void command_line(weft_assuan_conn *c, char *line)
 	}
 	c->state = C_CMD;
 	c->cur_builtin = cmd->builtin;
-	uint64_t seq = c->cmd_seq;
+	unsigned seq = c->cmd_seq;
 	/* The hook may register commands: the table may move. */
 	weft_assuan_handler fn = cmd->fn;
 	void *fn_data = cmd->data;

@@ -25,33 +25,34 @@ struct weft_stream {
 	void *impl;
 
 	weft_req *reader;
+	uint64_t read_seq; /* bumped per reader: detects a reader replaced in next() */
 	/* weft_stream_read_start: a reader that stays (no request per read) */
 	weft_stream_alloc_cb rs_alloc;
 	weft_stream_read_cb rs_cb;
 	void *rs_data;
-	bool reading;
-	uint64_t read_seq; /* bumped per reader: detects a reader replaced in next() */
-	bool drained;      /* last read was short: wait for readiness */
 	weft_req *writer;
-	bool write_blocked; /* the writer hit EAGAIN */
-	unsigned watching;  /* what the transport was last asked to watch */
 
 	weft_queue *wqueue;
 	struct weft__list ops_list; /* every live request */
 
 	unsigned char *ra;  /* read-ahead buffer */
 	size_t ra_off, ra_len;
-	bool ra_wanted;     /* the last read filled the caller's buffer */
 
 	weft_defer kick; /* serve from the loop without fd readiness */
-	unsigned depth;  /* >0 while the core is on the stack */
-	bool closing;
 	weft_stream_close_cb close_cb;
 	void *close_data;
 
 	/* Taken by a stacked transport (TLS): readiness goes to hook. */
 	weft__stream_hook_fn hook;
 	void *hook_data;
+
+	unsigned watching;  /* what the transport was last asked to watch */
+	unsigned depth;     /* >0 while the core is on the stack */
+	bool reading;       /* the registered reader is started */
+	bool drained;       /* last read was short: wait for readiness */
+	bool write_blocked; /* the writer hit EAGAIN */
+	bool ra_wanted;     /* the last read filled the caller's buffer */
+	bool closing;
 };
 
 struct readv_state {
