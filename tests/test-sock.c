@@ -2985,6 +2985,100 @@ static void test_dgram_refused(weft_loop *loop)
 }
 
 /* An adopted fd is made non-blocking and close-on-exec; bad fds. */
+/* read_start: a reader that stays.  Data is delivered as it comes (no
+ * request per read), alloc giving no buffer pauses it, read_stop stops it,
+ * a read request meanwhile is EBUSY, the end is -EPIPE once, and closing
+ * from the callback is safe. */
+struct rs_state {
+	char buf[64];
+	char got[256];
+	size_t len;
+	int calls;
+	ssize_t last;
+	bool no_room;
+	bool close_in_cb;
+};
+
+static void rs_alloc(weft_stream *s, size_t suggested, void **buf, size_t *len, void *data)
+{
+	struct rs_state *st = data;
+	(void)s;
+	(void)suggested;
+	if (st->no_room)
+		return; /* no buffer: reading pauses */
+	*buf = st->buf;
+	*len = sizeof(st->buf);
+}
+
+static void rs_read(weft_stream *s, ssize_t n, void *buf, void *data)
+{
+	struct rs_state *st = data;
+	st->calls++;
+	st->last = n;
+	if (n > 0 && st->len + (size_t)n <= sizeof(st->got)) {
+		memcpy(st->got + st->len, buf, (size_t)n);
+		st->len += (size_t)n;
+	}
+	if (st->close_in_cb)
+		weft_stream_close(s, NULL, NULL);
+}
+
+static void test_read_start(weft_loop *loop)
+{
+	int sv[2];
+	REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+	weft_stream *a;
+	REQUIRE(weft_stream_new_socket(loop, sv[0], &a) == 0);
+	struct rs_state st = {0};
+	CHECK_EQ(weft_stream_read_start(a, rs_alloc, rs_read, &st), 0);
+	CHECK_EQ(st.calls, 0); /* never inside read_start */
+	CHECK_EQ(write(sv[1], "hello", 5), 5);
+	for (int i = 0; i < 50 && st.len < 5; i++)
+		weft_loop_run(loop, WEFT_RUN_ONCE);
+	CHECK_EQ(st.len, 5);
+	CHECK(memcmp(st.got, "hello", 5) == 0);
+	/* a read request while started: EBUSY */
+	char tmp[4];
+	weft_req *r = weft_stream_read_send(a, tmp, sizeof(tmp));
+	REQUIRE(r != NULL);
+	CHECK_EQ(weft_req_wait(r), 0);
+	int err = 0;
+	CHECK_EQ(weft_stream_read_recv(r, &err), -EBUSY);
+	weft_req_free(r);
+	/* no room: paused; data waits in the socket; start again: delivered */
+	st.no_room = true;
+	CHECK_EQ(write(sv[1], " world", 6), 6);
+	for (int i = 0; i < 5; i++)
+		weft_loop_run(loop, WEFT_RUN_NOWAIT);
+	CHECK_EQ(st.len, 5);
+	st.no_room = false;
+	CHECK_EQ(weft_stream_read_start(a, rs_alloc, rs_read, &st), 0);
+	for (int i = 0; i < 50 && st.len < 11; i++)
+		weft_loop_run(loop, WEFT_RUN_ONCE);
+	CHECK_EQ(st.len, 11);
+	CHECK(memcmp(st.got, "hello world", 11) == 0);
+	/* stopped: nothing delivered; then a read request works */
+	CHECK_EQ(weft_stream_read_stop(a), 0);
+	CHECK_EQ(write(sv[1], "!", 1), 1);
+	for (int i = 0; i < 5; i++)
+		weft_loop_run(loop, WEFT_RUN_NOWAIT);
+	CHECK_EQ(st.len, 11);
+	CHECK_EQ(read_exact(a, tmp, 1, NULL), 0);
+	CHECK_EQ(tmp[0], '!');
+	/* the end: -EPIPE once, reading stops; closing inside the callback */
+	CHECK_EQ(weft_stream_read_start(a, rs_alloc, rs_read, &st), 0);
+	st.close_in_cb = true;
+	int calls = st.calls;
+	close(sv[1]);
+	for (int i = 0; i < 50 && st.calls == calls; i++)
+		weft_loop_run(loop, WEFT_RUN_ONCE);
+	CHECK_EQ(st.calls, calls + 1);
+	CHECK_EQ(st.last, -EPIPE);
+	for (int i = 0; i < 5; i++)
+		weft_loop_run(loop, WEFT_RUN_NOWAIT);
+	CHECK_EQ(st.calls, calls + 1);
+}
+
 /* sendfd: the descriptor arrives on a Unix socket (same file) and is refused
  * on TCP, which would drop it silently. */
 static void got_fd(weft_stream *s, int fd, void *data)
@@ -3346,6 +3440,7 @@ int main(int argc, char **argv)
 	run_loop("writev: 64 MiB to a slow reader, no spinning while it pauses", test_big_write_slow_reader);
 	run_loop("writev_queue: 100 writes in order, queue length", test_writev_queue);
 	run_loop("sendfd: a descriptor on the first byte over Unix; EOPNOTSUPP over TCP", test_sendfd);
+	run_loop("read_start: a reader that stays; pause without room, stop, EBUSY, -EPIPE once, close inside", test_read_start);
 	run_loop("writev: reset by the peer mid-write -> ECONNRESET/EPIPE, no SIGPIPE", test_reset_mid_write);
 	run("writev: closed peer with SIGPIPE at SIG_DFL -> EPIPE (child)", test_sigpipe_child);
 	run_loop("shutdown: after queued writes, the peer reads all, then EOF", test_shutdown_after_writes);
