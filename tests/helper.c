@@ -1,5 +1,7 @@
 #include "helper.h"
 
+#include <weft/loop.h>
+
 #include <dirent.h>
 #include <signal.h>
 #include <errno.h>
@@ -113,4 +115,68 @@ int t_finish(void)
 {
 	printf("1..%d\n", t_count);
 	return t_failed_total ? EXIT_FAILURE : EXIT_SUCCESS;
+}
+
+/* ---- loops ------------------------------------------------------------------------ */
+
+struct weft_loop *t_loop_new(void)
+{
+	weft_loop *loop = NULL;
+	CHECK_EQ(weft_loop_new(&loop), 0);
+	return loop;
+}
+
+void t_loop_free(struct weft_loop *loop)
+{
+	int r = -EBUSY;
+	for (int i = 0; i < 200 && (r = weft_loop_free(loop)) == -EBUSY; i++)
+		weft_loop_run(loop, WEFT_RUN_NOWAIT);
+	CHECK_EQ(r, 0);
+}
+
+void t_tick(struct weft_timer *t, void *data)
+{
+	(void)t;
+	(void)data;
+}
+
+/* Run until done() says so or ms pass. */
+static bool t_run_while(weft_loop *loop, bool (*done)(const void *arg, int n), const void *arg, int n,
+		unsigned ms)
+{
+	weft_timer *t = NULL;
+	if (weft_timer_new(loop, t_tick, NULL, &t) == 0)
+		weft_timer_start(t, 20, 20);
+	uint64_t end = t_now_ms() + ms;
+	while (!done(arg, n) && t_now_ms() < end)
+		weft_loop_run(loop, WEFT_RUN_ONCE);
+	weft_timer_free(t);
+	return done(arg, n);
+}
+
+static bool flag_set(const void *arg, int n)
+{
+	(void)n;
+	return *(const bool *)arg;
+}
+
+static bool count_reached(const void *arg, int n)
+{
+	return *(const int *)arg >= n;
+}
+
+bool t_run_until(struct weft_loop *loop, const bool *flag, unsigned ms)
+{
+	return t_run_while(loop, flag_set, flag, 0, ms);
+}
+
+bool t_run_until_count(struct weft_loop *loop, const int *count, int n, unsigned ms)
+{
+	return t_run_while(loop, count_reached, count, n, ms);
+}
+
+void t_run_for(struct weft_loop *loop, unsigned ms)
+{
+	bool never = false;
+	t_run_until(loop, &never, ms);
 }

@@ -37,6 +37,23 @@ int t_fd_count(void);
 /* CLOCK_MONOTONIC in milliseconds. */
 uint64_t t_now_ms(void);
 
+/* ---- loops (the built-in backend) ------------------------------------------- */
+struct weft_loop;
+/* A new loop (a failed check if it cannot be made). */
+struct weft_loop *t_loop_new(void);
+/* Run it until it can be freed, then free it (checked). */
+void t_loop_free(struct weft_loop *loop);
+/* Run it until *flag is true or ms pass (a 20 ms timer keeps it from
+ * blocking for good); returns *flag. */
+bool t_run_until(struct weft_loop *loop, const bool *flag, unsigned ms);
+/* The same until *count >= n. */
+bool t_run_until_count(struct weft_loop *loop, const int *count, int n, unsigned ms);
+/* Run it for ms. */
+void t_run_for(struct weft_loop *loop, unsigned ms);
+/* A timer callback that does nothing (a timer that only wakes the loop). */
+struct weft_timer;
+void t_tick(struct weft_timer *t, void *data);
+
 /* Sleep for ms milliseconds (resumed after signals). */
 void t_sleep_ms(unsigned ms);
 

@@ -105,26 +105,6 @@ static void run_nowait(weft_loop *loop, int n)
 		weft_loop_run(loop, WEFT_RUN_NOWAIT);
 }
 
-static void tick(weft_timer *t, void *data)
-{
-	(void)t;
-	(void)data;
-}
-
-/* Run the loop until *count reaches n, for at most ms (a timer wakes it:
- * it never blocks for good).  Returns whether *count got there. */
-static bool run_until(weft_loop *loop, const int *count, int n, unsigned ms)
-{
-	weft_timer *t = NULL;
-	if (weft_timer_new(loop, tick, NULL, &t) == 0)
-		weft_timer_start(t, 50, 50);
-	uint64_t end = t_now_ms() + ms;
-	while (*count < n && t_now_ms() < end)
-		weft_loop_run(loop, WEFT_RUN_ONCE);
-	weft_timer_free(t);
-	return *count >= n;
-}
-
 static double cpu_ms(void)
 {
 	struct rusage ru;
@@ -583,7 +563,7 @@ static weft_stream *connect_accepted(weft_loop *loop, const weft_addr *dst, stru
 		printf("# connect: %s\n", strerror(-r));
 	CHECK_EQ(r, 0);
 	if (r == 0)
-		CHECK(run_until(loop, &srv->n, want, 5000));
+		CHECK(t_run_until_count(loop, &srv->n, want, 5000));
 	return c;
 }
 
@@ -1422,7 +1402,7 @@ static void test_big_write_slow_reader(weft_loop *loop)
 	CHECK_EQ(finish_sync(w, writev_result, &progress), (ssize_t)BIG);
 	CHECK_EQ(progress, BIG);
 	/* the pause was seen while the write waited */
-	run_until(loop, &pw.events, 2, 10000);
+	t_run_until_count(loop, &pw.events, 2, 10000);
 	CHECK_EQ(pw.events, 2);
 	weft_io_free(io);
 	close(np[0]);
@@ -1889,7 +1869,7 @@ static void test_close_in_next(weft_loop *loop)
 	weft_req *w = weft_stream_writev_queue_send(a, NULL, &v, 1);
 	REQUIRE(w != NULL);
 	weft_req_set_callback(w, rec_cb, &rw);
-	run_until(loop, &rr.calls, 1, 5000);
+	t_run_until_count(loop, &rr.calls, 1, 5000);
 	CHECK_EQ(rr.calls, 1);
 	CHECK_EQ(rr.err, ECANCELED);
 	CHECK_EQ(rx.done, 2);
@@ -1924,7 +1904,7 @@ static void close_from_cb(weft_req *req, void *data)
  * that saw want_err, one close. */
 static void check_closed_from_cb(weft_loop *loop, struct close_in_cb *c, int want_err)
 {
-	run_until(loop, &c->closed, 1, 5000);
+	t_run_until_count(loop, &c->closed, 1, 5000);
 	CHECK_EQ(c->calls, 1);
 	CHECK_EQ(c->err, want_err);
 	CHECK_EQ(c->closed, 1);
@@ -2273,7 +2253,7 @@ static void test_many_connections(weft_loop *loop)
 	CHECK(t_fd_count() >= 2 * n);
 	for (int i = 0; i < n; i++)
 		weft_stream_close(cl[i].s, NULL, NULL);
-	run_until(loop, &m.server_closed, m.accepted, 20000);
+	t_run_until_count(loop, &m.server_closed, m.accepted, 20000);
 	CHECK_EQ(m.server_closed, n);
 	printf("# %d connections echoed in %llu ms\n", n, (unsigned long long)(t1 - t0));
 	weft_listener_free(l);
@@ -2886,7 +2866,7 @@ static void test_accept_emfile(weft_loop *loop)
 	weft_listener *l = listen_at(loop, "tcp:127.0.0.1:0", NULL, on_accept, &srv, &bound);
 	REQUIRE(l != NULL);
 	weft_timer *t = NULL;
-	REQUIRE(weft_timer_new(loop, tick, NULL, &t) == 0);
+	REQUIRE(weft_timer_new(loop, t_tick, NULL, &t) == 0);
 	int cfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	REQUIRE(cfd >= 0);
 
@@ -2923,7 +2903,7 @@ static void test_accept_emfile(weft_loop *loop)
 		close(dups[i]);
 	setrlimit(RLIMIT_NOFILE, &old);
 	/* accepting resumes after the pause */
-	CHECK(run_until(loop, &srv.n, 1, 5000));
+	CHECK(t_run_until_count(loop, &srv.n, 1, 5000));
 	CHECK_EQ(srv.n, 1);
 	if (srv.n == 1) {
 		CHECK_EQ(write(cfd, "ping", 4), 4);

@@ -147,45 +147,6 @@ static void run(const char *name, void (*fn)(void))
 
 /* ---- loops ----------------------------------------------------------------- */
 
-static weft_loop *new_loop(void)
-{
-	weft_loop *loop = NULL;
-	CHECK_EQ(weft_loop_new(&loop), 0);
-	return loop;
-}
-
-static void free_loop(weft_loop *loop)
-{
-	int r = -EBUSY;
-	for (int i = 0; i < 200 && (r = weft_loop_free(loop)) == -EBUSY; i++)
-		weft_loop_run(loop, WEFT_RUN_NOWAIT);
-	CHECK_EQ(r, 0);
-}
-
-static void tick(weft_timer *t, void *data)
-{
-	(void)t;
-	(void)data;
-}
-
-/* Run the loop until *flag, for at most ms.  Returns *flag. */
-static bool run_until(weft_loop *loop, const bool *flag, unsigned ms)
-{
-	weft_timer *t = NULL;
-	if (weft_timer_new(loop, tick, NULL, &t) == 0)
-		weft_timer_start(t, 20, 20);
-	uint64_t end = t_now_ms() + ms;
-	while (!*flag && t_now_ms() < end)
-		weft_loop_run(loop, WEFT_RUN_ONCE);
-	weft_timer_free(t);
-	return *flag;
-}
-
-static void run_for(weft_loop *loop, unsigned ms)
-{
-	bool never = false;
-	run_until(loop, &never, ms);
-}
 
 /* ---- a transaction and everything it heard -------------------------------- */
 
@@ -370,7 +331,7 @@ static void tx_fini(struct tx *tx)
 static bool tx_run(struct tx *tx, weft_loop *loop, weft_assuan_client *cl, const char *cmd)
 {
 	tx_start(tx, cl, cmd);
-	bool ok = run_until(loop, &tx->done, WAIT_MS);
+	bool ok = t_run_until(loop, &tx->done, WAIT_MS);
 	CHECK(ok);
 	return ok;
 }
@@ -413,7 +374,7 @@ static weft_assuan_client *connect_wait(weft_loop *loop, weft_req *req, int *per
 		return NULL;
 	}
 	weft_req_set_callback(req, conn_done, &w);
-	if (!run_until(loop, &w.done, WAIT_MS)) {
+	if (!t_run_until(loop, &w.done, WAIT_MS)) {
 		weft_req_free(req);
 		*perr = ETIMEDOUT;
 		CHECK(!"connect did not complete");
@@ -657,7 +618,7 @@ static bool pair_open(struct pair *p, const char *hello)
 {
 	memset(p, 0, sizeof(*p));
 	memset(&g_srv, 0, sizeof(g_srv));
-	p->loop = new_loop();
+	p->loop = t_loop_new();
 	if (p->loop == NULL)
 		return false;
 	p->srv = test_server(p->loop, hello);
@@ -677,9 +638,9 @@ static void pair_close(struct pair *p)
 	weft_assuan_client_free(p->cl);
 	p->cl = NULL;
 	if (p->loop) {
-		run_for(p->loop, 20); /* the server sees the end */
+		t_run_for(p->loop, 20); /* the server sees the end */
 		weft_assuan_server_free(p->srv);
-		free_loop(p->loop);
+		t_loop_free(p->loop);
 	}
 }
 
@@ -748,7 +709,7 @@ static bool raw_expect(struct raw *r, const char *want)
 /* The client wrote nothing during ms. */
 static void raw_expect_nothing(struct raw *r, unsigned ms)
 {
-	run_for(r->loop, ms);
+	t_run_for(r->loop, ms);
 	raw_pull(r);
 	if (r->inlen)
 		printf("# unexpected: \"%.*s\"\n", (int)r->inlen, r->in);
@@ -760,7 +721,7 @@ static void raw_expect_nothing(struct raw *r, unsigned ms)
 static bool raw_open(struct raw *r, const char *greeting)
 {
 	memset(r, 0, sizeof(*r));
-	r->loop = new_loop();
+	r->loop = t_loop_new();
 	int sv[2];
 	if (r->loop == NULL || socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv) < 0) {
 		r->fd = -1;
@@ -781,7 +742,7 @@ static void raw_close(struct raw *r)
 	if (r->fd >= 0)
 		close(r->fd);
 	if (r->loop)
-		free_loop(r->loop);
+		t_loop_free(r->loop);
 }
 
 /* ---- child processes ----------------------------------------------------- */
@@ -958,7 +919,7 @@ static void test_greeting_comments(void)
 /* The greeting's lines arrive one byte at a time. */
 static void test_greeting_split(void)
 {
-	weft_loop *loop = new_loop();
+	weft_loop *loop = t_loop_new();
 	int sv[2];
 	REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv) == 0);
 	weft_stream *s = NULL;
@@ -974,13 +935,13 @@ static void test_greeting_split(void)
 			weft_loop_run(loop, WEFT_RUN_NOWAIT);
 		CHECK(w.done == (p[1] == '\0'));
 	}
-	run_until(loop, &w.done, WAIT_MS);
+	t_run_until(loop, &w.done, WAIT_MS);
 	CHECK_EQ(w.r, 0);
 	if (w.cl)
 		CHECK(strcmp(weft_assuan_client_greeting(w.cl), "split greeting") == 0);
 	weft_assuan_client_free(w.cl);
 	close(sv[1]);
-	free_loop(loop);
+	t_loop_free(loop);
 }
 
 /* ERR, garbage or EOF instead of OK: the connect fails. */
@@ -998,7 +959,7 @@ static void test_greeting_refused(void)
 		{"", EPIPE},
 	};
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-		weft_loop *loop = new_loop();
+		weft_loop *loop = t_loop_new();
 		int sv[2];
 		REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
 		size_t n = strlen(cases[i].bytes);
@@ -1013,14 +974,14 @@ static void test_greeting_refused(void)
 		CHECK_EQ(err, cases[i].err);
 		weft_assuan_client_free(cl);
 		close(sv[1]);
-		free_loop(loop);
+		t_loop_free(loop);
 	}
 }
 
 /* A server that never greets: the connect request times out. */
 static void test_connect_timeout(void)
 {
-	weft_loop *loop = new_loop();
+	weft_loop *loop = t_loop_new();
 	int sv[2];
 	REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
 	weft_stream *s = NULL;
@@ -1038,9 +999,9 @@ static void test_connect_timeout(void)
 	/* the greeting arriving now changes nothing (the client is gone) */
 	ssize_t ignored = write(sv[1], "OK late\n", 8);
 	(void)ignored;
-	run_for(loop, 20);
+	t_run_for(loop, 20);
 	close(sv[1]);
-	free_loop(loop);
+	t_loop_free(loop);
 }
 
 /* Connect by name to a weft server listening on a Unix path: the plain
@@ -1048,7 +1009,7 @@ static void test_connect_timeout(void)
  * cannot be a socket path. */
 static void test_connect_path(void)
 {
-	weft_loop *loop = new_loop();
+	weft_loop *loop = t_loop_new();
 	memset(&g_srv, 0, sizeof(g_srv));
 	weft_assuan_server *srv = test_server(loop, "path server");
 	char path[128], addr[160];
@@ -1069,7 +1030,7 @@ static void test_connect_path(void)
 		}
 		weft_assuan_client_free(cl);
 	}
-	run_for(loop, 20);
+	t_run_for(loop, 20);
 	weft_assuan_server_free(srv);
 
 	/* an abstract name, and TCP on 127.0.0.1 (port 0, read back) */
@@ -1098,7 +1059,7 @@ static void test_connect_path(void)
 				CHECK_EQ(sendfd_sync(loop, cl, 0), -EOPNOTSUPP);
 		}
 		weft_assuan_client_free(cl);
-		run_for(loop, 20);
+		t_run_for(loop, 20);
 		weft_assuan_server_free(srv);
 	}
 	srv = NULL;
@@ -1118,9 +1079,9 @@ static void test_connect_path(void)
 	CHECK_EQ(err, EINVAL);
 	CHECK(connect_wait(loop, weft_assuan_client_adopt_send(loop, NULL), &err) == NULL);
 	CHECK_EQ(err, EINVAL);
-	run_for(loop, 20);
+	t_run_for(loop, 20);
 	weft_assuan_server_free(srv);
-	free_loop(loop);
+	t_loop_free(loop);
 }
 
 /* ---- 2. transactions against the weft server ------------------------------ */
@@ -1196,7 +1157,7 @@ static void test_queue_order(void)
 		g_order = 0;
 		for (int i = 0; i < N; i++)
 			tx_start(&tx[i], p.cl, cmds[i]);
-		CHECK(run_until(p.loop, &tx[N - 1].done, WAIT_MS));
+		CHECK(t_run_until(p.loop, &tx[N - 1].done, WAIT_MS));
 		for (int i = 0; i < N; i++) {
 			CHECK(tx[i].done);
 			CHECK_EQ(tx[i].r, 0);
@@ -1363,7 +1324,7 @@ static void test_inquire_wire(void)
 		raw_send(&r, "S INQUIRE_MAXLEN 1024\nINQUIRE KEYPARAM\n");
 		raw_expect(&r, "D a%25b%0Dc%0Ad\nEND\n");
 		raw_send(&r, "D result\nOK\n");
-		CHECK(run_until(r.loop, &a.done, WAIT_MS));
+		CHECK(t_run_until(r.loop, &a.done, WAIT_MS));
 		CHECK_EQ(a.answer, 0);
 		CHECK(strcmp(a.status, "INQUIRE_MAXLEN|1024\n") == 0);
 
@@ -1376,7 +1337,7 @@ static void test_inquire_wire(void)
 		raw_send(&r, "INQUIRE TWO x\n");
 		raw_expect(&r, "CAN\n");
 		raw_send(&r, "ERR 67109141 IPC call has been cancelled <GPG Agent>\n");
-		CHECK(run_until(r.loop, &b.done, WAIT_MS));
+		CHECK(t_run_until(r.loop, &b.done, WAIT_MS));
 		CHECK_EQ(b.answer, 67109141u);
 		CHECK(strcmp(b.inq, "ONE|\nTWO|x\n") == 0);
 
@@ -1387,7 +1348,7 @@ static void test_inquire_wire(void)
 		raw_send(&r, "INQUIRE PINENTRY_LAUNCHED 1234\n");
 		raw_expect(&r, "END\n");
 		raw_send(&r, "OK\n");
-		CHECK(run_until(r.loop, &c.done, WAIT_MS));
+		CHECK(t_run_until(r.loop, &c.done, WAIT_MS));
 		CHECK_EQ(c.answer, 0);
 		raw_expect_nothing(&r, 20);
 	}
@@ -1428,7 +1389,7 @@ static void test_answer_lines(void)
 		tx_start(&a, r.cl, "X");
 		raw_expect(&r, "X\n");
 		raw_send(&r, answer_bytes);
-		CHECK(run_until(r.loop, &a.done, WAIT_MS));
+		CHECK(t_run_until(r.loop, &a.done, WAIT_MS));
 		check_answer(&a);
 
 		/* every split point: one byte at a time */
@@ -1440,7 +1401,7 @@ static void test_answer_lines(void)
 			for (int i = 0; i < 2; i++)
 				weft_loop_run(r.loop, WEFT_RUN_NOWAIT);
 		}
-		CHECK(run_until(r.loop, &b.done, WAIT_MS));
+		CHECK(t_run_until(r.loop, &b.done, WAIT_MS));
 		check_answer(&b);
 
 		/* NUL bytes inside a D line */
@@ -1448,7 +1409,7 @@ static void test_answer_lines(void)
 		tx_start(&z, r.cl, "Z");
 		raw_expect(&r, "Z\n");
 		raw_send_n(&r, "D a\0b\0\nOK\n", 10);
-		CHECK(run_until(r.loop, &z.done, WAIT_MS));
+		CHECK(t_run_until(r.loop, &z.done, WAIT_MS));
 		CHECK(z.dlen == 4 && memcmp(z.data, "a\0b\0", 4) == 0);
 
 		/* ERR values: with text, bare number, no number */
@@ -1468,7 +1429,7 @@ static void test_answer_lines(void)
 			tx_start(&e, r.cl, "E");
 			raw_expect(&r, "E\n");
 			raw_send(&r, errs[i].line);
-			CHECK(run_until(r.loop, &e.done, WAIT_MS));
+			CHECK(t_run_until(r.loop, &e.done, WAIT_MS));
 			CHECK_EQ(e.r, 0);
 			CHECK_EQ(e.answer, errs[i].want);
 		}
@@ -1481,7 +1442,7 @@ static void test_answer_lines(void)
 		raw_send(&r, "D 1\nOK\nD 2\nOK\nD 3\nOK\n");
 		raw_expect(&r, "Q\n");
 		raw_expect(&r, "Q\n");
-		CHECK(run_until(r.loop, &q[2].done, WAIT_MS));
+		CHECK(t_run_until(r.loop, &q[2].done, WAIT_MS));
 		for (int i = 0; i < 3; i++)
 			CHECK(q[i].dlen == 1 && q[i].data[0] == '1' + i);
 	}
@@ -1606,7 +1567,7 @@ static void test_answer_random(void)
 			if (rnd(2))
 				weft_loop_run(r.loop, WEFT_RUN_NOWAIT);
 		}
-		if (!run_until(r.loop, &tx->done, WAIT_MS)) {
+		if (!t_run_until(r.loop, &tx->done, WAIT_MS)) {
 			bad = 2;
 			break;
 		}
@@ -1643,7 +1604,7 @@ static void test_answer_garbage(void)
 			tx_start(&b, r.cl, "Y");
 			raw_expect(&r, "X\n");
 			raw_send(&r, bad[i]);
-			CHECK(run_until(r.loop, &b.done, WAIT_MS));
+			CHECK(t_run_until(r.loop, &b.done, WAIT_MS));
 			CHECK_EQ(a.r, -EPROTO);
 			CHECK_EQ(b.r, -EPROTO);
 			struct tx c = {0};
@@ -1668,7 +1629,7 @@ static void test_callback_ends(void)
 		tx_start(&b, r.cl, "B");
 		raw_expect(&r, "A\n");
 		raw_send(&r, "D first\n");
-		CHECK(run_until(r.loop, &a.done, WAIT_MS));
+		CHECK(t_run_until(r.loop, &a.done, WAIT_MS));
 		CHECK_EQ(a.r, 0);
 		CHECK_EQ(a.answer, 12345);
 		raw_expect_nothing(&r, 30); /* B waits for A's real answer */
@@ -1677,7 +1638,7 @@ static void test_callback_ends(void)
 		raw_send(&r, "OK\n");
 		raw_expect(&r, "B\n");
 		raw_send(&r, "D b\nOK\n");
-		CHECK(run_until(r.loop, &b.done, WAIT_MS));
+		CHECK(t_run_until(r.loop, &b.done, WAIT_MS));
 		CHECK(b.dlen == 1 && b.data[0] == 'b');
 		CHECK(strcmp(b.status, "") == 0);
 
@@ -1686,7 +1647,7 @@ static void test_callback_ends(void)
 		tx_start(&c, r.cl, "C");
 		raw_expect(&r, "C\n");
 		raw_send(&r, "S ONE\nS TWO\nOK\n");
-		CHECK(run_until(r.loop, &c.done, WAIT_MS));
+		CHECK(t_run_until(r.loop, &c.done, WAIT_MS));
 		CHECK_EQ(c.answer, 777);
 		CHECK(strcmp(c.status, "ONE|\n") == 0);
 
@@ -1696,7 +1657,7 @@ static void test_callback_ends(void)
 		raw_expect(&r, "D\n");
 		raw_send(&r, "INQUIRE KW\n");
 		raw_expect(&r, "CAN\n");
-		CHECK(run_until(r.loop, &d.done, WAIT_MS));
+		CHECK(t_run_until(r.loop, &d.done, WAIT_MS));
 		CHECK_EQ(d.answer, 999);
 		struct tx e = {0};
 		tx_start(&e, r.cl, "NOP");
@@ -1704,7 +1665,7 @@ static void test_callback_ends(void)
 		raw_send(&r, "ERR 277 cancelled\n");
 		raw_expect(&r, "NOP\n");
 		raw_send(&r, "OK\n");
-		CHECK(run_until(r.loop, &e.done, WAIT_MS));
+		CHECK(t_run_until(r.loop, &e.done, WAIT_MS));
 		CHECK_EQ(e.answer, 0);
 	}
 	raw_close(&r);
@@ -1720,11 +1681,11 @@ static void test_cancel_waiting(void)
 	if (pair_open(&p, NULL)) {
 		struct tx a = {0}, b = {0};
 		tx_start(&a, p.cl, "SLEEP 400");
-		run_for(p.loop, 20); /* it runs on the server; "D early" came */
+		t_run_for(p.loop, 20); /* it runs on the server; "D early" came */
 		CHECK(!a.done);
 		CHECK_EQ(weft_req_cancel(a.req), 0);
 		uint64_t t0 = t_now_ms();
-		CHECK(run_until(p.loop, &a.done, WAIT_MS));
+		CHECK(t_run_until(p.loop, &a.done, WAIT_MS));
 		CHECK(t_now_ms() - t0 < 300); /* not when the answer comes */
 		CHECK_EQ(a.r, -ECANCELED);
 		tx_run(&b, p.loop, p.cl, "ECHO fresh");
@@ -1747,16 +1708,16 @@ static void test_cancel_waiting_wire(void)
 		tx_start(&a, r.cl, "SLOW");
 		raw_expect(&r, "SLOW\n");
 		raw_send(&r, "D part\n");
-		run_for(r.loop, 10);
+		t_run_for(r.loop, 10);
 		CHECK_EQ(weft_req_cancel(a.req), 0);
-		CHECK(run_until(r.loop, &a.done, WAIT_MS));
+		CHECK(t_run_until(r.loop, &a.done, WAIT_MS));
 		CHECK_EQ(a.r, -ECANCELED);
 		tx_start(&b, r.cl, "NEXT");
 		raw_expect_nothing(&r, 30);
 		raw_send(&r, "D rest\nS STALE\nOK\n");
 		raw_expect(&r, "NEXT\n");
 		raw_send(&r, "D new\nOK\n");
-		CHECK(run_until(r.loop, &b.done, WAIT_MS));
+		CHECK(t_run_until(r.loop, &b.done, WAIT_MS));
 		CHECK_EQ(b.answer, 0);
 		CHECK(b.dlen == 3 && memcmp(b.data, "new", 3) == 0);
 		CHECK(strcmp(b.status, "") == 0);
@@ -1772,10 +1733,10 @@ static void test_cancel_inquire(void)
 		struct tx a = {.mode = INQ_WAIT};
 		tx_start(&a, p.cl, "ASK");
 		for (int i = 0; i < 500 && a.inquires == 0; i++)
-			run_for(p.loop, 2);
+			t_run_for(p.loop, 2);
 		CHECK_EQ(a.inquires, 1);
 		CHECK_EQ(weft_req_cancel(a.req), 0);
-		CHECK(run_until(p.loop, &a.done, WAIT_MS));
+		CHECK(t_run_until(p.loop, &a.done, WAIT_MS));
 		CHECK_EQ(a.r, -ECANCELED);
 		CHECK_EQ(weft_assuan_client_inquire_end(p.cl), -EINVAL); /* too late */
 		expect_ok(p.loop, p.cl, "NOP");
@@ -1792,17 +1753,17 @@ static void test_cancel_inquire(void)
 		raw_expect(&r, "ASK\n");
 		raw_send(&r, "INQUIRE X\n");
 		for (int i = 0; i < 500 && a.inquires == 0; i++)
-			run_for(r.loop, 2);
+			t_run_for(r.loop, 2);
 		CHECK_EQ(weft_assuan_client_inquire_data(r.cl, "half", 4), 0);
 		CHECK_EQ(weft_req_cancel(a.req), 0);
-		CHECK(run_until(r.loop, &a.done, WAIT_MS));
+		CHECK(t_run_until(r.loop, &a.done, WAIT_MS));
 		raw_expect(&r, "D half\nCAN\n");
 		raw_send(&r, "ERR 67109141 IPC call has been cancelled <GPG Agent>\n");
 		struct tx b = {0};
 		tx_start(&b, r.cl, "NOP");
 		raw_expect(&r, "NOP\n");
 		raw_send(&r, "OK\n");
-		CHECK(run_until(r.loop, &b.done, WAIT_MS));
+		CHECK(t_run_until(r.loop, &b.done, WAIT_MS));
 		CHECK_EQ(b.answer, 0);
 	}
 	raw_close(&r);
@@ -1819,7 +1780,7 @@ static void test_cancel_queued(void)
 		tx_start(&b, p.cl, "ECHO never");
 		tx_start(&c, p.cl, "ECHO third");
 		CHECK_EQ(weft_req_cancel(b.req), 0);
-		CHECK(run_until(p.loop, &c.done, WAIT_MS));
+		CHECK(t_run_until(p.loop, &c.done, WAIT_MS));
 		CHECK_EQ(b.r, -ECANCELED);
 		CHECK_EQ(b.order, 1);
 		CHECK_EQ(a.r, 0);
@@ -1832,7 +1793,7 @@ static void test_cancel_queued(void)
 		tx_start(&e, p.cl, "ECHO dropped");
 		tx_start(&f, p.cl, "ECHO last");
 		weft_req_free(e.req);
-		CHECK(run_until(p.loop, &f.done, WAIT_MS));
+		CHECK(t_run_until(p.loop, &f.done, WAIT_MS));
 		CHECK(!e.done);
 		CHECK(f.dlen == 4 && memcmp(f.data, "last", 4) == 0);
 		CHECK(strcmp(g_srv.log, "SLEEP,ECHO,SLEEP,ECHO,") == 0);
@@ -1850,18 +1811,18 @@ static void test_timeout(void)
 		CHECK_EQ(weft_req_set_timeout(a.req, 50), 0);
 		tx_start(&b, p.cl, "ECHO after");
 		uint64_t t0 = t_now_ms();
-		CHECK(run_until(p.loop, &a.done, WAIT_MS));
+		CHECK(t_run_until(p.loop, &a.done, WAIT_MS));
 		uint64_t took = t_now_ms() - t0;
 		CHECK_EQ(a.r, -ETIMEDOUT);
 		CHECK(took >= 40 && took < 900);
-		CHECK(run_until(p.loop, &b.done, WAIT_MS));
+		CHECK(t_run_until(p.loop, &b.done, WAIT_MS));
 		CHECK_EQ(b.r, 0);
 		CHECK(b.dlen == 5 && memcmp(b.data, "after", 5) == 0);
 		/* a timeout that does not expire changes nothing */
 		struct tx c = {0};
 		tx_start(&c, p.cl, "ECHO quick");
 		CHECK_EQ(weft_req_set_timeout(c.req, 5000), 0);
-		CHECK(run_until(p.loop, &c.done, WAIT_MS));
+		CHECK(t_run_until(p.loop, &c.done, WAIT_MS));
 		CHECK_EQ(c.r, 0);
 	}
 	pair_close(&p);
@@ -1881,18 +1842,18 @@ static void test_timeout_inquire_queued(void)
 		raw_expect(&r, "ASK\n");
 		raw_send(&r, "INQUIRE KEY\n");
 		for (int i = 0; i < 500 && a.inquires == 0; i++)
-			run_for(r.loop, 2);
-		CHECK(run_until(r.loop, &b.done, WAIT_MS));
+			t_run_for(r.loop, 2);
+		CHECK(t_run_until(r.loop, &b.done, WAIT_MS));
 		CHECK_EQ(b.r, -ETIMEDOUT);
 		CHECK_EQ(weft_req_set_timeout(a.req, 30), 0);
-		CHECK(run_until(r.loop, &a.done, WAIT_MS));
+		CHECK(t_run_until(r.loop, &a.done, WAIT_MS));
 		CHECK_EQ(a.r, -ETIMEDOUT);
 		raw_expect(&r, "CAN\n");
 		raw_expect_nothing(&r, 20);
 		raw_send(&r, "ERR 67109141 IPC call has been cancelled\n");
 		raw_expect(&r, "LAST\n"); /* QUEUED was never sent */
 		raw_send(&r, "OK\n");
-		CHECK(run_until(r.loop, &c.done, WAIT_MS));
+		CHECK(t_run_until(r.loop, &c.done, WAIT_MS));
 		CHECK_EQ(c.r, 0);
 		CHECK_EQ(c.answer, 0);
 		CHECK_EQ(weft_req_set_timeout(NULL, 5) < 0, 1);
@@ -1912,7 +1873,7 @@ static void test_server_dies(void)
 		tx_start(&a, p.cl, "DIE");
 		tx_start(&b, p.cl, "NOP");
 		tx_start(&c, p.cl, "NOP");
-		CHECK(run_until(p.loop, &c.done, WAIT_MS));
+		CHECK(t_run_until(p.loop, &c.done, WAIT_MS));
 		CHECK(a.r == -EPIPE || a.r == -ECONNRESET);
 		CHECK(b.r == a.r && c.r == a.r);
 		CHECK(a.dlen == 5 && memcmp(a.data, "dying", 5) == 0);
@@ -1932,7 +1893,7 @@ static void test_server_dies(void)
 	 * fails, so does a sendfd */
 	if (pair_open(&p, NULL)) {
 		weft_assuan_conn_close(p.conn);
-		run_for(p.loop, 20);
+		t_run_for(p.loop, 20);
 		struct tx a = {0};
 		tx_run(&a, p.loop, p.cl, "NOP");
 		CHECK(a.r == -EPIPE || a.r == -ECONNRESET);
@@ -1948,10 +1909,10 @@ static void test_server_dies(void)
 		tx_start(&b, r.cl, "Y");
 		raw_expect(&r, "X\n");
 		raw_send(&r, "D partial answ");
-		run_for(r.loop, 10);
+		t_run_for(r.loop, 10);
 		close(r.fd);
 		r.fd = -1;
-		CHECK(run_until(r.loop, &b.done, WAIT_MS));
+		CHECK(t_run_until(r.loop, &b.done, WAIT_MS));
 		CHECK(a.r == -EPIPE || a.r == -ECONNRESET);
 		CHECK_EQ(b.r, a.r);
 	}
@@ -1986,7 +1947,7 @@ static void test_free_in_callback(void)
 		tx_start(&a, p.cl, "ECHO x");
 		tx_start(&b, p.cl, "ECHO y");
 		tx_start(&c, p.cl, "ECHO z");
-		CHECK(run_until(p.loop, &c.done, WAIT_MS));
+		CHECK(t_run_until(p.loop, &c.done, WAIT_MS));
 		CHECK_EQ(a.r, 0);
 		CHECK_EQ(b.r, -ECANCELED);
 		CHECK_EQ(c.r, -ECANCELED);
@@ -2001,7 +1962,7 @@ static void test_free_in_callback(void)
 			struct tx a = {.free_in_data = true, .fail = fail ? 5 : 0}, b = {0};
 			tx_start(&a, p.cl, "BLOB 5000");
 			tx_start(&b, p.cl, "NOP");
-			CHECK(run_until(p.loop, &b.done, WAIT_MS));
+			CHECK(t_run_until(p.loop, &b.done, WAIT_MS));
 			CHECK(a.done);
 			CHECK_EQ(a.r, -ECANCELED);
 			CHECK_EQ(b.r, -ECANCELED);
@@ -2017,13 +1978,13 @@ static void test_free_in_callback(void)
 			struct tx a = {.mode = INQ_WAIT, .free_in_inquire = true, .fail = fail ? 9 : 0}, b = {0};
 			tx_start(&a, p.cl, "ASK");
 			tx_start(&b, p.cl, "NOP");
-			CHECK(run_until(p.loop, &b.done, WAIT_MS));
+			CHECK(t_run_until(p.loop, &b.done, WAIT_MS));
 			CHECK(a.done);
 			CHECK_EQ(a.r, -ECANCELED);
 			CHECK_EQ(b.r, -ECANCELED);
 			CHECK_EQ(a.inquires, 1);
 			p.cl = NULL;
-			run_for(p.loop, 20);
+			t_run_for(p.loop, 20);
 			CHECK_EQ(g_srv.closes, 1); /* the server saw the end */
 		}
 		pair_close(&p);
@@ -2035,7 +1996,7 @@ static void test_free_in_callback(void)
 		struct tx a = {.cancel_in_data = true}, b = {0};
 		tx_start(&a, p.cl, "BLOB 20000");
 		tx_start(&b, p.cl, "ECHO clean");
-		CHECK(run_until(p.loop, &b.done, WAIT_MS));
+		CHECK(t_run_until(p.loop, &b.done, WAIT_MS));
 		CHECK_EQ(a.r, -ECANCELED);
 		CHECK_EQ(a.data_calls, 1);
 		CHECK_EQ(b.r, 0);
@@ -2047,7 +2008,7 @@ static void test_free_in_callback(void)
 	if (pair_open(&p, NULL)) {
 		struct tx a = {.free_req_in_data = true, .fail = 5};
 		tx_start(&a, p.cl, "BLOB 5000");
-		CHECK(run_until(p.loop, &a.done, WAIT_MS));
+		CHECK(t_run_until(p.loop, &a.done, WAIT_MS));
 		expect_ok(p.loop, p.cl, "ECHO still here");
 	}
 	pair_close(&p);
@@ -2059,7 +2020,7 @@ static void test_free_in_callback(void)
 		struct tx b = {0};
 		struct tx a = {.free_req_in_data = true, .fail = 5, .then = &b, .then_cmd = "ECHO again"};
 		tx_start(&a, p.cl, "BLOB 5000");
-		CHECK(run_until(p.loop, &b.done, WAIT_MS));
+		CHECK(t_run_until(p.loop, &b.done, WAIT_MS));
 		CHECK_EQ(b.r, 0);
 		CHECK_EQ(b.answer, 0);
 		CHECK(b.dlen == 5 && memcmp(b.data, "again", 5) == 0);
@@ -2070,7 +2031,7 @@ static void test_free_in_callback(void)
 	/* from the connect callback, at once; and a connect request freed in
 	 * its callback without taking the client */
 	for (int take = 0; take < 2; take++) {
-		weft_loop *l2 = new_loop();
+		weft_loop *l2 = t_loop_new();
 		int sv2[2];
 		REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv2) == 0);
 		CHECK_EQ(write(sv2[1], "OK hi\nOK extra\n", 15), 15);
@@ -2081,29 +2042,29 @@ static void test_free_in_callback(void)
 		static bool done2;
 		done2 = false;
 		weft_req_set_callback(r2, take ? connect_take_free : connect_drop, &done2);
-		CHECK(run_until(l2, &done2, WAIT_MS));
-		run_for(l2, 10);
+		CHECK(t_run_until(l2, &done2, WAIT_MS));
+		t_run_for(l2, 10);
 		char b[8];
 		CHECK_EQ(read(sv2[1], b, sizeof(b)), 4); /* BYE, then EOF */
 		CHECK(memcmp(b, "BYE\n", 4) == 0);
 		close(sv2[1]);
-		free_loop(l2);
+		t_loop_free(l2);
 	}
 
 	/* from the connect callback's failure path, and a free before the
 	 * greeting: the connect request completes ECANCELED */
-	weft_loop *loop = new_loop();
+	weft_loop *loop = t_loop_new();
 	int sv[2];
 	REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
 	weft_stream *s = NULL;
 	CHECK_EQ(weft_stream_new_socket(loop, sv[0], &s), 0);
 	weft_req *req = weft_assuan_client_adopt_send(loop, s);
 	REQUIRE(req != NULL);
-	run_for(loop, 10);
+	t_run_for(loop, 10);
 	weft_req_free(req); /* abandoned while reading the greeting */
-	run_for(loop, 10);
+	t_run_for(loop, 10);
 	close(sv[1]);
-	free_loop(loop);
+	t_loop_free(loop);
 }
 
 /* ---- 9. descriptors -------------------------------------------------------- */
@@ -2128,7 +2089,7 @@ static int sendfd_sync(weft_loop *loop, weft_assuan_client *cl, int fd)
 	if (req == NULL)
 		return -ENOMEM;
 	weft_req_set_callback(req, sendfd_done, &w);
-	if (!run_until(loop, &w.done, WAIT_MS))
+	if (!t_run_until(loop, &w.done, WAIT_MS))
 		return -ETIMEDOUT;
 	return w.r < 0 ? -w.err : 0;
 }
@@ -2159,7 +2120,7 @@ static void test_sendfd(void)
 		struct tx a = {0}, b = {0};
 		tx_start(&a, p.cl, "INPUT FD");
 		tx_start(&b, p.cl, "INO");
-		CHECK(run_until(p.loop, &b.done, WAIT_MS));
+		CHECK(t_run_until(p.loop, &b.done, WAIT_MS));
 		CHECK(w.done);
 		CHECK_EQ(w.r, 0);
 		close(fd);
@@ -2191,7 +2152,7 @@ static void test_sendfd(void)
 		p.cl = NULL;
 		CHECK(e.done);
 		CHECK_EQ(e.r, -ECANCELED);
-		CHECK(run_until(p.loop, &w2.done, WAIT_MS));
+		CHECK(t_run_until(p.loop, &w2.done, WAIT_MS));
 		close(fd);
 		unlink(path);
 	}
@@ -2217,7 +2178,7 @@ static void test_sendfd_order(void)
 	raw_expect(&r, "ASK\n");
 	raw_send(&r, "INQUIRE BIG\n");
 	for (int i = 0; i < 500 && a.inquires == 0; i++)
-		run_for(r.loop, 2);
+		t_run_for(r.loop, 2);
 	CHECK_EQ(a.inquires, 1);
 	char path[128];
 	int fd = make_file("ordered", "o", path, sizeof(path));
@@ -2255,7 +2216,7 @@ static void test_sendfd_order(void)
 		}
 		len += (size_t)k;
 	}
-	CHECK(run_until(r.loop, &w.done, WAIT_MS));
+	CHECK(t_run_until(r.loop, &w.done, WAIT_MS));
 	CHECK_EQ(w.r, 0);
 	/* everything before the marker line is the D lines and END */
 	char *marker = memmem(in, len, "# descriptor", 12);
@@ -2286,7 +2247,7 @@ static void test_sendfd_order(void)
 		close(got);
 	}
 	raw_send(&r, "OK\n");
-	CHECK(run_until(r.loop, &a.done, WAIT_MS));
+	CHECK(t_run_until(r.loop, &a.done, WAIT_MS));
 	CHECK_EQ(a.answer, 0);
 	close(fd);
 	unlink(path);
@@ -2397,7 +2358,7 @@ static void on_exit_free(pid_t pid, int wstatus, void *data)
  * an inherited descriptor named by number. */
 static void test_pipe_self(void)
 {
-	weft_loop *loop = new_loop();
+	weft_loop *loop = t_loop_new();
 	char path[128];
 	int fd = make_file("inherited", "x", path, sizeof(path));
 	REQUIRE(fd >= 0);
@@ -2428,14 +2389,14 @@ static void test_pipe_self(void)
 		struct exit_wait w = {0};
 		CHECK_EQ(weft_assuan_client_on_exit(cl, on_exit_cb, &w), 0);
 		expect_ok(loop, cl, "BYE");
-		CHECK(run_until(loop, &w.done, WAIT_MS));
+		CHECK(t_run_until(loop, &w.done, WAIT_MS));
 		CHECK_EQ(w.pid, pid);
 		CHECK(WIFEXITED(w.wstatus) && WEXITSTATUS(w.wstatus) == 7);
 		/* on_exit after the exit: posted, at once */
 		struct exit_wait w2 = {0};
 		CHECK_EQ(weft_assuan_client_on_exit(cl, on_exit_cb, &w2), 0);
 		CHECK(!w2.done);
-		CHECK(run_until(loop, &w2.done, WAIT_MS));
+		CHECK(t_run_until(loop, &w2.done, WAIT_MS));
 		CHECK_EQ(w2.wstatus, w.wstatus);
 		weft_assuan_client_free(cl);
 	}
@@ -2449,7 +2410,7 @@ static void test_pipe_self(void)
 		struct exit_wait w = {0};
 		CHECK_EQ(weft_assuan_client_on_exit(cl, on_exit_cb, &w), 0);
 		weft_assuan_client_free(cl);
-		CHECK(run_until(loop, &w.done, WAIT_MS));
+		CHECK(t_run_until(loop, &w.done, WAIT_MS));
 		CHECK_EQ(w.pid, pid);
 		CHECK(WIFEXITED(w.wstatus) && WEXITSTATUS(w.wstatus) == 3);
 	}
@@ -2463,12 +2424,12 @@ static void test_pipe_self(void)
 		struct tx a = {0}, b = {0};
 		tx_start(&a, cl, "SLEEP 5000");
 		tx_start(&b, cl, "NOP");
-		run_for(loop, 20);
+		t_run_for(loop, 20);
 		kill(pid, SIGKILL);
-		CHECK(run_until(loop, &b.done, WAIT_MS));
+		CHECK(t_run_until(loop, &b.done, WAIT_MS));
 		CHECK(a.r == -EPIPE || a.r == -ECONNRESET);
 		CHECK_EQ(b.r, a.r);
-		CHECK(run_until(loop, &w.done, WAIT_MS));
+		CHECK(t_run_until(loop, &w.done, WAIT_MS));
 		CHECK(WIFSIGNALED(w.wstatus) && WTERMSIG(w.wstatus) == SIGKILL);
 		weft_assuan_client_free(cl);
 	}
@@ -2498,15 +2459,15 @@ static void test_pipe_self(void)
 				char *rp = strrchr(buf, ')');
 				if (rp && rp[2] == 'Z')
 					break;
-				run_for(loop, 5);
+				t_run_for(loop, 5);
 			}
-			run_for(loop, 20); /* the reaper sees it */
+			t_run_for(loop, 20); /* the reaper sees it */
 			CHECK_EQ(weft_assuan_client_on_exit(cl, on_exit_free, &f), 0);
 		}
-		CHECK(run_until(loop, &f.w.done, WAIT_MS));
+		CHECK(t_run_until(loop, &f.w.done, WAIT_MS));
 		CHECK(f.cl == NULL);
 		CHECK(WIFEXITED(f.w.wstatus) && WEXITSTATUS(f.w.wstatus) == 0);
-		run_for(loop, 10);
+		t_run_for(loop, 10);
 	}
 	/* a program that does not exist */
 	const char *nope[] = {"/nonexistent/weft-no-such-server", NULL};
@@ -2542,7 +2503,7 @@ static void test_pipe_self(void)
 	CHECK(t_now_ms() - t0 < 10000);
 	CHECK_EQ(other_children(), 0);
 	unlink(path);
-	free_loop(loop);
+	t_loop_free(loop);
 }
 
 /* A pipe server gets stdin, stdout, stderr and the descriptors it is
@@ -2554,7 +2515,7 @@ static void test_pipe_self(void)
  * libassuan's fork/exec does. */
 static void test_pipe_fds(void)
 {
-	weft_loop *loop = new_loop();
+	weft_loop *loop = t_loop_new();
 	char path[128];
 	int fd = make_file("inherited2", "x", path, sizeof(path));
 	REQUIRE(fd >= 0);
@@ -2588,14 +2549,14 @@ static void test_pipe_fds(void)
 			struct exit_wait w = {0};
 			CHECK_EQ(weft_assuan_client_on_exit(cl, on_exit_cb, &w), 0);
 			weft_assuan_client_free(cl); /* EOF: read returns, sh exits */
-			CHECK(run_until(loop, &w.done, WAIT_MS));
+			CHECK(t_run_until(loop, &w.done, WAIT_MS));
 			CHECK(WIFEXITED(w.wstatus));
 		}
 	}
 	close(extra);
 	close(fd);
 	unlink(path);
-	free_loop(loop);
+	t_loop_free(loop);
 	CHECK_EQ(other_children(), 0);
 }
 
@@ -2634,7 +2595,7 @@ static int no_pidfd_child(void)
 		return 14;
 	struct tx bye = {0};
 	tx_run(&bye, loop, cl, "BYE");
-	if (!run_until(loop, &w.done, WAIT_MS) || w.pid != pid || !WIFEXITED(w.wstatus) || WEXITSTATUS(w.wstatus) != 5)
+	if (!t_run_until(loop, &w.done, WAIT_MS) || w.pid != pid || !WIFEXITED(w.wstatus) || WEXITSTATUS(w.wstatus) != 5)
 		return 15;
 	weft_assuan_client_free(cl);
 	/* a connect that times out: the child is stopped and reaped */
@@ -2876,7 +2837,7 @@ static weft_assuan_client *agent_connect(weft_loop *loop)
 static void test_agent_basics(void)
 {
 	REQUIRE(g_have_agent);
-	weft_loop *loop = new_loop();
+	weft_loop *loop = t_loop_new();
 	weft_assuan_client *cl = agent_connect(loop);
 	if (cl != NULL) {
 		CHECK(agent_greeting_ok(weft_assuan_client_greeting(cl), g_agent_pid));
@@ -2956,13 +2917,13 @@ static void test_agent_basics(void)
 		tx_start(&q2, cl, "GETINFO pid");
 		tx_start(&q3, cl, "NOP");
 		CHECK_EQ(weft_req_cancel(q2.req), 0);
-		CHECK(run_until(loop, &q3.done, WAIT_MS));
+		CHECK(t_run_until(loop, &q3.done, WAIT_MS));
 		CHECK_EQ(q1.answer, 0);
 		CHECK_EQ(q2.r, -ECANCELED);
 		CHECK_EQ(q3.answer, 0);
 		weft_assuan_client_free(cl);
 	}
-	free_loop(loop);
+	t_loop_free(loop);
 }
 
 /* Two canonical public-key S-expressions are the same key: equal up to
@@ -2994,7 +2955,7 @@ static bool same_public_key(const unsigned char *a, size_t an, const unsigned ch
 static void test_agent_genkey(void)
 {
 	REQUIRE(g_have_agent);
-	weft_loop *loop = new_loop();
+	weft_loop *loop = t_loop_new();
 	weft_assuan_client *cl = agent_connect(loop);
 	if (cl != NULL) {
 		static const char params[] = "(genkey(ecc(curve 7:Ed25519)(flags eddsa)))";
@@ -3075,10 +3036,10 @@ static void test_agent_genkey(void)
 		w->mode = INQ_WAIT;
 		tx_start(w, cl, "GENKEY --no-protection");
 		for (int i = 0; i < 2000 && w->inquires == 0; i++)
-			run_for(loop, 5);
+			t_run_for(loop, 5);
 		CHECK_EQ(w->inquires, 1);
 		CHECK_EQ(weft_req_cancel(w->req), 0);
-		CHECK(run_until(loop, &w->done, WAIT_MS));
+		CHECK(t_run_until(loop, &w->done, WAIT_MS));
 		CHECK_EQ(w->r, -ECANCELED);
 		expect_ok(loop, cl, "NOP");
 		struct tx n = {0};
@@ -3092,7 +3053,7 @@ static void test_agent_genkey(void)
 		free(w);
 		weft_assuan_client_free(cl);
 	}
-	free_loop(loop);
+	t_loop_free(loop);
 }
 
 /* gpg-agent --server as a pipe server: over pipes, and over a socketpair
@@ -3104,7 +3065,7 @@ static void test_agent_pipe(void)
 	REQUIRE(mkdir(home, 0700) == 0);
 	const char *argv[] = {"gpg-agent", "--homedir", home, "--server", NULL};
 	for (int fdp = 0; fdp < 2; fdp++) {
-		weft_loop *loop = new_loop();
+		weft_loop *loop = t_loop_new();
 		int err = 0;
 		weft_req *req = weft_assuan_pipe_connect_send(loop, argv, NULL, 0, fdp ? WEFT_ASSUAN_PIPE_FDPASSING : 0);
 		if (req)
@@ -3143,12 +3104,12 @@ static void test_agent_pipe(void)
 			tx_run(&bye, loop, cl, "BYE");
 			CHECK_EQ(bye.answer, 0);
 			CHECK(strcmp(bye.okay, "closing connection") == 0);
-			CHECK(run_until(loop, &w.done, WAIT_MS));
+			CHECK(t_run_until(loop, &w.done, WAIT_MS));
 			CHECK_EQ(w.pid, cpid);
 			CHECK(WIFEXITED(w.wstatus) && WEXITSTATUS(w.wstatus) == 0);
 			weft_assuan_client_free(cl);
 		}
-		free_loop(loop);
+		t_loop_free(loop);
 		CHECK_EQ(other_children(), 0);
 	}
 }

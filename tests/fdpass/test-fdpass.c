@@ -43,45 +43,6 @@ static void *volatile g_keep[4];
 
 /* ---- helpers ------------------------------------------------------------------ */
 
-static weft_loop *new_loop(void)
-{
-	weft_loop *loop = NULL;
-	CHECK_EQ(weft_loop_new(&loop), 0);
-	return loop;
-}
-
-static void free_loop(weft_loop *loop)
-{
-	int r = -EBUSY;
-	for (int i = 0; i < 100 && (r = weft_loop_free(loop)) == -EBUSY; i++)
-		weft_loop_run(loop, WEFT_RUN_NOWAIT);
-	CHECK_EQ(r, 0);
-}
-
-static void tick(weft_timer *t, void *data)
-{
-	(void)t;
-	(void)data;
-}
-
-/* Run the loop until *flag becomes true or ms pass. */
-static bool run_until(weft_loop *loop, const bool *flag, unsigned ms)
-{
-	weft_timer *t = NULL;
-	if (weft_timer_new(loop, tick, NULL, &t) == 0)
-		weft_timer_start(t, 20, 20);
-	uint64_t end = t_now_ms() + ms;
-	while (!*flag && t_now_ms() < end)
-		weft_loop_run(loop, WEFT_RUN_ONCE);
-	weft_timer_free(t);
-	return *flag;
-}
-
-static void run_for(weft_loop *loop, unsigned ms)
-{
-	bool never = false;
-	run_until(loop, &never, ms);
-}
 
 static void abstract_addr(weft_addr *a, const char *name)
 {
@@ -753,7 +714,7 @@ static void close_server(struct srv_ctx *x)
 {
 	x->closed = false;
 	weft_fdpass_server_close(x->srv, srv_closed, x);
-	CHECK(run_until(x->loop, &x->closed, 2000));
+	CHECK(t_run_until(x->loop, &x->closed, 2000));
 }
 
 static weft_fdpass_client *connect_client(weft_loop *loop, const weft_addr *addr)
@@ -788,7 +749,7 @@ static int request_sync(weft_fdpass_client *c, const char *text, const int *fds,
 
 static void test_request_response(void)
 {
-	weft_loop *loop = new_loop();
+	weft_loop *loop = t_loop_new();
 	struct srv_ctx x = {0};
 	weft_addr addr;
 	REQUIRE(start_server(&x, loop, &addr, NULL) != NULL);
@@ -818,7 +779,7 @@ static void test_request_response(void)
 	CHECK_EQ(x.requests, 1);
 	CHECK_EQ(x.peer.pid, getpid());
 	CHECK_EQ(x.peer.uid, getuid());
-	run_for(loop, 5);
+	t_run_for(loop, 5);
 	CHECK_EQ(x.posts, 1);
 	CHECK_EQ(x.post_errs, 0);
 
@@ -839,7 +800,7 @@ static void test_request_response(void)
 	CHECK_EQ(m.len, 0);
 	CHECK(m.buf == NULL && m.fds == NULL);
 	weft_fdpass_msg_clear(&m);
-	run_for(loop, 5);
+	t_run_for(loop, 5);
 	CHECK_EQ(x.posts, 3);
 	CHECK_EQ(x.errors, 0);
 
@@ -884,7 +845,7 @@ static void test_request_response(void)
 	close(p[0]);
 	close(p[1]);
 	close(file);
-	free_loop(loop);
+	t_loop_free(loop);
 }
 
 /* 200 requests in flight; the server answers them in reverse order; the
@@ -918,7 +879,7 @@ static void pipelined_done(weft_req *req, void *data)
 
 static void test_pipelined_out_of_order(void)
 {
-	weft_loop *loop = new_loop();
+	weft_loop *loop = t_loop_new();
 	struct srv_ctx x = {0};
 	weft_addr addr;
 	weft_fdpass_limits lim = {.max_pending = 256};
@@ -956,11 +917,11 @@ static void test_pipelined_out_of_order(void)
 	CHECK_EQ(pc.done, N);
 	CHECK_EQ(pc.in_order, N);
 	CHECK_EQ(weft_fdpass_client_pending(c), 0);
-	run_for(loop, 5);
+	t_run_for(loop, 5);
 	CHECK_EQ(x.posts, N);
 	weft_fdpass_client_free(c);
 	close_server(&x);
-	free_loop(loop);
+	t_loop_free(loop);
 }
 
 /* Back-pressure: with max_pending 4 the server holds at most 4 calls of a
@@ -968,7 +929,7 @@ static void test_pipelined_out_of_order(void)
  * reading until all 50 are done. */
 static void test_back_pressure(void)
 {
-	weft_loop *loop = new_loop();
+	weft_loop *loop = t_loop_new();
 	struct srv_ctx x = {0};
 	weft_addr addr;
 	weft_fdpass_limits lim = {.max_pending = 4};
@@ -992,7 +953,7 @@ static void test_back_pressure(void)
 	uint64_t end = t_now_ms() + 5000;
 	while (pc.done < N && t_now_ms() < end) {
 		weft_loop_run(loop, WEFT_RUN_NOWAIT);
-		run_for(loop, 2);
+		t_run_for(loop, 2);
 		if (x.nheld > most)
 			most = x.nheld;
 		for (int i = x.nheld - 1; i >= 0; i--) {
@@ -1021,7 +982,7 @@ static void test_back_pressure(void)
 	most = 0;
 	end = t_now_ms() + 5000;
 	while (answered < 20 && t_now_ms() < end) {
-		run_for(loop, 2);
+		t_run_for(loop, 2);
 		if (x.nheld > most)
 			most = x.nheld;
 		for (int i = 0; i < x.nheld; i++)
@@ -1031,7 +992,7 @@ static void test_back_pressure(void)
 	}
 	CHECK_EQ(answered, 20);
 	CHECK_EQ(most, 4);
-	run_for(loop, 20); /* the last responses go out, the server closes */
+	t_run_for(loop, 20); /* the last responses go out, the server closes */
 	CHECK_EQ(weft_fdpass_server_connections(x.srv), 0);
 	char buf[8];
 	int got = 0;
@@ -1041,11 +1002,11 @@ static void test_back_pressure(void)
 	CHECK_EQ(got, 20);
 	CHECK_EQ(rr, -EPIPE);
 	close(fd);
-	run_for(loop, 10);
+	t_run_for(loop, 10);
 	CHECK_EQ(x.errors, 0);
 	CHECK_EQ(weft_fdpass_server_connections(x.srv), 0);
 	close_server(&x);
-	free_loop(loop);
+	t_loop_free(loop);
 }
 
 /* A timeout: the request fails with ETIMEDOUT; the late answer (with a
@@ -1053,7 +1014,7 @@ static void test_back_pressure(void)
  * on. */
 static void test_timeout(void)
 {
-	weft_loop *loop = new_loop();
+	weft_loop *loop = t_loop_new();
 	struct srv_ctx x = {0};
 	weft_addr addr;
 	REQUIRE(start_server(&x, loop, &addr, NULL) != NULL);
@@ -1088,7 +1049,7 @@ static void test_timeout(void)
 	CHECK_EQ(weft_req_wait(req), 0);
 	CHECK_EQ(weft_fdpass_request_recv(req, NULL, &e, NULL), -ETIMEDOUT);
 	weft_req_free(req);
-	run_for(loop, 5);
+	t_run_for(loop, 5);
 	CHECK_EQ(x.nheld, 1);
 	CHECK_EQ(weft_fdpass_call_fail(x.held[0], EIO), 0);
 	x.nheld = 0;
@@ -1099,7 +1060,7 @@ static void test_timeout(void)
 	weft_fdpass_client_free(c);
 	close_server(&x);
 	close(file);
-	free_loop(loop);
+	t_loop_free(loop);
 }
 
 /* A large request with a descriptor meets a full socket: it goes out in
@@ -1109,7 +1070,7 @@ static void test_timeout(void)
  * next request follows it. */
 static void test_partial_write(void)
 {
-	weft_loop *loop = new_loop();
+	weft_loop *loop = t_loop_new();
 	int sv[2];
 	REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
 	weft_fdpass_client *c = NULL;
@@ -1162,14 +1123,14 @@ static void test_partial_write(void)
 	weft_req_free(req2);
 	weft_fdpass_client_free(c);
 	free(payload);
-	free_loop(loop);
+	t_loop_free(loop);
 }
 
 /* Graceful close: a call in progress is still answered and its response
  * delivered; then the connection closes; the close callback comes last. */
 static void test_server_close_graceful(void)
 {
-	weft_loop *loop = new_loop();
+	weft_loop *loop = t_loop_new();
 	struct srv_ctx x = {0};
 	weft_addr addr;
 	REQUIRE(start_server(&x, loop, &addr, NULL) != NULL);
@@ -1188,7 +1149,7 @@ static void test_server_close_graceful(void)
 	CHECK_EQ(weft_req_wait(creq), 0);
 	CHECK_EQ(weft_fdpass_connect_recv(creq, NULL, NULL), -ECONNREFUSED);
 	weft_req_free(creq);
-	run_for(loop, 20);
+	t_run_for(loop, 20);
 	CHECK(!x.closed); /* the call is still open */
 	CHECK(weft_req_is_in_progress(req));
 	CHECK_EQ(weft_fdpass_call_reply(x.held[0], "done", 4, NULL, 0, NULL), 0);
@@ -1199,7 +1160,7 @@ static void test_server_close_graceful(void)
 	CHECK(m.len == 4 && memcmp(m.buf, "done", 4) == 0);
 	weft_fdpass_msg_clear(&m);
 	weft_req_free(req);
-	CHECK(run_until(loop, &x.closed, 2000));
+	CHECK(t_run_until(loop, &x.closed, 2000));
 	CHECK_EQ(x.posts, 1);
 	/* the connection is gone: the next request fails */
 	weft_fdpass_error e;
@@ -1215,10 +1176,10 @@ static void test_server_close_graceful(void)
 	REQUIRE(c != NULL);
 	CHECK_EQ(request_sync(c, "last", NULL, 0, &m, &e), 0);
 	weft_fdpass_msg_clear(&m);
-	run_for(loop, 20);
+	t_run_for(loop, 20);
 	CHECK_EQ(y.posts, 1);
 	weft_fdpass_client_free(c);
-	free_loop(loop);
+	t_loop_free(loop);
 }
 
 /* client_free with requests waiting: they complete with ECANCELED; and
@@ -1251,7 +1212,7 @@ static void free_in_cb(weft_req *req, void *data)
 
 static void test_client_free(void)
 {
-	weft_loop *loop = new_loop();
+	weft_loop *loop = t_loop_new();
 	struct srv_ctx x = {0};
 	weft_addr addr;
 	REQUIRE(start_server(&x, loop, &addr, NULL) != NULL);
@@ -1261,15 +1222,15 @@ static void test_client_free(void)
 	x.hold = true;
 	for (int i = 0; i < 5; i++)
 		weft_req_set_callback(weft_fdpass_request_send(f.c, "w", 1, NULL, 0), canceled_cb, &f);
-	run_for(loop, 10);
+	t_run_for(loop, 10);
 	weft_fdpass_client_free(f.c);
 	CHECK_EQ(f.done, 0); /* not inside client_free */
-	run_for(loop, 10);
+	t_run_for(loop, 10);
 	CHECK_EQ(f.done, 5);
 	CHECK_EQ(f.canceled, 5);
 	/* the server sees the end of the requests; the first answer finds the
 	 * peer gone (its post handler hears EPIPE), later ones are refused */
-	run_for(loop, 10);
+	t_run_for(loop, 10);
 	CHECK_EQ(x.nheld, 5);
 	int queued = 0;
 	for (int i = 0; i < x.nheld; i++) {
@@ -1278,7 +1239,7 @@ static void test_client_free(void)
 		queued += r == 0;
 	}
 	x.nheld = 0;
-	run_for(loop, 10);
+	t_run_for(loop, 10);
 	CHECK(queued >= 1);
 	CHECK_EQ(x.posts, queued);
 	CHECK_EQ(x.post_errs, queued);
@@ -1300,14 +1261,14 @@ static void test_client_free(void)
 	CHECK_EQ(f.done, 3);
 	CHECK_EQ(f.canceled, 2);
 	close_server(&x);
-	free_loop(loop);
+	t_loop_free(loop);
 }
 
 /* Paths: a live server's path is refused; a stale file only replaced when
  * asked; the file is removed on close. */
 static void test_paths(void)
 {
-	weft_loop *loop = new_loop();
+	weft_loop *loop = t_loop_new();
 	weft_addr addr;
 	path_addr(&addr, "live");
 	struct srv_ctx x = {0};
@@ -1365,7 +1326,7 @@ static void test_paths(void)
 	CHECK_EQ(weft_req_wait(req), 0);
 	CHECK_EQ(weft_fdpass_connect_recv(req, NULL, NULL), -ENOENT);
 	weft_req_free(req);
-	free_loop(loop);
+	t_loop_free(loop);
 }
 
 /* A raw peer misbehaves towards the server: each case ends in the error
@@ -1400,7 +1361,7 @@ static void expect_server_error(struct srv_ctx *x, int fd, int err, weft_fdpass_
 
 static void test_server_bad_peers(void)
 {
-	weft_loop *loop = new_loop();
+	weft_loop *loop = t_loop_new();
 	struct srv_ctx x = {0};
 	weft_addr addr;
 	weft_fdpass_limits lim = {.max_fds = 2, .max_payload = 100};
@@ -1442,7 +1403,7 @@ static void test_server_bad_peers(void)
 	uint8_t msg[WEFT__FDP_HDR + 10] = {0};
 	weft__fdp_put_header(msg, &(struct weft__fdp_hdr){.type = WEFT__FDP_REQUEST, .nfds = 1, .len = 10, .seq = 1});
 	CHECK_EQ(weft__fdp_sendmsg(fd, msg, WEFT__FDP_HDR + 4, &file, 1), WEFT__FDP_HDR + 4);
-	run_for(loop, 10);
+	t_run_for(loop, 10);
 	close(fd);
 	expect_server_error(&x, -1, EPIPE, WEFT_FDPASS_OP_EOF);
 
@@ -1453,7 +1414,7 @@ static void test_server_bad_peers(void)
 		CHECK_EQ(weft_fdpass_send(fd, "gone", 4, NULL, 0, 1000), 0);
 		close(fd);
 	}
-	run_for(loop, 30);
+	t_run_for(loop, 30);
 	CHECK_EQ(x.intact_after_reply, 3);
 
 	/* a clean close between messages is no error; requests before it
@@ -1462,17 +1423,17 @@ static void test_server_bad_peers(void)
 	fd = raw_connect(&addr);
 	CHECK_EQ(weft_fdpass_send(fd, "ok", 2, NULL, 0, 1000), 0);
 	shutdown(fd, SHUT_WR);
-	run_for(loop, 30);
+	t_run_for(loop, 30);
 	char buf[16];
 	CHECK_EQ(weft_fdpass_recv(fd, buf, sizeof(buf), NULL, NULL, 1000), 2);
 	CHECK_EQ(weft_fdpass_recv(fd, buf, sizeof(buf), NULL, NULL, 1000), -EPIPE);
 	close(fd);
-	run_for(loop, 10);
+	t_run_for(loop, 10);
 	CHECK_EQ(x.errors, 0);
 	CHECK_EQ(weft_fdpass_server_connections(x.srv), 0);
 	close_server(&x);
 	close(file);
-	free_loop(loop);
+	t_loop_free(loop);
 }
 
 /* A raw server misbehaves towards the client (socketpair + forked peer). */
@@ -1541,7 +1502,7 @@ static void test_client_bad_servers(void)
 		int fd = -1;
 		pid_t pid = fork_raw_server(&fd, cases[i].mode); /* before the loop: the child holds none */
 		REQUIRE(pid > 0);
-		weft_loop *loop = new_loop();
+		weft_loop *loop = t_loop_new();
 		weft_fdpass_client *c = NULL;
 		CHECK_EQ(weft_fdpass_client_new(loop, fd, &c), 0);
 		CHECK_EQ(weft_fdpass_client_set_limits(c, &(weft_fdpass_limits){.max_fds = 1}), 0);
@@ -1560,7 +1521,7 @@ static void test_client_bad_servers(void)
 		CHECK_EQ(request_sync(c, "more", NULL, 0, &m, &e), -ENOTCONN);
 		weft_fdpass_client_free(c);
 		CHECK_EQ(wait_child(pid), 0);
-		free_loop(loop);
+		t_loop_free(loop);
 	}
 }
 
@@ -1731,7 +1692,7 @@ static void test_10000_transfers(void)
 	CHECK_EQ(weft_addr_parse(addr_text, &addr), 0);
 	pid_t pid = spawn_child_server(addr_text);
 	REQUIRE(pid > 0);
-	weft_loop *loop = new_loop();
+	weft_loop *loop = t_loop_new();
 	struct xfer x = {.total = 10000, .window = 8};
 	x.file = open(g_file, O_RDONLY | O_CLOEXEC);
 	x.c = connect_client(loop, &addr);
@@ -1759,7 +1720,7 @@ static void test_10000_transfers(void)
 	}
 	CHECK_EQ(wait_child(pid), 0);
 	close(x.file);
-	free_loop(loop);
+	t_loop_free(loop);
 }
 
 /* The same server and client on a loop driven by hand (the external
@@ -1906,11 +1867,11 @@ static void test_server_killed(void)
 	CHECK_EQ(weft_addr_parse(addr_text, &addr), 0);
 	pid_t pid = spawn_child_server(addr_text);
 	REQUIRE(pid > 0);
-	weft_loop *loop = new_loop();
+	weft_loop *loop = t_loop_new();
 	weft_fdpass_client *c = connect_client(loop, &addr);
 	if (c != NULL) {
 		weft_req *req = weft_fdpass_request_send(c, "hang", 4, NULL, 0);
-		run_for(loop, 30);
+		t_run_for(loop, 30);
 		CHECK(weft_req_is_in_progress(req));
 		kill(pid, SIGKILL);
 		CHECK_EQ(weft_req_wait(req), 0);
@@ -1922,14 +1883,14 @@ static void test_server_killed(void)
 		weft_fdpass_client_free(c);
 	}
 	CHECK_EQ(wait_child(pid), 128 + SIGKILL);
-	free_loop(loop);
+	t_loop_free(loop);
 }
 
 /* max_connections: the third client waits in the backlog until one of
  * the first two leaves; adopt refuses at the limit. */
 static void test_max_connections(void)
 {
-	weft_loop *loop = new_loop();
+	weft_loop *loop = t_loop_new();
 	struct srv_ctx x = {0};
 	weft_addr addr;
 	REQUIRE(start_server(&x, loop, &addr, &(weft_fdpass_limits){.max_connections = 2}) != NULL);
@@ -1949,7 +1910,7 @@ static void test_max_connections(void)
 	CHECK_EQ(weft_fdpass_server_adopt(x.srv, sv[0]), -EBUSY); /* sv[0] closed */
 	close(sv[1]);
 	weft_req *req = weft_fdpass_request_send(c, "c", 1, NULL, 0);
-	run_for(loop, 50);
+	t_run_for(loop, 50);
 	CHECK(weft_req_is_in_progress(req));
 	weft_fdpass_client_free(a);
 	CHECK_EQ(weft_req_wait(req), 0);
@@ -1957,7 +1918,7 @@ static void test_max_connections(void)
 	weft_req_free(req);
 	/* adopt: a socketpair end served like an accepted connection */
 	weft_fdpass_client_free(b);
-	run_for(loop, 20);
+	t_run_for(loop, 20);
 	REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
 	CHECK_EQ(weft_fdpass_server_adopt(x.srv, sv[0]), 0);
 	weft_fdpass_client *d = NULL;
@@ -1968,7 +1929,7 @@ static void test_max_connections(void)
 	weft_fdpass_client_free(d);
 	weft_fdpass_client_free(c);
 	close_server(&x);
-	free_loop(loop);
+	t_loop_free(loop);
 }
 
 /* ---- main -------------------------------------------------------------------------------- */

@@ -131,40 +131,6 @@ static int make_certificates(void)
 
 /* ---- loops --------------------------------------------------------------------- */
 
-static weft_loop *new_loop(void)
-{
-	weft_loop *loop = NULL;
-	CHECK_EQ(weft_loop_new(&loop), 0);
-	return loop;
-}
-
-static void free_loop(weft_loop *loop)
-{
-	int r = -EBUSY;
-	for (int i = 0; i < 200 && (r = weft_loop_free(loop)) == -EBUSY; i++)
-		weft_loop_run(loop, WEFT_RUN_NOWAIT);
-	CHECK_EQ(r, 0);
-}
-
-static void tick(weft_timer *t, void *data)
-{
-	(void)t;
-	(void)data;
-}
-
-/* Run until *flag (or *count >= n) or ms pass; a timer keeps it from
- * blocking for good. */
-static bool run_until(weft_loop *loop, const int *count, int n, unsigned ms)
-{
-	weft_timer *t = NULL;
-	if (weft_timer_new(loop, tick, NULL, &t) == 0)
-		weft_timer_start(t, 20, 20);
-	uint64_t end = t_now_ms() + ms;
-	while (*count < n && t_now_ms() < end)
-		weft_loop_run(loop, WEFT_RUN_ONCE);
-	weft_timer_free(t);
-	return *count >= n;
-}
 
 /* ---- request helpers --------------------------------------------------------- */
 
@@ -194,7 +160,7 @@ static int handshake(weft_loop *loop, weft_stream *s, unsigned timeout_ms)
 	if (timeout_ms)
 		weft_req_set_timeout(req, timeout_ms);
 	weft_req_set_callback(req, on_simple, &d);
-	if (!run_until(loop, &d.count, 1, 20000))
+	if (!t_run_until_count(loop, &d.count, 1, 20000))
 		return -1;
 	return d.err;
 }
@@ -210,7 +176,7 @@ static void handshake2(weft_loop *loop, weft_stream *a, weft_stream *b, int *ea,
 	int both = 0;
 	uint64_t end = t_now_ms() + 20000;
 	while ((da.count == 0 || db.count == 0) && t_now_ms() < end)
-		run_until(loop, &both, 1, 50);
+		t_run_until_count(loop, &both, 1, 50);
 	*ea = da.count ? da.err : -1;
 	*eb = db.count ? db.err : -1;
 }
@@ -249,7 +215,7 @@ static int write_all(weft_loop *loop, weft_stream *s, const void *buf, size_t le
 	struct iovec iov = {(void *)buf, len};
 	weft_req *req = weft_stream_writev_send(s, &iov, 1);
 	weft_req_set_callback(req, on_write, &d);
-	if (!run_until(loop, &d.count, 1, 20000))
+	if (!t_run_until_count(loop, &d.count, 1, 20000))
 		return -1;
 	return d.err;
 }
@@ -264,7 +230,7 @@ static ssize_t read_n(weft_loop *loop, weft_stream *s, char *out, size_t want, u
 		struct xfer *x = calloc(1, sizeof(*x));
 		weft_req *req = weft_stream_read_send(s, x->buf, sizeof(x->buf));
 		weft_req_set_callback(req, on_read, x);
-		if (!run_until(loop, &x->count, 1, (unsigned)(end - t_now_ms() + 1))) {
+		if (!t_run_until_count(loop, &x->count, 1, (unsigned)(end - t_now_ms() + 1))) {
 			weft_req_free(req);
 			free(x);
 			break;
@@ -489,7 +455,7 @@ static void test_client_gnutls_serv(void)
 		CHECK(!"gnutls-serv did not start");
 		return;
 	}
-	weft_loop *loop = new_loop();
+	weft_loop *loop = t_loop_new();
 	weft_tls_config *cc = client_cfg();
 	const char *alpn[] = {"weft/1"};
 	CHECK_EQ(weft_tls_config_set_alpn(cc, alpn, 1), 0);
@@ -518,7 +484,7 @@ static void test_client_gnutls_serv(void)
 		weft_stream_close(s, NULL, NULL);
 	}
 	weft_tls_config_unref(cc);
-	free_loop(loop);
+	t_loop_free(loop);
 	kill_reap(pid);
 }
 
@@ -536,7 +502,7 @@ static void test_client_openssl_server(void)
 		CHECK(!"openssl s_server did not start");
 		return;
 	}
-	weft_loop *loop = new_loop();
+	weft_loop *loop = t_loop_new();
 	weft_tls_config *cc = client_cfg();
 	CHECK_EQ(weft_tls_config_set_priority(cc, "NORMAL:-VERS-ALL:+VERS-TLS1.2"), 0);
 	weft_stream *tcp = tcp_connect(loop, port);
@@ -553,7 +519,7 @@ static void test_client_openssl_server(void)
 		weft_stream_close(s, NULL, NULL);
 	}
 	weft_tls_config_unref(cc);
-	free_loop(loop);
+	t_loop_free(loop);
 	kill_reap(pid);
 }
 
@@ -659,7 +625,7 @@ static void srv_accept(weft_listener *l, weft_stream *stream, const weft_addr *p
  * sends close_notify and collects what the client sends until EOF. */
 static int serve_one(struct srv *v, char **argv, const char *in_text, const char *out_name)
 {
-	v->loop = new_loop();
+	v->loop = t_loop_new();
 	weft_addr a;
 	CHECK_EQ(weft_addr_parse("tcp:127.0.0.1:0", &a), 0);
 	weft_listener *l = NULL;
@@ -679,12 +645,12 @@ static int serve_one(struct srv *v, char **argv, const char *in_text, const char
 	write_file("stdin.txt", in_text);
 	pid_t pid = spawn(argv, P("stdin.txt"), P(out_name));
 	CHECK(pid > 0);
-	run_until(v->loop, &v->done, 1, 15000);
+	t_run_until_count(v->loop, &v->done, 1, 15000);
 	CHECK_EQ(v->accepted, 1);
 	int status = reap(pid, v->reap_ms ? v->reap_ms : 5000);
 	weft_stream_close(v->s, NULL, NULL);
 	weft_listener_free(l);
-	free_loop(v->loop);
+	t_loop_free(v->loop);
 	weft_tls_config_unref(v->cfg);
 	return status;
 }
@@ -834,7 +800,7 @@ static weft_stream *tr_new(weft_loop *loop, int fd, bool one_byte, struct tr **r
 
 static void test_one_byte_transport(void)
 {
-	weft_loop *loop = new_loop();
+	weft_loop *loop = t_loop_new();
 	int sv[2];
 	CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
 	weft_tls_config *cc = client_cfg(), *sc = server_cfg();
@@ -858,13 +824,13 @@ static void test_one_byte_transport(void)
 	weft_stream_close(s, NULL, NULL);
 	weft_tls_config_unref(cc);
 	weft_tls_config_unref(sc);
-	free_loop(loop);
+	t_loop_free(loop);
 }
 
 /* Implicit handshake: no handshake request, the first read/write runs it. */
 static void test_implicit_handshake_pipes(void)
 {
-	weft_loop *loop = new_loop();
+	weft_loop *loop = t_loop_new();
 	int p1[2], p2[2];
 	CHECK_EQ(pipe2(p1, O_CLOEXEC), 0);
 	CHECK_EQ(pipe2(p2, O_CLOEXEC), 0);
@@ -886,8 +852,8 @@ static void test_implicit_handshake_pipes(void)
 	struct done d = {0};
 	weft_req *wr = weft_stream_writev_send(c, &iov, 1);
 	weft_req_set_callback(wr, on_write, &d);
-	CHECK(run_until(loop, &x->count, 1, 10000));
-	CHECK(run_until(loop, &d.count, 1, 10000));
+	CHECK(t_run_until_count(loop, &x->count, 1, 10000));
+	CHECK(t_run_until_count(loop, &d.count, 1, 10000));
 	CHECK_EQ(x->n, (ssize_t)sizeof(msg));
 	CHECK_EQ(d.n, (ssize_t)sizeof(msg));
 	CHECK(strcmp(x->buf, msg) == 0);
@@ -897,19 +863,19 @@ static void test_implicit_handshake_pipes(void)
 	struct done sd = {0};
 	weft_req *sr = weft_stream_shutdown_send(c);
 	weft_req_set_callback(sr, on_simple, &sd);
-	CHECK(run_until(loop, &sd.count, 1, 5000));
+	CHECK(t_run_until_count(loop, &sd.count, 1, 5000));
 	CHECK_EQ(sd.err, 0);
 	x->count = 0;
 	rr = weft_stream_read_send(s, x->buf, sizeof(x->buf));
 	weft_req_set_callback(rr, on_read, x);
-	CHECK(run_until(loop, &x->count, 1, 5000));
+	CHECK(t_run_until_count(loop, &x->count, 1, 5000));
 	CHECK_EQ(x->err, EPIPE);
 	/* Writing after our close_notify: EPIPE. */
 	CHECK_EQ(write_all(loop, c, "x", 1), EPIPE);
 	free(x);
 	weft_stream_close(c, NULL, NULL);
 	weft_stream_close(s, NULL, NULL);
-	free_loop(loop);
+	t_loop_free(loop);
 }
 
 /* Bulk: 64 MiB each way at once; the client reads slowly (small reads,
@@ -976,7 +942,7 @@ static void bulk_resume(weft_timer *t, void *data)
 
 static void test_bulk_64mib_slow_reader(void)
 {
-	weft_loop *loop = new_loop();
+	weft_loop *loop = t_loop_new();
 	weft_tls_config *cc = client_cfg(), *sc = server_cfg();
 	weft_stream *c = NULL, *s = NULL;
 	tls_pair(loop, cc, sc, "localhost", &c, &s);
@@ -999,7 +965,7 @@ static void test_bulk_64mib_slow_reader(void)
 	int all = 0;
 	uint64_t end = t_now_ms() + 50000;
 	while ((!rc.done || !rs.done || !wc.count || !ws.count) && t_now_ms() < end)
-		run_until(loop, &all, 1, 100);
+		t_run_until_count(loop, &all, 1, 100);
 	CHECK_EQ(rc.got, BIG);
 	CHECK_EQ(rs.got, BIG);
 	CHECK(rc.ok && rs.ok);
@@ -1013,7 +979,7 @@ static void test_bulk_64mib_slow_reader(void)
 	free(data);
 	free(rc.rbuf);
 	free(rs.rbuf);
-	free_loop(loop);
+	t_loop_free(loop);
 }
 
 /* Records already received (decrypted, or still ciphertext in the
@@ -1061,7 +1027,7 @@ static void pdus_cb(weft_req *req, void *data)
 
 static void check_pending_records(size_t size, int count)
 {
-	weft_loop *loop = new_loop();
+	weft_loop *loop = t_loop_new();
 	weft_tls_config *cc = client_cfg(), *sc = server_cfg();
 	weft_stream *c = NULL, *s = NULL;
 	tls_pair(loop, cc, sc, "localhost", &c, &s);
@@ -1084,7 +1050,7 @@ static void check_pending_records(size_t size, int count)
 	p->ok = true;
 	weft_req *req = weft_stream_readv_send(c, pdu_next, p);
 	weft_req_set_callback(req, pdus_cb, p);
-	CHECK(run_until(loop, &p->done, 1, 5000));
+	CHECK(t_run_until_count(loop, &p->done, 1, 5000));
 	CHECK_EQ(p->err, 0);
 	CHECK_EQ(p->n, count);
 	CHECK(p->ok);
@@ -1094,7 +1060,7 @@ static void check_pending_records(size_t size, int count)
 	weft_stream_close(s, NULL, NULL);
 	weft_tls_config_unref(cc);
 	weft_tls_config_unref(sc);
-	free_loop(loop);
+	t_loop_free(loop);
 }
 
 static void test_pending_records(void)
@@ -1107,7 +1073,7 @@ static void test_pending_records(void)
 /* Bad certificates: refused with a clear error. */
 static void check_refused(const char *cert, const char *key, const char *name, int want_err, const char *text)
 {
-	weft_loop *loop = new_loop();
+	weft_loop *loop = t_loop_new();
 	weft_tls_config *cc = client_cfg(), *sc = server_cfg_with(cert, key);
 	weft_stream *c = NULL, *s = NULL;
 	tls_pair(loop, cc, sc, name, &c, &s);
@@ -1127,7 +1093,7 @@ static void check_refused(const char *cert, const char *key, const char *name, i
 	weft_stream_close(s, NULL, NULL);
 	weft_tls_config_unref(cc);
 	weft_tls_config_unref(sc);
-	free_loop(loop);
+	t_loop_free(loop);
 }
 
 static void test_bad_certificates(void)
@@ -1144,20 +1110,20 @@ static void test_bad_certificates(void)
 	weft_stream *dummy = NULL;
 	int sv[2];
 	CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
-	weft_loop *loop = new_loop();
+	weft_loop *loop = t_loop_new();
 	weft_stream *raw = NULL;
 	CHECK_EQ(weft_stream_new_socket(loop, sv[0], &raw), 0);
 	CHECK_EQ(weft_tls_server_new(sc, raw, &dummy), -EINVAL); /* no certificate; raw is closed */
 	close(sv[1]);
 	weft_tls_config_unref(sc);
-	free_loop(loop);
+	t_loop_free(loop);
 }
 
 /* The peer dies mid-handshake and mid-record: ECONNRESET, never a hang. */
 static void test_peer_dies(void)
 {
 	for (int phase = 0; phase < 2; phase++) {
-		weft_loop *loop = new_loop();
+		weft_loop *loop = t_loop_new();
 		int sv[2];
 		CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
 		weft_tls_config *cc = client_cfg(), *sc = server_cfg();
@@ -1185,14 +1151,14 @@ static void test_peer_dies(void)
 			CHECK_EQ(read_n(loop, c, buf, sizeof(buf), 5000), -ECONNRESET);
 			/* The server's record was taken whole (GnuTLS queued it);
 			 * flushing it failed, and the failure sticks. */
-			run_until(loop, &d.count, 1, 5000);
+			t_run_until_count(loop, &d.count, 1, 5000);
 			CHECK_EQ(write_all(loop, s, "x", 1), EPIPE);
 		}
 		weft_stream_close(c, NULL, NULL);
 		weft_stream_close(s, NULL, NULL);
 		weft_tls_config_unref(cc);
 		weft_tls_config_unref(sc);
-		free_loop(loop);
+		t_loop_free(loop);
 	}
 }
 
@@ -1200,7 +1166,7 @@ static void test_peer_dies(void)
  * closing with a handshake pending cancels it. */
 static void test_handshake_timeout_cancel(void)
 {
-	weft_loop *loop = new_loop();
+	weft_loop *loop = t_loop_new();
 	int sv[2];
 	CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
 	weft_stream *raw = NULL;
@@ -1223,17 +1189,17 @@ static void test_handshake_timeout_cancel(void)
 	weft_req_set_callback(req, on_simple, &d);
 	weft_loop_run(loop, WEFT_RUN_NOWAIT);
 	weft_stream_close(c, NULL, NULL);
-	CHECK(run_until(loop, &d.count, 1, 2000));
+	CHECK(t_run_until_count(loop, &d.count, 1, 2000));
 	CHECK_EQ(d.err, ECANCELED);
 	close(sv[1]);
 	weft_tls_config_unref(cc);
-	free_loop(loop);
+	t_loop_free(loop);
 }
 
 /* Resumption with tickets (TLS 1.3 and 1.2), ALPN, SNI, client certificates. */
 static void resume_round(const char *prio)
 {
-	weft_loop *loop = new_loop();
+	weft_loop *loop = t_loop_new();
 	weft_tls_config *cc = client_cfg(), *sc = server_cfg();
 	if (prio)
 		CHECK_EQ(weft_tls_config_set_priority(cc, prio), 0);
@@ -1266,7 +1232,7 @@ static void resume_round(const char *prio)
 	free(data);
 	weft_tls_config_unref(cc);
 	weft_tls_config_unref(sc);
-	free_loop(loop);
+	t_loop_free(loop);
 }
 
 static void test_resumption(void)
@@ -1277,7 +1243,7 @@ static void test_resumption(void)
 
 static void test_alpn_sni_client_cert(void)
 {
-	weft_loop *loop = new_loop();
+	weft_loop *loop = t_loop_new();
 	weft_tls_config *cc = client_cfg(), *sc = server_cfg();
 	const char *offer[] = {"h2", "weft/1"};
 	const char *accept[] = {"weft/1", "x"};
@@ -1343,13 +1309,13 @@ static void test_alpn_sni_client_cert(void)
 	weft_tls_config_unref(cc2);
 	weft_tls_config_unref(cc);
 	weft_tls_config_unref(sc);
-	free_loop(loop);
+	t_loop_free(loop);
 }
 
 /* A server with two certificates picks the one the client names (SNI). */
 static void test_sni_cert_selection(void)
 {
-	weft_loop *loop = new_loop();
+	weft_loop *loop = t_loop_new();
 	weft_tls_config *cc = client_cfg(), *sc = server_cfg();
 	CHECK_EQ(weft_tls_config_add_cert_file(sc, P("other.pem"), P("other.key"), NULL), 0);
 	const char *names[] = {"other.example", "localhost"};
@@ -1371,13 +1337,13 @@ static void test_sni_cert_selection(void)
 	}
 	weft_tls_config_unref(cc);
 	weft_tls_config_unref(sc);
-	free_loop(loop);
+	t_loop_free(loop);
 }
 
 /* weft_req_cancel on the only handshake request abandons the handshake. */
 static void test_handshake_cancel(void)
 {
-	weft_loop *loop = new_loop();
+	weft_loop *loop = t_loop_new();
 	int sv[2];
 	CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
 	weft_stream *raw = NULL, *c = NULL;
@@ -1389,13 +1355,13 @@ static void test_handshake_cancel(void)
 	weft_req_set_callback(req, on_simple, &d);
 	weft_loop_run(loop, WEFT_RUN_NOWAIT);
 	CHECK_EQ(weft_req_cancel(req), 0);
-	CHECK(run_until(loop, &d.count, 1, 2000));
+	CHECK(t_run_until_count(loop, &d.count, 1, 2000));
 	CHECK_EQ(d.err, ECANCELED);
 	CHECK_EQ(handshake(loop, c, 0), ECANCELED);
 	weft_stream_close(c, NULL, NULL);
 	close(sv[1]);
 	weft_tls_config_unref(cc);
-	free_loop(loop);
+	t_loop_free(loop);
 }
 
 /* Credentials and trust from memory instead of files. */
@@ -1421,7 +1387,7 @@ static void test_credentials_from_memory(void)
 	CHECK_EQ(weft_tls_config_add_ca_mem(cc, ca, la), 1);
 	CHECK_EQ(weft_tls_config_add_cert_mem(sc, crt, lc, key, lk, NULL), 0);
 	CHECK_EQ(weft_tls_config_add_cert_mem(sc, crt, lc, "garbage", 7, NULL), -EBADMSG);
-	weft_loop *loop = new_loop();
+	weft_loop *loop = t_loop_new();
 	weft_stream *c = NULL, *s = NULL;
 	tls_pair(loop, cc, sc, "localhost", &c, &s);
 	int ec, es;
@@ -1435,7 +1401,7 @@ static void test_credentials_from_memory(void)
 	free(crt);
 	free(key);
 	free(ca);
-	free_loop(loop);
+	t_loop_free(loop);
 }
 
 /* The server name is copied: the caller may free its string at once
@@ -1443,7 +1409,7 @@ static void test_credentials_from_memory(void)
  * after free).  Also for DTLS. */
 static void test_server_name_copied(void)
 {
-	weft_loop *loop = new_loop();
+	weft_loop *loop = t_loop_new();
 	weft_tls_config *cc = client_cfg(), *sc = server_cfg();
 	weft_stream *a, *b, *c = NULL, *s = NULL;
 	stream_pair(loop, &a, &b);
@@ -1460,7 +1426,7 @@ static void test_server_name_copied(void)
 	weft_stream_close(s, NULL, NULL);
 	weft_tls_config_unref(cc);
 	weft_tls_config_unref(sc);
-	free_loop(loop);
+	t_loop_free(loop);
 }
 
 /* Close right after writing into a full socket: the record GnuTLS holds
@@ -1486,7 +1452,7 @@ static size_t fill_until_full(weft_stream *c)
 
 static void test_close_lingers(void)
 {
-	weft_loop *loop = new_loop();
+	weft_loop *loop = t_loop_new();
 	weft_tls_config *cc = client_cfg(), *sc = server_cfg();
 	weft_stream *c = NULL, *s = NULL;
 	tls_pair(loop, cc, sc, "localhost", &c, &s);
@@ -1521,12 +1487,12 @@ static void test_close_lingers(void)
 	weft_loop_run(loop, WEFT_RUN_NOWAIT);
 	CHECK_EQ(t_fd_count(), fds); /* still lingering */
 	int none = 0;
-	run_until(loop, &none, 1, 300);
+	t_run_until_count(loop, &none, 1, 300);
 	CHECK_EQ(t_fd_count(), fds - 1);
 	weft_stream_close(s, NULL, NULL);
 	weft_tls_config_unref(cc);
 	weft_tls_config_unref(sc);
-	free_loop(loop);
+	t_loop_free(loop);
 }
 
 /* TLS 1.3 KeyUpdate with update_requested: the client's read must write
@@ -1535,7 +1501,7 @@ static void test_close_lingers(void)
  * session handle. */
 static void test_key_update(void)
 {
-	weft_loop *loop = new_loop();
+	weft_loop *loop = t_loop_new();
 	weft_tls_config *cc = client_cfg(), *sc = server_cfg();
 	weft_stream *c = NULL, *s = NULL;
 	tls_pair(loop, cc, sc, "localhost", &c, &s);
@@ -1558,7 +1524,7 @@ static void test_key_update(void)
 	weft_stream_close(s, NULL, NULL);
 	weft_tls_config_unref(cc);
 	weft_tls_config_unref(sc);
-	free_loop(loop);
+	t_loop_free(loop);
 }
 
 static void test_api_errors(void)
@@ -1572,7 +1538,7 @@ static void test_api_errors(void)
 	const char *empty[] = {""};
 	CHECK_EQ(weft_tls_config_set_alpn(c, empty, 1), -EINVAL);
 	CHECK_EQ(weft_tls_config_add_ca_file(c, P("srv.key")), -EBADMSG);
-	weft_loop *loop = new_loop();
+	weft_loop *loop = t_loop_new();
 	int sv[2];
 	CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
 	weft_stream *raw = NULL, *t = NULL;
@@ -1587,14 +1553,14 @@ static void test_api_errors(void)
 	weft_req_free(req);
 	weft_stream_close(raw, NULL, NULL);
 	weft_tls_config_unref(c);
-	free_loop(loop);
+	t_loop_free(loop);
 }
 
 /* Writes queued before the handshake go out after it, in order; TLS over
  * TLS (the inner stream is itself a TLS stream). */
 static void test_queued_writes_nested(void)
 {
-	weft_loop *loop = new_loop();
+	weft_loop *loop = t_loop_new();
 	weft_tls_config *cc = client_cfg(), *sc = server_cfg();
 	weft_stream *c1 = NULL, *s1 = NULL, *c = NULL, *s = NULL;
 	tls_pair(loop, cc, sc, "localhost", &c1, &s1);
@@ -1618,7 +1584,7 @@ static void test_queued_writes_nested(void)
 	weft_stream_close(s, NULL, NULL);
 	weft_tls_config_unref(cc);
 	weft_tls_config_unref(sc);
-	free_loop(loop);
+	t_loop_free(loop);
 }
 
 /* Closing a TLS stream from inside its own callbacks. */
@@ -1653,7 +1619,7 @@ static void close_in_read(weft_req *req, void *data)
 
 static void test_close_in_callbacks(void)
 {
-	weft_loop *loop = new_loop();
+	weft_loop *loop = t_loop_new();
 	weft_tls_config *cc = client_cfg(), *sc = server_cfg();
 	weft_stream *c = NULL, *s = NULL;
 	tls_pair(loop, cc, sc, "localhost", &c, &s);
@@ -1670,7 +1636,7 @@ static void test_close_in_callbacks(void)
 	int both = 0;
 	uint64_t end = t_now_ms() + 5000;
 	while ((srv.count == 0 || cli.count == 0 || x->count == 0) && t_now_ms() < end)
-		run_until(loop, &both, 1, 20);
+		t_run_until_count(loop, &both, 1, 20);
 	CHECK_EQ(srv.count, 1);
 	CHECK_EQ(srv.err, 0);
 	CHECK_EQ(x->err, ECANCELED);
@@ -1679,7 +1645,7 @@ static void test_close_in_callbacks(void)
 	free(x);
 	weft_tls_config_unref(cc);
 	weft_tls_config_unref(sc);
-	free_loop(loop);
+	t_loop_free(loop);
 }
 
 /* The whole exchange on an external-backend loop driven by poll(2) here:
@@ -1913,7 +1879,7 @@ static void on_dtls_send(weft_req *req, void *data)
 
 static void dtls_round(const unsigned *drop_c2s, const unsigned *drop_s2c, bool expect_drops)
 {
-	weft_loop *loop = new_loop();
+	weft_loop *loop = t_loop_new();
 	weft_tls_config *cc = client_cfg(), *sc = server_cfg();
 	CHECK_EQ(weft_tls_config_set_dtls_timeouts(cc, 40, 10000), 0);
 	CHECK_EQ(weft_tls_config_set_dtls_timeouts(sc, 40, 10000), 0);
@@ -1953,7 +1919,7 @@ static void dtls_round(const unsigned *drop_c2s, const unsigned *drop_s2c, bool 
 	int all = 0;
 	uint64_t end = t_now_ms() + 15000;
 	while ((!hc.count || !hs.count) && t_now_ms() < end)
-		run_until(loop, &all, 1, 50);
+		t_run_until_count(loop, &all, 1, 50);
 	CHECK_EQ(hc.count, 1);
 	CHECK_EQ(hs.count, 1);
 	CHECK_EQ(hc.err, 0);
@@ -1972,7 +1938,7 @@ static void dtls_round(const unsigned *drop_c2s, const unsigned *drop_s2c, bool 
 	weft_req_set_callback(q, on_dtls_recv, &rs);
 	q = weft_dtls_send_send(c, "ping", 4);
 	weft_req_set_callback(q, on_dtls_send, &ss);
-	CHECK(run_until(loop, &rs.count, 1, 5000));
+	CHECK(t_run_until_count(loop, &rs.count, 1, 5000));
 	CHECK_EQ(rs.n, 4);
 	CHECK(rs.buf && memcmp(rs.buf, "ping", 4) == 0);
 	free(rs.buf);
@@ -1981,7 +1947,7 @@ static void dtls_round(const unsigned *drop_c2s, const unsigned *drop_s2c, bool 
 	weft_req_set_callback(q, on_dtls_recv, &rc);
 	q = weft_dtls_send_send(s, "pong!", 5);
 	weft_req_set_callback(q, on_dtls_send, &sc2);
-	CHECK(run_until(loop, &rc.count, 1, 5000));
+	CHECK(t_run_until_count(loop, &rc.count, 1, 5000));
 	CHECK_EQ(rc.n, 5);
 	CHECK(rc.buf && memcmp(rc.buf, "pong!", 5) == 0);
 	free(rc.buf);
@@ -1990,7 +1956,7 @@ static void dtls_round(const unsigned *drop_c2s, const unsigned *drop_s2c, bool 
 	struct dreq e1 = {0};
 	q = weft_dtls_send_send(c, big, sizeof(big));
 	weft_req_set_callback(q, on_dtls_send, &e1);
-	CHECK(run_until(loop, &e1.count, 1, 1000));
+	CHECK(t_run_until_count(loop, &e1.count, 1, 1000));
 	CHECK_EQ(e1.err, EMSGSIZE);
 	/* close: the peer's pending receive sees the close_notify (EPIPE). */
 	struct dreq last = {0};
@@ -1998,7 +1964,7 @@ static void dtls_round(const unsigned *drop_c2s, const unsigned *drop_s2c, bool 
 	weft_req_set_callback(q, on_dtls_recv, &last);
 	weft_loop_run(loop, WEFT_RUN_NOWAIT);
 	weft_dtls_close(c);
-	CHECK(run_until(loop, &last.count, 1, 5000));
+	CHECK(t_run_until_count(loop, &last.count, 1, 5000));
 	CHECK_EQ(last.err, EPIPE);
 	weft_dtls_close(s);
 	weft_io_free(px.dio);
@@ -2007,7 +1973,7 @@ static void dtls_round(const unsigned *drop_c2s, const unsigned *drop_s2c, bool 
 	close(px.up);
 	weft_tls_config_unref(cc);
 	weft_tls_config_unref(sc);
-	free_loop(loop);
+	t_loop_free(loop);
 }
 
 static void test_dtls_lossless(void)
@@ -2054,7 +2020,7 @@ static void test_dtls_gnutls_serv(void)
 		CHECK(!"gnutls-serv --udp did not start");
 		return;
 	}
-	weft_loop *loop = new_loop();
+	weft_loop *loop = t_loop_new();
 	weft_tls_config *cc = client_cfg();
 	char text[64];
 	snprintf(text, sizeof(text), "udp:127.0.0.1:%d", port);
@@ -2067,19 +2033,19 @@ static void test_dtls_gnutls_serv(void)
 	struct dreq h = {0}, r = {0}, w = {0};
 	weft_req *q = weft_dtls_handshake_send(c);
 	weft_req_set_callback(q, on_dtls_hs, &h);
-	CHECK(run_until(loop, &h.count, 1, 10000));
+	CHECK(t_run_until_count(loop, &h.count, 1, 10000));
 	CHECK_EQ(h.err, 0);
 	q = weft_dtls_send_send(c, "datagram\n", 9);
 	weft_req_set_callback(q, on_dtls_send, &w);
 	q = weft_dtls_recv_send(c);
 	weft_req_set_callback(q, on_dtls_recv, &r);
-	CHECK(run_until(loop, &r.count, 1, 5000));
+	CHECK(t_run_until_count(loop, &r.count, 1, 5000));
 	CHECK_EQ(r.n, 9);
 	CHECK(r.buf && memcmp(r.buf, "datagram\n", 9) == 0);
 	free(r.buf);
 	weft_dtls_close(c);
 	weft_tls_config_unref(cc);
-	free_loop(loop);
+	t_loop_free(loop);
 	kill_reap(pid);
 }
 
@@ -2091,7 +2057,7 @@ static void test_dtls_server_gnutls_cli(void)
 		printf("# skip: gnutls-cli not installed\n");
 		return;
 	}
-	weft_loop *loop = new_loop();
+	weft_loop *loop = t_loop_new();
 	weft_tls_config *sc = server_cfg();
 	weft_addr any;
 	CHECK_EQ(weft_addr_parse("udp:127.0.0.1:0", &any), 0);
@@ -2109,12 +2075,12 @@ static void test_dtls_server_gnutls_cli(void)
 	write_file("udp-in.txt", "hello over DTLS\n");
 	char *argv[] = {"gnutls-cli", "--udp", "--x509cafile", (char *)P("ca.pem"), "-p", port, "localhost", NULL};
 	pid_t pid = spawn(argv, P("udp-in.txt"), P("cli-udp.out"));
-	CHECK(run_until(loop, &h.count, 1, 10000));
+	CHECK(t_run_until_count(loop, &h.count, 1, 10000));
 	CHECK_EQ(h.err, 0);
 	if (h.err == 0) {
 		q = weft_dtls_recv_send(s);
 		weft_req_set_callback(q, on_dtls_recv, &r);
-		CHECK(run_until(loop, &r.count, 1, 10000));
+		CHECK(t_run_until_count(loop, &r.count, 1, 10000));
 		CHECK_EQ(r.n, 16);
 		CHECK(r.buf && memcmp(r.buf, "hello over DTLS\n", 16) == 0);
 		free(r.buf);
@@ -2122,7 +2088,7 @@ static void test_dtls_server_gnutls_cli(void)
 	weft_dtls_close(s);
 	reap(pid, 3000);
 	weft_tls_config_unref(sc);
-	free_loop(loop);
+	t_loop_free(loop);
 }
 
 /* ---- main ------------------------------------------------------------------------- */
