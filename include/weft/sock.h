@@ -147,10 +147,11 @@ WEFT_EXPORT int weft_stream_new_socket(weft_loop *loop, int fd, weft_stream **re
 
 /* A stream over two fds — read from rfd, write to wfd (a spawned child's
  * stdout and stdin).  Either may be -1 for a one-way stream.  Ownership
- * passes to the stream (closed on failure too).  Writes to a pipe whose
- * reader is gone give -EPIPE only when SIGPIPE is ignored or blocked: weft
- * cannot suppress SIGPIPE for pipes per call, so a program using pipe
- * streams should ignore SIGPIPE.  Returns 0, -EINVAL, -ENOMEM. */
+ * passes to the stream (closed on failure too).  A write to a pipe whose
+ * reader is gone gives -EPIPE and never raises SIGPIPE: pipes have no
+ * MSG_NOSIGNAL, so unless SIGPIPE was ignored when the stream was made,
+ * each write holds SIGPIPE back for the thread (two more system calls) and
+ * takes the one it raised.  Returns 0, -EINVAL, -ENOMEM. */
 WEFT_EXPORT int weft_stream_new_pipe(weft_loop *loop, int rfd, int wfd, weft_stream **ret_stream);
 
 /* Close: pending requests complete with ECANCELED (callbacks from the loop),

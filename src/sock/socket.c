@@ -224,6 +224,7 @@ int weft_stream_set_fd_receiver(weft_stream *s, weft_stream_fd_cb cb, void *data
 struct pipe_impl {
 	int rfd, wfd;
 	weft_io *rio, *wio;
+	bool guard_sigpipe; /* SIGPIPE was not ignored when the stream was made */
 };
 
 static ssize_t pipe_readv(weft_stream *s, const struct iovec *iov, int count)
@@ -261,6 +262,8 @@ static ssize_t pipe_writev(weft_stream *s, const struct iovec *iov, int count)
 	struct pipe_impl *pi = weft_stream_impl(s);
 	if (pi->wfd < 0)
 		return -EPIPE;
+	if (!pi->guard_sigpipe)
+		return ret_errno(writev(pi->wfd, iov, count)); /* no masking syscalls */
 	return writev_nosigpipe(pi->wfd, iov, count);
 }
 
@@ -327,6 +330,8 @@ int weft_stream_new_pipe(weft_loop *loop, int rfd, int wfd, weft_stream **ret_st
 	if (pi == NULL)
 		goto fail;
 	pi->rfd = rfd;
+	struct sigaction sa;
+	pi->guard_sigpipe = sigaction(SIGPIPE, NULL, &sa) < 0 || sa.sa_handler != SIG_IGN;
 	pi->wfd = wfd;
 	weft_stream *s;
 	r = weft_stream_new(loop, &pipe_ops, pi, &s);
