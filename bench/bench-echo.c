@@ -8,12 +8,13 @@
  * The servers:
  *   raw         blocking read(2)/write(2): an accept loop, and one thread per
  *               connection that reads up to 64 KiB and writes it back.
- *   weft        weft_listen (callback mode); per connection a
- *               weft_stream_read_send into a pooled 64 KiB block ("read what
- *               is there"); its callback writes the n bytes with
- *               weft_stream_try_writev and queues only what the socket did
- *               not take (weft_stream_writev_queue_send(s, NULL, ...), which
- *               then owns the block), and reads again.
+ *   weft        weft_listen (callback mode); per connection a registered
+ *               reader (weft_stream_read_start, libuv's uv_read_start shape)
+ *               reading into a pooled 64 KiB block ("read what is there");
+ *               its callback writes the n bytes with weft_stream_try_writev
+ *               and queues only what the socket did not take
+ *               (weft_stream_writev_queue_send(s, NULL, ...), which then
+ *               owns the block); the reader stops while 16 writes wait.
  *   libevent    evconnlistener + bufferevent_socket; the read callback moves
  *               the input into the output (bufferevent_write_buffer).
  *   libuv       uv_tcp + uv_read_start (alloc_cb hands out pooled 64 KiB
@@ -310,8 +311,8 @@ static void raw_serve(int port, int report_fd)
 
 /* The three weft servers share the connection, the echo and the write
  * path; they differ in how they read (w_mode, one per server process):
- *   weft        weft_stream_read_send into a 64 KiB block ("what is there"),
- *               echo the n bytes, read again — what libuv's server does;
+ *   weft        weft_stream_read_start into a 64 KiB block ("what is there"),
+ *               echo the n bytes — what libuv's server does;
  *   weft-readv  one long-lived weft_stream_readv_send whose next-vector
  *               callback parses the frames and echoes each whole frame;
  *   weft-pdu    one weft_stream_readv_send per frame. */
@@ -399,31 +400,41 @@ static void w_written(weft_req *req, void *data)
 	c->writes--;
 	if (r < 0)
 		w_close(c); /* the client went away */
-	else if (c->paused && c->rreq == NULL && c->s != NULL && c->writes <= W_LOW)
+	else if (c->paused && (w_mode == WM_READ || c->rreq == NULL) && c->s != NULL && c->writes <= W_LOW)
 		w_start_read(c);
 	wconn_unref(c);
 }
 
-/* weft: a read completed with n >= 1 bytes (or an error). */
-static void w_read_some_done(weft_req *req, void *data)
+/* weft: the registered reader (weft_stream_read_start) asks for a buffer:
+ * the connection's block, or none while too many writes are queued (which
+ * stops the reader; w_written starts it again). */
+static void w_alloc(weft_stream *s, size_t suggested, void **ret_buf, size_t *ret_len, void *data)
 {
+	(void)s;
+	(void)suggested;
 	struct wconn *c = data;
-	int err = 0;
-	ssize_t n = weft_stream_read_recv(req, &err);
-	weft_req_free(req);
-	c->rreq = NULL;
-	if (n > 0 && c->s != NULL) {
-		c->blk->len = (size_t)n;
-		if (w_echo(c, c->s) < 0)
-			w_close(c);
-		else if (c->writes < W_HIGH)
-			w_start_read(c);
-		else
-			c->paused = true; /* w_written resumes */
-	} else {
-		w_close(c); /* EPIPE: the client closed; otherwise an error */
+	if (c->writes >= W_HIGH) {
+		c->paused = true;
+		*ret_len = 0;
+		return;
 	}
-	wconn_unref(c);
+	if (c->blk == NULL)
+		c->blk = blk_get();
+	*ret_buf = c->blk->data;
+	*ret_len = BUF_SIZE;
+}
+
+/* weft: n >= 1 bytes arrived in c->blk (or the end, or an error). */
+static void w_read_some(weft_stream *s, ssize_t n, void *buf, void *data)
+{
+	(void)buf;
+	struct wconn *c = data;
+	if (n > 0) {
+		c->blk->len = (size_t)n;
+		if (w_echo(c, s) == 0)
+			return;
+	}
+	w_close(c); /* EPIPE: the client closed; otherwise an error */
 }
 
 /* weft-readv, weft-pdu: the next-vector callback — prefix, body, (echo the
@@ -502,23 +513,21 @@ static void w_read_done(weft_req *req, void *data)
 
 static void w_start_read(struct wconn *c)
 {
-	weft_req *r;
 	c->paused = false;
 	if (w_mode == WM_READ) {
-		if (c->blk == NULL)
-			c->blk = blk_get();
-		r = weft_stream_read_send(c->s, c->blk->data, BUF_SIZE);
-	} else {
-		c->state = W_NEW;
-		r = weft_stream_readv_send(c->s, w_next, c);
+		if (weft_stream_read_start(c->s, w_alloc, w_read_some, c) < 0)
+			w_close(c);
+		return;
 	}
+	c->state = W_NEW;
+	weft_req *r = weft_stream_readv_send(c->s, w_next, c);
 	if (r == NULL) {
 		w_close(c);
 		return;
 	}
 	c->rreq = r;
 	c->refs++;
-	weft_req_set_callback(r, w_mode == WM_READ ? w_read_some_done : w_read_done, c);
+	weft_req_set_callback(r, w_read_done, c);
 }
 
 static void w_accept(weft_listener *l, weft_stream *s, const weft_addr *peer, int err, void *data)
