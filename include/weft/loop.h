@@ -82,8 +82,9 @@ WEFT_EXPORT void weft_loop_stop(weft_loop *loop);
 /* True while active, referenced handles exist. */
 WEFT_EXPORT bool weft_loop_alive(const weft_loop *loop);
 
-/* Monotonic time in milliseconds, cached at the start of each iteration
- * (CLOCK_MONOTONIC).  weft_loop_update_time() refreshes it. */
+/* Monotonic time in milliseconds (CLOCK_MONOTONIC), cached once per
+ * iteration: read at its start when timers are active, else at the first
+ * call in the iteration.  weft_loop_update_time() refreshes it. */
 WEFT_EXPORT uint64_t weft_loop_now(const weft_loop *loop);
 WEFT_EXPORT void weft_loop_update_time(weft_loop *loop);
 

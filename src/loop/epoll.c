@@ -8,7 +8,7 @@
 #include <sys/epoll.h>
 #include <unistd.h>
 
-#define WEFT__EPOLL_BATCH 1024
+#define WEFT__EPOLL_BATCH 256
 
 int weft__epoll_init(weft_loop *loop)
 {

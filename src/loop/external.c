@@ -43,7 +43,7 @@ int weft_loop_process_fd(weft_loop *loop, int fd, unsigned revents)
 	if ((size_t)fd >= loop->nslots)
 		return 0;
 	loop->dispatching++;
-	loop->now_ns = weft__clock_ns();
+	loop->now_stale = true; /* weft_loop_now reads the clock if asked */
 	weft__io_dispatch(loop, fd, loop->slots[fd].gen, revents);
 	end_dispatch(loop, false);
 	return 0;

@@ -96,6 +96,7 @@ struct weft_loop {
 	size_t ndefers;           /* scheduled, including the batch being run */
 
 	uint64_t now_ns;
+	bool now_stale; /* now_ns not read this iteration (no timers) */
 	size_t active;   /* active, referenced handles */
 	size_t nhandles; /* user handles alive: weft_loop_free refuses while > 0 */
 	bool stop;

@@ -26,13 +26,24 @@ uint64_t weft__clock_ns(void)
 
 uint64_t weft_loop_now(const weft_loop *loop)
 {
-	return loop ? loop->now_ns / WEFT__NS_PER_MS : 0;
+	if (loop == NULL)
+		return 0;
+	if (loop->now_stale) {
+		/* An iteration with no timers skipped the clock: read it now (the
+		 * loop object is the caller's, only the pointer is const). */
+		weft_loop *l = (weft_loop *)loop;
+		l->now_ns = weft__clock_ns();
+		l->now_stale = false;
+	}
+	return loop->now_ns / WEFT__NS_PER_MS;
 }
 
 void weft_loop_update_time(weft_loop *loop)
 {
-	if (loop)
+	if (loop) {
 		loop->now_ns = weft__clock_ns();
+		loop->now_stale = false;
+	}
 }
 
 /* ---- recycled blocks ---------------------------------------------------- */
@@ -557,10 +568,17 @@ void weft_timer_free(weft_timer *timer)
 bool weft__run_timers(weft_loop *loop, bool new_iteration)
 {
 	bool ran = false;
-	uint64_t now = weft__clock_ns();
-	loop->now_ns = now;
 	if (new_iteration)
 		loop->timer_pass++;
+	if (loop->heap_len == 0) {
+		/* No timer to compare with: weft_loop_now reads the clock if
+		 * asked, and an iteration of pure I/O does not. */
+		loop->now_stale = true;
+		return false;
+	}
+	uint64_t now = weft__clock_ns();
+	loop->now_ns = now;
+	loop->now_stale = false;
 	uint64_t pass = loop->timer_pass;
 	/* Timers (re)started during this pass carry its number and wait for the
 	 * next one; they sort after every older expired timer, so stopping at

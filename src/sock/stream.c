@@ -128,14 +128,18 @@ const char *weft_stream_name(const weft_stream *s)
 	return s ? s->ops->name : NULL;
 }
 
+/* Bytes readable without the transport's readiness: read-ahead, plus what
+ * the transport buffers (TLS records). */
+static size_t stream_buffered(const weft_stream *s)
+{
+	return s->ra_len + (s->ops->pending ? s->ops->pending((weft_stream *)s) : 0);
+}
+
 size_t weft_stream_pending(const weft_stream *s)
 {
 	if (s == NULL || s->closing)
 		return 0;
-	size_t n = s->ra_len;
-	if (s->ops->pending)
-		n += s->ops->pending((weft_stream *)s);
-	return n;
+	return stream_buffered(s);
 }
 
 int weft_stream_fd(const weft_stream *s)
@@ -312,7 +316,7 @@ int weft__stream_raw_watch(weft_stream *s, unsigned events)
 
 size_t weft__stream_raw_pending(const weft_stream *s)
 {
-	return s->ra_len + (s->ops->pending ? s->ops->pending((weft_stream *)s) : 0);
+	return stream_buffered(s);
 }
 
 static void serve_write(weft_stream *s);
@@ -384,7 +388,7 @@ static weft_req *read_new(weft_stream *s, weft_stream_next_vector_fn next, void 
 	op_link(s, &st->op, req);
 	weft_req_set_cleanup(req, readv_cleanup);
 	s->reader = req;
-	if (next == NULL && s->drained && weft_stream_pending(s) == 0) {
+	if (next == NULL && s->drained && stream_buffered(s) == 0) {
 		/* Nothing to read before the transport says so: just watch. */
 		if (s->depth == 0)
 			stream_update_watch(s);
@@ -583,7 +587,7 @@ static bool serve_reader(weft_stream *s, weft_req *req, size_t *budget_left)
 			weft_req_error(req, (int)got);
 			break;
 		}
-		if ((size_t)got < asked && weft_stream_pending(s) == s->ra_len)
+		if ((size_t)got < asked && stream_buffered(s) == s->ra_len)
 			s->drained = true; /* short read: the transport is empty */
 		budget = (size_t)got >= budget ? 0 : budget - (size_t)got;
 	}
@@ -625,7 +629,7 @@ int weft_stream_read_start(weft_stream *s, weft_stream_alloc_cb alloc, weft_stre
 	if (s->reading)
 		return 0;
 	s->reading = true;
-	if (!s->drained || weft_stream_pending(s) > 0)
+	if (!s->drained || stream_buffered(s) > 0)
 		stream_kick(s); /* maybe something to read now: look from the loop */
 	else if (s->depth == 0)
 		stream_update_watch(s);
@@ -652,7 +656,7 @@ static void serve_read_started(weft_stream *s)
 			stream_kick(s); /* yield to the other fds, come back */
 			return;
 		}
-		if (s->drained && weft_stream_pending(s) == 0)
+		if (s->drained && stream_buffered(s) == 0)
 			return; /* wait for readiness */
 		void *buf = NULL;
 		size_t len = 0;
@@ -680,7 +684,7 @@ static void serve_read_started(weft_stream *s)
 				s->drained = true;
 				return;
 			}
-			if (n > 0 && (size_t)n < len && weft_stream_pending(s) == 0)
+			if (n > 0 && (size_t)n < len && stream_buffered(s) == 0)
 				s->drained = true; /* a short read: the transport is empty */
 		}
 		if (n <= 0)
@@ -856,6 +860,13 @@ ssize_t weft_stream_try_writev(weft_stream *s, const struct iovec *vector, size_
 	if (s->writer != NULL || weft_queue_length(s->wqueue) > 0)
 		return -EBUSY;
 	size_t total = 0;
+	if (count == 1) { /* the common case: one buffer, one syscall */
+		ssize_t w;
+		do
+			w = s->ops->writev(s, vector, 1);
+		while (w == -EINTR);
+		return w;
+	}
 	while (count > 0) {
 		int n = count > MAX_IOV ? MAX_IOV : (int)count;
 		ssize_t w;
