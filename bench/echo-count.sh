@@ -5,6 +5,7 @@
 # same size); the difference of the two totals divided by the difference of
 # the round trips leaves start-up and shut-down out.
 #   sh bench/echo-count.sh [BUILD_DIR] [SERVER...]   (default: build; weft libuv raw)
+# Needs valgrind (apt-get install -y valgrind).
 set -e
 build=${1:-build}
 [ $# -gt 0 ] && shift
