@@ -74,7 +74,7 @@ static void on_read(weft_stream *s, ssize_t n, void *buf, void *data)
 	p->event(p);
 }
 
-int weft__apump_read(struct weft__apump *p)
+int weft__apump_read_slow(struct weft__apump *p)
 {
 	if (p->s == NULL || p->eof)
 		return 0;
@@ -143,11 +143,6 @@ int weft__apump_flush(struct weft__apump *p)
 	}
 	weft_req_set_callback(p->wreq, write_done, p);
 	return 0;
-}
-
-size_t weft__apump_pending(const struct weft__apump *p)
-{
-	return p->out.len + p->wbuf.len;
 }
 
 void weft__apump_close(struct weft__apump *p)
