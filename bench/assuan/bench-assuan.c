@@ -821,6 +821,7 @@ static double samples[NROW][NCLI][NSRV][MAXR];
 static double csamples[NROW][NCLI][NSRV][MAXR]; /* per CPU second */
 static int nsamples[NROW][NCLI][NSRV];
 static bool srv_sel[NSRV];
+static bool row_sel[NROW]; /* -R: the rows to measure */
 
 struct cell {
 	enum row r;
@@ -1200,6 +1201,7 @@ static void usage(FILE *f)
 		"  -q       quick run (CI smoke test): short rounds, one round\n"
 		"  -P       pin every process to CPU 0\n"
 		"  -s LIST  servers: raw,weft,weft-hand,libassuan,libassuan-next (default all)\n"
+		"  -R LIST  rows: nop,get,put (default all)\n"
 		"  -c       syscalls per transaction with strace -c (both sides; and the client alone)\n"
 		"  -i       instructions per transaction with callgrind (the server alone; the client alone)\n"
 		"  -m N     idle connections for the memory row (default 1000)\n"
@@ -1221,8 +1223,10 @@ int main(int argc, char **argv)
 	opt.nconns = 1000;
 	for (int i = 0; i < NSRV; i++)
 		srv_sel[i] = true;
+	for (int i = 0; i < NROW; i++)
+		row_sel[i] = true;
 	int o;
-	while ((o = bench_getopt(argc, argv, "r:oqvhPs:cim:X:Y:C:S:n:", usage)) != -1) {
+	while ((o = bench_getopt(argc, argv, "r:oqvhPs:R:cim:X:Y:C:S:n:", usage)) != -1) {
 		switch (o) {
 		case 'P':
 			opt.pin = true;
@@ -1230,6 +1234,10 @@ int main(int argc, char **argv)
 		case 's':
 			if (!parse_list(optarg, srv_names, NSRV, NULL, srv_sel))
 				fail(2, "-s: unknown server in '%s'", optarg);
+			break;
+		case 'R':
+			if (!parse_list(optarg, row_names, NROW, NULL, row_sel))
+				fail(2, "-R: unknown row in '%s'", optarg);
 			break;
 		case 'c':
 			opt.count = true;
@@ -1294,7 +1302,7 @@ int main(int argc, char **argv)
 			opt.pin ? ", all processes on CPU 0" : "");
 
 	for (int r = 0; r < NROW; r++)
-		for (int c = 0; c < NCLI; c++) {
+		for (int c = 0; c < NCLI && row_sel[r]; c++) {
 			struct cell cl = {(enum row)r, (enum cli)c};
 			bool any = false;
 			for (int s = 0; s < NSRV; s++)
@@ -1325,7 +1333,7 @@ int main(int argc, char **argv)
 		static const char *const pre[] = {"strace", "-f", "-c", "-o", "@OUT"};
 		for (int s = 0; s < S_LIB_NEXT; s++)
 			for (int r = 0; r < NROW; r++)
-				if (srv_sel[s])
+				if (srv_sel[s] && row_sel[r])
 					sc[s][r] = per_xact(pre, 5, -1, (enum srv)s, (enum row)r,
 							r == R_NOP ? (bench.quick ? 2000 : 20000) : (bench.quick ? 4 : 32),
 							parse_strace);
@@ -1334,7 +1342,7 @@ int main(int argc, char **argv)
 		static const char *const pre[] = {"valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"};
 		for (int s = 0; s < S_LIB_NEXT; s++)
 			for (int r = 0; r < NROW; r++)
-				if (srv_sel[s])
+				if (srv_sel[s] && row_sel[r])
 					ins[s][r] = per_xact(pre, 3, -1, (enum srv)s, (enum row)r,
 							r == R_NOP ? (bench.quick ? 2000 : 20000) : (bench.quick ? 2 : 8),
 							parse_callgrind);
@@ -1350,17 +1358,20 @@ int main(int argc, char **argv)
 		static const char *const pre[] = {"strace", "-c", "-o", "@OUT"};
 		for (int i = 0; i < 3; i++)
 			for (int r = 0; r < NROW; r++)
-				csc[i][r] = per_xact(pre, 4, ccli[i], S_RAW, (enum row)r,
-						r == R_NOP ? (bench.quick ? 2000 : 20000) : (bench.quick ? 4 : 32), parse_strace);
+				if (row_sel[r])
+					csc[i][r] = per_xact(pre, 4, ccli[i], S_RAW, (enum row)r,
+							r == R_NOP ? (bench.quick ? 2000 : 20000) : (bench.quick ? 4 : 32), parse_strace);
 		static const char *const pref[] = {"strace", "-f", "-c", "-o", "@OUT"};
-		pair_sc = per_xact(pref, 5, C_WEFT, S_WEFT, R_NOP, bench.quick ? 2000 : 20000, parse_strace);
+		if (row_sel[R_NOP])
+			pair_sc = per_xact(pref, 5, C_WEFT, S_WEFT, R_NOP, bench.quick ? 2000 : 20000, parse_strace);
 	}
 	if (opt.instr) {
 		static const char *const pre[] = {"valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"};
 		for (int i = 0; i < 3; i++)
 			for (int r = 0; r < NROW; r++)
-				cins[i][r] = per_xact(pre, 3, ccli[i], S_RAW, (enum row)r,
-						r == R_NOP ? (bench.quick ? 2000 : 20000) : (bench.quick ? 2 : 8), parse_callgrind);
+				if (row_sel[r])
+					cins[i][r] = per_xact(pre, 3, ccli[i], S_RAW, (enum row)r,
+							r == R_NOP ? (bench.quick ? 2000 : 20000) : (bench.quick ? 2 : 8), parse_callgrind);
 	}
 	if (opt.count || opt.instr) {
 		printf("\nper transaction (difference of N and 2N transactions; NOP: per round trip, GET/PUT: per MiB):\n");

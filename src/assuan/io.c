@@ -24,6 +24,14 @@ static void on_alloc(weft_stream *s, size_t suggested, void **ret_buf, size_t *r
 {
 	struct weft__apump *p = data;
 	(void)suggested;
+	if (p->in.len == 0 && p->in.buf == p->small && !p->filled) {
+		/* The usual read of an idle endpoint: all of the small buffer. */
+		p->in.off = 0;
+		p->rroom = sizeof(p->small);
+		*ret_buf = p->small;
+		*ret_len = sizeof(p->small);
+		return;
+	}
 	if (p->in.buf == NULL || (p->in.len == 0 && !p->filled && big_buffer(p))) {
 		if (big_buffer(p))
 			free(p->in.buf); /* the stream of data is over */

@@ -136,21 +136,19 @@ static bool name_eq_upper(const char *registered, const char *input)
 	return *registered == *input;
 }
 
-static bool same_bytes(const char *a, const char *b, size_t n)
-{
-	for (size_t i = 0; i < n; i++)
-		if (a[i] != b[i])
-			return false;
-	return true;
-}
-
 /* An exact match first, then one regardless of the input's case.  The
- * length rules out most entries; names are short: compared in line. */
-static struct cmd *find_cmd(weft_assuan_server *srv, const char *name, size_t len)
+ * first byte and the length rule out most entries; names are short and
+ * compared in line. */
+static inline struct cmd *find_cmd(weft_assuan_server *srv, const char *name, size_t len)
 {
 	for (size_t i = 0; i < srv->ncmds; i++) {
 		struct cmd *cmd = &srv->cmds[i];
-		if (cmd->len == len && same_bytes(cmd->name, name, len))
+		if (cmd->name[0] != name[0] || cmd->len != len)
+			continue;
+		size_t k = 1;
+		while (k < len && cmd->name[k] == name[k])
+			k++;
+		if (k == len)
 			return cmd;
 	}
 	for (size_t i = 0; i < srv->ncmds; i++)
