@@ -1456,8 +1456,9 @@ int main(int argc, char **argv)
 	printf("  idle connection (weft)       %.0f B  (<= 1024)  %s\n", mem[0][1], mem[0][1] <= 1024 ? "met" : "NOT met");
 	if (opt.count && sc[S_WEFT][R_NOP] >= 0) {
 		printf("  syscalls per NOP, both sides %.1f  (<= 5)  %s\n", sc[S_WEFT][R_NOP], sc[S_WEFT][R_NOP] <= 5 ? "met" : "NOT met");
-		printf("  syscalls per MiB D / INQ     %.1f / %.1f  (<= 40)  %s\n", sc[S_WEFT][R_GET], sc[S_WEFT][R_PUT],
-				sc[S_WEFT][R_GET] <= 40 && sc[S_WEFT][R_PUT] <= 40 ? "met" : "NOT met");
+		if (sc[S_WEFT][R_GET] >= 0 && sc[S_WEFT][R_PUT] >= 0) /* rows chosen with -R */
+			printf("  syscalls per MiB D / INQ     %.1f / %.1f  (<= 40)  %s\n", sc[S_WEFT][R_GET], sc[S_WEFT][R_PUT],
+					sc[S_WEFT][R_GET] <= 40 && sc[S_WEFT][R_PUT] <= 40 ? "met" : "NOT met");
 	}
 	if (opt.instr && ins[S_WEFT][R_NOP] >= 0)
 		printf("  instructions per NOP (srv)   %.0f  (<= 500)  %s\n", ins[S_WEFT][R_NOP],
