@@ -148,7 +148,9 @@ WEFT_EXPORT void weft_assuan_server_set_limits(weft_assuan_server *srv, const we
 
 /* Accept descriptors passed over Unix-domain connections (SCM_RIGHTS, as
  * libassuan's "# descriptor N is in flight" messages).  Default on.  When
- * off, INPUT FD answers Not implemented, as gpg-agent's main socket. */
+ * off, INPUT FD answers Not implemented, as gpg-agent's main socket, and
+ * reads need no room for descriptors (recv instead of recvmsg).  Applies
+ * to connections adopted after the call. */
 WEFT_EXPORT void weft_assuan_server_set_fdpassing(weft_assuan_server *srv, bool on);
 
 /* ---- transports ------------------------------------------------------------ */
