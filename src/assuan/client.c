@@ -254,7 +254,7 @@ static int put_command(weft_assuan_client *cl, const char *command, size_t n)
 {
 	struct weft__abuf *out = &cl->io.out;
 	int r = cl->io.dcount != 0 ? weft__aenc_data_end(out, &cl->io.dcount) : 0;
-	if (r == 0)
+	if (r == 0 && out->cap - out->len < n + 1)
 		r = weft__abuf_reserve(out, n + 1);
 	if (r < 0)
 		return r;
