@@ -122,10 +122,17 @@ int weft__apump_flush(struct weft__apump *p)
 {
 	if (p->err != 0)
 		return -p->err;
-	if (p->s == NULL || p->wreq != NULL || p->out.len == 0)
+	if (p->out.len == 0 || p->wreq != NULL || p->s == NULL)
 		return 0;
 	struct iovec iov = {p->out.p, p->out.len};
 	ssize_t n = weft_stream_try_writev(p->s, &iov, 1);
+	if (n == (ssize_t)p->out.len) {
+		/* The usual end: all of it taken at once. */
+		p->out.len = 0;
+		if (p->out.cap > WEFT__APUMP_OUT_KEEP)
+			weft__abuf_free(&p->out); /* an idle endpoint keeps little */
+		return 0;
+	}
 	if (n < 0 && n != -EAGAIN && n != -EWOULDBLOCK && n != -EBUSY) {
 		p->err = (int)-n;
 		return (int)n;
