@@ -1312,11 +1312,11 @@ int weft_assuan_get_active_fds(weft_assuan_conn *c, int what, int *fds, int n)
 		return -EINVAL;
 	if (c->closed)
 		return 0;
-	int fd = weft_stream_fd(c->io.s);
-	if (fd < 0)
-		return 0;
 	bool want = what == 0 ? c->io.reading : c->io.wreq != NULL;
 	if (!want)
+		return 0; /* the usual answer for writing: no lookup */
+	int fd = weft_stream_fd(c->io.s);
+	if (fd < 0)
 		return 0;
 	fds[0] = fd;
 	return 1;
