@@ -20,6 +20,8 @@ static bool big_buffer(const struct weft__apump *p)
 /* The stream asks where its next read goes: after the unparsed bytes, in
  * the small buffer while lines are short and few, the big one while data
  * streams in (given back once it empties). */
+static void alloc_other(struct weft__apump *p, weft_stream *s, void **ret_buf, size_t *ret_len);
+
 static void on_alloc(weft_stream *s, size_t suggested, void **ret_buf, size_t *ret_len, void *data)
 {
 	struct weft__apump *p = data;
@@ -32,6 +34,14 @@ static void on_alloc(weft_stream *s, size_t suggested, void **ret_buf, size_t *r
 		*ret_len = sizeof(p->small);
 		return;
 	}
+	alloc_other(p, s, ret_buf, ret_len);
+}
+
+/* Any other read: bytes kept, the first read, a switch between buffers.
+ * Out of line, so that the usual read saves no registers. */
+static __attribute__((noinline)) void alloc_other(struct weft__apump *p, weft_stream *s, void **ret_buf,
+		size_t *ret_len)
+{
 	if (p->in.buf == NULL || (p->in.len == 0 && !p->filled && big_buffer(p))) {
 		if (big_buffer(p))
 			free(p->in.buf); /* the stream of data is over */
