@@ -76,7 +76,24 @@ static enum weft__aline ain_discard(struct weft__ain *in)
 	return WEFT__ALINE_TOO_LONG;
 }
 
-enum weft__aline weft__ain_take(struct weft__ain *in, char **line, size_t *len)
+/* The end of a line found at nl: cut it off (its LF and one CR). */
+static enum weft__aline ain_line(struct weft__ain *in, char *start, char *nl, char **line, size_t *len)
+{
+	size_t total = (size_t)(nl - start) + 1;
+	ain_consume(in, total);
+	if (total > WEFT_ASSUAN_LINELENGTH)
+		return WEFT__ALINE_TOO_LONG;
+	size_t n = total - 1;
+	if (n > 0 && start[n - 1] == '\r')
+		n--;
+	start[n] = '\0';
+	*line = start;
+	*len = n;
+	return WEFT__ALINE_LINE;
+}
+
+/* Lines longer than a command, an over-long line, or no LF yet. */
+static __attribute__((noinline)) enum weft__aline ain_take_long(struct weft__ain *in, char **line, size_t *len)
 {
 	if (in->discarding)
 		return ain_discard(in);
@@ -90,17 +107,19 @@ enum weft__aline weft__ain_take(struct weft__ain *in, char **line, size_t *len)
 		in->scanned = in->len;
 		return WEFT__ALINE_NONE;
 	}
-	size_t total = (size_t)(nl - start) + 1;
-	ain_consume(in, total);
-	if (total > WEFT_ASSUAN_LINELENGTH)
-		return WEFT__ALINE_TOO_LONG;
-	size_t n = total - 1;
-	if (n > 0 && start[n - 1] == '\r')
-		n--;
-	start[n] = '\0';
-	*line = start;
-	*len = n;
-	return WEFT__ALINE_LINE;
+	return ain_line(in, start, nl, line, len);
+}
+
+enum weft__aline weft__ain_take(struct weft__ain *in, char **line, size_t *len)
+{
+	/* A short command line, whole: looked at byte by byte, no call. */
+	if (!in->discarding && in->scanned == 0 && in->len <= 16) {
+		char *start = in->buf + in->off;
+		for (size_t i = 0; i < in->len; i++)
+			if (start[i] == '\n')
+				return ain_line(in, start, start + i, line, len);
+	}
+	return ain_take_long(in, line, len);
 }
 
 /* ---- output --------------------------------------------------------------- */
