@@ -148,7 +148,9 @@ WEFT_EXPORT void weft_assuan_server_set_limits(weft_assuan_server *srv, const we
 
 /* Accept descriptors passed over Unix-domain connections (SCM_RIGHTS, as
  * libassuan's "# descriptor N is in flight" messages).  Default on.  When
- * off, INPUT FD answers Not implemented, as gpg-agent's main socket. */
+ * off, INPUT FD answers Not implemented, as gpg-agent's main socket, and
+ * reads need no room for descriptors (recv instead of recvmsg).  Applies
+ * to connections adopted after the call. */
 WEFT_EXPORT void weft_assuan_server_set_fdpassing(weft_assuan_server *srv, bool on);
 
 /* ---- transports ------------------------------------------------------------ */
@@ -392,7 +394,10 @@ typedef struct weft_assuan_transact_cbs {
 } weft_assuan_transact_cbs;
 
 /* Send command (one line, without LF; copied) and follow its answer.
- * cbs is copied; cbs and data may be NULL.  Cancel with weft_req_cancel:
+ * When nothing waits or runs before it, the command is written before
+ * this returns (what the transport does not take at once follows from the
+ * loop); otherwise it waits its turn.  Either way no callback runs from
+ * inside this call.  cbs is copied; cbs and data may be NULL.  Cancel with weft_req_cancel:
  * while an INQUIRE waits, CAN is sent; otherwise the transaction completes
  * with ECANCELED at once and its answer is dropped when it comes — the
  * connection stays usable.  A timeout (weft_req_set_timeout) does the

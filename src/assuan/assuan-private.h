@@ -7,6 +7,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <string.h>
 #include <sys/types.h>
 
 /* A growable byte buffer. */
@@ -34,10 +35,21 @@ enum weft__aline {
 };
 
 /* Take the next line.  The line points into buf and stays valid until the
- * buffer is compacted or refilled. */
-enum weft__aline weft__ain_next(struct weft__ain *in, char **line, size_t *len);
+ * buffer is compacted or refilled.  (The test for no input at all is
+ * inline: it is the usual answer of a second look.) */
+enum weft__aline weft__ain_take(struct weft__ain *in, char **line, size_t *len);
+static inline enum weft__aline weft__ain_next(struct weft__ain *in, char **line, size_t *len)
+{
+	return in->len == 0 ? WEFT__ALINE_NONE : weft__ain_take(in, line, len);
+}
 /* Move unparsed bytes to the front; returns the free room after them. */
-size_t weft__ain_compact(struct weft__ain *in);
+static inline size_t weft__ain_compact(struct weft__ain *in)
+{
+	if (in->off > 0 && in->len > 0)
+		memmove(in->buf, in->buf + in->off, in->len);
+	in->off = 0;
+	return in->cap - in->len;
+}
 
 /* Append "D " data to b, escaping %, CR and LF, ending a line when it
  * reaches 998 characters, as libassuan.  *dcount is the length of the open
@@ -89,13 +101,23 @@ struct weft__apump {
 };
 
 void weft__apump_init(struct weft__apump *p, weft_stream *s, void (*event)(struct weft__apump *p));
-/* Start a read if there is room and none runs.  Returns 0 or -ENOMEM. */
-int weft__apump_read(struct weft__apump *p);
+/* Start a read if there is room and none runs.  Returns 0 or -ENOMEM.
+ * (Inline: a reader that runs with room left is the usual case.) */
+int weft__apump_read_slow(struct weft__apump *p);
+static inline int weft__apump_read(struct weft__apump *p)
+{
+	if (p->reading && p->in.len < p->in.cap)
+		return 0;
+	return weft__apump_read_slow(p);
+}
 /* Write what was gathered.  Returns 0, or -errno when the transport failed
  * (p->err is set; event is not called for it). */
 int weft__apump_flush(struct weft__apump *p);
 /* Bytes gathered or being written. */
-size_t weft__apump_pending(const struct weft__apump *p);
+static inline size_t weft__apump_pending(const struct weft__apump *p)
+{
+	return p->out.len + p->wbuf.len;
+}
 /* Drop requests and buffers, close the stream (it is gone after this). */
 void weft__apump_close(struct weft__apump *p);
 

@@ -236,10 +236,32 @@ static void tr_cleanup(weft_req *req, weft_req_stage stage)
 	struct tr *t = weft_req_state(req);
 	if (t->cl != NULL) /* cancelled, timed out or freed while running */
 		tr_abandon(t->cl, t);
-	if (stage == WEFT_REQ_STAGE_FREED) {
+	if (stage == WEFT_REQ_STAGE_FREED && t->cmd != NULL) { /* sent at once: none */
 		free(t->cmd);
 		t->cmd = NULL;
 	}
+}
+
+/* A new command can go now: none waits or runs before it. */
+static bool can_start_now(const weft_assuan_client *cl)
+{
+	return cl->phase == P_READY && cl->active == NULL && cl->discard == 0 && cl->io.s != NULL &&
+	       weft__list_empty(&cl->trs);
+}
+
+/* "command\n" into the output (command, n bytes, checked by the caller). */
+static int put_command(weft_assuan_client *cl, const char *command, size_t n)
+{
+	struct weft__abuf *out = &cl->io.out;
+	int r = cl->io.dcount != 0 ? weft__aenc_data_end(out, &cl->io.dcount) : 0;
+	if (r == 0 && out->cap - out->len < n + 1)
+		r = weft__abuf_reserve(out, n + 1);
+	if (r < 0)
+		return r;
+	memcpy(out->p + out->len, command, n);
+	out->p[out->len + n] = '\n';
+	out->len += n + 1;
+	return 0;
 }
 
 weft_req *weft_assuan_transact_send(weft_assuan_client *cl, const char *command,
@@ -252,8 +274,11 @@ weft_req *weft_assuan_transact_send(weft_assuan_client *cl, const char *command,
 		return NULL;
 	struct tr *t = weft_req_state(req);
 	t->req = req;
-	if (command == NULL || strchr(command, '\n') || strlen(command) + 1 > WEFT_ASSUAN_LINELENGTH ||
-	    *command == '\0') {
+	size_t n = 0; /* the command's length, checked in one pass */
+	if (command != NULL)
+		while (command[n] != '\0' && command[n] != '\n' && n < WEFT_ASSUAN_LINELENGTH)
+			n++;
+	if (command == NULL || n == 0 || command[n] != '\0' || n + 1 > WEFT_ASSUAN_LINELENGTH) {
 		weft_req_error(req, EINVAL);
 		return req;
 	}
@@ -261,12 +286,30 @@ weft_req *weft_assuan_transact_send(weft_assuan_client *cl, const char *command,
 		weft_req_error(req, cl->phase == P_DEAD && cl->dead_err ? cl->dead_err : EPIPE);
 		return req;
 	}
-	t->cmd = strdup(command);
-	if (weft_req_nomem(t->cmd, req))
-		return req;
 	if (cbs != NULL)
 		t->cbs = *cbs;
 	t->data = data;
+	if (can_start_now(cl) && put_command(cl, command, n) == 0) {
+		/* Nothing before it: sent now, no copy and no pass of the
+		 * loop.  Its answer is read as any other. */
+		t->cl = cl;
+		t->sent = true;
+		cl->active = t;
+		weft__list_append(&cl->trs, &t->link);
+		weft_req_set_cleanup(req, tr_cleanup);
+		if (cl->depth == 0) {
+			/* Outside the pump: write now; a failure or lines
+			 * already buffered are the loop's to handle (callbacks
+			 * never run from here).  Inside it, the pump writes
+			 * when its pass ends. */
+			if (weft__apump_flush(&cl->io) < 0 || cl->io.in.len > 0 || weft__apump_read(&cl->io) < 0)
+				weft_defer_schedule(&cl->kick);
+		}
+		return req;
+	}
+	t->cmd = strdup(command);
+	if (weft_req_nomem(t->cmd, req))
+		return req;
 	t->cl = cl;
 	weft__list_append(&cl->trs, &t->link);
 	weft_req_set_cleanup(req, tr_cleanup);
@@ -324,10 +367,14 @@ int weft_assuan_client_inquire_cancel(weft_assuan_client *cl)
 
 /* ---- the line handler ------------------------------------------------------------ */
 
+/* line starts with the word w, alone or followed by a space. */
 static bool word(const char *line, const char *w)
 {
-	size_t n = strlen(w);
-	return strncmp(line, w, n) == 0 && (line[n] == '\0' || line[n] == ' ');
+	size_t i = 0;
+	for (; w[i] != '\0'; i++)
+		if (line[i] != w[i])
+			return false;
+	return line[i] == '\0' || line[i] == ' ';
 }
 
 static void kill_client(weft_assuan_client *cl, int err);
@@ -356,8 +403,13 @@ static void answer_line(weft_assuan_client *cl, char *line, size_t len)
 			return;
 		}
 		if (line[0] == 'O') {
-			free(cl->okay);
-			cl->okay = strdup(line[2] ? line + 3 : "");
+			/* No copy for a bare OK (the text reads "" then). */
+			if (cl->okay != NULL) {
+				free(cl->okay);
+				cl->okay = NULL;
+			}
+			if (line[2] != '\0' && line[3] != '\0')
+				cl->okay = strdup(line + 3);
 		}
 		tr_complete(t, answer);
 		return;

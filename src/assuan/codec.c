@@ -62,52 +62,64 @@ static void ain_consume(struct weft__ain *in, size_t n)
 	in->scanned = 0;
 }
 
-enum weft__aline weft__ain_next(struct weft__ain *in, char **line, size_t *len)
+/* Inside an over-long line: drop bytes up to its LF. */
+static enum weft__aline ain_discard(struct weft__ain *in)
 {
-	while (in->len > 0) {
-		char *start = in->buf + in->off;
-		if (in->discarding) {
-			char *nl = memchr(start, '\n', in->len);
-			if (nl == NULL) {
-				ain_consume(in, in->len); /* bounded: drop it all */
-				return WEFT__ALINE_NONE;
-			}
-			ain_consume(in, (size_t)(nl - start) + 1);
-			in->discarding = false;
-			return WEFT__ALINE_TOO_LONG;
-		}
-		char *nl = memchr(start + in->scanned, '\n', in->len - in->scanned);
-		if (nl == NULL) {
-			if (in->len >= WEFT_ASSUAN_LINELENGTH) {
-				in->discarding = true; /* no LF within the limit */
-				continue;
-			}
-			in->scanned = in->len;
-			return WEFT__ALINE_NONE;
-		}
-		size_t total = (size_t)(nl - start) + 1;
-		if (total > WEFT_ASSUAN_LINELENGTH) {
-			ain_consume(in, total);
-			return WEFT__ALINE_TOO_LONG;
-		}
-		size_t n = total - 1;
-		if (n > 0 && start[n - 1] == '\r')
-			n--;
-		start[n] = '\0';
-		ain_consume(in, total);
-		*line = start;
-		*len = n;
-		return WEFT__ALINE_LINE;
+	char *start = in->buf + in->off;
+	char *nl = memchr(start, '\n', in->len);
+	if (nl == NULL) {
+		ain_consume(in, in->len); /* bounded: drop it all */
+		return WEFT__ALINE_NONE;
 	}
-	return WEFT__ALINE_NONE;
+	ain_consume(in, (size_t)(nl - start) + 1);
+	in->discarding = false;
+	return WEFT__ALINE_TOO_LONG;
 }
 
-size_t weft__ain_compact(struct weft__ain *in)
+/* The end of a line found at nl: cut it off (its LF and one CR). */
+static enum weft__aline ain_line(struct weft__ain *in, char *start, char *nl, char **line, size_t *len)
 {
-	if (in->off > 0 && in->len > 0)
-		memmove(in->buf, in->buf + in->off, in->len);
-	in->off = 0;
-	return in->cap - in->len;
+	size_t total = (size_t)(nl - start) + 1;
+	ain_consume(in, total);
+	if (total > WEFT_ASSUAN_LINELENGTH)
+		return WEFT__ALINE_TOO_LONG;
+	size_t n = total - 1;
+	if (n > 0 && start[n - 1] == '\r')
+		n--;
+	start[n] = '\0';
+	*line = start;
+	*len = n;
+	return WEFT__ALINE_LINE;
+}
+
+/* Lines longer than a command, an over-long line, or no LF yet. */
+static __attribute__((noinline)) enum weft__aline ain_take_long(struct weft__ain *in, char **line, size_t *len)
+{
+	if (in->discarding)
+		return ain_discard(in);
+	char *start = in->buf + in->off;
+	char *nl = memchr(start + in->scanned, '\n', in->len - in->scanned);
+	if (nl == NULL) {
+		if (in->len >= WEFT_ASSUAN_LINELENGTH) {
+			in->discarding = true; /* no LF within the limit */
+			return ain_discard(in);
+		}
+		in->scanned = in->len;
+		return WEFT__ALINE_NONE;
+	}
+	return ain_line(in, start, nl, line, len);
+}
+
+enum weft__aline weft__ain_take(struct weft__ain *in, char **line, size_t *len)
+{
+	/* A short command line, whole: looked at byte by byte, no call. */
+	if (!in->discarding && in->scanned == 0 && in->len <= 16) {
+		char *start = in->buf + in->off;
+		for (size_t i = 0; i < in->len; i++)
+			if (start[i] == '\n')
+				return ain_line(in, start, start + i, line, len);
+	}
+	return ain_take_long(in, line, len);
 }
 
 /* ---- output --------------------------------------------------------------- */

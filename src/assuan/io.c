@@ -20,10 +20,28 @@ static bool big_buffer(const struct weft__apump *p)
 /* The stream asks where its next read goes: after the unparsed bytes, in
  * the small buffer while lines are short and few, the big one while data
  * streams in (given back once it empties). */
+static void alloc_other(struct weft__apump *p, weft_stream *s, void **ret_buf, size_t *ret_len);
+
 static void on_alloc(weft_stream *s, size_t suggested, void **ret_buf, size_t *ret_len, void *data)
 {
 	struct weft__apump *p = data;
 	(void)suggested;
+	if (p->in.len == 0 && p->in.buf == p->small && !p->filled) {
+		/* The usual read of an idle endpoint: all of the small buffer. */
+		p->in.off = 0;
+		p->rroom = sizeof(p->small);
+		*ret_buf = p->small;
+		*ret_len = sizeof(p->small);
+		return;
+	}
+	alloc_other(p, s, ret_buf, ret_len);
+}
+
+/* Any other read: bytes kept, the first read, a switch between buffers.
+ * Out of line, so that the usual read saves no registers. */
+static __attribute__((noinline)) void alloc_other(struct weft__apump *p, weft_stream *s, void **ret_buf,
+		size_t *ret_len)
+{
 	if (p->in.buf == NULL || (p->in.len == 0 && !p->filled && big_buffer(p))) {
 		if (big_buffer(p))
 			free(p->in.buf); /* the stream of data is over */
@@ -74,7 +92,7 @@ static void on_read(weft_stream *s, ssize_t n, void *buf, void *data)
 	p->event(p);
 }
 
-int weft__apump_read(struct weft__apump *p)
+int weft__apump_read_slow(struct weft__apump *p)
 {
 	if (p->s == NULL || p->eof)
 		return 0;
@@ -114,10 +132,17 @@ int weft__apump_flush(struct weft__apump *p)
 {
 	if (p->err != 0)
 		return -p->err;
-	if (p->s == NULL || p->wreq != NULL || p->out.len == 0)
+	if (p->out.len == 0 || p->wreq != NULL || p->s == NULL)
 		return 0;
 	struct iovec iov = {p->out.p, p->out.len};
 	ssize_t n = weft_stream_try_writev(p->s, &iov, 1);
+	if (n == (ssize_t)p->out.len) {
+		/* The usual end: all of it taken at once. */
+		p->out.len = 0;
+		if (p->out.cap > WEFT__APUMP_OUT_KEEP)
+			weft__abuf_free(&p->out); /* an idle endpoint keeps little */
+		return 0;
+	}
 	if (n < 0 && n != -EAGAIN && n != -EWOULDBLOCK && n != -EBUSY) {
 		p->err = (int)-n;
 		return (int)n;
@@ -143,11 +168,6 @@ int weft__apump_flush(struct weft__apump *p)
 	}
 	weft_req_set_callback(p->wreq, write_done, p);
 	return 0;
-}
-
-size_t weft__apump_pending(const struct weft__apump *p)
-{
-	return p->out.len + p->wbuf.len;
 }
 
 void weft__apump_close(struct weft__apump *p)

@@ -33,6 +33,7 @@ enum builtin { B_NONE, B_NOP, B_CANCEL, B_OPTION, B_BYE, B_AUTH, B_RESET, B_END,
 
 struct cmd {
 	char *name;
+	size_t len; /* of name */
 	char *help;
 	weft_assuan_handler fn;
 	void *data;
@@ -135,13 +136,23 @@ static bool name_eq_upper(const char *registered, const char *input)
 	return *registered == *input;
 }
 
-static struct cmd *find_cmd(weft_assuan_server *srv, const char *name)
+/* An exact match first, then one regardless of the input's case.  The
+ * first byte and the length rule out most entries; names are short and
+ * compared in line. */
+static inline struct cmd *find_cmd(weft_assuan_server *srv, const char *name, size_t len)
 {
+	for (size_t i = 0; i < srv->ncmds; i++) {
+		struct cmd *cmd = &srv->cmds[i];
+		if (cmd->name[0] != name[0] || cmd->len != len)
+			continue;
+		size_t k = 1;
+		while (k < len && cmd->name[k] == name[k])
+			k++;
+		if (k == len)
+			return cmd;
+	}
 	for (size_t i = 0; i < srv->ncmds; i++)
-		if (strcmp(srv->cmds[i].name, name) == 0)
-			return &srv->cmds[i];
-	for (size_t i = 0; i < srv->ncmds; i++)
-		if (name_eq_upper(srv->cmds[i].name, name))
+		if (srv->cmds[i].len == len && name_eq_upper(srv->cmds[i].name, name))
 			return &srv->cmds[i];
 	return NULL;
 }
@@ -198,7 +209,7 @@ int weft_assuan_register(weft_assuan_server *srv, const char *name, weft_assuan_
 		}
 		slot = &srv->cmds[srv->ncmds++];
 	}
-	*slot = (struct cmd){.name = n, .help = h, .fn = handler, .data = data, .builtin = b};
+	*slot = (struct cmd){.name = n, .len = strlen(n), .help = h, .fn = handler, .data = data, .builtin = b};
 	return 0;
 }
 
@@ -579,15 +590,21 @@ static void clear_command(weft_assuan_conn *c)
 {
 	c->state = C_IDLE;
 	c->cmd_seq++;
-	free(c->okay);
-	c->okay = NULL;
-	free(c->err_text);
-	c->err_text = NULL;
 	c->err_no = 0;
 	c->cancel_cb = NULL;
 	c->cancel_data = NULL;
 	c->inq_cb = NULL;
-	weft__abuf_free(&c->inq);
+	/* Most commands set none of these: no calls for them. */
+	if (c->okay != NULL) {
+		free(c->okay);
+		c->okay = NULL;
+	}
+	if (c->err_text != NULL) {
+		free(c->err_text);
+		c->err_text = NULL;
+	}
+	if (c->inq.p != NULL)
+		weft__abuf_free(&c->inq);
 }
 
 static bool keeps_fds(enum builtin b)
@@ -597,17 +614,24 @@ static bool keeps_fds(enum builtin b)
 
 static void finish(weft_assuan_conn *c, weft_assuan_err err)
 {
-	int r = weft__aenc_data_end(&c->io.out, &c->io.dcount);
-	if (err == 0) {
+	struct weft__abuf *out = &c->io.out;
+	int r = c->io.dcount != 0 ? weft__aenc_data_end(out, &c->io.dcount) : 0;
+	if (err == 0 && c->okay == NULL && !c->bye) {
+		/* The usual answer, written straight into the buffer. */
+		if (r == 0 && (out->cap - out->len >= 3 || (r = weft__abuf_reserve(out, 3)) == 0)) {
+			memcpy(out->p + out->len, "OK\n", 3);
+			out->len += 3;
+		}
+	} else if (err == 0) {
 		const char *text = c->bye ? "closing connection" : c->okay;
 		if (r == 0)
-			r = weft__aenc_line(&c->io.out, "OK", text);
+			r = weft__aenc_line(out, "OK", text);
 	} else {
 		const char *text = c->err_no == err ? c->err_text : NULL;
 		if (c->force_close)
 			text = "[closing connection]";
 		if (r == 0)
-			r = weft__aenc_err(&c->io.out, err, text);
+			r = weft__aenc_err(out, err, text);
 	}
 	enum builtin b = c->cur_builtin;
 	clear_command(c);
@@ -810,7 +834,7 @@ static weft_assuan_err std_help(weft_assuan_conn *c, char *line)
 		}
 		return 0;
 	}
-	const struct cmd *cmd = find_cmd(srv, line);
+	const struct cmd *cmd = find_cmd(srv, line, n);
 	if (cmd == NULL)
 		return mkerr(srv, GPG_ERR_UNKNOWN_COMMAND);
 	if (cmd->help == NULL)
@@ -942,12 +966,13 @@ static void command_line(weft_assuan_conn *c, char *line)
 		finish(c, syntax(c, "leading white-space"));
 		return;
 	}
+	size_t nlen = (size_t)(p - line);
 	if (*p) {
 		*p++ = '\0';
 		while (blank(*p))
 			p++;
 	}
-	struct cmd *cmd = find_cmd(srv, line);
+	struct cmd *cmd = find_cmd(srv, line, nlen);
 	if (cmd == NULL) {
 		answer(c, B_NONE, mkerr(srv, GPG_ERR_ASS_UNKNOWN_CMD));
 		return;
@@ -1287,11 +1312,11 @@ int weft_assuan_get_active_fds(weft_assuan_conn *c, int what, int *fds, int n)
 		return -EINVAL;
 	if (c->closed)
 		return 0;
-	int fd = weft_stream_fd(c->io.s);
-	if (fd < 0)
-		return 0;
 	bool want = what == 0 ? c->io.reading : c->io.wreq != NULL;
 	if (!want)
+		return 0; /* the usual answer for writing: no lookup */
+	int fd = weft_stream_fd(c->io.s);
+	if (fd < 0)
 		return 0;
 	fds[0] = fd;
 	return 1;

@@ -1174,6 +1174,67 @@ static void test_queue_order(void)
 	pair_close(&p);
 }
 
+/* An idle client writes a command before _send returns (no pass of the
+ * loop), yet its callback never runs inside _send; a transaction started
+ * from the previous one's callback goes out in the same pass; answer lines
+ * that were buffered before the command was sent are still read. */
+static struct tx g_chain[2];
+
+static void chain_done(weft_req *req, void *data)
+{
+	tx_done(req, data);
+	if (data == &g_chain[0])
+		tx_start(&g_chain[1], g_chain[0].cl, "SECOND");
+}
+
+static void test_send_at_once(void)
+{
+	struct raw r;
+	if (raw_open(&r, "OK\n")) {
+		struct tx a = {0};
+		tx_start(&a, r.cl, "FIRST x");
+		raw_pull(&r); /* no loop run in between */
+		CHECK(r.inlen == 8 && memcmp(r.in, "FIRST x\n", 8) == 0);
+		CHECK(!a.done);
+		r.inlen = 0;
+		raw_send(&r, "OK fine\n");
+		CHECK(t_run_until(r.loop, &a.done, WAIT_MS));
+		CHECK_EQ(a.r, 0);
+		CHECK(strcmp(a.okay, "fine") == 0);
+
+		/* the answer arrives with the next command's answer behind it:
+		 * the chained one is sent from the callback, in the same pass */
+		memset(g_chain, 0, sizeof(g_chain));
+		g_chain[0].cl = r.cl;
+		g_chain[0].req = weft_assuan_transact_send(r.cl, "FIRST", NULL, &g_chain[0]);
+		REQUIRE(g_chain[0].req != NULL);
+		weft_req_set_callback(g_chain[0].req, chain_done, &g_chain[0]);
+		CHECK(raw_expect(&r, "FIRST\n"));
+		raw_send(&r, "OK\nERR 5 two\n");
+		CHECK(t_run_until(r.loop, &g_chain[1].done, WAIT_MS));
+		CHECK(raw_expect(&r, "SECOND\n"));
+		CHECK_EQ(g_chain[0].r, 0);
+		CHECK_EQ(g_chain[0].answer, 0);
+		CHECK(strcmp(g_chain[0].okay, "") == 0);
+		CHECK_EQ(g_chain[1].r, 0);
+		CHECK_EQ(g_chain[1].answer, 5);
+
+		/* sent at once to a server that is gone: the error comes from
+		 * the loop, not from inside _send */
+		close(r.fd);
+		r.fd = -1;
+		t_run_for(r.loop, 10);
+		struct tx c = {0};
+		tx_start(&c, r.cl, "THIRD");
+		CHECK(!c.done);
+		CHECK(t_run_until(r.loop, &c.done, WAIT_MS));
+		CHECK(c.r == -EPIPE || c.r == -ECONNRESET);
+		tx_fini(&c);
+		tx_fini(&a);
+	}
+	raw_close(&r);
+}
+
 /* Many transactions queued at once: all answered, in order, quickly. */
 static int g_many_done, g_many_bad;
 
@@ -3585,6 +3646,7 @@ int main(int argc, char **argv)
 	run("D, S, comments, END, OK text", test_data_status_comments);
 	run("ERR values", test_err_values);
 	run("queued transactions in order", test_queue_order);
+	run("a command is sent at once when nothing waits", test_send_at_once);
 	run("5000 queued transactions", test_queue_many);
 	run("bad commands", test_bad_commands);
 	run("INQUIRE: now, later, CAN, no callback, failing callback", test_inquire_now_and_later);

@@ -1259,6 +1259,12 @@ static void test_errors(void)
 	TALK(&f, "lower\n", "OK\n");
 	TALK(&f, "LOWER\n", "ERR 67109139 Unknown IPC command <GPG Agent>\n");
 	TALK(&f, "Echo x\n", "D x\nOK\n");
+	/* Names that share a first byte, a length or a prefix. */
+	TALK(&f, "PUTX\n", "ERR 67109139 Unknown IPC command <GPG Agent>\n");
+	TALK(&f, "PU\n", "ERR 67109139 Unknown IPC command <GPG Agent>\n");
+	TALK(&f, "FAILPLAINX\n", "ERR 67109139 Unknown IPC command <GPG Agent>\n");
+	TALK(&f, "failplain\n", "ERR 67108992 Missing value <GPG Agent>\n");
+	TALK(&f, "NOPE\n", "ERR 67109139 Unknown IPC command <GPG Agent>\n");
 	/* Error text, okay line, status lines. */
 	TALK(&f, "FAIL\n", "ERR 67108891 Not found <GPG Agent> - No such envvar\n");
 	TALK(&f, "FAILPLAIN\n", "ERR 67108992 Missing value <GPG Agent>\n");
