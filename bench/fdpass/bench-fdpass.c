@@ -47,6 +47,11 @@
 
 #include "../bench-util.h"
 
+/* The four sides run in functions of their own, kept out of line, so
+ * callgrind can count each alone: --toggle-collect=timed_client_raw,
+ * timed_server_raw, timed_client_weft, timed_server_weft (bench/README.md). */
+#define NOINLINE __attribute__((noinline))
+
 enum { I_RAW, I_WEFT, NIMPL };
 static const char *const impl_names[NIMPL] = {"raw", "weft"};
 
@@ -106,16 +111,14 @@ typedef union {
 	char buf[CMSG_SPACE(sizeof(int))];
 } cmsg1;
 
-static void raw_server(int s)
+/* The raw server's loop until the client closes: 0, or 1 on a failure. */
+static NOINLINE int timed_server_raw(int s, int devnull)
 {
-	int devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
-	if (devnull < 0)
-		_exit(1);
 	char buf[4096];
 	for (;;) {
 		ssize_t n = recv(s, buf, (size_t)opt.msg, MSG_WAITALL);
 		if (n <= 0)
-			_exit(n == 0 ? 0 : 1);
+			return n == 0 ? 0 : 1;
 		cmsg1 cb;
 		memset(&cb, 0, sizeof(cb));
 		struct iovec iov = {buf, (size_t)n};
@@ -126,7 +129,37 @@ static void raw_server(int s)
 		c->cmsg_len = CMSG_LEN(sizeof(int));
 		memcpy(CMSG_DATA(c), &devnull, sizeof(int));
 		if (sendmsg(s, &m, MSG_NOSIGNAL) != n)
-			_exit(1);
+			return 1;
+	}
+}
+
+static void raw_server(int s)
+{
+	int devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	if (devnull < 0)
+		_exit(1);
+	_exit(timed_server_raw(s, devnull));
+}
+
+/* The raw client's round trips (dies on a wrong response). */
+static NOINLINE void timed_client_raw(int s)
+{
+	char req[4096], resp[4096];
+	memset(req, 'q', (size_t)opt.msg);
+	for (long i = 0; i < opt.n; i++) {
+		memcpy(req, &i, sizeof(i));
+		if (send(s, req, (size_t)opt.msg, MSG_NOSIGNAL) != opt.msg)
+			die("raw: send: %s", strerror(errno));
+		cmsg1 cb;
+		struct iovec iov = {resp, (size_t)opt.msg};
+		struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cb.buf, .msg_controllen = sizeof(cb.buf)};
+		ssize_t n = recvmsg(s, &m, MSG_CMSG_CLOEXEC | MSG_WAITALL);
+		struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+		if (n != opt.msg || c == NULL || c->cmsg_type != SCM_RIGHTS || memcmp(resp, &i, sizeof(i)) != 0)
+			die("raw: wrong response %ld", i);
+		int fd;
+		memcpy(&fd, CMSG_DATA(c), sizeof(int));
+		close(fd);
 	}
 }
 
@@ -144,25 +177,9 @@ static double raw_round(void)
 	}
 	close(sv[1]);
 	int s = sv[0];
-	char req[4096], resp[4096];
-	memset(req, 'q', (size_t)opt.msg);
 	double c0 = self_cpu();
 	double t0 = now_mono();
-	for (long i = 0; i < opt.n; i++) {
-		memcpy(req, &i, sizeof(i));
-		if (send(s, req, (size_t)opt.msg, MSG_NOSIGNAL) != opt.msg)
-			die("raw: send: %s", strerror(errno));
-		cmsg1 cb;
-		struct iovec iov = {resp, (size_t)opt.msg};
-		struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cb.buf, .msg_controllen = sizeof(cb.buf)};
-		ssize_t n = recvmsg(s, &m, MSG_CMSG_CLOEXEC | MSG_WAITALL);
-		struct cmsghdr *c = CMSG_FIRSTHDR(&m);
-		if (n != opt.msg || c == NULL || c->cmsg_type != SCM_RIGHTS || memcmp(resp, &i, sizeof(i)) != 0)
-			die("raw: wrong response %ld", i);
-		int fd;
-		memcpy(&fd, CMSG_DATA(c), sizeof(int));
-		close(fd);
-	}
+	timed_client_raw(s);
 	double dt = now_mono() - t0;
 	double cpu = self_cpu() - c0, scpu = 0;
 	close(s);
@@ -190,6 +207,17 @@ static void wserver_request(weft_fdpass_server *srv, weft_fdpass_call *call, con
 		_exit(1);
 }
 
+/* The weft server's loop until the client has come and gone. */
+static NOINLINE int timed_server_weft(weft_loop *loop, const weft_fdpass_server *srv, const struct wserver *w)
+{
+	while (!w->seen || weft_fdpass_server_connections(srv) > 0) {
+		int r = weft_loop_run(loop, WEFT_RUN_ONCE);
+		if (r < 0)
+			return r;
+	}
+	return 0;
+}
+
 static void weft_server(const weft_addr *addr, int ready_fd)
 {
 	struct wserver w = {.devnull = open("/dev/null", O_RDONLY | O_CLOEXEC)};
@@ -201,10 +229,8 @@ static void weft_server(const weft_addr *addr, int ready_fd)
 	if (write(ready_fd, "r", 1) != 1)
 		_exit(1);
 	close(ready_fd);
-	/* until the client has come and gone */
-	while (!w.seen || weft_fdpass_server_connections(srv) > 0)
-		if (weft_loop_run(loop, WEFT_RUN_ONCE) < 0)
-			_exit(1);
+	if (timed_server_weft(loop, srv, &w) < 0)
+		_exit(1);
 	weft_fdpass_server_close(srv, NULL, NULL);
 	for (int i = 0; i < 4; i++)
 		weft_loop_run(loop, WEFT_RUN_NOWAIT);
@@ -252,6 +278,14 @@ static void wclient_send(struct wclient *w)
 	weft_req_set_callback(req, wclient_done, w);
 }
 
+/* The weft client's round trips: the first request, then the loop (each
+ * response callback sends the next request). */
+static NOINLINE void timed_client_weft(struct wclient *w)
+{
+	wclient_send(w);
+	weft_loop_run(w->loop, WEFT_RUN_DEFAULT);
+}
+
 static double weft_round(void)
 {
 	static int seq;
@@ -284,8 +318,7 @@ static double weft_round(void)
 	weft_req_free(creq);
 	double c0 = self_cpu();
 	double t0 = now_mono();
-	wclient_send(&w);
-	weft_loop_run(w.loop, WEFT_RUN_DEFAULT);
+	timed_client_weft(&w);
 	double dt = now_mono() - t0;
 	double cpu = self_cpu() - c0, scpu = 0;
 	if (w.failed || w.i != opt.n)
