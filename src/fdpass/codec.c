@@ -48,7 +48,8 @@ void weft__fdp_put_header(uint8_t *out, const struct weft__fdp_hdr *hdr)
 	put_be32(out + 12, hdr->seq);
 }
 
-int weft__fdp_get_header(const uint8_t *buf, uint32_t max_payload, uint32_t max_fds,
+/* The header check, inlined into the decoder's hot path. */
+static inline int parse_header(const uint8_t *buf, uint32_t max_payload, uint32_t max_fds,
 		struct weft__fdp_hdr *ret_hdr)
 {
 	if (memcmp(buf, magic, sizeof(magic)) != 0 || buf[4] != WEFT__FDP_VERSION)
@@ -78,6 +79,12 @@ int weft__fdp_get_header(const uint8_t *buf, uint32_t max_payload, uint32_t max_
 	return 0;
 }
 
+int weft__fdp_get_header(const uint8_t *buf, uint32_t max_payload, uint32_t max_fds,
+		struct weft__fdp_hdr *ret_hdr)
+{
+	return parse_header(buf, max_payload, max_fds, ret_hdr);
+}
+
 /* ---- the decoder ---------------------------------------------------------- */
 
 void weft__fdp_dec_init(struct weft__fdp_dec *dec, uint32_t max_payload, uint32_t max_fds,
@@ -97,13 +104,30 @@ static void close_all(struct weft__fdp_dec *dec, const int *fds, size_t n)
 			dec->close_fd(fds[i], dec->close_ctx);
 }
 
+static struct weft__fdp_batch *batch_at(struct weft__fdp_dec *dec, size_t i)
+{
+	return &dec->batches[(dec->first + i) % WEFT__FDP_MAX_BATCHES];
+}
+
+/* Close the descriptors of every batch waiting (not those of the message
+ * handed out last: they are the caller's). */
 static void drop_batches(struct weft__fdp_dec *dec)
 {
 	for (size_t i = 0; i < dec->nbatches; i++) {
-		close_all(dec, dec->batches[i].fds, dec->batches[i].n);
+		const struct weft__fdp_batch *b = batch_at(dec, i);
+		close_all(dec, b->fds, b->n);
 	}
-	dec->nbatches = 0;
-	dec->regions_used = 0;
+	dec->first = dec->nbatches = 0;
+	dec->regions_used = dec->handed;
+}
+
+/* Copy a few descriptors: one (the common case) without a library call. */
+static void copy_fds(int *dst, const int *src, size_t n)
+{
+	if (n == 1)
+		dst[0] = src[0];
+	else
+		memcpy(dst, src, n * sizeof(int));
 }
 
 static int fail(struct weft__fdp_dec *dec, int err)
@@ -118,6 +142,7 @@ static int fail(struct weft__fdp_dec *dec, int err)
 void weft__fdp_dec_clear(struct weft__fdp_dec *dec)
 {
 	drop_batches(dec);
+	dec->regions_used = dec->handed = 0;
 	free(dec->fdstore);
 	dec->fdstore = NULL;
 	free(dec->buf);
@@ -125,19 +150,17 @@ void weft__fdp_dec_clear(struct weft__fdp_dec *dec)
 	dec->cap = dec->start = dec->end = dec->consume = 0;
 }
 
-/* Forget the message handed out last. */
+/* Forget the message handed out last: its bytes, and the region its
+ * descriptor array pointed into. */
 static void apply_consume(struct weft__fdp_dec *dec)
 {
+	dec->regions_used &= ~dec->handed;
+	dec->handed = 0;
 	dec->start += dec->consume;
 	dec->pos += dec->consume;
 	dec->consume = 0;
 	if (dec->start == dec->end)
 		dec->start = dec->end = 0;
-}
-
-size_t weft__fdp_dec_buffered(const struct weft__fdp_dec *dec)
-{
-	return dec->end - dec->start - dec->consume;
 }
 
 int weft__fdp_dec_space(struct weft__fdp_dec *dec, uint8_t **ret_buf, size_t *ret_len)
@@ -149,7 +172,7 @@ int weft__fdp_dec_space(struct weft__fdp_dec *dec, uint8_t **ret_buf, size_t *re
 	size_t want = WEFT__FDP_HDR - (have < WEFT__FDP_HDR ? have : 0);
 	if (have >= WEFT__FDP_HDR) {
 		struct weft__fdp_hdr h;
-		int r = weft__fdp_get_header(dec->buf + dec->start, dec->max_payload, dec->max_fds, &h);
+		int r = parse_header(dec->buf + dec->start, dec->max_payload, dec->max_fds, &h);
 		if (r < 0)
 			return fail(dec, r);
 		size_t total = WEFT__FDP_HDR + h.len;
@@ -195,18 +218,18 @@ int weft__fdp_dec_ack(struct weft__fdp_dec *dec, size_t n, const int *fds, size_
 		}
 		unsigned region = 0;
 		while (dec->regions_used & (1u << region))
-			region++; /* fewer than WEFT__FDP_MAX_BATCHES are in use */
+			region++; /* at most WEFT__FDP_MAX_BATCHES of the regions are taken */
 		dec->regions_used |= 1u << region;
 		int *store = dec->fdstore + region * WEFT_FDPASS_MAX_FDS_LIMIT;
-		memcpy(store, fds, nfds * sizeof(int));
-		dec->batches[dec->nbatches++] = (struct weft__fdp_batch){
+		copy_fds(store, fds, nfds);
+		*batch_at(dec, dec->nbatches++) = (struct weft__fdp_batch){
 			.from = from, .to = from + n, .fds = store, .n = nfds, .region = region};
 	}
 	dec->end += n;
 	return 0;
 }
 
-int weft__fdp_dec_next(struct weft__fdp_dec *dec, struct weft__fdp_msg *ret_msg)
+int weft__fdp_dec_next_slow(struct weft__fdp_dec *dec, struct weft__fdp_msg *ret_msg)
 {
 	if (dec->err)
 		return dec->err;
@@ -215,31 +238,31 @@ int weft__fdp_dec_next(struct weft__fdp_dec *dec, struct weft__fdp_msg *ret_msg)
 	uint64_t p = dec->pos;
 	/* A batch whose read ended before the next message starts belongs to
 	 * no message's first byte. */
-	if (dec->nbatches > 0 && dec->batches[0].to <= p)
+	if (dec->nbatches > 0 && batch_at(dec, 0)->to <= p)
 		return fail(dec, -EPROTO);
 	if (have < WEFT__FDP_HDR)
 		return 0;
 	struct weft__fdp_hdr h;
-	int r = weft__fdp_get_header(dec->buf + dec->start, dec->max_payload, dec->max_fds, &h);
+	int r = parse_header(dec->buf + dec->start, dec->max_payload, dec->max_fds, &h);
 	if (r < 0)
 		return fail(dec, r);
 	uint64_t e = p + WEFT__FDP_HDR + h.len; /* where the next message starts */
-	if (dec->nbatches > 0 && dec->batches[0].from > p && dec->batches[0].to <= e)
+	if (dec->nbatches > 0 && batch_at(dec, 0)->from > p && batch_at(dec, 0)->to <= e)
 		return fail(dec, -EPROTO); /* descriptors inside this message */
 	if (have < WEFT__FDP_HDR + h.len)
 		return 0;
-	struct weft__fdp_batch *b = dec->nbatches > 0 ? &dec->batches[0] : NULL;
+	struct weft__fdp_batch *b = dec->nbatches > 0 ? batch_at(dec, 0) : NULL;
 	bool take = b != NULL && b->from <= p && e >= b->to;
 	size_t n = take ? b->n : 0;
 	if (n != h.nfds)
 		return fail(dec, -EPROTO);
 	int *fds = NULL;
 	if (take) {
-		fds = dec->fdstore + WEFT__FDP_MAX_BATCHES * WEFT_FDPASS_MAX_FDS_LIMIT;
-		memcpy(fds, b->fds, n * sizeof(int));
-		dec->regions_used &= ~(1u << b->region);
+		/* The array stays in its region until the next call. */
+		fds = b->fds;
+		dec->handed = 1u << b->region;
+		dec->first = (dec->first + 1) % WEFT__FDP_MAX_BATCHES;
 		dec->nbatches--;
-		memmove(&dec->batches[0], &dec->batches[1], dec->nbatches * sizeof(dec->batches[0]));
 	}
 	ret_msg->hdr = h;
 	ret_msg->payload = dec->buf + dec->start + WEFT__FDP_HDR;

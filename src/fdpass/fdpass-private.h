@@ -82,13 +82,17 @@ struct weft__fdp_dec {
 	uint64_t pos;    /* stream offset of buf[start] */
 	size_t consume;  /* bytes of the message handed out last, consumed on the next call */
 
+	/* Batches waiting for their message, oldest first: a ring of
+	 * nbatches entries starting at batches[first]. */
 	struct weft__fdp_batch batches[WEFT__FDP_MAX_BATCHES];
-	size_t nbatches;
-	/* Descriptor storage, allocated once on the first descriptor: one
-	 * region of WEFT_FDPASS_MAX_FDS_LIMIT per batch, and one for the
-	 * message handed out last. */
+	size_t first, nbatches;
+	/* Descriptor storage, allocated once on the first descriptor: regions
+	 * of WEFT_FDPASS_MAX_FDS_LIMIT, one per batch waiting and one for the
+	 * message handed out last (its fds array points into it until the next
+	 * decoder call). */
 	int *fdstore;
-	unsigned regions_used; /* bit i: batch region i */
+	unsigned regions_used; /* bit i: region i is taken */
+	unsigned handed;       /* the bit of the region handed out last (0: none) */
 
 	int err;         /* sticky: once failed, every call returns it */
 };
@@ -121,10 +125,28 @@ int weft__fdp_dec_ack(struct weft__fdp_dec *dec, size_t n, const int *fds, size_
 
 /* Returns 1 and a message, 0 when more bytes are needed, or -errno (sticky;
  * every descriptor held is closed): -EPROTO, -EMSGSIZE, -ETOOMANYREFS. */
-int weft__fdp_dec_next(struct weft__fdp_dec *dec, struct weft__fdp_msg *ret_msg);
+int weft__fdp_dec_next_slow(struct weft__fdp_dec *dec, struct weft__fdp_msg *ret_msg);
 
 /* Bytes received but not yet handed out as messages (0 between messages). */
-size_t weft__fdp_dec_buffered(const struct weft__fdp_dec *dec);
+static inline size_t weft__fdp_dec_buffered(const struct weft__fdp_dec *dec)
+{
+	return dec->end - dec->start - dec->consume;
+}
+
+/* weft__fdp_dec_next_slow, with its most common answer inline: nothing
+ * buffered and no descriptors waiting is 0 once the message handed out
+ * last is forgotten (what the slow path would do too). */
+static inline int weft__fdp_dec_next(struct weft__fdp_dec *dec, struct weft__fdp_msg *ret_msg)
+{
+	if (dec->err != 0 || dec->nbatches != 0 || weft__fdp_dec_buffered(dec) != 0)
+		return weft__fdp_dec_next_slow(dec, ret_msg);
+	dec->regions_used &= ~dec->handed;
+	dec->handed = 0;
+	dec->pos += dec->consume;
+	dec->consume = 0;
+	dec->start = dec->end = 0;
+	return 0;
+}
 
 /* ---- socket helpers (io.c) -------------------------------------------------- */
 

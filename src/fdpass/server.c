@@ -61,6 +61,9 @@ struct conn {
 	struct weft__dlist calls; /* received, not yet fully answered on the wire */
 	size_t ncalls;
 	struct weft__dlist done;  /* sent (or failed): post handler pending */
+	struct weft__dnode *spare; /* finished calls kept for reuse (a stack) */
+	unsigned nspare;
+	unsigned events;          /* what c->io watches now */
 	unsigned dispatching;
 	bool in_io;      /* inside conn_io_cb: conn_after runs at its end */
 	bool peer_closed;
@@ -109,6 +112,10 @@ static void call_close_fds(weft_fdpass_call *call)
 	call->nfds = 0;
 }
 
+/* Finished calls of a connection are kept for its next requests, up to
+ * this many (they go with the connection). */
+#define CALL_SPARES 4
+
 static void call_free(weft_fdpass_call *call)
 {
 	call_close_fds(call);
@@ -116,7 +123,42 @@ static void call_free(weft_fdpass_call *call)
 		free(call->rfds);
 	if (call->out != call->out_inline)
 		free(call->out);
+	struct conn *c = call->conn;
+	if (c != NULL && c->nspare < CALL_SPARES) {
+		call->link.next = c->spare;
+		c->spare = &call->link;
+		c->nspare++;
+		return;
+	}
 	free(call);
+}
+
+/* A call for a new request: a spare one, or a new allocation.  The fields
+ * before the inline arrays are zero.  NULL when out of memory. */
+static weft_fdpass_call *call_get(struct conn *c)
+{
+	weft_fdpass_call *call;
+	if (c->spare != NULL) {
+		call = weft__dlist_entry(c->spare, weft_fdpass_call, link);
+		c->spare = c->spare->next;
+		c->nspare--;
+	} else {
+		call = malloc(sizeof(*call));
+		if (call == NULL)
+			return NULL;
+	}
+	memset(call, 0, offsetof(weft_fdpass_call, fds_inline));
+	return call;
+}
+
+static void conn_free_spares(struct conn *c)
+{
+	while (c->spare != NULL) {
+		struct weft__dnode *n = c->spare;
+		c->spare = n->next;
+		free(weft__dlist_entry(n, weft_fdpass_call, link));
+	}
+	c->nspare = 0;
 }
 
 /* ---- connections ---------------------------------------------------------- */
@@ -178,9 +220,14 @@ static void conn_update_watch(struct conn *c)
 		ev |= WEFT_IO_READ;
 	if (c->write_wait)
 		ev |= WEFT_IO_WRITE;
+	if (ev == c->events)
+		return;
 	int r = weft_io_modify(c->io, ev);
-	if (r < 0)
+	if (r < 0) {
 		conn_fail(c, WEFT_FDPASS_PHASE_READ_REQUEST, WEFT_FDPASS_OP_NONE, r, "watch");
+		return;
+	}
+	c->events = ev;
 }
 
 /* Write answered responses from the head, in order. */
@@ -233,12 +280,12 @@ static void conn_dispatch_msg(struct conn *c, struct weft__fdp_msg *m)
 	weft_fdpass_call *call = NULL;
 	bool request = m->hdr.type == WEFT__FDP_REQUEST;
 	if (request)
-		call = malloc(sizeof(*call));
+		call = call_get(c);
 	if (call != NULL) {
-		memset(call, 0, offsetof(weft_fdpass_call, fds_inline));
+		call->conn = c;
 		call->fds = m->hdr.nfds <= CALL_INLINE_FDS ? call->fds_inline : malloc(m->hdr.nfds * sizeof(int));
 		if (call->fds == NULL) {
-			free(call);
+			call_free(call);
 			call = NULL;
 		}
 	}
@@ -251,7 +298,6 @@ static void conn_dispatch_msg(struct conn *c, struct weft__fdp_msg *m)
 			conn_fail(c, WEFT_FDPASS_PHASE_READ_REQUEST, WEFT_FDPASS_OP_DECODE, EPROTO, "not a request");
 		return;
 	}
-	call->conn = c;
 	call->seq = m->hdr.seq;
 	call->nfds = m->hdr.nfds;
 	if (call->nfds > 0)
@@ -306,7 +352,8 @@ static void conn_check_end(struct conn *c)
 
 static void conn_read(struct conn *c)
 {
-	conn_pump(c); /* requests left buffered by back-pressure go first */
+	if (weft__fdp_dec_buffered(&c->dec) > 0)
+		conn_pump(c); /* requests left buffered by back-pressure go first */
 	for (int i = 0; i < READS_PER_WAKEUP; i++) {
 		if (c->dead || c->eof || c->peer_closed || c->ncalls >= c->lim.max_pending)
 			break;
@@ -397,6 +444,7 @@ static void conn_maybe_destroy(struct conn *c)
 		return;
 	weft_fdpass_server *srv = c->srv;
 	weft__fdp_dec_clear(&c->dec);
+	conn_free_spares(c);
 	weft_defer_free(c->after);
 	weft__dlist_remove(&srv->conns, &c->link);
 	srv->nconns--;
@@ -441,6 +489,7 @@ static int conn_new(weft_fdpass_server *srv, int fd)
 		free(c);
 		return r;
 	}
+	c->events = WEFT_IO_READ;
 	weft__dlist_append(&srv->conns, &c->link);
 	srv->nconns++;
 	return 0;
@@ -483,7 +532,9 @@ static int call_answer(weft_fdpass_call *call, uint8_t type, const void *buf, si
 		memcpy(call->rfds, fds, nfds * sizeof(int));
 	call->nrfds = nfds;
 	call->answered = true;
-	call->want_post = type == WEFT__FDP_RESPONSE;
+	/* Without a post handler a call is done with once its response is
+	 * out: freed at once, never queued for conn_after. */
+	call->want_post = type == WEFT__FDP_RESPONSE && c->srv->post != NULL;
 	call->post_data = post_data;
 	call_close_fds(call); /* request descriptors nobody took */
 	if (c->calls.head == &call->link) {
