@@ -65,16 +65,24 @@ static struct {
 
 static double samples[NIMPL][MAX_ROUNDS + 1];     /* round trips per second (wall clock) */
 static double cpu_samples[NIMPL][MAX_ROUNDS + 1]; /* round trips per CPU-second, both processes */
+static double usr_samples[NIMPL][MAX_ROUNDS + 1]; /* user CPU microseconds per round trip, both */
+static double sys_samples[NIMPL][MAX_ROUNDS + 1]; /* system CPU microseconds per round trip, both */
 static int nsamples[NIMPL];
 
-/* CPU time (user + system) in seconds of a rusage. */
-static double ru_cpu(const struct rusage *ru)
+/* CPU time in seconds: user and system. */
+struct cpu {
+	double usr, sys;
+};
+
+static struct cpu ru_cpu(const struct rusage *ru)
 {
-	return (double)(ru->ru_utime.tv_sec + ru->ru_stime.tv_sec) +
-	       (double)(ru->ru_utime.tv_usec + ru->ru_stime.tv_usec) / 1e6;
+	return (struct cpu){
+		.usr = (double)ru->ru_utime.tv_sec + (double)ru->ru_utime.tv_usec / 1e6,
+		.sys = (double)ru->ru_stime.tv_sec + (double)ru->ru_stime.tv_usec / 1e6,
+	};
 }
 
-static double self_cpu(void)
+static struct cpu self_cpu(void)
 {
 	struct rusage ru;
 	getrusage(RUSAGE_SELF, &ru);
@@ -83,7 +91,7 @@ static double self_cpu(void)
 
 /* Wait for the round's server; its CPU time goes to *cpu.  False if it
  * failed. */
-static bool reap_server(pid_t pid, double *cpu)
+static bool reap_server(pid_t pid, struct cpu *cpu)
 {
 	int st;
 	struct rusage ru;
@@ -93,7 +101,19 @@ static bool reap_server(pid_t pid, double *cpu)
 	return WIFEXITED(st) && WEXITSTATUS(st) == 0;
 }
 
-static double last_cpu_rate;
+/* The CPU figures of the last round. */
+static double last_cpu_rate, last_usr_us, last_sys_us;
+
+/* Record the CPU time of a round: the client's from c0 to c1, and the
+ * server's. */
+static void note_cpu(struct cpu c0, struct cpu c1, struct cpu server)
+{
+	double usr = c1.usr - c0.usr + server.usr;
+	double sys = c1.sys - c0.sys + server.sys;
+	last_cpu_rate = (double)opt.n / (usr + sys);
+	last_usr_us = usr * 1e6 / (double)opt.n;
+	last_sys_us = sys * 1e6 / (double)opt.n;
+}
 
 static void pin_cpu0(void)
 {
@@ -177,15 +197,15 @@ static double raw_round(void)
 	}
 	close(sv[1]);
 	int s = sv[0];
-	double c0 = self_cpu();
+	struct cpu c0 = self_cpu();
 	double t0 = now_mono();
 	timed_client_raw(s);
 	double dt = now_mono() - t0;
-	double cpu = self_cpu() - c0, scpu = 0;
+	struct cpu c1 = self_cpu(), scpu;
 	close(s);
 	if (!reap_server(pid, &scpu))
 		die("raw: the server failed");
-	last_cpu_rate = (double)opt.n / (cpu + scpu);
+	note_cpu(c0, c1, scpu);
 	return (double)opt.n / dt;
 }
 
@@ -316,11 +336,11 @@ static double weft_round(void)
 	wcheck(weft_req_wait(creq), "weft_req_wait");
 	wcheck(weft_fdpass_connect_recv(creq, &w.c, NULL), "weft_fdpass_connect_recv");
 	weft_req_free(creq);
-	double c0 = self_cpu();
+	struct cpu c0 = self_cpu();
 	double t0 = now_mono();
 	timed_client_weft(&w);
 	double dt = now_mono() - t0;
-	double cpu = self_cpu() - c0, scpu = 0;
+	struct cpu c1 = self_cpu(), scpu;
 	if (w.failed || w.i != opt.n)
 		die("weft: wrong response %ld", w.i);
 	weft_fdpass_client_free(w.c);
@@ -329,7 +349,7 @@ static double weft_round(void)
 	wcheck(weft_loop_free(w.loop), "weft_loop_free");
 	if (!reap_server(pid, &scpu))
 		die("weft: the server failed");
-	last_cpu_rate = (double)opt.n / (cpu + scpu);
+	note_cpu(c0, c1, scpu);
 	return (double)opt.n / dt;
 }
 
@@ -342,9 +362,12 @@ static void one_round(int impl, int round, void *arg)
 	double v = impl == I_RAW ? raw_round() : weft_round();
 	wd_disarm();
 	if (bench.verbose)
-		printf("round %2d  %-5s %12.0f rt/s  %12.0f rt/CPU-s\n", round, impl_names[impl], v, last_cpu_rate);
+		printf("round %2d  %-5s %12.0f rt/s  %12.0f rt/CPU-s  %6.2f us user  %6.2f us system per rt\n",
+		       round, impl_names[impl], v, last_cpu_rate, last_usr_us, last_sys_us);
 	if (round >= 0) {
 		cpu_samples[impl][nsamples[impl]] = last_cpu_rate;
+		usr_samples[impl][nsamples[impl]] = last_usr_us;
+		sys_samples[impl][nsamples[impl]] = last_sys_us;
 		samples[impl][nsamples[impl]++] = v;
 	}
 }
@@ -409,6 +432,27 @@ int main(int argc, char **argv)
 				snprintf(cells[i], sizeof(cells[i]), "-");
 		}
 		fmt_ratio(cells[2], sizeof(cells[2]), opt.sel[I_RAW] && opt.sel[I_WEFT], med[I_WEFT], med[I_RAW]);
+		const char *row[3] = {cells[0], cells[1], cells[2]};
+		table_row(44, title, 3, widths, row);
+	}
+	/* Where the CPU time goes, per round trip (lower is better; the last
+	 * column is weft minus raw). */
+	for (int k = 0; k < 2; k++) {
+		double med[NIMPL];
+		for (int i = 0; i < NIMPL; i++)
+			med[i] = median(k == 0 ? usr_samples[i] : sys_samples[i], nsamples[i]);
+		char cells[3][32], title[64];
+		snprintf(title, sizeof(title), "  %s CPU per rt, both sides (us)", k == 0 ? "user" : "system");
+		for (int i = 0; i < NIMPL; i++) {
+			if (opt.sel[i])
+				snprintf(cells[i], sizeof(cells[i]), "%.2f", med[i]);
+			else
+				snprintf(cells[i], sizeof(cells[i]), "-");
+		}
+		if (opt.sel[I_RAW] && opt.sel[I_WEFT])
+			snprintf(cells[2], sizeof(cells[2]), "%+.2f", med[I_WEFT] - med[I_RAW]);
+		else
+			snprintf(cells[2], sizeof(cells[2]), "-");
 		const char *row[3] = {cells[0], cells[1], cells[2]};
 		table_row(44, title, 3, widths, row);
 	}
