@@ -10,10 +10,6 @@
 
 static const uint8_t magic[4] = {'W', 'F', 'D', 'P'};
 
-/* Room offered beyond the current message, so one read can take several
- * small pipelined messages. */
-#define READAHEAD 16384u
-
 static void put_be16(uint8_t *p, uint16_t v)
 {
 	p[0] = (uint8_t)(v >> 8);
@@ -163,7 +159,7 @@ static void apply_consume(struct weft__fdp_dec *dec)
 		dec->start = dec->end = 0;
 }
 
-int weft__fdp_dec_space(struct weft__fdp_dec *dec, uint8_t **ret_buf, size_t *ret_len)
+int weft__fdp_dec_space_slow(struct weft__fdp_dec *dec, uint8_t **ret_buf, size_t *ret_len)
 {
 	if (dec->err)
 		return dec->err;
@@ -178,8 +174,8 @@ int weft__fdp_dec_space(struct weft__fdp_dec *dec, uint8_t **ret_buf, size_t *re
 		size_t total = WEFT__FDP_HDR + h.len;
 		want = total > have ? total - have : 1;
 	}
-	if (want < READAHEAD)
-		want = READAHEAD;
+	if (want < WEFT__FDP_READAHEAD)
+		want = WEFT__FDP_READAHEAD;
 	if (dec->cap - dec->end < want && dec->start > 0) {
 		memmove(dec->buf, dec->buf + dec->start, have);
 		dec->start = 0;
@@ -198,7 +194,7 @@ int weft__fdp_dec_space(struct weft__fdp_dec *dec, uint8_t **ret_buf, size_t *re
 	return 0;
 }
 
-int weft__fdp_dec_ack(struct weft__fdp_dec *dec, size_t n, const int *fds, size_t nfds, bool truncated)
+int weft__fdp_dec_ack_slow(struct weft__fdp_dec *dec, size_t n, const int *fds, size_t nfds, bool truncated)
 {
 	if (dec->err || truncated || nfds > dec->max_fds || (nfds > 0 && n == 0) ||
 	    (nfds > 0 && dec->nbatches == WEFT__FDP_MAX_BATCHES)) {

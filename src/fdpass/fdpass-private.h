@@ -112,16 +112,44 @@ void weft__fdp_dec_init(struct weft__fdp_dec *dec, uint32_t max_payload, uint32_
 /* Close every descriptor still held and free the buffer. */
 void weft__fdp_dec_clear(struct weft__fdp_dec *dec);
 
+/* Room offered beyond the current message, so one read can take several
+ * small pipelined messages. */
+#define WEFT__FDP_READAHEAD 16384u
+
 /* Room for at least one more byte: *ret_buf / *ret_len.  Returns 0,
  * -ENOMEM, or the sticky error. */
-int weft__fdp_dec_space(struct weft__fdp_dec *dec, uint8_t **ret_buf, size_t *ret_len);
+int weft__fdp_dec_space_slow(struct weft__fdp_dec *dec, uint8_t **ret_buf, size_t *ret_len);
 
 /* n bytes were written at the space; fds[0..nfds) (ownership passes to the
  * decoder, also on failure) came with them; truncated: the kernel dropped
  * descriptors (MSG_CTRUNC).  Returns 0 or -errno (the error is sticky and
  * every descriptor held is closed): -ETOOMANYREFS (truncated, or more than
  * max_fds), -EPROTO (too many batches pending), -ENOMEM. */
-int weft__fdp_dec_ack(struct weft__fdp_dec *dec, size_t n, const int *fds, size_t nfds, bool truncated);
+int weft__fdp_dec_ack_slow(struct weft__fdp_dec *dec, size_t n, const int *fds, size_t nfds, bool truncated);
+
+/* weft__fdp_dec_space_slow, inline between messages: the whole buffer
+ * (once it exists) is free. */
+static inline int weft__fdp_dec_space(struct weft__fdp_dec *dec, uint8_t **ret_buf, size_t *ret_len)
+{
+	if (dec->err != 0 || dec->consume != 0 || dec->start != dec->end || dec->cap < WEFT__FDP_READAHEAD)
+		return weft__fdp_dec_space_slow(dec, ret_buf, ret_len);
+	dec->regions_used &= ~dec->handed;
+	dec->handed = 0;
+	dec->start = dec->end = 0;
+	*ret_buf = dec->buf;
+	*ret_len = dec->cap;
+	return 0;
+}
+
+/* weft__fdp_dec_ack_slow, inline for bytes without descriptors. */
+static inline int weft__fdp_dec_ack(struct weft__fdp_dec *dec, size_t n, const int *fds, size_t nfds,
+		bool truncated)
+{
+	if (dec->err != 0 || nfds != 0 || truncated)
+		return weft__fdp_dec_ack_slow(dec, n, fds, nfds, truncated);
+	dec->end += n;
+	return 0;
+}
 
 /* Returns 1 and a message, 0 when more bytes are needed, or -errno (sticky;
  * every descriptor held is closed): -EPROTO, -EMSGSIZE, -ETOOMANYREFS. */

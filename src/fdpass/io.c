@@ -57,22 +57,13 @@ ssize_t weft__fdp_sendmsg(int sock, const void *buf, size_t len, const int *fds,
 	return sendmsg_iov(sock, &iov, 1, fds, nfds);
 }
 
-ssize_t weft__fdp_recvmsg(int sock, void *buf, size_t len, int *fds, size_t maxfds,
-		size_t *ret_nfds, bool *ret_truncated)
+/* The descriptors of a received msghdr: up to maxfds into fds, the rest
+ * closed (*ret_truncated set, as for MSG_CTRUNC). */
+static void take_fds(struct msghdr *msg, int *fds, size_t maxfds, size_t *ret_nfds, bool *ret_truncated)
 {
-	cmsg_buf cb;
-	struct iovec iov = {.iov_base = buf, .iov_len = len};
-	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cb.buf,
-			.msg_controllen = sizeof(cb.buf)};
-	ssize_t n;
-	do
-		n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
-	while (n < 0 && errno == EINTR);
-	if (n < 0)
-		return -errno;
 	size_t got = 0;
-	bool truncated = (msg.msg_flags & MSG_CTRUNC) != 0;
-	for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c != NULL; c = CMSG_NXTHDR(&msg, c)) {
+	bool truncated = (msg->msg_flags & MSG_CTRUNC) != 0;
+	for (struct cmsghdr *c = CMSG_FIRSTHDR(msg); c != NULL; c = CMSG_NXTHDR(msg, c)) {
 		if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
 			continue;
 		size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
@@ -90,6 +81,22 @@ ssize_t weft__fdp_recvmsg(int sock, void *buf, size_t len, int *fds, size_t maxf
 	}
 	*ret_nfds = got;
 	*ret_truncated = truncated;
+}
+
+ssize_t weft__fdp_recvmsg(int sock, void *buf, size_t len, int *fds, size_t maxfds,
+		size_t *ret_nfds, bool *ret_truncated)
+{
+	cmsg_buf cb;
+	struct iovec iov = {.iov_base = buf, .iov_len = len};
+	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cb.buf,
+			.msg_controllen = sizeof(cb.buf)};
+	ssize_t n;
+	do
+		n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+	while (n < 0 && errno == EINTR);
+	if (n < 0)
+		return -errno;
+	take_fds(&msg, fds, maxfds, ret_nfds, ret_truncated);
 	return n;
 }
 
@@ -328,7 +335,6 @@ ssize_t weft_fdpass_recv(int sock, void *buf, size_t size, int *fds, size_t *nfd
 ssize_t weft__fdp_read_into(struct weft__fdp_dec *dec, int sock, size_t maxfds, size_t *ret_room,
 		weft_fdpass_op *ret_op)
 {
-	int fdbuf[WEFT_FDPASS_MAX_FDS_LIMIT];
 	uint8_t *space;
 	size_t room;
 	int r = weft__fdp_dec_space(dec, &space, &room);
@@ -337,16 +343,39 @@ ssize_t weft__fdp_read_into(struct weft__fdp_dec *dec, int sock, size_t maxfds, 
 		return r;
 	}
 	*ret_room = room;
-	size_t nfds = 0;
-	bool trunc = false;
-	if (maxfds > WEFT_FDPASS_MAX_FDS_LIMIT)
-		maxfds = WEFT_FDPASS_MAX_FDS_LIMIT;
-	ssize_t n = weft__fdp_recvmsg(sock, space, room, fdbuf, maxfds, &nfds, &trunc);
-	if (n < 0 && n != -EAGAIN)
-		*ret_op = WEFT_FDPASS_OP_RECVMSG;
-	if (n <= 0)
+	cmsg_buf cb;
+	struct iovec iov = {.iov_base = space, .iov_len = room};
+	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cb.buf,
+			.msg_controllen = sizeof(cb.buf)};
+	ssize_t n;
+	do
+		n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+	while (n < 0 && errno == EINTR);
+	if (n < 0) {
+		n = -errno;
+		if (n != -EAGAIN)
+			*ret_op = WEFT_FDPASS_OP_RECVMSG;
 		return n;
-	r = weft__fdp_dec_ack(dec, (size_t)n, fdbuf, nfds, trunc);
+	}
+	/* Bytes alone (the kernel set no control data and truncated none) need
+	 * no descriptor bookkeeping. */
+	if (msg.msg_controllen == 0 && (msg.msg_flags & MSG_CTRUNC) == 0) {
+		if (n == 0)
+			return 0;
+		r = weft__fdp_dec_ack(dec, (size_t)n, NULL, 0, false);
+	} else {
+		int fdbuf[WEFT_FDPASS_MAX_FDS_LIMIT];
+		size_t nfds = 0;
+		bool trunc = false;
+		if (maxfds > WEFT_FDPASS_MAX_FDS_LIMIT)
+			maxfds = WEFT_FDPASS_MAX_FDS_LIMIT;
+		take_fds(&msg, fdbuf, maxfds, &nfds, &trunc);
+		if (n == 0) {
+			close_fds(fdbuf, nfds); /* descriptors with no byte: end of stream anyway */
+			return 0;
+		}
+		r = weft__fdp_dec_ack(dec, (size_t)n, fdbuf, nfds, trunc);
+	}
 	if (r < 0) {
 		*ret_op = WEFT_FDPASS_OP_DECODE;
 		return r;
