@@ -333,8 +333,7 @@ static bool client_deliver(weft_fdpass_client *c, struct weft__fdp_msg *m)
 			weft_req_error(req, ENOMEM);
 			return client_after_delivery(c);
 		}
-		if (fdbytes > 0)
-			memcpy(block, m->fds, fdbytes);
+		weft__fdp_copy_fds((int *)(void *)block, m->fds, m->hdr.nfds);
 		if (m->hdr.len > 0)
 			memcpy(block + fdbytes, m->payload, m->hdr.len);
 	}
@@ -592,8 +591,7 @@ weft_req *weft_fdpass_request_send(weft_fdpass_client *c, const void *buf, size_
 	if (c->next_seq == 0)
 		c->next_seq = 1;
 	s->nfds = nfds;
-	if (nfds > 0)
-		memcpy(s->fds, fds, nfds * sizeof(int));
+	weft__fdp_copy_fds(s->fds, fds, nfds);
 	weft__fdp_put_header(s->out, &(struct weft__fdp_hdr){
 			.type = WEFT__FDP_REQUEST, .nfds = (uint16_t)nfds, .len = (uint32_t)len, .seq = s->seq});
 	if (len > 0)

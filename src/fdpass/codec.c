@@ -10,20 +10,6 @@
 
 static const uint8_t magic[4] = {'W', 'F', 'D', 'P'};
 
-static void put_be16(uint8_t *p, uint16_t v)
-{
-	p[0] = (uint8_t)(v >> 8);
-	p[1] = (uint8_t)v;
-}
-
-static void put_be32(uint8_t *p, uint32_t v)
-{
-	p[0] = (uint8_t)(v >> 24);
-	p[1] = (uint8_t)(v >> 16);
-	p[2] = (uint8_t)(v >> 8);
-	p[3] = (uint8_t)v;
-}
-
 static uint16_t get_be16(const uint8_t *p)
 {
 	return (uint16_t)((unsigned)p[0] << 8 | p[1]);
@@ -32,16 +18,6 @@ static uint16_t get_be16(const uint8_t *p)
 static uint32_t get_be32(const uint8_t *p)
 {
 	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-
-void weft__fdp_put_header(uint8_t *out, const struct weft__fdp_hdr *hdr)
-{
-	memcpy(out, magic, sizeof(magic));
-	out[4] = WEFT__FDP_VERSION;
-	out[5] = hdr->type;
-	put_be16(out + 6, hdr->nfds);
-	put_be32(out + 8, hdr->len);
-	put_be32(out + 12, hdr->seq);
 }
 
 /* The header check, inlined into the decoder's hot path. */
@@ -115,15 +91,6 @@ static void drop_batches(struct weft__fdp_dec *dec)
 	}
 	dec->first = dec->nbatches = 0;
 	dec->regions_used = dec->handed;
-}
-
-/* Copy a few descriptors: one (the common case) without a library call. */
-static void copy_fds(int *dst, const int *src, size_t n)
-{
-	if (n == 1)
-		dst[0] = src[0];
-	else
-		memcpy(dst, src, n * sizeof(int));
 }
 
 static int fail(struct weft__fdp_dec *dec, int err)
@@ -217,7 +184,7 @@ int weft__fdp_dec_ack_slow(struct weft__fdp_dec *dec, size_t n, const int *fds, 
 			region++; /* at most WEFT__FDP_MAX_BATCHES of the regions are taken */
 		dec->regions_used |= 1u << region;
 		int *store = dec->fdstore + region * WEFT_FDPASS_MAX_FDS_LIMIT;
-		copy_fds(store, fds, nfds);
+		weft__fdp_copy_fds(store, fds, nfds);
 		*batch_at(dec, dec->nbatches++) = (struct weft__fdp_batch){
 			.from = from, .to = from + n, .fds = store, .n = nfds, .region = region};
 	}

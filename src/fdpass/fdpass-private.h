@@ -8,6 +8,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 /* ---- wire format (docs/fdpass.md) ------------------------------------------
  *
@@ -38,7 +39,30 @@ struct weft__fdp_hdr {
 };
 
 /* Write a header into out[0..WEFT__FDP_HDR). */
-void weft__fdp_put_header(uint8_t *out, const struct weft__fdp_hdr *hdr);
+static inline void weft__fdp_put_header(uint8_t *out, const struct weft__fdp_hdr *hdr)
+{
+	out[0] = 'W';
+	out[1] = 'F';
+	out[2] = 'D';
+	out[3] = 'P';
+	out[4] = WEFT__FDP_VERSION;
+	out[5] = hdr->type;
+	out[6] = (uint8_t)(hdr->nfds >> 8);
+	out[7] = (uint8_t)hdr->nfds;
+	for (int i = 0; i < 4; i++) {
+		out[8 + i] = (uint8_t)(hdr->len >> (24 - 8 * i));
+		out[12 + i] = (uint8_t)(hdr->seq >> (24 - 8 * i));
+	}
+}
+
+/* Copy n descriptors: one (the common case) without a library call. */
+static inline void weft__fdp_copy_fds(int *dst, const int *src, size_t n)
+{
+	if (n == 1)
+		dst[0] = src[0];
+	else if (n > 1)
+		memcpy(dst, src, n * sizeof(int));
+}
 
 /* Parse a header from buf[0..WEFT__FDP_HDR).  Returns 0, -EPROTO (bad
  * magic, version or type), -EMSGSIZE (len > max_payload), -ETOOMANYREFS

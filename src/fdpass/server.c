@@ -103,6 +103,8 @@ static void finish_cb(weft_defer *d, void *data);
 
 static void call_close_fds(weft_fdpass_call *call)
 {
+	if (call->fds == NULL)
+		return;
 	for (size_t i = 0; i < call->nfds; i++)
 		if (call->fds[i] >= 0)
 			close(call->fds[i]);
@@ -133,8 +135,8 @@ static void call_free(weft_fdpass_call *call)
 	free(call);
 }
 
-/* A call for a new request: a spare one, or a new allocation.  The fields
- * before the inline arrays are zero.  NULL when out of memory. */
+/* A call for a new request: a spare one, or a new allocation, with the
+ * fields before the inline arrays zero.  NULL when out of memory. */
 static weft_fdpass_call *call_get(struct conn *c)
 {
 	weft_fdpass_call *call;
@@ -300,8 +302,7 @@ static void conn_dispatch_msg(struct conn *c, struct weft__fdp_msg *m)
 	}
 	call->seq = m->hdr.seq;
 	call->nfds = m->hdr.nfds;
-	if (call->nfds > 0)
-		memcpy(call->fds, m->fds, call->nfds * sizeof(int));
+	weft__fdp_copy_fds(call->fds, m->fds, call->nfds);
 	weft__dlist_append(&c->calls, &call->link);
 	c->ncalls++;
 	weft_fdpass_msg req = {
@@ -406,6 +407,10 @@ static void conn_after_cb(weft_defer *d, void *data)
 static void conn_after(struct conn *c)
 {
 	if (c->dispatching)
+		return;
+	/* The common case: a live connection with nothing buffered, nothing
+	 * to post. */
+	if (!c->dead && !c->eof && c->done.head == NULL && weft__fdp_dec_buffered(&c->dec) == 0)
 		return;
 	weft_fdpass_server *srv = c->srv;
 	if (c->dead)
@@ -528,8 +533,7 @@ static int call_answer(weft_fdpass_call *call, uint8_t type, const void *buf, si
 			.type = type, .nfds = (uint16_t)nfds, .len = (uint32_t)len, .seq = call->seq});
 	if (len > 0)
 		memcpy(call->out + WEFT__FDP_HDR, buf, len);
-	if (nfds > 0)
-		memcpy(call->rfds, fds, nfds * sizeof(int));
+	weft__fdp_copy_fds(call->rfds, fds, nfds);
 	call->nrfds = nfds;
 	call->answered = true;
 	/* Without a post handler a call is done with once its response is
