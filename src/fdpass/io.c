@@ -35,7 +35,11 @@ static ssize_t sendmsg_iov(int sock, const struct iovec *iov, size_t iovcnt, con
 	cmsg_buf cb;
 	struct msghdr msg = {.msg_iov = (struct iovec *)iov, .msg_iovlen = iovcnt};
 	if (nfds > 0) {
-		memset(cb.buf, 0, CMSG_SPACE(sizeof(int) * nfds));
+		/* A constant size for the usual few descriptors: zeroed inline. */
+		if (nfds <= 4)
+			memset(cb.buf, 0, CMSG_SPACE(sizeof(int) * 4));
+		else
+			memset(cb.buf, 0, CMSG_SPACE(sizeof(int) * nfds));
 		msg.msg_control = cb.buf;
 		msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
 		struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
@@ -61,6 +65,22 @@ ssize_t weft__fdp_sendmsg(int sock, const void *buf, size_t len, const int *fds,
  * closed (*ret_truncated set, as for MSG_CTRUNC). */
 static void take_fds(struct msghdr *msg, int *fds, size_t maxfds, size_t *ret_nfds, bool *ret_truncated)
 {
+	/* The usual shape: a single SCM_RIGHTS record that fits (the kernel
+	 * reports the space of what it wrote in msg_controllen). */
+	struct cmsghdr *first = CMSG_FIRSTHDR(msg);
+	if (first != NULL && first->cmsg_level == SOL_SOCKET && first->cmsg_type == SCM_RIGHTS &&
+	    (msg->msg_flags & MSG_CTRUNC) == 0 && first->cmsg_len >= CMSG_LEN(0)) {
+		size_t k = (first->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+		if (k <= maxfds && msg->msg_controllen <= CMSG_SPACE(k * sizeof(int))) {
+			if (k == 1)
+				memcpy(fds, CMSG_DATA(first), sizeof(int));
+			else if (k > 1)
+				memcpy(fds, CMSG_DATA(first), k * sizeof(int));
+			*ret_nfds = k;
+			*ret_truncated = false;
+			return;
+		}
+	}
 	size_t got = 0;
 	bool truncated = (msg->msg_flags & MSG_CTRUNC) != 0;
 	for (struct cmsghdr *c = CMSG_FIRSTHDR(msg); c != NULL; c = CMSG_NXTHDR(msg, c)) {

@@ -213,23 +213,25 @@ static void conn_fail(struct conn *c, weft_fdpass_phase phase, weft_fdpass_op op
 	conn_shutdown(c, err < 0 ? -err : err);
 }
 
-static void conn_update_watch(struct conn *c)
+/* Watch what the connection needs: READ below max_pending while requests
+ * may come, WRITE while a response is blocked.  The io is touched only
+ * when that changes. */
+static void conn_set_watch(struct conn *c, unsigned ev)
 {
-	if (c->dead)
-		return;
-	unsigned ev = 0;
-	if (!c->eof && !c->peer_closed && c->ncalls < c->lim.max_pending)
-		ev |= WEFT_IO_READ;
-	if (c->write_wait)
-		ev |= WEFT_IO_WRITE;
-	if (ev == c->events)
-		return;
 	int r = weft_io_modify(c->io, ev);
 	if (r < 0) {
 		conn_fail(c, WEFT_FDPASS_PHASE_READ_REQUEST, WEFT_FDPASS_OP_NONE, r, "watch");
 		return;
 	}
 	c->events = ev;
+}
+
+static inline void conn_update_watch(struct conn *c)
+{
+	unsigned ev = (!c->eof && !c->peer_closed && c->ncalls < c->lim.max_pending ? WEFT_IO_READ : 0u) |
+	              (c->write_wait ? WEFT_IO_WRITE : 0u);
+	if (!c->dead && ev != c->events)
+		conn_set_watch(c, ev);
 }
 
 /* Write answered responses from the head, in order. */
