@@ -12,12 +12,16 @@ static const uint8_t magic[4] = {'W', 'F', 'D', 'P'};
 
 static uint16_t get_be16(const uint8_t *p)
 {
-	return (uint16_t)((unsigned)p[0] << 8 | p[1]);
+	uint16_t v;
+	memcpy(&v, p, sizeof(v));
+	return ntohs(v);
 }
 
 static uint32_t get_be32(const uint8_t *p)
 {
-	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+	uint32_t v;
+	memcpy(&v, p, sizeof(v));
+	return ntohl(v);
 }
 
 /* The header check, inlined into the decoder's hot path. */

@@ -5,6 +5,7 @@
 
 #include <weft/fdpass.h>
 
+#include <arpa/inet.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -38,21 +39,19 @@ struct weft__fdp_hdr {
 	uint32_t seq;
 };
 
-/* Write a header into out[0..WEFT__FDP_HDR). */
+/* Write a header into out[0..WEFT__FDP_HDR) (htons/htonl: a byte swap and
+ * a store each). */
 static inline void weft__fdp_put_header(uint8_t *out, const struct weft__fdp_hdr *hdr)
 {
-	out[0] = 'W';
-	out[1] = 'F';
-	out[2] = 'D';
-	out[3] = 'P';
+	uint16_t nfds = htons(hdr->nfds);
+	uint32_t len = htonl(hdr->len);
+	uint32_t seq = htonl(hdr->seq);
+	memcpy(out, "WFDP", 4);
 	out[4] = WEFT__FDP_VERSION;
 	out[5] = hdr->type;
-	out[6] = (uint8_t)(hdr->nfds >> 8);
-	out[7] = (uint8_t)hdr->nfds;
-	for (int i = 0; i < 4; i++) {
-		out[8 + i] = (uint8_t)(hdr->len >> (24 - 8 * i));
-		out[12 + i] = (uint8_t)(hdr->seq >> (24 - 8 * i));
-	}
+	memcpy(out + 6, &nfds, sizeof(nfds));
+	memcpy(out + 8, &len, sizeof(len));
+	memcpy(out + 12, &seq, sizeof(seq));
 }
 
 /* Copy n descriptors: one (the common case) without a library call. */
