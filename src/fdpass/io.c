@@ -61,26 +61,11 @@ ssize_t weft__fdp_sendmsg(int sock, const void *buf, size_t len, const int *fds,
 	return sendmsg_iov(sock, &iov, 1, fds, nfds);
 }
 
-/* The descriptors of a received msghdr: up to maxfds into fds, the rest
- * closed (*ret_truncated set, as for MSG_CTRUNC). */
-static void take_fds(struct msghdr *msg, int *fds, size_t maxfds, size_t *ret_nfds, bool *ret_truncated)
+/* The descriptors of a received msghdr, walking every record: up to
+ * maxfds into fds, the rest closed (*ret_truncated set, as for
+ * MSG_CTRUNC). */
+static void take_fds_all(struct msghdr *msg, int *fds, size_t maxfds, size_t *ret_nfds, bool *ret_truncated)
 {
-	/* The usual shape: a single SCM_RIGHTS record that fits (the kernel
-	 * reports the space of what it wrote in msg_controllen). */
-	struct cmsghdr *first = CMSG_FIRSTHDR(msg);
-	if (first != NULL && first->cmsg_level == SOL_SOCKET && first->cmsg_type == SCM_RIGHTS &&
-	    (msg->msg_flags & MSG_CTRUNC) == 0 && first->cmsg_len >= CMSG_LEN(0)) {
-		size_t k = (first->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-		if (k <= maxfds && msg->msg_controllen <= CMSG_SPACE(k * sizeof(int))) {
-			if (k == 1)
-				memcpy(fds, CMSG_DATA(first), sizeof(int));
-			else if (k > 1)
-				memcpy(fds, CMSG_DATA(first), k * sizeof(int));
-			*ret_nfds = k;
-			*ret_truncated = false;
-			return;
-		}
-	}
 	size_t got = 0;
 	bool truncated = (msg->msg_flags & MSG_CTRUNC) != 0;
 	for (struct cmsghdr *c = CMSG_FIRSTHDR(msg); c != NULL; c = CMSG_NXTHDR(msg, c)) {
@@ -101,6 +86,28 @@ static void take_fds(struct msghdr *msg, int *fds, size_t maxfds, size_t *ret_nf
 	}
 	*ret_nfds = got;
 	*ret_truncated = truncated;
+}
+
+/* take_fds_all, with the usual shape inline: a single SCM_RIGHTS record
+ * that fits (the kernel reports the space of what it wrote in
+ * msg_controllen). */
+static inline void take_fds(struct msghdr *msg, int *fds, size_t maxfds, size_t *ret_nfds, bool *ret_truncated)
+{
+	struct cmsghdr *first = CMSG_FIRSTHDR(msg);
+	if (first != NULL && first->cmsg_level == SOL_SOCKET && first->cmsg_type == SCM_RIGHTS &&
+	    (msg->msg_flags & MSG_CTRUNC) == 0 && first->cmsg_len >= CMSG_LEN(0)) {
+		size_t k = (first->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+		if (k <= maxfds && msg->msg_controllen <= CMSG_SPACE(k * sizeof(int))) {
+			if (k == 1)
+				memcpy(fds, CMSG_DATA(first), sizeof(int));
+			else if (k > 1)
+				memcpy(fds, CMSG_DATA(first), k * sizeof(int));
+			*ret_nfds = k;
+			*ret_truncated = false;
+			return;
+		}
+	}
+	take_fds_all(msg, fds, maxfds, ret_nfds, ret_truncated);
 }
 
 ssize_t weft__fdp_recvmsg(int sock, void *buf, size_t len, int *fds, size_t maxfds,
