@@ -214,6 +214,8 @@ static double raw_round(void)
 struct wserver {
 	int devnull;
 	bool seen;
+	weft_loop *loop;
+	const weft_fdpass_server *srv;
 };
 
 static void wserver_request(weft_fdpass_server *srv, weft_fdpass_call *call, const weft_fdpass_msg *req,
@@ -227,15 +229,28 @@ static void wserver_request(weft_fdpass_server *srv, weft_fdpass_call *call, con
 		_exit(1);
 }
 
-/* The weft server's loop until the client has come and gone. */
-static NOINLINE int timed_server_weft(weft_loop *loop, const weft_fdpass_server *srv, const struct wserver *w)
+/* Every 20 ms: once the client has come and gone, the server is done. */
+static void wserver_check(weft_timer *t, void *data)
 {
-	while (!w->seen || weft_fdpass_server_connections(srv) > 0) {
-		int r = weft_loop_run(loop, WEFT_RUN_ONCE);
-		if (r < 0)
-			return r;
-	}
-	return 0;
+	struct wserver *w = data;
+	(void)t;
+	if (w->seen && weft_fdpass_server_connections(w->srv) == 0)
+		weft_loop_stop(w->loop);
+}
+
+/* The weft server's loop until the client has come and gone: run as a
+ * server application runs it (WEFT_RUN_DEFAULT), with a periodic timer
+ * that stops it. */
+static NOINLINE int timed_server_weft(weft_loop *loop, struct wserver *w)
+{
+	weft_timer *check;
+	int r = weft_timer_new(loop, wserver_check, w, &check);
+	if (r == 0)
+		r = weft_timer_start(check, 20, 20);
+	if (r == 0)
+		r = weft_loop_run(loop, WEFT_RUN_DEFAULT);
+	weft_timer_free(check);
+	return r;
 }
 
 static void weft_server(const weft_addr *addr, int ready_fd)
@@ -249,7 +264,9 @@ static void weft_server(const weft_addr *addr, int ready_fd)
 	if (write(ready_fd, "r", 1) != 1)
 		_exit(1);
 	close(ready_fd);
-	if (timed_server_weft(loop, srv, &w) < 0)
+	w.loop = loop;
+	w.srv = srv;
+	if (timed_server_weft(loop, &w) < 0)
 		_exit(1);
 	weft_fdpass_server_close(srv, NULL, NULL);
 	for (int i = 0; i < 4; i++)
