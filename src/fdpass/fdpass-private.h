@@ -10,6 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/uio.h>
 
 /* ---- wire format (docs/fdpass.md) ------------------------------------------
  *
@@ -207,6 +208,9 @@ void weft__fdp_close_fd(int fd, void *ctx);
 /* One non-blocking sendmsg of buf[0..len) with fds on its first byte
  * (nfds 0: none).  Returns bytes sent or -errno (-EAGAIN). */
 ssize_t weft__fdp_sendmsg(int sock, const void *buf, size_t len, const int *fds, size_t nfds);
+
+/* The same with a vector: iov[0..iovcnt). */
+ssize_t weft__fdp_sendmsgv(int sock, const struct iovec *iov, size_t iovcnt, const int *fds, size_t nfds);
 
 /* One non-blocking recvmsg into buf[0..len) with MSG_CMSG_CLOEXEC; up to
  * maxfds descriptors land in fds (more are closed and *ret_truncated set,

@@ -30,7 +30,7 @@ typedef union {
 	char buf[CMSG_SPACE(sizeof(int) * WEFT_FDPASS_MAX_FDS_LIMIT)];
 } cmsg_buf;
 
-static ssize_t sendmsg_iov(int sock, const struct iovec *iov, size_t iovcnt, const int *fds, size_t nfds)
+ssize_t weft__fdp_sendmsgv(int sock, const struct iovec *iov, size_t iovcnt, const int *fds, size_t nfds)
 {
 	cmsg_buf cb;
 	struct msghdr msg = {.msg_iov = (struct iovec *)iov, .msg_iovlen = iovcnt};
@@ -58,7 +58,7 @@ static ssize_t sendmsg_iov(int sock, const struct iovec *iov, size_t iovcnt, con
 ssize_t weft__fdp_sendmsg(int sock, const void *buf, size_t len, const int *fds, size_t nfds)
 {
 	struct iovec iov = {.iov_base = (void *)buf, .iov_len = len};
-	return sendmsg_iov(sock, &iov, 1, fds, nfds);
+	return weft__fdp_sendmsgv(sock, &iov, 1, fds, nfds);
 }
 
 /* The descriptors of a received msghdr, walking every record: up to
@@ -261,7 +261,7 @@ int weft_fdpass_send(int sock, const void *buf, size_t len, const int *fds, size
 		if (len > poff)
 			iov[n++] = (struct iovec){.iov_base = (uint8_t *)buf + poff, .iov_len = len - poff};
 		/* The descriptors go with the first byte only, never again. */
-		ssize_t w = sendmsg_iov(sock, iov, n, fds, off == 0 ? nfds : 0);
+		ssize_t w = weft__fdp_sendmsgv(sock, iov, n, fds, off == 0 ? nfds : 0);
 		if (w >= 0) {
 			off += (size_t)w;
 			continue;

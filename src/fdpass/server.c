@@ -121,9 +121,9 @@ static void call_close_fds(weft_fdpass_call *call)
 static void call_free(weft_fdpass_call *call)
 {
 	call_close_fds(call);
-	if (call->rfds != call->rfds_inline)
+	if (call->rfds != NULL && call->rfds != call->rfds_inline)
 		free(call->rfds);
-	if (call->out != call->out_inline)
+	if (call->out != NULL && call->out != call->out_inline)
 		free(call->out);
 	struct conn *c = call->conn;
 	if (c != NULL && c->nspare < CALL_SPARES) {
@@ -504,6 +504,34 @@ static int conn_new(weft_fdpass_server *srv, int fd)
 
 /* ---- answering ------------------------------------------------------------- */
 
+/* A call's response went out whole from call_answer: the call leaves the
+ * queue (for its post handler, or freed) and the calls answered behind it
+ * follow. */
+static void call_sent(weft_fdpass_call *call, const int *fds, size_t nfds, bool want_post, void *post_data)
+{
+	struct conn *c = call->conn;
+	call_close_fds(call); /* request descriptors nobody took */
+	weft__dlist_pop(&c->calls);
+	c->ncalls--;
+	if (want_post) {
+		call->rfds = call->rfds_inline; /* nfds <= CALL_INLINE_FDS */
+		weft__fdp_copy_fds(call->rfds, fds, nfds);
+		call->nrfds = nfds;
+		call->answered = true;
+		call->want_post = true;
+		call->post_data = post_data;
+		call->post_err = 0;
+		weft__dlist_append(&c->done, &call->link);
+	} else {
+		call_free(call);
+	}
+	c->dispatching++;
+	conn_flush(c); /* what follows; READ back on; a finished connection closes */
+	c->dispatching--;
+	if (!c->in_io && (c->done.head != NULL || c->dead))
+		weft_defer_schedule(c->after); /* posts and destruction run from the loop */
+}
+
 static int call_answer(weft_fdpass_call *call, uint8_t type, const void *buf, size_t len,
 		const int *fds, size_t nfds, void *post_data)
 {
@@ -515,6 +543,32 @@ static int call_answer(weft_fdpass_call *call, uint8_t type, const void *buf, si
 		r = -EMSGSIZE;
 	else if (nfds > c->lim.max_fds)
 		r = -ETOOMANYREFS;
+	struct weft__fdp_hdr hdr = {.type = type, .nfds = (uint16_t)nfds, .len = (uint32_t)len, .seq = call->seq};
+	bool want_post = type == WEFT__FDP_RESPONSE && c->srv->post != NULL;
+	size_t sent = 0;
+	bool blocked = false;
+	if (r == 0 && c->calls.head == &call->link && !c->write_wait && WEFT__FDP_HDR + len <= CALL_INLINE_OUT &&
+	    nfds <= CALL_INLINE_FDS) {
+		/* First in line and nothing blocked: straight out of the caller's
+		 * buffer, the header from the stack.  Only sizes that fit the
+		 * call's inline storage, so queueing what did not go out cannot
+		 * fail. */
+		uint8_t head[WEFT__FDP_HDR];
+		weft__fdp_put_header(head, &hdr);
+		struct iovec iov[2] = {{.iov_base = head, .iov_len = WEFT__FDP_HDR},
+				{.iov_base = (void *)buf, .iov_len = len}};
+		ssize_t w = weft__fdp_sendmsgv(c->fd, iov, len > 0 ? 2 : 1, fds, nfds);
+		if (w == (ssize_t)(WEFT__FDP_HDR + len)) {
+			call_sent(call, fds, nfds, want_post, post_data);
+			return 0;
+		}
+		/* Part of it, or nothing (EAGAIN, an error): the rest is queued
+		 * below and conn_flush carries on (the descriptors went with the
+		 * first byte, if it went); after EAGAIN it waits for WRITE. */
+		if (w > 0)
+			sent = (size_t)w;
+		blocked = w == -EAGAIN;
+	}
 	if (r == 0) {
 		call->out_len = WEFT__FDP_HDR + len;
 		call->out = call->out_len <= CALL_INLINE_OUT ? call->out_inline : malloc(call->out_len);
@@ -531,19 +585,20 @@ static int call_answer(weft_fdpass_call *call, uint8_t type, const void *buf, si
 		conn_maybe_destroy(c);
 		return r;
 	}
-	weft__fdp_put_header(call->out, &(struct weft__fdp_hdr){
-			.type = type, .nfds = (uint16_t)nfds, .len = (uint32_t)len, .seq = call->seq});
+	weft__fdp_put_header(call->out, &hdr);
 	if (len > 0)
 		memcpy(call->out + WEFT__FDP_HDR, buf, len);
+	call->out_off = sent;
 	weft__fdp_copy_fds(call->rfds, fds, nfds);
 	call->nrfds = nfds;
 	call->answered = true;
-	/* Without a post handler a call is done with once its response is
-	 * out: freed at once, never queued for conn_after. */
-	call->want_post = type == WEFT__FDP_RESPONSE && c->srv->post != NULL;
+	call->want_post = want_post;
 	call->post_data = post_data;
 	call_close_fds(call); /* request descriptors nobody took */
-	if (c->calls.head == &call->link) {
+	if (blocked) {
+		c->write_wait = true;
+		conn_update_watch(c);
+	} else if (c->calls.head == &call->link) {
 		c->dispatching++;
 		conn_flush(c);
 		c->dispatching--;

@@ -965,6 +965,82 @@ static void test_reuse(void)
 	CHECK_EQ(open_fd_count(), fds_before);
 }
 
+/* A server whose responses do not fit the socket: a forked child serves
+ * one end of a socketpair (adopted, with a tiny send buffer) and replies
+ * to each request from the handler, lending a file.  The parent writes
+ * 300 requests and reads nothing for 100 ms, so the replies sent
+ * straight from the handler soon meet a full socket and queue up (whole,
+ * or the rest of one written in part).  Then it reads them all with the
+ * low-level call: in order, each with its descriptor; the child exits 0
+ * with its descriptor count as before. */
+static void blocked_child(int sock)
+{
+	int fds_before = open_fd_count();
+	weft_loop *loop = NULL;
+	struct reuse_srv rs = {.file = open(g_file, O_RDONLY | O_CLOEXEC)};
+	weft_addr addr;
+	abstract_addr(&addr, "blocked");
+	weft_fdpass_server_opts o = {.limits = {.max_pending = 1000}};
+	weft_fdpass_server *srv = NULL;
+	int small = 4096;
+	if (rs.file < 0 || weft_loop_new(&loop) < 0 ||
+	    weft_fdpass_server_new(loop, &addr, &o, reuse_request, &rs, &srv, NULL) < 0 ||
+	    setsockopt(sock, SOL_SOCKET, SO_SNDBUF, &small, sizeof(small)) < 0 ||
+	    weft_fdpass_server_adopt(srv, sock) < 0)
+		_exit(2);
+	uint64_t end = t_now_ms() + 10000;
+	while ((rs.requests == 0 || weft_fdpass_server_connections(srv) > 0) && t_now_ms() < end)
+		weft_loop_run(loop, WEFT_RUN_ONCE);
+	bool closed = false;
+	weft_fdpass_server_close(srv, srv_closed_flag, &closed);
+	while (!closed && t_now_ms() < end)
+		weft_loop_run(loop, WEFT_RUN_ONCE);
+	close(rs.file);
+	int r = weft_loop_free(loop);
+	_exit(rs.requests == 300 && rs.bad == 0 && closed && r == 0 && open_fd_count() == fds_before - 1 ? 0 : 3);
+}
+
+static void test_server_send_blocked(void)
+{
+	int sv[2];
+	REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+	pid_t pid = fork();
+	REQUIRE(pid >= 0);
+	if (pid == 0) {
+		close(sv[1]);
+		blocked_child(sv[0]);
+	}
+	close(sv[0]);
+	int file = open(g_file, O_RDONLY | O_CLOEXEC);
+	REQUIRE(file >= 0);
+	enum { N = 300 };
+	for (int i = 0; i < N; i++) {
+		char text[32];
+		int len = snprintf(text, sizeof(text), "request %d z", i);
+		REQUIRE(weft_fdpass_send(sv[1], text, (size_t)len, NULL, 0, 5000) == 0);
+	}
+	usleep(100 * 1000);
+	int got = 0, good = 0;
+	for (; got < N; got++) {
+		char buf[64];
+		int fd = -1;
+		size_t nfds = 1;
+		ssize_t n = weft_fdpass_recv(sv[1], buf, sizeof(buf), &fd, &nfds, 5000);
+		if (n < 0)
+			break;
+		char want[32];
+		int wl = snprintf(want, sizeof(want), "request %d z", got);
+		good += n == wl && memcmp(buf, want, (size_t)wl) == 0 && nfds == 1 && same_file(fd, file);
+		if (nfds == 1)
+			close(fd);
+	}
+	CHECK_EQ(got, N);
+	CHECK_EQ(good, N);
+	close(sv[1]);
+	close(file);
+	CHECK_EQ(wait_child(pid), 0);
+}
+
 /* 200 requests in flight; the server answers them in reverse order; the
  * responses still come in request order. */
 struct pipe_ctx {
@@ -2092,6 +2168,7 @@ int main(int argc, char **argv)
 	run("low-level: send/recv, same file, EAGAIN, timeout, EMSGSIZE, EPROTO", test_lowlevel);
 	run("request/response: fds both ways, peer creds, post, fail, limits", test_request_response);
 	run("reuse: no post handler, small and large requests, 0/1/6 fds, fd count equal", test_reuse);
+	run("server: replies that do not fit the socket queue up, in order, fds intact", test_server_send_blocked);
 	run("pipelined: 200 in flight, answered in reverse, delivered in order", test_pipelined_out_of_order);
 	run("back-pressure: at most max_pending calls held, reading resumes", test_back_pressure);
 	run("timeout: ETIMEDOUT, late answer dropped with its fd", test_timeout);
