@@ -590,12 +590,7 @@ weft_req *weft_fdpass_request_send(weft_fdpass_client *c, const void *buf, size_
 	s->seq = c->next_seq++;
 	if (c->next_seq == 0)
 		c->next_seq = 1;
-	s->nfds = nfds;
-	weft__fdp_copy_fds(s->fds, fds, nfds);
-	weft__fdp_put_header(s->out, &(struct weft__fdp_hdr){
-			.type = WEFT__FDP_REQUEST, .nfds = (uint16_t)nfds, .len = (uint32_t)len, .seq = s->seq});
-	if (len > 0)
-		memcpy(s->out + WEFT__FDP_HDR, buf, len);
+	struct weft__fdp_hdr hdr = {.type = WEFT__FDP_REQUEST, .nfds = (uint16_t)nfds, .len = (uint32_t)len, .seq = s->seq};
 	st->slot = s;
 	bool idle = c->sendq.head == NULL;
 	weft__dlist_append(&c->sendq, &s->link);
@@ -607,7 +602,40 @@ weft_req *weft_fdpass_request_send(weft_fdpass_client *c, const void *buf, size_
 		weft_req_error(req, ENOMEM); /* the cleanup takes the slot back */
 		return req;
 	}
+	size_t sent = 0;
 	if (idle) {
+		/* Nothing queued before it: straight out of the caller's buffer,
+		 * the header from the stack; the slot keeps a copy only of what
+		 * did not go out. */
+		uint8_t head[WEFT__FDP_HDR];
+		weft__fdp_put_header(head, &hdr);
+		struct iovec iov[2] = {{.iov_base = head, .iov_len = WEFT__FDP_HDR},
+				{.iov_base = (void *)buf, .iov_len = len}};
+		ssize_t w = weft__fdp_sendmsgv(c->fd, iov, len > 0 ? 2 : 1, fds, nfds);
+		if (w == (ssize_t)s->out_len) {
+			slot_drop_fds(s);
+			s->out_off = s->out_len;
+			weft__dlist_pop(&c->sendq);
+			weft__dlist_append(&c->waitq, &s->link);
+			s->sent = true;
+			return req;
+		}
+		if (w == -EAGAIN) {
+			client_watch(c, true);
+			idle = false; /* wait for WRITE */
+		} else if (w > 0) {
+			sent = (size_t)w;
+			slot_drop_fds(s); /* they went with the first byte */
+		}
+		/* else an error: client_flush below meets it again and fails */
+	}
+	s->nfds = s->fds != NULL ? nfds : 0;
+	weft__fdp_copy_fds(s->fds, fds, s->nfds);
+	weft__fdp_put_header(s->out, &hdr);
+	if (len > 0)
+		memcpy(s->out + WEFT__FDP_HDR, buf, len);
+	s->out_off = sent;
+	if (idle && !c->dead) {
 		c->dispatching++; /* a failure is reported from the loop */
 		client_flush(c);
 		c->dispatching--;

@@ -872,7 +872,7 @@ static void test_request_response(void)
 /* Reuse: a server without a post handler (a call is freed as soon as its
  * response is out), requests small and large (past the reusable slot and
  * call sizes), with 0, 1 and 6 descriptors (past the inline arrays),
- * one at a time and 8 in flight.  Every response echoes the payload with
+ * one at a time, 8 in flight, then a burst of 2000.  Every response echoes the payload with
  * the shared file; the descriptors count is the same afterwards. */
 struct reuse_srv {
 	int file;
@@ -951,6 +951,21 @@ static void test_reuse(void)
 		payload[len - 1] = 'p';
 		CHECK(t_run_until_count(loop, &rc.done, sent, 3000));
 	}
+	/* A burst the socket cannot take at once, sent before the loop runs:
+	 * the first requests go straight out, then one meets a full socket
+	 * (EAGAIN, or part of it) and the rest queue behind it. */
+	weft_fdpass_limits lim = {.max_pending = 3000};
+	CHECK_EQ(weft_fdpass_client_set_limits(c, &lim), 0);
+	rc.want_len = 3;
+	payload[2] = 'z';
+	for (int i = 0; i < 2000; i++) {
+		weft_req *req = weft_fdpass_request_send(c, payload, 3, six, 1);
+		REQUIRE(req != NULL);
+		weft_req_set_callback(req, reuse_done, &rc);
+		sent++;
+	}
+	CHECK(weft_fdpass_client_pending(c) == 2000);
+	CHECK(t_run_until_count(loop, &rc.done, sent, 5000));
 	CHECK_EQ(rc.done, sent);
 	CHECK_EQ(rc.good, sent);
 	CHECK_EQ(rs.requests, sent);
