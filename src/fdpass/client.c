@@ -25,9 +25,12 @@
 #define SLOT_INLINE_FDS 4u
 #define SLOT_SPARES 4u
 
+struct request_state;
+
 struct slot {
 	struct weft__dnode link; /* c->sendq, c->waitq or c->spare */
 	weft_req *req;          /* NULL: abandoned */
+	struct request_state *st; /* req's state (when req is not NULL) */
 	bool sent;              /* on the wait queue */
 	bool small;             /* data has SLOT_SMALL bytes: reusable */
 	uint32_t seq;
@@ -301,13 +304,13 @@ static bool client_deliver(weft_fdpass_client *c, struct weft__fdp_msg *m)
 		return false;
 	}
 	weft_req *req = s->req;
+	struct request_state *st = s->st;
 	slot_free(c, slot_pop(c, &c->waitq));
 	if (req == NULL) { /* abandoned: drop the answer */
 		client_update_ref(c);
 		close_msg_fds(m->fds, m->hdr.nfds);
 		return true;
 	}
-	struct request_state *st = weft_req_state(req);
 	st->slot = NULL;
 	if (m->hdr.type == WEFT__FDP_ERROR) {
 		const uint8_t *p = m->payload;
@@ -587,6 +590,7 @@ weft_req *weft_fdpass_request_send(weft_fdpass_client *c, const void *buf, size_
 		return req;
 	}
 	s->req = req;
+	s->st = st;
 	s->seq = c->next_seq++;
 	if (c->next_seq == 0)
 		c->next_seq = 1;

@@ -165,12 +165,24 @@ static inline int weft__fdp_dec_space(struct weft__fdp_dec *dec, uint8_t **ret_b
 	return 0;
 }
 
-/* weft__fdp_dec_ack_slow, inline for bytes without descriptors. */
+/* weft__fdp_dec_ack_slow, inline for bytes without descriptors, and for
+ * one descriptor when none is held (it takes region 0). */
 static inline int weft__fdp_dec_ack(struct weft__fdp_dec *dec, size_t n, const int *fds, size_t nfds,
 		bool truncated)
 {
-	if (dec->err != 0 || nfds != 0 || truncated)
+	if (dec->err != 0 || truncated)
 		return weft__fdp_dec_ack_slow(dec, n, fds, nfds, truncated);
+	if (nfds == 1 && n > 0 && dec->nbatches == 0 && dec->regions_used == 0 && dec->fdstore != NULL &&
+	    dec->max_fds >= 1) {
+		uint64_t from = dec->pos + (dec->end - dec->start);
+		dec->fdstore[0] = fds[0];
+		dec->batches[dec->first] = (struct weft__fdp_batch){
+			.from = from, .to = from + n, .fds = dec->fdstore, .n = 1, .region = 0};
+		dec->nbatches = 1;
+		dec->regions_used = 1;
+	} else if (nfds != 0) {
+		return weft__fdp_dec_ack_slow(dec, n, fds, nfds, truncated);
+	}
 	dec->end += n;
 	return 0;
 }
