@@ -8,57 +8,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const uint8_t magic[4] = {'W', 'F', 'D', 'P'};
-
-static uint16_t get_be16(const uint8_t *p)
-{
-	uint16_t v;
-	memcpy(&v, p, sizeof(v));
-	return ntohs(v);
-}
-
-static uint32_t get_be32(const uint8_t *p)
-{
-	uint32_t v;
-	memcpy(&v, p, sizeof(v));
-	return ntohl(v);
-}
-
-/* The header check, inlined into the decoder's hot path. */
-static inline int parse_header(const uint8_t *buf, uint32_t max_payload, uint32_t max_fds,
-		struct weft__fdp_hdr *ret_hdr)
-{
-	if (memcmp(buf, magic, sizeof(magic)) != 0 || buf[4] != WEFT__FDP_VERSION)
-		return -EPROTO;
-	struct weft__fdp_hdr h = {
-		.type = buf[5],
-		.nfds = get_be16(buf + 6),
-		.len = get_be32(buf + 8),
-		.seq = get_be32(buf + 12),
-	};
-	switch (h.type) {
-	case WEFT__FDP_REQUEST:
-	case WEFT__FDP_RESPONSE:
-		break;
-	case WEFT__FDP_ERROR:
-		if (h.len != 4 || h.nfds != 0)
-			return -EPROTO;
-		break;
-	default:
-		return -EPROTO;
-	}
-	if (h.len > max_payload)
-		return -EMSGSIZE;
-	if (h.nfds > max_fds)
-		return -ETOOMANYREFS;
-	*ret_hdr = h;
-	return 0;
-}
-
 int weft__fdp_get_header(const uint8_t *buf, uint32_t max_payload, uint32_t max_fds,
 		struct weft__fdp_hdr *ret_hdr)
 {
-	return parse_header(buf, max_payload, max_fds, ret_hdr);
+	return weft__fdp_parse_header(buf, max_payload, max_fds, ret_hdr);
 }
 
 /* ---- the decoder ---------------------------------------------------------- */
@@ -139,7 +92,7 @@ int weft__fdp_dec_space_slow(struct weft__fdp_dec *dec, uint8_t **ret_buf, size_
 	size_t want = WEFT__FDP_HDR - (have < WEFT__FDP_HDR ? have : 0);
 	if (have >= WEFT__FDP_HDR) {
 		struct weft__fdp_hdr h;
-		int r = parse_header(dec->buf + dec->start, dec->max_payload, dec->max_fds, &h);
+		int r = weft__fdp_parse_header(dec->buf + dec->start, dec->max_payload, dec->max_fds, &h);
 		if (r < 0)
 			return fail(dec, r);
 		size_t total = WEFT__FDP_HDR + h.len;
@@ -210,7 +163,7 @@ int weft__fdp_dec_next_slow(struct weft__fdp_dec *dec, struct weft__fdp_msg *ret
 	if (have < WEFT__FDP_HDR)
 		return 0;
 	struct weft__fdp_hdr h;
-	int r = parse_header(dec->buf + dec->start, dec->max_payload, dec->max_fds, &h);
+	int r = weft__fdp_parse_header(dec->buf + dec->start, dec->max_payload, dec->max_fds, &h);
 	if (r < 0)
 		return fail(dec, r);
 	uint64_t e = p + WEFT__FDP_HDR + h.len; /* where the next message starts */

@@ -6,6 +6,7 @@
 #include <weft/fdpass.h>
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -69,6 +70,37 @@ static inline void weft__fdp_copy_fds(int *dst, const int *src, size_t n)
  * (nfds > max_fds). */
 int weft__fdp_get_header(const uint8_t *buf, uint32_t max_payload, uint32_t max_fds,
 		struct weft__fdp_hdr *ret_hdr);
+
+/* The same, inline for the decoder's hot path. */
+static inline int weft__fdp_parse_header(const uint8_t *buf, uint32_t max_payload, uint32_t max_fds,
+		struct weft__fdp_hdr *ret_hdr)
+{
+	uint16_t nfds;
+	uint32_t len, seq;
+	if (memcmp(buf, "WFDP", 4) != 0 || buf[4] != WEFT__FDP_VERSION)
+		return -EPROTO;
+	memcpy(&nfds, buf + 6, sizeof(nfds));
+	memcpy(&len, buf + 8, sizeof(len));
+	memcpy(&seq, buf + 12, sizeof(seq));
+	struct weft__fdp_hdr h = {.type = buf[5], .nfds = ntohs(nfds), .len = ntohl(len), .seq = ntohl(seq)};
+	switch (h.type) {
+	case WEFT__FDP_REQUEST:
+	case WEFT__FDP_RESPONSE:
+		break;
+	case WEFT__FDP_ERROR:
+		if (h.len != 4 || h.nfds != 0)
+			return -EPROTO;
+		break;
+	default:
+		return -EPROTO;
+	}
+	if (h.len > max_payload)
+		return -EMSGSIZE;
+	if (h.nfds > max_fds)
+		return -ETOOMANYREFS;
+	*ret_hdr = h;
+	return 0;
+}
 
 /* ---- the decoder: bytes and descriptors in, messages out ------------------
  *
@@ -202,14 +234,45 @@ static inline size_t weft__fdp_dec_buffered(const struct weft__fdp_dec *dec)
  * last is forgotten (what the slow path would do too). */
 static inline int weft__fdp_dec_next(struct weft__fdp_dec *dec, struct weft__fdp_msg *ret_msg)
 {
-	if (dec->err != 0 || dec->nbatches != 0 || weft__fdp_dec_buffered(dec) != 0)
-		return weft__fdp_dec_next_slow(dec, ret_msg);
-	dec->regions_used &= ~dec->handed;
-	dec->handed = 0;
-	dec->pos += dec->consume;
-	dec->consume = 0;
-	dec->start = dec->end = 0;
-	return 0;
+	if (dec->err != 0)
+		return dec->err;
+	size_t have = weft__fdp_dec_buffered(dec);
+	if (dec->nbatches == 0 && have == 0) {
+		dec->regions_used &= ~dec->handed;
+		dec->handed = 0;
+		dec->pos += dec->consume;
+		dec->consume = 0;
+		dec->start = dec->end = 0;
+		return 0;
+	}
+	/* A whole, well-formed message at the start of a fresh read, with no
+	 * descriptors waiting or with the one batch that came with its first
+	 * byte: what the slow path would hand out.  Anything else goes there. */
+	struct weft__fdp_hdr h;
+	if (dec->consume == 0 && dec->handed == 0 && dec->nbatches <= 1 && have >= WEFT__FDP_HDR &&
+	    weft__fdp_parse_header(dec->buf + dec->start, dec->max_payload, dec->max_fds, &h) == 0 &&
+	    have >= WEFT__FDP_HDR + h.len) {
+		uint64_t p = dec->pos, e = p + WEFT__FDP_HDR + h.len;
+		int *fds = NULL;
+		if (dec->nbatches == 0) {
+			if (h.nfds != 0)
+				return weft__fdp_dec_next_slow(dec, ret_msg);
+		} else {
+			struct weft__fdp_batch *b = &dec->batches[dec->first];
+			if (!(b->from <= p && b->to > p && b->to <= e && b->n == h.nfds))
+				return weft__fdp_dec_next_slow(dec, ret_msg);
+			fds = b->fds;
+			dec->handed = 1u << b->region;
+			dec->first = (dec->first + 1) % WEFT__FDP_MAX_BATCHES;
+			dec->nbatches = 0;
+		}
+		ret_msg->hdr = h;
+		ret_msg->payload = dec->buf + dec->start + WEFT__FDP_HDR;
+		ret_msg->fds = fds;
+		dec->consume = WEFT__FDP_HDR + h.len;
+		return 1;
+	}
+	return weft__fdp_dec_next_slow(dec, ret_msg);
 }
 
 /* ---- socket helpers (io.c) -------------------------------------------------- */
