@@ -597,10 +597,10 @@ weft_req *weft_fdpass_request_send(weft_fdpass_client *c, const void *buf, size_
 	struct weft__fdp_hdr hdr = {.type = WEFT__FDP_REQUEST, .nfds = (uint16_t)nfds, .len = (uint32_t)len, .seq = s->seq};
 	st->slot = s;
 	bool idle = c->sendq.head == NULL;
-	weft__dlist_append(&c->sendq, &s->link);
 	c->nslots++;
 	client_update_ref(c);
 	if (c->timeout_ms > 0 && weft_req_set_timeout(req, c->timeout_ms) < 0) {
+		weft__dlist_append(&c->sendq, &s->link);
 		st->has_error = true;
 		weft__fdp_error(&st->error, WEFT_FDPASS_PHASE_WRITE_REQUEST, WEFT_FDPASS_OP_ALLOC, ENOMEM, NULL);
 		weft_req_error(req, ENOMEM); /* the cleanup takes the slot back */
@@ -619,9 +619,8 @@ weft_req *weft_fdpass_request_send(weft_fdpass_client *c, const void *buf, size_
 		if (w == (ssize_t)s->out_len) {
 			slot_drop_fds(s);
 			s->out_off = s->out_len;
-			weft__dlist_pop(&c->sendq);
-			weft__dlist_append(&c->waitq, &s->link);
 			s->sent = true;
+			weft__dlist_append(&c->waitq, &s->link);
 			return req;
 		}
 		if (w == -EAGAIN) {
@@ -633,6 +632,7 @@ weft_req *weft_fdpass_request_send(weft_fdpass_client *c, const void *buf, size_
 		}
 		/* else an error: client_flush below meets it again and fails */
 	}
+	weft__dlist_append(&c->sendq, &s->link);
 	s->nfds = s->fds != NULL ? nfds : 0;
 	weft__fdp_copy_fds(s->fds, fds, s->nfds);
 	weft__fdp_put_header(s->out, &hdr);
