@@ -213,10 +213,13 @@ static double raw_round(void)
 
 struct wserver {
 	int devnull;
-	bool seen;
 	weft_loop *loop;
 	const weft_fdpass_server *srv;
 };
+
+/* The client's last request, after its clock stopped: the server's loop
+ * may stop once it is answered. */
+static const char bye[] = "bye";
 
 static void wserver_request(weft_fdpass_server *srv, weft_fdpass_call *call, const weft_fdpass_msg *req,
 		const weft_fdpass_peer *peer, void *data)
@@ -224,33 +227,21 @@ static void wserver_request(weft_fdpass_server *srv, weft_fdpass_call *call, con
 	struct wserver *w = data;
 	(void)srv;
 	(void)peer;
-	w->seen = true;
 	if (weft_fdpass_call_reply(call, req->buf, req->len, &w->devnull, 1, NULL) < 0)
 		_exit(1);
-}
-
-/* Every 20 ms: once the client has come and gone, the server is done. */
-static void wserver_check(weft_timer *t, void *data)
-{
-	struct wserver *w = data;
-	(void)t;
-	if (w->seen && weft_fdpass_server_connections(w->srv) == 0)
+	if (req->len == sizeof(bye) && memcmp(req->buf, bye, sizeof(bye)) == 0)
 		weft_loop_stop(w->loop);
 }
 
-/* The weft server's loop until the client has come and gone: run as a
- * server application runs it (WEFT_RUN_DEFAULT), with a periodic timer
- * that stops it. */
-static NOINLINE int timed_server_weft(weft_loop *loop, struct wserver *w)
+/* The weft server's loop, run as a server application runs it
+ * (WEFT_RUN_DEFAULT, no timer: epoll_wait blocks without a timeout) until
+ * the client's "bye", then until the client has gone. */
+static NOINLINE int timed_server_weft(weft_loop *loop, const struct wserver *w)
 {
-	weft_timer *check;
-	int r = weft_timer_new(loop, wserver_check, w, &check);
-	if (r == 0)
-		r = weft_timer_start(check, 20, 20);
-	if (r == 0)
-		r = weft_loop_run(loop, WEFT_RUN_DEFAULT);
-	weft_timer_free(check);
-	return r;
+	int r = weft_loop_run(loop, WEFT_RUN_DEFAULT);
+	while (r >= 0 && weft_fdpass_server_connections(w->srv) > 0)
+		r = weft_loop_run(loop, WEFT_RUN_ONCE);
+	return r < 0 ? r : 0;
 }
 
 static void weft_server(const weft_addr *addr, int ready_fd)
@@ -360,6 +351,15 @@ static double weft_round(void)
 	struct cpu c1 = self_cpu(), scpu;
 	if (w.failed || w.i != opt.n)
 		die("weft: wrong response %ld", w.i);
+	/* bye: the server's loop may stop */
+	weft_req *breq = weft_fdpass_request_send(w.c, bye, sizeof(bye), NULL, 0);
+	if (breq == NULL)
+		die("weft: out of memory");
+	wcheck(weft_req_wait(breq), "weft_req_wait");
+	weft_fdpass_msg bm;
+	wcheck(weft_fdpass_request_recv(breq, &bm, NULL, NULL), "weft_fdpass_request_recv (bye)");
+	weft_fdpass_msg_clear(&bm);
+	weft_req_free(breq);
 	weft_fdpass_client_free(w.c);
 	for (int i = 0; i < 4; i++)
 		weft_loop_run(w.loop, WEFT_RUN_NOWAIT);

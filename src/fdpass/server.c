@@ -546,18 +546,19 @@ static int call_answer(weft_fdpass_call *call, uint8_t type, const void *buf, si
 	struct weft__fdp_hdr hdr = {.type = type, .nfds = (uint16_t)nfds, .len = (uint32_t)len, .seq = call->seq};
 	bool want_post = type == WEFT__FDP_RESPONSE && c->srv->post != NULL;
 	size_t sent = 0;
-	bool blocked = false;
+	bool blocked = false, framed = false;
 	if (r == 0 && c->calls.head == &call->link && !c->write_wait && WEFT__FDP_HDR + len <= CALL_INLINE_OUT &&
 	    nfds <= CALL_INLINE_FDS) {
-		/* First in line and nothing blocked: straight out of the caller's
-		 * buffer, the header from the stack.  Only sizes that fit the
-		 * call's inline storage, so queueing what did not go out cannot
-		 * fail. */
-		uint8_t head[WEFT__FDP_HDR];
-		weft__fdp_put_header(head, &hdr);
-		struct iovec iov[2] = {{.iov_base = head, .iov_len = WEFT__FDP_HDR},
-				{.iov_base = (void *)buf, .iov_len = len}};
-		ssize_t w = weft__fdp_sendmsgv(c->fd, iov, len > 0 ? 2 : 1, fds, nfds);
+		/* First in line and nothing blocked: framed in the call's inline
+		 * buffer and sent at once, as one buffer (a single segment is the
+		 * kernel's cheapest import; a header and a payload vector cost
+		 * more there than the copy here).  Only sizes that fit the inline
+		 * storage, so keeping what did not go out cannot fail. */
+		weft__fdp_put_header(call->out_inline, &hdr);
+		if (len > 0)
+			memcpy(call->out_inline + WEFT__FDP_HDR, buf, len);
+		framed = true;
+		ssize_t w = weft__fdp_sendmsg(c->fd, call->out_inline, WEFT__FDP_HDR + len, fds, nfds);
 		if (w == (ssize_t)(WEFT__FDP_HDR + len)) {
 			call_sent(call, fds, nfds, want_post, post_data);
 			return 0;
@@ -585,9 +586,11 @@ static int call_answer(weft_fdpass_call *call, uint8_t type, const void *buf, si
 		conn_maybe_destroy(c);
 		return r;
 	}
-	weft__fdp_put_header(call->out, &hdr);
-	if (len > 0)
-		memcpy(call->out + WEFT__FDP_HDR, buf, len);
+	if (!framed) {
+		weft__fdp_put_header(call->out, &hdr);
+		if (len > 0)
+			memcpy(call->out + WEFT__FDP_HDR, buf, len);
+	}
 	call->out_off = sent;
 	weft__fdp_copy_fds(call->rfds, fds, nfds);
 	call->nrfds = nfds;
