@@ -47,6 +47,11 @@
 
 #include "../bench-util.h"
 
+/* The four sides run in functions of their own, kept out of line, so
+ * callgrind can count each alone: --toggle-collect=timed_client_raw,
+ * timed_server_raw, timed_client_weft, timed_server_weft (bench/README.md). */
+#define NOINLINE __attribute__((noinline))
+
 enum { I_RAW, I_WEFT, NIMPL };
 static const char *const impl_names[NIMPL] = {"raw", "weft"};
 
@@ -60,16 +65,24 @@ static struct {
 
 static double samples[NIMPL][MAX_ROUNDS + 1];     /* round trips per second (wall clock) */
 static double cpu_samples[NIMPL][MAX_ROUNDS + 1]; /* round trips per CPU-second, both processes */
+static double usr_samples[NIMPL][MAX_ROUNDS + 1]; /* user CPU microseconds per round trip, both */
+static double sys_samples[NIMPL][MAX_ROUNDS + 1]; /* system CPU microseconds per round trip, both */
 static int nsamples[NIMPL];
 
-/* CPU time (user + system) in seconds of a rusage. */
-static double ru_cpu(const struct rusage *ru)
+/* CPU time in seconds: user and system. */
+struct cpu {
+	double usr, sys;
+};
+
+static struct cpu ru_cpu(const struct rusage *ru)
 {
-	return (double)(ru->ru_utime.tv_sec + ru->ru_stime.tv_sec) +
-	       (double)(ru->ru_utime.tv_usec + ru->ru_stime.tv_usec) / 1e6;
+	return (struct cpu){
+		.usr = (double)ru->ru_utime.tv_sec + (double)ru->ru_utime.tv_usec / 1e6,
+		.sys = (double)ru->ru_stime.tv_sec + (double)ru->ru_stime.tv_usec / 1e6,
+	};
 }
 
-static double self_cpu(void)
+static struct cpu self_cpu(void)
 {
 	struct rusage ru;
 	getrusage(RUSAGE_SELF, &ru);
@@ -78,7 +91,7 @@ static double self_cpu(void)
 
 /* Wait for the round's server; its CPU time goes to *cpu.  False if it
  * failed. */
-static bool reap_server(pid_t pid, double *cpu)
+static bool reap_server(pid_t pid, struct cpu *cpu)
 {
 	int st;
 	struct rusage ru;
@@ -88,7 +101,19 @@ static bool reap_server(pid_t pid, double *cpu)
 	return WIFEXITED(st) && WEXITSTATUS(st) == 0;
 }
 
-static double last_cpu_rate;
+/* The CPU figures of the last round. */
+static double last_cpu_rate, last_usr_us, last_sys_us;
+
+/* Record the CPU time of a round: the client's from c0 to c1, and the
+ * server's. */
+static void note_cpu(struct cpu c0, struct cpu c1, struct cpu server)
+{
+	double usr = c1.usr - c0.usr + server.usr;
+	double sys = c1.sys - c0.sys + server.sys;
+	last_cpu_rate = (double)opt.n / (usr + sys);
+	last_usr_us = usr * 1e6 / (double)opt.n;
+	last_sys_us = sys * 1e6 / (double)opt.n;
+}
 
 static void pin_cpu0(void)
 {
@@ -106,16 +131,14 @@ typedef union {
 	char buf[CMSG_SPACE(sizeof(int))];
 } cmsg1;
 
-static void raw_server(int s)
+/* The raw server's loop until the client closes: 0, or 1 on a failure. */
+static NOINLINE int timed_server_raw(int s, int devnull)
 {
-	int devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
-	if (devnull < 0)
-		_exit(1);
 	char buf[4096];
 	for (;;) {
 		ssize_t n = recv(s, buf, (size_t)opt.msg, MSG_WAITALL);
 		if (n <= 0)
-			_exit(n == 0 ? 0 : 1);
+			return n == 0 ? 0 : 1;
 		cmsg1 cb;
 		memset(&cb, 0, sizeof(cb));
 		struct iovec iov = {buf, (size_t)n};
@@ -126,7 +149,37 @@ static void raw_server(int s)
 		c->cmsg_len = CMSG_LEN(sizeof(int));
 		memcpy(CMSG_DATA(c), &devnull, sizeof(int));
 		if (sendmsg(s, &m, MSG_NOSIGNAL) != n)
-			_exit(1);
+			return 1;
+	}
+}
+
+static void raw_server(int s)
+{
+	int devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	if (devnull < 0)
+		_exit(1);
+	_exit(timed_server_raw(s, devnull));
+}
+
+/* The raw client's round trips (dies on a wrong response). */
+static NOINLINE void timed_client_raw(int s)
+{
+	char req[4096], resp[4096];
+	memset(req, 'q', (size_t)opt.msg);
+	for (long i = 0; i < opt.n; i++) {
+		memcpy(req, &i, sizeof(i));
+		if (send(s, req, (size_t)opt.msg, MSG_NOSIGNAL) != opt.msg)
+			die("raw: send: %s", strerror(errno));
+		cmsg1 cb;
+		struct iovec iov = {resp, (size_t)opt.msg};
+		struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cb.buf, .msg_controllen = sizeof(cb.buf)};
+		ssize_t n = recvmsg(s, &m, MSG_CMSG_CLOEXEC | MSG_WAITALL);
+		struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+		if (n != opt.msg || c == NULL || c->cmsg_type != SCM_RIGHTS || memcmp(resp, &i, sizeof(i)) != 0)
+			die("raw: wrong response %ld", i);
+		int fd;
+		memcpy(&fd, CMSG_DATA(c), sizeof(int));
+		close(fd);
 	}
 }
 
@@ -144,31 +197,15 @@ static double raw_round(void)
 	}
 	close(sv[1]);
 	int s = sv[0];
-	char req[4096], resp[4096];
-	memset(req, 'q', (size_t)opt.msg);
-	double c0 = self_cpu();
+	struct cpu c0 = self_cpu();
 	double t0 = now_mono();
-	for (long i = 0; i < opt.n; i++) {
-		memcpy(req, &i, sizeof(i));
-		if (send(s, req, (size_t)opt.msg, MSG_NOSIGNAL) != opt.msg)
-			die("raw: send: %s", strerror(errno));
-		cmsg1 cb;
-		struct iovec iov = {resp, (size_t)opt.msg};
-		struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cb.buf, .msg_controllen = sizeof(cb.buf)};
-		ssize_t n = recvmsg(s, &m, MSG_CMSG_CLOEXEC | MSG_WAITALL);
-		struct cmsghdr *c = CMSG_FIRSTHDR(&m);
-		if (n != opt.msg || c == NULL || c->cmsg_type != SCM_RIGHTS || memcmp(resp, &i, sizeof(i)) != 0)
-			die("raw: wrong response %ld", i);
-		int fd;
-		memcpy(&fd, CMSG_DATA(c), sizeof(int));
-		close(fd);
-	}
+	timed_client_raw(s);
 	double dt = now_mono() - t0;
-	double cpu = self_cpu() - c0, scpu = 0;
+	struct cpu c1 = self_cpu(), scpu;
 	close(s);
 	if (!reap_server(pid, &scpu))
 		die("raw: the server failed");
-	last_cpu_rate = (double)opt.n / (cpu + scpu);
+	note_cpu(c0, c1, scpu);
 	return (double)opt.n / dt;
 }
 
@@ -176,8 +213,13 @@ static double raw_round(void)
 
 struct wserver {
 	int devnull;
-	bool seen;
+	weft_loop *loop;
+	const weft_fdpass_server *srv;
 };
+
+/* The client's last request, after its clock stopped: the server's loop
+ * may stop once it is answered. */
+static const char bye[] = "bye";
 
 static void wserver_request(weft_fdpass_server *srv, weft_fdpass_call *call, const weft_fdpass_msg *req,
 		const weft_fdpass_peer *peer, void *data)
@@ -185,9 +227,21 @@ static void wserver_request(weft_fdpass_server *srv, weft_fdpass_call *call, con
 	struct wserver *w = data;
 	(void)srv;
 	(void)peer;
-	w->seen = true;
 	if (weft_fdpass_call_reply(call, req->buf, req->len, &w->devnull, 1, NULL) < 0)
 		_exit(1);
+	if (req->len == sizeof(bye) && memcmp(req->buf, bye, sizeof(bye)) == 0)
+		weft_loop_stop(w->loop);
+}
+
+/* The weft server's loop, run as a server application runs it
+ * (WEFT_RUN_DEFAULT, no timer: epoll_wait blocks without a timeout) until
+ * the client's "bye", then until the client has gone. */
+static NOINLINE int timed_server_weft(weft_loop *loop, const struct wserver *w)
+{
+	int r = weft_loop_run(loop, WEFT_RUN_DEFAULT);
+	while (r >= 0 && weft_fdpass_server_connections(w->srv) > 0)
+		r = weft_loop_run(loop, WEFT_RUN_ONCE);
+	return r < 0 ? r : 0;
 }
 
 static void weft_server(const weft_addr *addr, int ready_fd)
@@ -201,10 +255,10 @@ static void weft_server(const weft_addr *addr, int ready_fd)
 	if (write(ready_fd, "r", 1) != 1)
 		_exit(1);
 	close(ready_fd);
-	/* until the client has come and gone */
-	while (!w.seen || weft_fdpass_server_connections(srv) > 0)
-		if (weft_loop_run(loop, WEFT_RUN_ONCE) < 0)
-			_exit(1);
+	w.loop = loop;
+	w.srv = srv;
+	if (timed_server_weft(loop, &w) < 0)
+		_exit(1);
 	weft_fdpass_server_close(srv, NULL, NULL);
 	for (int i = 0; i < 4; i++)
 		weft_loop_run(loop, WEFT_RUN_NOWAIT);
@@ -252,6 +306,14 @@ static void wclient_send(struct wclient *w)
 	weft_req_set_callback(req, wclient_done, w);
 }
 
+/* The weft client's round trips: the first request, then the loop (each
+ * response callback sends the next request). */
+static NOINLINE void timed_client_weft(struct wclient *w)
+{
+	wclient_send(w);
+	weft_loop_run(w->loop, WEFT_RUN_DEFAULT);
+}
+
 static double weft_round(void)
 {
 	static int seq;
@@ -282,21 +344,29 @@ static double weft_round(void)
 	wcheck(weft_req_wait(creq), "weft_req_wait");
 	wcheck(weft_fdpass_connect_recv(creq, &w.c, NULL), "weft_fdpass_connect_recv");
 	weft_req_free(creq);
-	double c0 = self_cpu();
+	struct cpu c0 = self_cpu();
 	double t0 = now_mono();
-	wclient_send(&w);
-	weft_loop_run(w.loop, WEFT_RUN_DEFAULT);
+	timed_client_weft(&w);
 	double dt = now_mono() - t0;
-	double cpu = self_cpu() - c0, scpu = 0;
+	struct cpu c1 = self_cpu(), scpu;
 	if (w.failed || w.i != opt.n)
 		die("weft: wrong response %ld", w.i);
+	/* bye: the server's loop may stop */
+	weft_req *breq = weft_fdpass_request_send(w.c, bye, sizeof(bye), NULL, 0);
+	if (breq == NULL)
+		die("weft: out of memory");
+	wcheck(weft_req_wait(breq), "weft_req_wait");
+	weft_fdpass_msg bm;
+	wcheck(weft_fdpass_request_recv(breq, &bm, NULL, NULL), "weft_fdpass_request_recv (bye)");
+	weft_fdpass_msg_clear(&bm);
+	weft_req_free(breq);
 	weft_fdpass_client_free(w.c);
 	for (int i = 0; i < 4; i++)
 		weft_loop_run(w.loop, WEFT_RUN_NOWAIT);
 	wcheck(weft_loop_free(w.loop), "weft_loop_free");
 	if (!reap_server(pid, &scpu))
 		die("weft: the server failed");
-	last_cpu_rate = (double)opt.n / (cpu + scpu);
+	note_cpu(c0, c1, scpu);
 	return (double)opt.n / dt;
 }
 
@@ -309,9 +379,12 @@ static void one_round(int impl, int round, void *arg)
 	double v = impl == I_RAW ? raw_round() : weft_round();
 	wd_disarm();
 	if (bench.verbose)
-		printf("round %2d  %-5s %12.0f rt/s  %12.0f rt/CPU-s\n", round, impl_names[impl], v, last_cpu_rate);
+		printf("round %2d  %-5s %12.0f rt/s  %12.0f rt/CPU-s  %6.2f us user  %6.2f us system per rt\n",
+		       round, impl_names[impl], v, last_cpu_rate, last_usr_us, last_sys_us);
 	if (round >= 0) {
 		cpu_samples[impl][nsamples[impl]] = last_cpu_rate;
+		usr_samples[impl][nsamples[impl]] = last_usr_us;
+		sys_samples[impl][nsamples[impl]] = last_sys_us;
 		samples[impl][nsamples[impl]++] = v;
 	}
 }
@@ -376,6 +449,27 @@ int main(int argc, char **argv)
 				snprintf(cells[i], sizeof(cells[i]), "-");
 		}
 		fmt_ratio(cells[2], sizeof(cells[2]), opt.sel[I_RAW] && opt.sel[I_WEFT], med[I_WEFT], med[I_RAW]);
+		const char *row[3] = {cells[0], cells[1], cells[2]};
+		table_row(44, title, 3, widths, row);
+	}
+	/* Where the CPU time goes, per round trip (lower is better; the last
+	 * column is weft minus raw). */
+	for (int k = 0; k < 2; k++) {
+		double med[NIMPL];
+		for (int i = 0; i < NIMPL; i++)
+			med[i] = median(k == 0 ? usr_samples[i] : sys_samples[i], nsamples[i]);
+		char cells[3][32], title[64];
+		snprintf(title, sizeof(title), "  %s CPU per rt, both sides (us)", k == 0 ? "user" : "system");
+		for (int i = 0; i < NIMPL; i++) {
+			if (opt.sel[i])
+				snprintf(cells[i], sizeof(cells[i]), "%.2f", med[i]);
+			else
+				snprintf(cells[i], sizeof(cells[i]), "-");
+		}
+		if (opt.sel[I_RAW] && opt.sel[I_WEFT])
+			snprintf(cells[2], sizeof(cells[2]), "%+.2f", med[I_WEFT] - med[I_RAW]);
+		else
+			snprintf(cells[2], sizeof(cells[2]), "-");
 		const char *row[3] = {cells[0], cells[1], cells[2]};
 		table_row(44, title, 3, widths, row);
 	}

@@ -18,15 +18,27 @@
 
 #define READS_PER_WAKEUP 16
 
+/* Slots for small requests (framed size up to SLOT_SMALL, at most
+ * SLOT_INLINE_FDS descriptors) have a fixed size and are kept for reuse,
+ * up to SLOT_SPARES per client. */
+#define SLOT_SMALL 256u
+#define SLOT_INLINE_FDS 4u
+#define SLOT_SPARES 4u
+
+struct request_state;
+
 struct slot {
-	struct weft__dnode link; /* c->sendq or c->waitq */
+	struct weft__dnode link; /* c->sendq, c->waitq or c->spare */
 	weft_req *req;          /* NULL: abandoned */
+	struct request_state *st; /* req's state (when req is not NULL) */
 	bool sent;              /* on the wait queue */
+	bool small;             /* data has SLOT_SMALL bytes: reusable */
 	uint32_t seq;
-	int *fds;               /* the request's descriptors (borrowed) */
+	int *fds;               /* the request's descriptors (borrowed): fds_inline or allocated */
 	size_t nfds;
 	uint8_t *out;           /* the framed request: data */
 	size_t out_len, out_off;
+	int fds_inline[SLOT_INLINE_FDS];
 	alignas(max_align_t) uint8_t data[];
 };
 
@@ -40,7 +52,10 @@ struct weft_fdpass_client {
 	uint64_t timeout_ms;
 	struct weft__dlist sendq;
 	struct weft__dlist waitq;
+	struct weft__dnode *spare; /* small slots kept for reuse (a stack) */
+	unsigned nspare;
 	size_t nslots;
+	bool ref;          /* the io watcher keeps the loop alive (nslots > 0) */
 	uint32_t next_seq;
 	unsigned dispatching;
 	bool dead;
@@ -62,10 +77,64 @@ struct request_state {
 
 static void client_destroy(weft_fdpass_client *c);
 
-static void slot_free(struct slot *s)
+/* Forget the request's descriptors (borrowed: not closed). */
+static void slot_drop_fds(struct slot *s)
 {
-	free(s->fds);
+	if (s->fds != NULL && s->fds != s->fds_inline)
+		free(s->fds);
+	s->fds = NULL;
+	s->nfds = 0;
+}
+
+static void slot_free(weft_fdpass_client *c, struct slot *s)
+{
+	slot_drop_fds(s);
+	if (s->small && c->nspare < SLOT_SPARES) {
+		s->link.next = c->spare;
+		c->spare = &s->link;
+		c->nspare++;
+		return;
+	}
 	free(s);
+}
+
+/* A zeroed slot for a request of framed size out_len with nfds
+ * descriptors, or NULL. */
+static struct slot *slot_get(weft_fdpass_client *c, size_t out_len, size_t nfds)
+{
+	bool small = out_len <= SLOT_SMALL;
+	struct slot *s;
+	if (small && c->spare != NULL) {
+		s = weft__dlist_entry(c->spare, struct slot, link);
+		c->spare = c->spare->next;
+		c->nspare--;
+	} else {
+		s = malloc(sizeof(*s) + (small ? SLOT_SMALL : out_len));
+		if (s == NULL)
+			return NULL;
+	}
+	memset(s, 0, offsetof(struct slot, fds_inline));
+	s->small = small;
+	s->out = s->data;
+	s->out_len = out_len;
+	if (nfds > 0) {
+		s->fds = nfds <= SLOT_INLINE_FDS ? s->fds_inline : malloc(nfds * sizeof(int));
+		if (s->fds == NULL) {
+			slot_free(c, s);
+			return NULL;
+		}
+	}
+	return s;
+}
+
+static void free_spares(weft_fdpass_client *c)
+{
+	while (c->spare != NULL) {
+		struct weft__dnode *n = c->spare;
+		c->spare = n->next;
+		free(weft__dlist_entry(n, struct slot, link));
+	}
+	c->nspare = 0;
 }
 
 static struct weft__dlist *slot_queue(weft_fdpass_client *c, const struct slot *s)
@@ -77,7 +146,7 @@ static void slot_remove(weft_fdpass_client *c, struct slot *s)
 {
 	weft__dlist_remove(slot_queue(c, s), &s->link);
 	c->nslots--;
-	slot_free(s);
+	slot_free(c, s);
 }
 
 /* Take the first slot of a queue off (NULL if empty); the caller frees it. */
@@ -92,8 +161,11 @@ static struct slot *slot_pop(weft_fdpass_client *c, struct weft__dlist *q)
 
 static void client_update_ref(weft_fdpass_client *c)
 {
-	if (c->io)
-		weft_io_set_ref(c->io, c->nslots > 0);
+	bool ref = c->nslots > 0;
+	if (c->io && ref != c->ref) {
+		weft_io_set_ref(c->io, ref);
+		c->ref = ref;
+	}
 }
 
 /* ---- failure -------------------------------------------------------------- */
@@ -129,7 +201,7 @@ static void fail_requests(weft_fdpass_client *c)
 		struct slot *s;
 		while (!c->freed && (s = slot_pop(c, queues[q])) != NULL) {
 			weft_req *req = s->req;
-			slot_free(s);
+			slot_free(c, s);
 			if (req == NULL)
 				continue;
 			struct request_state *st = weft_req_state(req);
@@ -193,8 +265,7 @@ static void client_flush(weft_fdpass_client *c)
 		if (s->out_off < s->out_len)
 			continue;
 		/* Out whole: the descriptors are no longer needed. */
-		free(s->fds);
-		s->fds = NULL;
+		slot_drop_fds(s);
 		weft__dlist_pop(&c->sendq);
 		weft__dlist_append(&c->waitq, &s->link);
 		s->sent = true;
@@ -210,6 +281,17 @@ static void close_msg_fds(const int *fds, size_t n)
 		close(fds[i]);
 }
 
+/* After a request's callback ran: the loop reference follows the requests
+ * waiting — updated only now, so a callback that sends the next request
+ * leaves it as it was.  Returns false if the client failed or was freed. */
+static bool client_after_delivery(weft_fdpass_client *c)
+{
+	if (c->freed)
+		return false;
+	client_update_ref(c);
+	return !c->dead;
+}
+
 /* One response: to the oldest request sent.  Returns false if the client
  * failed or was freed. */
 static bool client_deliver(weft_fdpass_client *c, struct weft__fdp_msg *m)
@@ -222,13 +304,13 @@ static bool client_deliver(weft_fdpass_client *c, struct weft__fdp_msg *m)
 		return false;
 	}
 	weft_req *req = s->req;
-	slot_free(slot_pop(c, &c->waitq));
-	client_update_ref(c);
+	struct request_state *st = s->st;
+	slot_free(c, slot_pop(c, &c->waitq));
 	if (req == NULL) { /* abandoned: drop the answer */
+		client_update_ref(c);
 		close_msg_fds(m->fds, m->hdr.nfds);
 		return true;
 	}
-	struct request_state *st = weft_req_state(req);
 	st->slot = NULL;
 	if (m->hdr.type == WEFT__FDP_ERROR) {
 		const uint8_t *p = m->payload;
@@ -239,7 +321,7 @@ static bool client_deliver(weft_fdpass_client *c, struct weft__fdp_msg *m)
 		weft__fdp_error(&st->error, WEFT_FDPASS_PHASE_HANDLE_REQUEST, WEFT_FDPASS_OP_HANDLER, err,
 				"the server's handler");
 		weft_req_error(req, err);
-		return !c->freed && !c->dead;
+		return client_after_delivery(c);
 	}
 	/* One block: the descriptors, then the payload (weft_fdpass_msg_clear
 	 * frees it through whichever pointer comes first). */
@@ -252,10 +334,9 @@ static bool client_deliver(weft_fdpass_client *c, struct weft__fdp_msg *m)
 			st->has_error = true;
 			weft__fdp_error(&st->error, WEFT_FDPASS_PHASE_READ_RESPONSE, WEFT_FDPASS_OP_ALLOC, ENOMEM, NULL);
 			weft_req_error(req, ENOMEM);
-			return !c->freed && !c->dead;
+			return client_after_delivery(c);
 		}
-		if (fdbytes > 0)
-			memcpy(block, m->fds, fdbytes);
+		weft__fdp_copy_fds((int *)(void *)block, m->fds, m->hdr.nfds);
 		if (m->hdr.len > 0)
 			memcpy(block + fdbytes, m->payload, m->hdr.len);
 	}
@@ -266,7 +347,7 @@ static bool client_deliver(weft_fdpass_client *c, struct weft__fdp_msg *m)
 		.nfds = m->hdr.nfds,
 	};
 	weft_req_done(req);
-	return !c->freed && !c->dead;
+	return client_after_delivery(c);
 }
 
 static void client_read(weft_fdpass_client *c)
@@ -408,8 +489,9 @@ static void client_destroy(weft_fdpass_client *c)
 	for (int q = 0; q < 2; q++) {
 		struct slot *s;
 		while ((s = slot_pop(c, queues[q])) != NULL)
-			slot_free(s);
+			slot_free(c, s);
 	}
+	free_spares(c);
 	weft_defer_free(c->after);
 	free(c);
 }
@@ -436,7 +518,7 @@ void weft_fdpass_client_free(weft_fdpass_client *c)
 				st->phase = s->sent ? WEFT_FDPASS_PHASE_READ_RESPONSE : WEFT_FDPASS_PHASE_WRITE_REQUEST;
 				weft_req_cancel(req);
 			}
-			slot_free(s);
+			slot_free(c, s);
 		}
 	}
 	if (c->dispatching == 0)
@@ -458,9 +540,7 @@ static void request_cleanup(weft_req *req, weft_req_stage stage)
 		} else if (!s->sent) {
 			/* Partly written: the rest goes out, the descriptors went with
 			 * the first byte; the caller may close them now. */
-			free(s->fds);
-			s->fds = NULL;
-			s->nfds = 0;
+			slot_drop_fds(s);
 		}
 		client_update_ref(st->c);
 	}
@@ -502,45 +582,68 @@ weft_req *weft_fdpass_request_send(weft_fdpass_client *c, const void *buf, size_
 		weft_req_error(req, err);
 		return req;
 	}
-	struct slot *s = malloc(sizeof(*s) + WEFT__FDP_HDR + len);
-	if (s != NULL) {
-		memset(s, 0, sizeof(*s));
-		s->out_len = WEFT__FDP_HDR + len;
-		s->out = s->data;
-		if (nfds > 0)
-			s->fds = malloc(nfds * sizeof(int));
-	}
-	if (s == NULL || (nfds > 0 && s->fds == NULL)) {
-		if (s != NULL)
-			slot_free(s);
+	struct slot *s = slot_get(c, WEFT__FDP_HDR + len, nfds);
+	if (s == NULL) {
 		st->has_error = true;
 		weft__fdp_error(&st->error, WEFT_FDPASS_PHASE_WRITE_REQUEST, WEFT_FDPASS_OP_ALLOC, ENOMEM, NULL);
 		weft_req_error(req, ENOMEM);
 		return req;
 	}
 	s->req = req;
+	s->st = st;
 	s->seq = c->next_seq++;
 	if (c->next_seq == 0)
 		c->next_seq = 1;
-	s->nfds = nfds;
-	if (nfds > 0)
-		memcpy(s->fds, fds, nfds * sizeof(int));
-	weft__fdp_put_header(s->out, &(struct weft__fdp_hdr){
-			.type = WEFT__FDP_REQUEST, .nfds = (uint16_t)nfds, .len = (uint32_t)len, .seq = s->seq});
-	if (len > 0)
-		memcpy(s->out + WEFT__FDP_HDR, buf, len);
+	struct weft__fdp_hdr hdr = {.type = WEFT__FDP_REQUEST, .nfds = (uint16_t)nfds, .len = (uint32_t)len, .seq = s->seq};
 	st->slot = s;
 	bool idle = c->sendq.head == NULL;
-	weft__dlist_append(&c->sendq, &s->link);
 	c->nslots++;
 	client_update_ref(c);
 	if (c->timeout_ms > 0 && weft_req_set_timeout(req, c->timeout_ms) < 0) {
+		weft__dlist_append(&c->sendq, &s->link);
 		st->has_error = true;
 		weft__fdp_error(&st->error, WEFT_FDPASS_PHASE_WRITE_REQUEST, WEFT_FDPASS_OP_ALLOC, ENOMEM, NULL);
 		weft_req_error(req, ENOMEM); /* the cleanup takes the slot back */
 		return req;
 	}
+	size_t sent = 0;
+	bool framed = false;
 	if (idle) {
+		/* Nothing queued before it: framed in the slot and sent at once,
+		 * as one buffer (a single segment is the kernel's cheapest
+		 * import; a header and a payload vector cost more there than the
+		 * copy here). */
+		weft__fdp_put_header(s->out, &hdr);
+		if (len > 0)
+			memcpy(s->out + WEFT__FDP_HDR, buf, len);
+		framed = true;
+		ssize_t w = weft__fdp_sendmsg(c->fd, s->out, s->out_len, fds, nfds);
+		if (w == (ssize_t)s->out_len) {
+			slot_drop_fds(s);
+			s->out_off = s->out_len;
+			s->sent = true;
+			weft__dlist_append(&c->waitq, &s->link);
+			return req;
+		}
+		if (w == -EAGAIN) {
+			client_watch(c, true);
+			idle = false; /* wait for WRITE */
+		} else if (w > 0) {
+			sent = (size_t)w;
+			slot_drop_fds(s); /* they went with the first byte */
+		}
+		/* else an error: client_flush below meets it again and fails */
+	}
+	weft__dlist_append(&c->sendq, &s->link);
+	s->nfds = s->fds != NULL ? nfds : 0;
+	weft__fdp_copy_fds(s->fds, fds, s->nfds);
+	if (!framed) {
+		weft__fdp_put_header(s->out, &hdr);
+		if (len > 0)
+			memcpy(s->out + WEFT__FDP_HDR, buf, len);
+	}
+	s->out_off = sent;
+	if (idle && !c->dead) {
 		c->dispatching++; /* a failure is reported from the loop */
 		client_flush(c);
 		c->dispatching--;

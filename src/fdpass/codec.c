@@ -8,74 +8,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const uint8_t magic[4] = {'W', 'F', 'D', 'P'};
-
-/* Room offered beyond the current message, so one read can take several
- * small pipelined messages. */
-#define READAHEAD 16384u
-
-static void put_be16(uint8_t *p, uint16_t v)
-{
-	p[0] = (uint8_t)(v >> 8);
-	p[1] = (uint8_t)v;
-}
-
-static void put_be32(uint8_t *p, uint32_t v)
-{
-	p[0] = (uint8_t)(v >> 24);
-	p[1] = (uint8_t)(v >> 16);
-	p[2] = (uint8_t)(v >> 8);
-	p[3] = (uint8_t)v;
-}
-
-static uint16_t get_be16(const uint8_t *p)
-{
-	return (uint16_t)((unsigned)p[0] << 8 | p[1]);
-}
-
-static uint32_t get_be32(const uint8_t *p)
-{
-	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-
-void weft__fdp_put_header(uint8_t *out, const struct weft__fdp_hdr *hdr)
-{
-	memcpy(out, magic, sizeof(magic));
-	out[4] = WEFT__FDP_VERSION;
-	out[5] = hdr->type;
-	put_be16(out + 6, hdr->nfds);
-	put_be32(out + 8, hdr->len);
-	put_be32(out + 12, hdr->seq);
-}
-
 int weft__fdp_get_header(const uint8_t *buf, uint32_t max_payload, uint32_t max_fds,
 		struct weft__fdp_hdr *ret_hdr)
 {
-	if (memcmp(buf, magic, sizeof(magic)) != 0 || buf[4] != WEFT__FDP_VERSION)
-		return -EPROTO;
-	struct weft__fdp_hdr h = {
-		.type = buf[5],
-		.nfds = get_be16(buf + 6),
-		.len = get_be32(buf + 8),
-		.seq = get_be32(buf + 12),
-	};
-	switch (h.type) {
-	case WEFT__FDP_REQUEST:
-	case WEFT__FDP_RESPONSE:
-		break;
-	case WEFT__FDP_ERROR:
-		if (h.len != 4 || h.nfds != 0)
-			return -EPROTO;
-		break;
-	default:
-		return -EPROTO;
-	}
-	if (h.len > max_payload)
-		return -EMSGSIZE;
-	if (h.nfds > max_fds)
-		return -ETOOMANYREFS;
-	*ret_hdr = h;
-	return 0;
+	return weft__fdp_parse_header(buf, max_payload, max_fds, ret_hdr);
 }
 
 /* ---- the decoder ---------------------------------------------------------- */
@@ -97,13 +33,21 @@ static void close_all(struct weft__fdp_dec *dec, const int *fds, size_t n)
 			dec->close_fd(fds[i], dec->close_ctx);
 }
 
+static struct weft__fdp_batch *batch_at(struct weft__fdp_dec *dec, size_t i)
+{
+	return &dec->batches[(dec->first + i) % WEFT__FDP_MAX_BATCHES];
+}
+
+/* Close the descriptors of every batch waiting (not those of the message
+ * handed out last: they are the caller's). */
 static void drop_batches(struct weft__fdp_dec *dec)
 {
 	for (size_t i = 0; i < dec->nbatches; i++) {
-		close_all(dec, dec->batches[i].fds, dec->batches[i].n);
+		const struct weft__fdp_batch *b = batch_at(dec, i);
+		close_all(dec, b->fds, b->n);
 	}
-	dec->nbatches = 0;
-	dec->regions_used = 0;
+	dec->first = dec->nbatches = 0;
+	dec->regions_used = dec->handed;
 }
 
 static int fail(struct weft__fdp_dec *dec, int err)
@@ -118,6 +62,7 @@ static int fail(struct weft__fdp_dec *dec, int err)
 void weft__fdp_dec_clear(struct weft__fdp_dec *dec)
 {
 	drop_batches(dec);
+	dec->regions_used = dec->handed = 0;
 	free(dec->fdstore);
 	dec->fdstore = NULL;
 	free(dec->buf);
@@ -125,9 +70,12 @@ void weft__fdp_dec_clear(struct weft__fdp_dec *dec)
 	dec->cap = dec->start = dec->end = dec->consume = 0;
 }
 
-/* Forget the message handed out last. */
+/* Forget the message handed out last: its bytes, and the region its
+ * descriptor array pointed into. */
 static void apply_consume(struct weft__fdp_dec *dec)
 {
+	dec->regions_used &= ~dec->handed;
+	dec->handed = 0;
 	dec->start += dec->consume;
 	dec->pos += dec->consume;
 	dec->consume = 0;
@@ -135,12 +83,7 @@ static void apply_consume(struct weft__fdp_dec *dec)
 		dec->start = dec->end = 0;
 }
 
-size_t weft__fdp_dec_buffered(const struct weft__fdp_dec *dec)
-{
-	return dec->end - dec->start - dec->consume;
-}
-
-int weft__fdp_dec_space(struct weft__fdp_dec *dec, uint8_t **ret_buf, size_t *ret_len)
+int weft__fdp_dec_space_slow(struct weft__fdp_dec *dec, uint8_t **ret_buf, size_t *ret_len)
 {
 	if (dec->err)
 		return dec->err;
@@ -149,14 +92,14 @@ int weft__fdp_dec_space(struct weft__fdp_dec *dec, uint8_t **ret_buf, size_t *re
 	size_t want = WEFT__FDP_HDR - (have < WEFT__FDP_HDR ? have : 0);
 	if (have >= WEFT__FDP_HDR) {
 		struct weft__fdp_hdr h;
-		int r = weft__fdp_get_header(dec->buf + dec->start, dec->max_payload, dec->max_fds, &h);
+		int r = weft__fdp_parse_header(dec->buf + dec->start, dec->max_payload, dec->max_fds, &h);
 		if (r < 0)
 			return fail(dec, r);
 		size_t total = WEFT__FDP_HDR + h.len;
 		want = total > have ? total - have : 1;
 	}
-	if (want < READAHEAD)
-		want = READAHEAD;
+	if (want < WEFT__FDP_READAHEAD)
+		want = WEFT__FDP_READAHEAD;
 	if (dec->cap - dec->end < want && dec->start > 0) {
 		memmove(dec->buf, dec->buf + dec->start, have);
 		dec->start = 0;
@@ -175,7 +118,7 @@ int weft__fdp_dec_space(struct weft__fdp_dec *dec, uint8_t **ret_buf, size_t *re
 	return 0;
 }
 
-int weft__fdp_dec_ack(struct weft__fdp_dec *dec, size_t n, const int *fds, size_t nfds, bool truncated)
+int weft__fdp_dec_ack_slow(struct weft__fdp_dec *dec, size_t n, const int *fds, size_t nfds, bool truncated)
 {
 	if (dec->err || truncated || nfds > dec->max_fds || (nfds > 0 && n == 0) ||
 	    (nfds > 0 && dec->nbatches == WEFT__FDP_MAX_BATCHES)) {
@@ -195,18 +138,18 @@ int weft__fdp_dec_ack(struct weft__fdp_dec *dec, size_t n, const int *fds, size_
 		}
 		unsigned region = 0;
 		while (dec->regions_used & (1u << region))
-			region++; /* fewer than WEFT__FDP_MAX_BATCHES are in use */
+			region++; /* at most WEFT__FDP_MAX_BATCHES of the regions are taken */
 		dec->regions_used |= 1u << region;
 		int *store = dec->fdstore + region * WEFT_FDPASS_MAX_FDS_LIMIT;
-		memcpy(store, fds, nfds * sizeof(int));
-		dec->batches[dec->nbatches++] = (struct weft__fdp_batch){
+		weft__fdp_copy_fds(store, fds, nfds);
+		*batch_at(dec, dec->nbatches++) = (struct weft__fdp_batch){
 			.from = from, .to = from + n, .fds = store, .n = nfds, .region = region};
 	}
 	dec->end += n;
 	return 0;
 }
 
-int weft__fdp_dec_next(struct weft__fdp_dec *dec, struct weft__fdp_msg *ret_msg)
+int weft__fdp_dec_next_slow(struct weft__fdp_dec *dec, struct weft__fdp_msg *ret_msg)
 {
 	if (dec->err)
 		return dec->err;
@@ -215,31 +158,31 @@ int weft__fdp_dec_next(struct weft__fdp_dec *dec, struct weft__fdp_msg *ret_msg)
 	uint64_t p = dec->pos;
 	/* A batch whose read ended before the next message starts belongs to
 	 * no message's first byte. */
-	if (dec->nbatches > 0 && dec->batches[0].to <= p)
+	if (dec->nbatches > 0 && batch_at(dec, 0)->to <= p)
 		return fail(dec, -EPROTO);
 	if (have < WEFT__FDP_HDR)
 		return 0;
 	struct weft__fdp_hdr h;
-	int r = weft__fdp_get_header(dec->buf + dec->start, dec->max_payload, dec->max_fds, &h);
+	int r = weft__fdp_parse_header(dec->buf + dec->start, dec->max_payload, dec->max_fds, &h);
 	if (r < 0)
 		return fail(dec, r);
 	uint64_t e = p + WEFT__FDP_HDR + h.len; /* where the next message starts */
-	if (dec->nbatches > 0 && dec->batches[0].from > p && dec->batches[0].to <= e)
+	if (dec->nbatches > 0 && batch_at(dec, 0)->from > p && batch_at(dec, 0)->to <= e)
 		return fail(dec, -EPROTO); /* descriptors inside this message */
 	if (have < WEFT__FDP_HDR + h.len)
 		return 0;
-	struct weft__fdp_batch *b = dec->nbatches > 0 ? &dec->batches[0] : NULL;
+	struct weft__fdp_batch *b = dec->nbatches > 0 ? batch_at(dec, 0) : NULL;
 	bool take = b != NULL && b->from <= p && e >= b->to;
 	size_t n = take ? b->n : 0;
 	if (n != h.nfds)
 		return fail(dec, -EPROTO);
 	int *fds = NULL;
 	if (take) {
-		fds = dec->fdstore + WEFT__FDP_MAX_BATCHES * WEFT_FDPASS_MAX_FDS_LIMIT;
-		memcpy(fds, b->fds, n * sizeof(int));
-		dec->regions_used &= ~(1u << b->region);
+		/* The array stays in its region until the next call. */
+		fds = b->fds;
+		dec->handed = 1u << b->region;
+		dec->first = (dec->first + 1) % WEFT__FDP_MAX_BATCHES;
 		dec->nbatches--;
-		memmove(&dec->batches[0], &dec->batches[1], dec->nbatches * sizeof(dec->batches[0]));
 	}
 	ret_msg->hdr = h;
 	ret_msg->payload = dec->buf + dec->start + WEFT__FDP_HDR;

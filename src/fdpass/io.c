@@ -30,12 +30,16 @@ typedef union {
 	char buf[CMSG_SPACE(sizeof(int) * WEFT_FDPASS_MAX_FDS_LIMIT)];
 } cmsg_buf;
 
-static ssize_t sendmsg_iov(int sock, const struct iovec *iov, size_t iovcnt, const int *fds, size_t nfds)
+ssize_t weft__fdp_sendmsgv(int sock, const struct iovec *iov, size_t iovcnt, const int *fds, size_t nfds)
 {
 	cmsg_buf cb;
 	struct msghdr msg = {.msg_iov = (struct iovec *)iov, .msg_iovlen = iovcnt};
 	if (nfds > 0) {
-		memset(cb.buf, 0, CMSG_SPACE(sizeof(int) * nfds));
+		/* A constant size for the usual few descriptors: zeroed inline. */
+		if (nfds <= 4)
+			memset(cb.buf, 0, CMSG_SPACE(sizeof(int) * 4));
+		else
+			memset(cb.buf, 0, CMSG_SPACE(sizeof(int) * nfds));
 		msg.msg_control = cb.buf;
 		msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
 		struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
@@ -54,25 +58,17 @@ static ssize_t sendmsg_iov(int sock, const struct iovec *iov, size_t iovcnt, con
 ssize_t weft__fdp_sendmsg(int sock, const void *buf, size_t len, const int *fds, size_t nfds)
 {
 	struct iovec iov = {.iov_base = (void *)buf, .iov_len = len};
-	return sendmsg_iov(sock, &iov, 1, fds, nfds);
+	return weft__fdp_sendmsgv(sock, &iov, 1, fds, nfds);
 }
 
-ssize_t weft__fdp_recvmsg(int sock, void *buf, size_t len, int *fds, size_t maxfds,
-		size_t *ret_nfds, bool *ret_truncated)
+/* The descriptors of a received msghdr, walking every record: up to
+ * maxfds into fds, the rest closed (*ret_truncated set, as for
+ * MSG_CTRUNC). */
+static void take_fds_all(struct msghdr *msg, int *fds, size_t maxfds, size_t *ret_nfds, bool *ret_truncated)
 {
-	cmsg_buf cb;
-	struct iovec iov = {.iov_base = buf, .iov_len = len};
-	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cb.buf,
-			.msg_controllen = sizeof(cb.buf)};
-	ssize_t n;
-	do
-		n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
-	while (n < 0 && errno == EINTR);
-	if (n < 0)
-		return -errno;
 	size_t got = 0;
-	bool truncated = (msg.msg_flags & MSG_CTRUNC) != 0;
-	for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c != NULL; c = CMSG_NXTHDR(&msg, c)) {
+	bool truncated = (msg->msg_flags & MSG_CTRUNC) != 0;
+	for (struct cmsghdr *c = CMSG_FIRSTHDR(msg); c != NULL; c = CMSG_NXTHDR(msg, c)) {
 		if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
 			continue;
 		size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
@@ -90,6 +86,44 @@ ssize_t weft__fdp_recvmsg(int sock, void *buf, size_t len, int *fds, size_t maxf
 	}
 	*ret_nfds = got;
 	*ret_truncated = truncated;
+}
+
+/* take_fds_all, with the usual shape inline: a single SCM_RIGHTS record
+ * that fits (the kernel reports the space of what it wrote in
+ * msg_controllen). */
+static inline void take_fds(struct msghdr *msg, int *fds, size_t maxfds, size_t *ret_nfds, bool *ret_truncated)
+{
+	struct cmsghdr *first = CMSG_FIRSTHDR(msg);
+	if (first != NULL && first->cmsg_level == SOL_SOCKET && first->cmsg_type == SCM_RIGHTS &&
+	    (msg->msg_flags & MSG_CTRUNC) == 0 && first->cmsg_len >= CMSG_LEN(0)) {
+		size_t k = (first->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+		if (k <= maxfds && msg->msg_controllen <= CMSG_SPACE(k * sizeof(int))) {
+			if (k == 1)
+				memcpy(fds, CMSG_DATA(first), sizeof(int));
+			else if (k > 1)
+				memcpy(fds, CMSG_DATA(first), k * sizeof(int));
+			*ret_nfds = k;
+			*ret_truncated = false;
+			return;
+		}
+	}
+	take_fds_all(msg, fds, maxfds, ret_nfds, ret_truncated);
+}
+
+ssize_t weft__fdp_recvmsg(int sock, void *buf, size_t len, int *fds, size_t maxfds,
+		size_t *ret_nfds, bool *ret_truncated)
+{
+	cmsg_buf cb;
+	struct iovec iov = {.iov_base = buf, .iov_len = len};
+	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cb.buf,
+			.msg_controllen = sizeof(cb.buf)};
+	ssize_t n;
+	do
+		n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+	while (n < 0 && errno == EINTR);
+	if (n < 0)
+		return -errno;
+	take_fds(&msg, fds, maxfds, ret_nfds, ret_truncated);
 	return n;
 }
 
@@ -227,7 +261,7 @@ int weft_fdpass_send(int sock, const void *buf, size_t len, const int *fds, size
 		if (len > poff)
 			iov[n++] = (struct iovec){.iov_base = (uint8_t *)buf + poff, .iov_len = len - poff};
 		/* The descriptors go with the first byte only, never again. */
-		ssize_t w = sendmsg_iov(sock, iov, n, fds, off == 0 ? nfds : 0);
+		ssize_t w = weft__fdp_sendmsgv(sock, iov, n, fds, off == 0 ? nfds : 0);
 		if (w >= 0) {
 			off += (size_t)w;
 			continue;
@@ -328,7 +362,6 @@ ssize_t weft_fdpass_recv(int sock, void *buf, size_t size, int *fds, size_t *nfd
 ssize_t weft__fdp_read_into(struct weft__fdp_dec *dec, int sock, size_t maxfds, size_t *ret_room,
 		weft_fdpass_op *ret_op)
 {
-	int fdbuf[WEFT_FDPASS_MAX_FDS_LIMIT];
 	uint8_t *space;
 	size_t room;
 	int r = weft__fdp_dec_space(dec, &space, &room);
@@ -337,16 +370,39 @@ ssize_t weft__fdp_read_into(struct weft__fdp_dec *dec, int sock, size_t maxfds, 
 		return r;
 	}
 	*ret_room = room;
-	size_t nfds = 0;
-	bool trunc = false;
-	if (maxfds > WEFT_FDPASS_MAX_FDS_LIMIT)
-		maxfds = WEFT_FDPASS_MAX_FDS_LIMIT;
-	ssize_t n = weft__fdp_recvmsg(sock, space, room, fdbuf, maxfds, &nfds, &trunc);
-	if (n < 0 && n != -EAGAIN)
-		*ret_op = WEFT_FDPASS_OP_RECVMSG;
-	if (n <= 0)
+	cmsg_buf cb;
+	struct iovec iov = {.iov_base = space, .iov_len = room};
+	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cb.buf,
+			.msg_controllen = sizeof(cb.buf)};
+	ssize_t n;
+	do
+		n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+	while (n < 0 && errno == EINTR);
+	if (n < 0) {
+		n = -errno;
+		if (n != -EAGAIN)
+			*ret_op = WEFT_FDPASS_OP_RECVMSG;
 		return n;
-	r = weft__fdp_dec_ack(dec, (size_t)n, fdbuf, nfds, trunc);
+	}
+	/* Bytes alone (the kernel set no control data and truncated none) need
+	 * no descriptor bookkeeping. */
+	if (msg.msg_controllen == 0 && (msg.msg_flags & MSG_CTRUNC) == 0) {
+		if (n == 0)
+			return 0;
+		r = weft__fdp_dec_ack(dec, (size_t)n, NULL, 0, false);
+	} else {
+		int fdbuf[WEFT_FDPASS_MAX_FDS_LIMIT];
+		size_t nfds = 0;
+		bool trunc = false;
+		if (maxfds > WEFT_FDPASS_MAX_FDS_LIMIT)
+			maxfds = WEFT_FDPASS_MAX_FDS_LIMIT;
+		take_fds(&msg, fdbuf, maxfds, &nfds, &trunc);
+		if (n == 0) {
+			close_fds(fdbuf, nfds); /* descriptors with no byte: end of stream anyway */
+			return 0;
+		}
+		r = weft__fdp_dec_ack(dec, (size_t)n, fdbuf, nfds, trunc);
+	}
 	if (r < 0) {
 		*ret_op = WEFT_FDPASS_OP_DECODE;
 		return r;

@@ -61,6 +61,9 @@ struct conn {
 	struct weft__dlist calls; /* received, not yet fully answered on the wire */
 	size_t ncalls;
 	struct weft__dlist done;  /* sent (or failed): post handler pending */
+	struct weft__dnode *spare; /* finished calls kept for reuse (a stack) */
+	unsigned nspare;
+	unsigned events;          /* what c->io watches now */
 	unsigned dispatching;
 	bool in_io;      /* inside conn_io_cb: conn_after runs at its end */
 	bool peer_closed;
@@ -100,6 +103,8 @@ static void finish_cb(weft_defer *d, void *data);
 
 static void call_close_fds(weft_fdpass_call *call)
 {
+	if (call->fds == NULL)
+		return;
 	for (size_t i = 0; i < call->nfds; i++)
 		if (call->fds[i] >= 0)
 			close(call->fds[i]);
@@ -109,14 +114,53 @@ static void call_close_fds(weft_fdpass_call *call)
 	call->nfds = 0;
 }
 
+/* Finished calls of a connection are kept for its next requests, up to
+ * this many (they go with the connection). */
+#define CALL_SPARES 4
+
 static void call_free(weft_fdpass_call *call)
 {
 	call_close_fds(call);
-	if (call->rfds != call->rfds_inline)
+	if (call->rfds != NULL && call->rfds != call->rfds_inline)
 		free(call->rfds);
-	if (call->out != call->out_inline)
+	if (call->out != NULL && call->out != call->out_inline)
 		free(call->out);
+	struct conn *c = call->conn;
+	if (c != NULL && c->nspare < CALL_SPARES) {
+		call->link.next = c->spare;
+		c->spare = &call->link;
+		c->nspare++;
+		return;
+	}
 	free(call);
+}
+
+/* A call for a new request: a spare one, or a new allocation, with the
+ * fields before the inline arrays zero.  NULL when out of memory. */
+static weft_fdpass_call *call_get(struct conn *c)
+{
+	weft_fdpass_call *call;
+	if (c->spare != NULL) {
+		call = weft__dlist_entry(c->spare, weft_fdpass_call, link);
+		c->spare = c->spare->next;
+		c->nspare--;
+	} else {
+		call = malloc(sizeof(*call));
+		if (call == NULL)
+			return NULL;
+	}
+	memset(call, 0, offsetof(weft_fdpass_call, fds_inline));
+	return call;
+}
+
+static void conn_free_spares(struct conn *c)
+{
+	while (c->spare != NULL) {
+		struct weft__dnode *n = c->spare;
+		c->spare = n->next;
+		free(weft__dlist_entry(n, weft_fdpass_call, link));
+	}
+	c->nspare = 0;
 }
 
 /* ---- connections ---------------------------------------------------------- */
@@ -169,18 +213,25 @@ static void conn_fail(struct conn *c, weft_fdpass_phase phase, weft_fdpass_op op
 	conn_shutdown(c, err < 0 ? -err : err);
 }
 
-static void conn_update_watch(struct conn *c)
+/* Watch what the connection needs: READ below max_pending while requests
+ * may come, WRITE while a response is blocked.  The io is touched only
+ * when that changes. */
+static void conn_set_watch(struct conn *c, unsigned ev)
 {
-	if (c->dead)
-		return;
-	unsigned ev = 0;
-	if (!c->eof && !c->peer_closed && c->ncalls < c->lim.max_pending)
-		ev |= WEFT_IO_READ;
-	if (c->write_wait)
-		ev |= WEFT_IO_WRITE;
 	int r = weft_io_modify(c->io, ev);
-	if (r < 0)
+	if (r < 0) {
 		conn_fail(c, WEFT_FDPASS_PHASE_READ_REQUEST, WEFT_FDPASS_OP_NONE, r, "watch");
+		return;
+	}
+	c->events = ev;
+}
+
+static inline void conn_update_watch(struct conn *c)
+{
+	unsigned ev = (!c->eof && !c->peer_closed && c->ncalls < c->lim.max_pending ? WEFT_IO_READ : 0u) |
+	              (c->write_wait ? WEFT_IO_WRITE : 0u);
+	if (!c->dead && ev != c->events)
+		conn_set_watch(c, ev);
 }
 
 /* Write answered responses from the head, in order. */
@@ -233,12 +284,12 @@ static void conn_dispatch_msg(struct conn *c, struct weft__fdp_msg *m)
 	weft_fdpass_call *call = NULL;
 	bool request = m->hdr.type == WEFT__FDP_REQUEST;
 	if (request)
-		call = malloc(sizeof(*call));
+		call = call_get(c);
 	if (call != NULL) {
-		memset(call, 0, offsetof(weft_fdpass_call, fds_inline));
+		call->conn = c;
 		call->fds = m->hdr.nfds <= CALL_INLINE_FDS ? call->fds_inline : malloc(m->hdr.nfds * sizeof(int));
 		if (call->fds == NULL) {
-			free(call);
+			call_free(call);
 			call = NULL;
 		}
 	}
@@ -251,11 +302,9 @@ static void conn_dispatch_msg(struct conn *c, struct weft__fdp_msg *m)
 			conn_fail(c, WEFT_FDPASS_PHASE_READ_REQUEST, WEFT_FDPASS_OP_DECODE, EPROTO, "not a request");
 		return;
 	}
-	call->conn = c;
 	call->seq = m->hdr.seq;
 	call->nfds = m->hdr.nfds;
-	if (call->nfds > 0)
-		memcpy(call->fds, m->fds, call->nfds * sizeof(int));
+	weft__fdp_copy_fds(call->fds, m->fds, call->nfds);
 	weft__dlist_append(&c->calls, &call->link);
 	c->ncalls++;
 	weft_fdpass_msg req = {
@@ -306,7 +355,8 @@ static void conn_check_end(struct conn *c)
 
 static void conn_read(struct conn *c)
 {
-	conn_pump(c); /* requests left buffered by back-pressure go first */
+	if (weft__fdp_dec_buffered(&c->dec) > 0)
+		conn_pump(c); /* requests left buffered by back-pressure go first */
 	for (int i = 0; i < READS_PER_WAKEUP; i++) {
 		if (c->dead || c->eof || c->peer_closed || c->ncalls >= c->lim.max_pending)
 			break;
@@ -360,6 +410,10 @@ static void conn_after(struct conn *c)
 {
 	if (c->dispatching)
 		return;
+	/* The common case: a live connection with nothing buffered, nothing
+	 * to post. */
+	if (!c->dead && !c->eof && c->done.head == NULL && weft__fdp_dec_buffered(&c->dec) == 0)
+		return;
 	weft_fdpass_server *srv = c->srv;
 	if (c->dead)
 		weft__fdp_dec_clear(&c->dec); /* descriptors still buffered are closed */
@@ -397,6 +451,7 @@ static void conn_maybe_destroy(struct conn *c)
 		return;
 	weft_fdpass_server *srv = c->srv;
 	weft__fdp_dec_clear(&c->dec);
+	conn_free_spares(c);
 	weft_defer_free(c->after);
 	weft__dlist_remove(&srv->conns, &c->link);
 	srv->nconns--;
@@ -441,12 +496,41 @@ static int conn_new(weft_fdpass_server *srv, int fd)
 		free(c);
 		return r;
 	}
+	c->events = WEFT_IO_READ;
 	weft__dlist_append(&srv->conns, &c->link);
 	srv->nconns++;
 	return 0;
 }
 
 /* ---- answering ------------------------------------------------------------- */
+
+/* A call's response went out whole from call_answer: the call leaves the
+ * queue (for its post handler, or freed) and the calls answered behind it
+ * follow. */
+static void call_sent(weft_fdpass_call *call, const int *fds, size_t nfds, bool want_post, void *post_data)
+{
+	struct conn *c = call->conn;
+	call_close_fds(call); /* request descriptors nobody took */
+	weft__dlist_pop(&c->calls);
+	c->ncalls--;
+	if (want_post) {
+		call->rfds = call->rfds_inline; /* nfds <= CALL_INLINE_FDS */
+		weft__fdp_copy_fds(call->rfds, fds, nfds);
+		call->nrfds = nfds;
+		call->answered = true;
+		call->want_post = true;
+		call->post_data = post_data;
+		call->post_err = 0;
+		weft__dlist_append(&c->done, &call->link);
+	} else {
+		call_free(call);
+	}
+	c->dispatching++;
+	conn_flush(c); /* what follows; READ back on; a finished connection closes */
+	c->dispatching--;
+	if (!c->in_io && (c->done.head != NULL || c->dead))
+		weft_defer_schedule(c->after); /* posts and destruction run from the loop */
+}
 
 static int call_answer(weft_fdpass_call *call, uint8_t type, const void *buf, size_t len,
 		const int *fds, size_t nfds, void *post_data)
@@ -459,6 +543,33 @@ static int call_answer(weft_fdpass_call *call, uint8_t type, const void *buf, si
 		r = -EMSGSIZE;
 	else if (nfds > c->lim.max_fds)
 		r = -ETOOMANYREFS;
+	struct weft__fdp_hdr hdr = {.type = type, .nfds = (uint16_t)nfds, .len = (uint32_t)len, .seq = call->seq};
+	bool want_post = type == WEFT__FDP_RESPONSE && c->srv->post != NULL;
+	size_t sent = 0;
+	bool blocked = false, framed = false;
+	if (r == 0 && c->calls.head == &call->link && !c->write_wait && WEFT__FDP_HDR + len <= CALL_INLINE_OUT &&
+	    nfds <= CALL_INLINE_FDS) {
+		/* First in line and nothing blocked: framed in the call's inline
+		 * buffer and sent at once, as one buffer (a single segment is the
+		 * kernel's cheapest import; a header and a payload vector cost
+		 * more there than the copy here).  Only sizes that fit the inline
+		 * storage, so keeping what did not go out cannot fail. */
+		weft__fdp_put_header(call->out_inline, &hdr);
+		if (len > 0)
+			memcpy(call->out_inline + WEFT__FDP_HDR, buf, len);
+		framed = true;
+		ssize_t w = weft__fdp_sendmsg(c->fd, call->out_inline, WEFT__FDP_HDR + len, fds, nfds);
+		if (w == (ssize_t)(WEFT__FDP_HDR + len)) {
+			call_sent(call, fds, nfds, want_post, post_data);
+			return 0;
+		}
+		/* Part of it, or nothing (EAGAIN, an error): the rest is queued
+		 * below and conn_flush carries on (the descriptors went with the
+		 * first byte, if it went); after EAGAIN it waits for WRITE. */
+		if (w > 0)
+			sent = (size_t)w;
+		blocked = w == -EAGAIN;
+	}
 	if (r == 0) {
 		call->out_len = WEFT__FDP_HDR + len;
 		call->out = call->out_len <= CALL_INLINE_OUT ? call->out_inline : malloc(call->out_len);
@@ -475,18 +586,22 @@ static int call_answer(weft_fdpass_call *call, uint8_t type, const void *buf, si
 		conn_maybe_destroy(c);
 		return r;
 	}
-	weft__fdp_put_header(call->out, &(struct weft__fdp_hdr){
-			.type = type, .nfds = (uint16_t)nfds, .len = (uint32_t)len, .seq = call->seq});
-	if (len > 0)
-		memcpy(call->out + WEFT__FDP_HDR, buf, len);
-	if (nfds > 0)
-		memcpy(call->rfds, fds, nfds * sizeof(int));
+	if (!framed) {
+		weft__fdp_put_header(call->out, &hdr);
+		if (len > 0)
+			memcpy(call->out + WEFT__FDP_HDR, buf, len);
+	}
+	call->out_off = sent;
+	weft__fdp_copy_fds(call->rfds, fds, nfds);
 	call->nrfds = nfds;
 	call->answered = true;
-	call->want_post = type == WEFT__FDP_RESPONSE;
+	call->want_post = want_post;
 	call->post_data = post_data;
 	call_close_fds(call); /* request descriptors nobody took */
-	if (c->calls.head == &call->link) {
+	if (blocked) {
+		c->write_wait = true;
+		conn_update_watch(c);
+	} else if (c->calls.head == &call->link) {
 		c->dispatching++;
 		conn_flush(c);
 		c->dispatching--;

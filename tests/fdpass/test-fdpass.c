@@ -695,6 +695,27 @@ static void srv_closed(void *data)
 	x->closed = true;
 }
 
+static void srv_closed_flag(void *data)
+{
+	*(bool *)data = true;
+}
+
+/* Descriptors open in this process now. */
+static int open_fd_count(void)
+{
+	int n = 0;
+	DIR *d = opendir("/proc/self/fd");
+	if (d == NULL)
+		return -1;
+	struct dirent *e;
+	while ((e = readdir(d)) != NULL)
+		n += e->d_name[0] != '.';
+	closedir(d);
+	return n;
+}
+
+static int g_file_fd = -1; /* test_reuse: the shared file's descriptor */
+
 static weft_fdpass_server *start_server(struct srv_ctx *x, weft_loop *loop, weft_addr *addr,
 		const weft_fdpass_limits *lim)
 {
@@ -846,6 +867,193 @@ static void test_request_response(void)
 	close(p[1]);
 	close(file);
 	t_loop_free(loop);
+}
+
+/* Reuse: a server without a post handler (a call is freed as soon as its
+ * response is out), requests small and large (past the reusable slot and
+ * call sizes), with 0, 1 and 6 descriptors (past the inline arrays),
+ * one at a time, 8 in flight, then a burst of 2000.  Every response echoes the payload with
+ * the shared file; the descriptors count is the same afterwards. */
+struct reuse_srv {
+	int file;
+	int requests;
+	int bad;
+};
+
+static void reuse_request(weft_fdpass_server *srv, weft_fdpass_call *call, const weft_fdpass_msg *req,
+		const weft_fdpass_peer *peer, void *data)
+{
+	struct reuse_srv *rs = data;
+	(void)srv;
+	(void)peer;
+	rs->requests++;
+	/* the request's descriptors arrived and are what the client sent */
+	for (size_t i = 0; i < req->nfds; i++)
+		if (!same_file(req->fds[i], rs->file))
+			rs->bad++;
+	if (weft_fdpass_call_reply(call, req->buf, req->len, &rs->file, 1, NULL) != 0)
+		rs->bad++;
+}
+
+struct reuse_cli {
+	int done;
+	int good;
+	size_t want_len;
+};
+
+static void reuse_done(weft_req *req, void *data)
+{
+	struct reuse_cli *rc = data;
+	weft_fdpass_msg m;
+	if (weft_fdpass_request_recv(req, &m, NULL, NULL) == 0) {
+		bool ok = m.len == rc->want_len && m.nfds == 1 && same_file(m.fds[0], g_file_fd) &&
+		          ((const char *)m.buf)[m.len - 1] == 'z';
+		rc->good += ok;
+		weft_fdpass_msg_clear(&m);
+	}
+	rc->done++;
+	weft_req_free(req);
+}
+
+static void test_reuse(void)
+{
+	int fds_before = open_fd_count();
+	weft_loop *loop = t_loop_new();
+	struct reuse_srv rs = {.file = open(g_file, O_RDONLY | O_CLOEXEC)};
+	REQUIRE(rs.file >= 0);
+	g_file_fd = rs.file;
+	weft_addr addr;
+	abstract_addr(&addr, "reuse");
+	weft_fdpass_server *srv = NULL;
+	REQUIRE(weft_fdpass_server_new(loop, &addr, NULL, reuse_request, &rs, &srv, NULL) == 0);
+	weft_fdpass_client *c = connect_client(loop, &addr);
+	REQUIRE(c != NULL);
+	int six[6];
+	for (int i = 0; i < 6; i++)
+		six[i] = rs.file;
+	static char payload[1000];
+	memset(payload, 'p', sizeof(payload));
+	static const size_t sizes[3] = {3, 250, 1000};
+	static const size_t nfds[3] = {0, 1, 6};
+	struct reuse_cli rc = {0};
+	int sent = 0;
+	for (int round = 0; round < 60; round++) {
+		int batch = round % 2 ? 8 : 1;
+		size_t len = sizes[round % 3];
+		rc.want_len = len;
+		payload[len - 1] = 'z';
+		for (int i = 0; i < batch; i++) {
+			weft_req *req = weft_fdpass_request_send(c, payload, len, six, nfds[(round / 3) % 3]);
+			REQUIRE(req != NULL);
+			weft_req_set_callback(req, reuse_done, &rc);
+			sent++;
+		}
+		payload[len - 1] = 'p';
+		CHECK(t_run_until_count(loop, &rc.done, sent, 3000));
+	}
+	/* A burst the socket cannot take at once, sent before the loop runs:
+	 * the first requests go straight out, then one meets a full socket
+	 * (EAGAIN, or part of it) and the rest queue behind it. */
+	weft_fdpass_limits lim = {.max_pending = 3000};
+	CHECK_EQ(weft_fdpass_client_set_limits(c, &lim), 0);
+	rc.want_len = 3;
+	payload[2] = 'z';
+	for (int i = 0; i < 2000; i++) {
+		weft_req *req = weft_fdpass_request_send(c, payload, 3, six, 1);
+		REQUIRE(req != NULL);
+		weft_req_set_callback(req, reuse_done, &rc);
+		sent++;
+	}
+	CHECK(weft_fdpass_client_pending(c) == 2000);
+	CHECK(t_run_until_count(loop, &rc.done, sent, 5000));
+	CHECK_EQ(rc.done, sent);
+	CHECK_EQ(rc.good, sent);
+	CHECK_EQ(rs.requests, sent);
+	CHECK_EQ(rs.bad, 0);
+	CHECK_EQ(weft_fdpass_client_pending(c), 0);
+	weft_fdpass_client_free(c);
+	bool closed = false;
+	weft_fdpass_server_close(srv, srv_closed_flag, &closed);
+	CHECK(t_run_until(loop, &closed, 2000));
+	close(rs.file);
+	t_loop_free(loop);
+	CHECK_EQ(open_fd_count(), fds_before);
+}
+
+/* A server whose responses do not fit the socket: a forked child serves
+ * one end of a socketpair (adopted, with a tiny send buffer) and replies
+ * to each request from the handler, lending a file.  The parent writes
+ * 300 requests and reads nothing for 100 ms, so the replies sent
+ * straight from the handler soon meet a full socket and queue up (whole,
+ * or the rest of one written in part).  Then it reads them all with the
+ * low-level call: in order, each with its descriptor; the child exits 0
+ * with its descriptor count as before. */
+static void blocked_child(int sock)
+{
+	int fds_before = open_fd_count();
+	weft_loop *loop = NULL;
+	struct reuse_srv rs = {.file = open(g_file, O_RDONLY | O_CLOEXEC)};
+	weft_addr addr;
+	abstract_addr(&addr, "blocked");
+	weft_fdpass_server_opts o = {.limits = {.max_pending = 1000}};
+	weft_fdpass_server *srv = NULL;
+	int small = 4096;
+	if (rs.file < 0 || weft_loop_new(&loop) < 0 ||
+	    weft_fdpass_server_new(loop, &addr, &o, reuse_request, &rs, &srv, NULL) < 0 ||
+	    setsockopt(sock, SOL_SOCKET, SO_SNDBUF, &small, sizeof(small)) < 0 ||
+	    weft_fdpass_server_adopt(srv, sock) < 0)
+		_exit(2);
+	uint64_t end = t_now_ms() + 10000;
+	while ((rs.requests == 0 || weft_fdpass_server_connections(srv) > 0) && t_now_ms() < end)
+		weft_loop_run(loop, WEFT_RUN_ONCE);
+	bool closed = false;
+	weft_fdpass_server_close(srv, srv_closed_flag, &closed);
+	while (!closed && t_now_ms() < end)
+		weft_loop_run(loop, WEFT_RUN_ONCE);
+	close(rs.file);
+	int r = weft_loop_free(loop);
+	_exit(rs.requests == 300 && rs.bad == 0 && closed && r == 0 && open_fd_count() == fds_before - 1 ? 0 : 3);
+}
+
+static void test_server_send_blocked(void)
+{
+	int sv[2];
+	REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+	pid_t pid = fork();
+	REQUIRE(pid >= 0);
+	if (pid == 0) {
+		close(sv[1]);
+		blocked_child(sv[0]);
+	}
+	close(sv[0]);
+	int file = open(g_file, O_RDONLY | O_CLOEXEC);
+	REQUIRE(file >= 0);
+	enum { N = 300 };
+	for (int i = 0; i < N; i++) {
+		char text[32];
+		int len = snprintf(text, sizeof(text), "request %d z", i);
+		REQUIRE(weft_fdpass_send(sv[1], text, (size_t)len, NULL, 0, 5000) == 0);
+	}
+	usleep(100 * 1000);
+	int got = 0, good = 0;
+	for (; got < N; got++) {
+		char buf[64];
+		int fd = -1;
+		size_t nfds = 1;
+		ssize_t n = weft_fdpass_recv(sv[1], buf, sizeof(buf), &fd, &nfds, 5000);
+		if (n < 0)
+			break;
+		char want[32];
+		int wl = snprintf(want, sizeof(want), "request %d z", got);
+		good += n == wl && memcmp(buf, want, (size_t)wl) == 0 && nfds == 1 && same_file(fd, file);
+		if (nfds == 1)
+			close(fd);
+	}
+	CHECK_EQ(got, N);
+	CHECK_EQ(good, N);
+	close(sv[1]);
+	close(file);
+	CHECK_EQ(wait_child(pid), 0);
 }
 
 /* 200 requests in flight; the server answers them in reverse order; the
@@ -1974,6 +2182,8 @@ int main(int argc, char **argv)
 	run("codec: a 200 000-byte payload in 7777-byte reads", test_codec_large);
 	run("low-level: send/recv, same file, EAGAIN, timeout, EMSGSIZE, EPROTO", test_lowlevel);
 	run("request/response: fds both ways, peer creds, post, fail, limits", test_request_response);
+	run("reuse: no post handler, small and large requests, 0/1/6 fds, fd count equal", test_reuse);
+	run("server: replies that do not fit the socket queue up, in order, fds intact", test_server_send_blocked);
 	run("pipelined: 200 in flight, answered in reverse, delivered in order", test_pipelined_out_of_order);
 	run("back-pressure: at most max_pending calls held, reading resumes", test_back_pressure);
 	run("timeout: ETIMEDOUT, late answer dropped with its fd", test_timeout);
