@@ -16,9 +16,10 @@
  *  - Decrypted records GnuTLS holds (gnutls_record_check_pending) and
  *    ciphertext read ahead count as pending bytes of the stream, so the
  *    stream core serves them without waiting for the fd.
- *  - The inner stream is read with one read-ahead buffer after GnuTLS's own
- *    (GnuTLS asks for a 5-byte header, then the body): one syscall usually
- *    brings several records, and a short read tells us the socket is
+ *  - GnuTLS asks for a 5-byte header, then the body.  A small request is
+ *    served from a read-ahead buffer filled by one plain recv (one syscall
+ *    usually brings a small record whole, or several); a large body is read
+ *    straight into GnuTLS's buffer.  A short read tells us the socket is
  *    drained, so no syscall is spent on EAGAIN.
  *
  * Callbacks (handshake completions, the stream core's requests) run only
@@ -128,6 +129,18 @@ static ssize_t set_io_errno(struct tls_impl *t, ssize_t r)
 static ssize_t tls_pull(gnutls_transport_ptr_t ptr, void *buf, size_t len)
 {
 	struct tls_impl *t = ptr;
+	if (t->rb_len == 0 && t->rb != NULL && len < READ_AHEAD) {
+		/* A small read (a record header, a short record): fill the
+		 * read-ahead with one plain recv — a two-element readv into
+		 * buf and rb costs the kernel a vector import per record. */
+		struct iovec iov = {t->rb, READ_AHEAD};
+		ssize_t r = weft__stream_raw_readv(t->inner, &iov, 1);
+		if (r <= 0)
+			return r < 0 ? set_io_errno(t, r) : 0;
+		t->inner_drained = (size_t)r < READ_AHEAD && weft__stream_raw_pending(t->inner) == 0;
+		t->rb_off = 0;
+		t->rb_len = (size_t)r;
+	}
 	if (t->rb_len > 0) {
 		size_t n = len < t->rb_len ? len : t->rb_len;
 		memcpy(buf, t->rb + t->rb_off, n);
@@ -137,18 +150,12 @@ static ssize_t tls_pull(gnutls_transport_ptr_t ptr, void *buf, size_t len)
 			t->rb_off = 0;
 		return (ssize_t)n;
 	}
-	struct iovec iov[2] = {{buf, len}, {t->rb, READ_AHEAD}};
-	int n = t->rb != NULL && len < READ_AHEAD ? 2 : 1;
-	size_t asked = len + (n == 2 ? READ_AHEAD : 0);
-	ssize_t r = weft__stream_raw_readv(t->inner, iov, n);
+	/* A large record's body: straight into GnuTLS's buffer. */
+	struct iovec iov = {buf, len};
+	ssize_t r = weft__stream_raw_readv(t->inner, &iov, 1);
 	if (r < 0)
 		return set_io_errno(t, r);
-	t->inner_drained = (size_t)r < asked && weft__stream_raw_pending(t->inner) == 0;
-	if ((size_t)r > len) {
-		t->rb_off = 0;
-		t->rb_len = (size_t)r - len;
-		return (ssize_t)len;
-	}
+	t->inner_drained = (size_t)r < len && weft__stream_raw_pending(t->inner) == 0;
 	return r;
 }
 
