@@ -63,7 +63,7 @@ struct tls_impl {
 	unsigned flush_want;
 	bool bye_sent;
 	bool eof;            /* close_notify received */
-	bool inner_drained;  /* the last inner read was short */
+	bool inner_drained;  /* the last inner read was short or EAGAIN; no READ readiness since */
 	bool notify_core;    /* tell the core: state changed, try again */
 	bool wake_read;      /* tell the core: readable without the fd */
 	size_t maxrec;
@@ -126,9 +126,19 @@ static ssize_t set_io_errno(struct tls_impl *t, ssize_t r)
 	return -1;
 }
 
+/* The inner stream failed a read: remember EAGAIN until READ readiness. */
+static ssize_t pull_failed(struct tls_impl *t, ssize_t r)
+{
+	if (r == -EAGAIN || r == -EWOULDBLOCK)
+		t->inner_drained = true;
+	return set_io_errno(t, r);
+}
+
 static ssize_t tls_pull(gnutls_transport_ptr_t ptr, void *buf, size_t len)
 {
 	struct tls_impl *t = ptr;
+	if (t->rb_len == 0 && t->inner_drained && weft__stream_raw_pending(t->inner) == 0)
+		return set_io_errno(t, -EAGAIN); /* drained, no readiness since: no syscall to hear it */
 	if (t->rb_len == 0 && t->rb != NULL && len < READ_AHEAD) {
 		/* A small read (a record header, a short record): fill the
 		 * read-ahead with one plain recv — a two-element readv into
@@ -136,7 +146,7 @@ static ssize_t tls_pull(gnutls_transport_ptr_t ptr, void *buf, size_t len)
 		struct iovec iov = {t->rb, READ_AHEAD};
 		ssize_t r = weft__stream_raw_readv(t->inner, &iov, 1);
 		if (r <= 0)
-			return r < 0 ? set_io_errno(t, r) : 0;
+			return r < 0 ? pull_failed(t, r) : 0;
 		t->inner_drained = (size_t)r < READ_AHEAD && weft__stream_raw_pending(t->inner) == 0;
 		t->rb_off = 0;
 		t->rb_len = (size_t)r;
@@ -154,7 +164,7 @@ static ssize_t tls_pull(gnutls_transport_ptr_t ptr, void *buf, size_t len)
 	struct iovec iov = {buf, len};
 	ssize_t r = weft__stream_raw_readv(t->inner, &iov, 1);
 	if (r < 0)
-		return set_io_errno(t, r);
+		return pull_failed(t, r);
 	t->inner_drained = (size_t)r < len && weft__stream_raw_pending(t->inner) == 0;
 	return r;
 }
@@ -262,7 +272,9 @@ static bool verify_requested(struct tls_impl *t)
 
 /* ---- the handshake --------------------------------------------------------------- */
 
-static void hs_step(struct tls_impl *t)
+/* in_drive: called from tls_drive, which completes the waiters and tells
+ * the core itself right after; elsewhere the kick does it from the loop. */
+static void hs_step(struct tls_impl *t, bool in_drive)
 {
 	for (int i = 0; i < HANDSHAKE_STEPS && t->err == 0; i++) {
 		int g = gnutls_handshake(t->sess);
@@ -275,7 +287,8 @@ static void hs_step(struct tls_impl *t)
 			if (t->maxrec == 0 || t->maxrec > 16384)
 				t->maxrec = 16384;
 			t->notify_core = true;
-			kick(t); /* waiters complete from the loop */
+			if (!in_drive)
+				kick(t); /* waiters complete from the loop */
 			return;
 		}
 		if (g == GNUTLS_E_AGAIN || g == GNUTLS_E_INTERRUPTED) {
@@ -299,7 +312,7 @@ static int hs_ensure(struct tls_impl *t)
 	if (t->hs == HS_NONE)
 		t->hs = HS_RUNNING;
 	if (t->hs == HS_RUNNING && t->hs_want == 0 && t->err == 0)
-		hs_step(t);
+		hs_step(t, false);
 	return t->err;
 }
 
@@ -385,10 +398,12 @@ static void tls_drive(struct tls_impl *t, unsigned revents)
 		revents |= WEFT_IO_READ | WEFT_IO_WRITE; /* let every side find out */
 	if (revents & WEFT_IO_WRITE)
 		t->push_blocked = false;
+	if (revents & WEFT_IO_READ)
+		t->inner_drained = false;
 	if (t->flush_pending && t->err == 0 && (revents & t->flush_want) && flush_step(t))
 		tev |= WEFT_IO_WRITE;
 	if (t->hs == HS_RUNNING && t->err == 0 && (t->hs_want == 0 || (revents & t->hs_want)))
-		hs_step(t);
+		hs_step(t, true);
 	if (t->hs == HS_DONE || t->err != 0) {
 		while (!weft__list_empty(&t->hs_waiters) && !t->closed) {
 			struct hs_state *st = weft__container_of(t->hs_waiters.next, struct hs_state, link);
