@@ -35,9 +35,15 @@
 #include <string.h>
 
 /* Ciphertext read past what GnuTLS asked for: enough for a small record and
- * the next header, so request/response traffic costs one read per record;
- * a large record's body is read straight into GnuTLS's buffer (no copy). */
+ * the next header, so request/response traffic costs one read per record.
+ * Once the session receives large records (bulk data), the buffer grows to
+ * READ_AHEAD_BULK: one recv then brings several records, instead of two
+ * per record (header, then body), and the copy out of it costs less than
+ * the syscalls it saves.  Until then a large body is read straight into
+ * GnuTLS's buffer. */
 #define READ_AHEAD 1024u
+#define READ_AHEAD_BULK 65536u
+#define BULK_RECORD 8192u /* a body this large marks bulk traffic */
 #define HANDSHAKE_STEPS 16 /* non-fatal results retried per wake-up */
 
 enum hs_phase { HS_NONE, HS_RUNNING, HS_DONE };
@@ -81,7 +87,7 @@ struct tls_impl {
 	weft_timer *linger; /* the bound on lingering */
 
 	unsigned char *rb; /* read-ahead of ciphertext */
-	size_t rb_off, rb_len;
+	size_t rb_cap, rb_off, rb_len;
 	unsigned char *wb; /* gathers small iovecs into one record */
 };
 
@@ -134,20 +140,34 @@ static ssize_t pull_failed(struct tls_impl *t, ssize_t r)
 	return set_io_errno(t, r);
 }
 
+/* Bulk traffic: the larger read-ahead, allocated once per session (it is
+ * empty now, nothing to move).  Without memory the small one stays. */
+static void grow_read_ahead(struct tls_impl *t)
+{
+	unsigned char *big = malloc(READ_AHEAD_BULK);
+	if (big == NULL)
+		return;
+	free(t->rb);
+	t->rb = big;
+	t->rb_cap = READ_AHEAD_BULK;
+	t->rb_off = 0;
+}
+
 static ssize_t tls_pull(gnutls_transport_ptr_t ptr, void *buf, size_t len)
 {
 	struct tls_impl *t = ptr;
 	if (t->rb_len == 0 && t->inner_drained && weft__stream_raw_pending(t->inner) == 0)
 		return set_io_errno(t, -EAGAIN); /* drained, no readiness since: no syscall to hear it */
-	if (t->rb_len == 0 && t->rb != NULL && len < READ_AHEAD) {
-		/* A small read (a record header, a short record): fill the
-		 * read-ahead with one plain recv — a two-element readv into
-		 * buf and rb costs the kernel a vector import per record. */
-		struct iovec iov = {t->rb, READ_AHEAD};
+	if (t->rb_len == 0 && len >= BULK_RECORD && t->rb_cap < READ_AHEAD_BULK && t->hs == HS_DONE)
+		grow_read_ahead(t);
+	if (t->rb_len == 0 && len < t->rb_cap) {
+		/* Fill the read-ahead with one plain recv (a two-element readv
+		 * into buf and rb costs the kernel a vector import). */
+		struct iovec iov = {t->rb, t->rb_cap};
 		ssize_t r = weft__stream_raw_readv(t->inner, &iov, 1);
 		if (r <= 0)
 			return r < 0 ? pull_failed(t, r) : 0;
-		t->inner_drained = (size_t)r < READ_AHEAD && weft__stream_raw_pending(t->inner) == 0;
+		t->inner_drained = (size_t)r < t->rb_cap && weft__stream_raw_pending(t->inner) == 0;
 		t->rb_off = 0;
 		t->rb_len = (size_t)r;
 	}
@@ -160,7 +180,7 @@ static ssize_t tls_pull(gnutls_transport_ptr_t ptr, void *buf, size_t len)
 			t->rb_off = 0;
 		return (ssize_t)n;
 	}
-	/* A large record's body: straight into GnuTLS's buffer. */
+	/* A large body and no room for it: straight into GnuTLS's buffer. */
 	struct iovec iov = {buf, len};
 	ssize_t r = weft__stream_raw_readv(t->inner, &iov, 1);
 	if (r < 0)
@@ -763,6 +783,7 @@ static int tls_new(weft_tls_config *cfg, weft_stream *inner, bool server, const 
 	t->flush_want = WEFT_IO_WRITE;
 	weft__list_init(&t->hs_waiters);
 	t->rb = malloc(READ_AHEAD); /* NULL: read without read-ahead */
+	t->rb_cap = t->rb != NULL ? READ_AHEAD : 0;
 	if (server_name != NULL && (t->server_name = strdup(server_name)) == NULL)
 		goto fail;
 	int g = gnutls_init(&t->sess, (server ? GNUTLS_SERVER : GNUTLS_CLIENT) | GNUTLS_NONBLOCK);
