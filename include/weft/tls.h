@@ -50,6 +50,10 @@
  * full, as bytes sit in a socket's kernel buffer after write(2); weft sends
  * it as soon as the socket has room, with or without further requests.
  *
+ * Memory.  Besides GnuTLS's own buffers a session keeps a 1 KiB read-ahead
+ * of ciphertext; a session that receives large records (8 KiB or more)
+ * replaces it, once, with a 64 KiB one, freed when the stream is closed.
+ *
  * End of stream.  A read returns the end of stream (EPIPE in readv_recv)
  * after the peer's close_notify.  weft_stream_shutdown_send() on a TLS
  * stream sends close_notify (after queued writes; it waits for room if the

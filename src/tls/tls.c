@@ -16,9 +16,10 @@
  *  - Decrypted records GnuTLS holds (gnutls_record_check_pending) and
  *    ciphertext read ahead count as pending bytes of the stream, so the
  *    stream core serves them without waiting for the fd.
- *  - The inner stream is read with one read-ahead buffer after GnuTLS's own
- *    (GnuTLS asks for a 5-byte header, then the body): one syscall usually
- *    brings several records, and a short read tells us the socket is
+ *  - GnuTLS asks for a 5-byte header, then the body.  A small request is
+ *    served from a read-ahead buffer filled by one plain recv (one syscall
+ *    usually brings a small record whole, or several); a large body is read
+ *    straight into GnuTLS's buffer.  A short read tells us the socket is
  *    drained, so no syscall is spent on EAGAIN.
  *
  * Callbacks (handshake completions, the stream core's requests) run only
@@ -34,9 +35,15 @@
 #include <string.h>
 
 /* Ciphertext read past what GnuTLS asked for: enough for a small record and
- * the next header, so request/response traffic costs one read per record;
- * a large record's body is read straight into GnuTLS's buffer (no copy). */
+ * the next header, so request/response traffic costs one read per record.
+ * Once the session receives large records (bulk data), the buffer grows to
+ * READ_AHEAD_BULK: one recv then brings several records, instead of two
+ * per record (header, then body), and the copy out of it costs less than
+ * the syscalls it saves.  Until then a large body is read straight into
+ * GnuTLS's buffer. */
 #define READ_AHEAD 1024u
+#define READ_AHEAD_BULK 65536u
+#define BULK_RECORD 8192u /* a body this large marks bulk traffic */
 #define HANDSHAKE_STEPS 16 /* non-fatal results retried per wake-up */
 
 enum hs_phase { HS_NONE, HS_RUNNING, HS_DONE };
@@ -62,7 +69,7 @@ struct tls_impl {
 	unsigned flush_want;
 	bool bye_sent;
 	bool eof;            /* close_notify received */
-	bool inner_drained;  /* the last inner read was short */
+	bool inner_drained;  /* the last inner read was short or EAGAIN; no READ readiness since */
 	bool notify_core;    /* tell the core: state changed, try again */
 	bool wake_read;      /* tell the core: readable without the fd */
 	size_t maxrec;
@@ -80,7 +87,7 @@ struct tls_impl {
 	weft_timer *linger; /* the bound on lingering */
 
 	unsigned char *rb; /* read-ahead of ciphertext */
-	size_t rb_off, rb_len;
+	size_t rb_cap, rb_off, rb_len;
 	unsigned char *wb; /* gathers small iovecs into one record */
 };
 
@@ -125,9 +132,45 @@ static ssize_t set_io_errno(struct tls_impl *t, ssize_t r)
 	return -1;
 }
 
+/* The inner stream failed a read: remember EAGAIN until READ readiness. */
+static ssize_t pull_failed(struct tls_impl *t, ssize_t r)
+{
+	if (r == -EAGAIN || r == -EWOULDBLOCK)
+		t->inner_drained = true;
+	return set_io_errno(t, r);
+}
+
+/* Bulk traffic: the larger read-ahead, allocated once per session (it is
+ * empty now, nothing to move).  Without memory the small one stays. */
+static void grow_read_ahead(struct tls_impl *t)
+{
+	unsigned char *big = malloc(READ_AHEAD_BULK);
+	if (big == NULL)
+		return;
+	free(t->rb);
+	t->rb = big;
+	t->rb_cap = READ_AHEAD_BULK;
+	t->rb_off = 0;
+}
+
 static ssize_t tls_pull(gnutls_transport_ptr_t ptr, void *buf, size_t len)
 {
 	struct tls_impl *t = ptr;
+	if (t->rb_len == 0 && t->inner_drained && weft__stream_raw_pending(t->inner) == 0)
+		return set_io_errno(t, -EAGAIN); /* drained, no readiness since: no syscall to hear it */
+	if (t->rb_len == 0 && len >= BULK_RECORD && t->rb_cap < READ_AHEAD_BULK && t->hs == HS_DONE)
+		grow_read_ahead(t);
+	if (t->rb_len == 0 && len < t->rb_cap) {
+		/* Fill the read-ahead with one plain recv (a two-element readv
+		 * into buf and rb costs the kernel a vector import). */
+		struct iovec iov = {t->rb, t->rb_cap};
+		ssize_t r = weft__stream_raw_readv(t->inner, &iov, 1);
+		if (r <= 0)
+			return r < 0 ? pull_failed(t, r) : 0;
+		t->inner_drained = (size_t)r < t->rb_cap && weft__stream_raw_pending(t->inner) == 0;
+		t->rb_off = 0;
+		t->rb_len = (size_t)r;
+	}
 	if (t->rb_len > 0) {
 		size_t n = len < t->rb_len ? len : t->rb_len;
 		memcpy(buf, t->rb + t->rb_off, n);
@@ -137,18 +180,12 @@ static ssize_t tls_pull(gnutls_transport_ptr_t ptr, void *buf, size_t len)
 			t->rb_off = 0;
 		return (ssize_t)n;
 	}
-	struct iovec iov[2] = {{buf, len}, {t->rb, READ_AHEAD}};
-	int n = t->rb != NULL && len < READ_AHEAD ? 2 : 1;
-	size_t asked = len + (n == 2 ? READ_AHEAD : 0);
-	ssize_t r = weft__stream_raw_readv(t->inner, iov, n);
+	/* A large body and no room for it: straight into GnuTLS's buffer. */
+	struct iovec iov = {buf, len};
+	ssize_t r = weft__stream_raw_readv(t->inner, &iov, 1);
 	if (r < 0)
-		return set_io_errno(t, r);
-	t->inner_drained = (size_t)r < asked && weft__stream_raw_pending(t->inner) == 0;
-	if ((size_t)r > len) {
-		t->rb_off = 0;
-		t->rb_len = (size_t)r - len;
-		return (ssize_t)len;
-	}
+		return pull_failed(t, r);
+	t->inner_drained = (size_t)r < len && weft__stream_raw_pending(t->inner) == 0;
 	return r;
 }
 
@@ -255,7 +292,9 @@ static bool verify_requested(struct tls_impl *t)
 
 /* ---- the handshake --------------------------------------------------------------- */
 
-static void hs_step(struct tls_impl *t)
+/* in_drive: called from tls_drive, which completes the waiters and tells
+ * the core itself right after; elsewhere the kick does it from the loop. */
+static void hs_step(struct tls_impl *t, bool in_drive)
 {
 	for (int i = 0; i < HANDSHAKE_STEPS && t->err == 0; i++) {
 		int g = gnutls_handshake(t->sess);
@@ -268,7 +307,8 @@ static void hs_step(struct tls_impl *t)
 			if (t->maxrec == 0 || t->maxrec > 16384)
 				t->maxrec = 16384;
 			t->notify_core = true;
-			kick(t); /* waiters complete from the loop */
+			if (!in_drive)
+				kick(t); /* waiters complete from the loop */
 			return;
 		}
 		if (g == GNUTLS_E_AGAIN || g == GNUTLS_E_INTERRUPTED) {
@@ -292,7 +332,7 @@ static int hs_ensure(struct tls_impl *t)
 	if (t->hs == HS_NONE)
 		t->hs = HS_RUNNING;
 	if (t->hs == HS_RUNNING && t->hs_want == 0 && t->err == 0)
-		hs_step(t);
+		hs_step(t, false);
 	return t->err;
 }
 
@@ -378,10 +418,12 @@ static void tls_drive(struct tls_impl *t, unsigned revents)
 		revents |= WEFT_IO_READ | WEFT_IO_WRITE; /* let every side find out */
 	if (revents & WEFT_IO_WRITE)
 		t->push_blocked = false;
+	if (revents & WEFT_IO_READ)
+		t->inner_drained = false;
 	if (t->flush_pending && t->err == 0 && (revents & t->flush_want) && flush_step(t))
 		tev |= WEFT_IO_WRITE;
 	if (t->hs == HS_RUNNING && t->err == 0 && (t->hs_want == 0 || (revents & t->hs_want)))
-		hs_step(t);
+		hs_step(t, true);
 	if (t->hs == HS_DONE || t->err != 0) {
 		while (!weft__list_empty(&t->hs_waiters) && !t->closed) {
 			struct hs_state *st = weft__container_of(t->hs_waiters.next, struct hs_state, link);
@@ -741,6 +783,7 @@ static int tls_new(weft_tls_config *cfg, weft_stream *inner, bool server, const 
 	t->flush_want = WEFT_IO_WRITE;
 	weft__list_init(&t->hs_waiters);
 	t->rb = malloc(READ_AHEAD); /* NULL: read without read-ahead */
+	t->rb_cap = t->rb != NULL ? READ_AHEAD : 0;
 	if (server_name != NULL && (t->server_name = strdup(server_name)) == NULL)
 		goto fail;
 	int g = gnutls_init(&t->sess, (server ? GNUTLS_SERVER : GNUTLS_CLIENT) | GNUTLS_NONBLOCK);
