@@ -68,8 +68,9 @@ int weft__aenc_err(struct weft__abuf *b, gpg_error_t err, const char *text);
  * strict: a % not followed by two hex digits is an error (-1); otherwise
  * it is kept as it is (libassuan's client rule). */
 ssize_t weft__adecode(char *s, size_t n, bool strict);
-/* The same from s to d (d may be s or before it; room for n bytes). */
-ssize_t weft__adecode_to(char *d, const char *s, size_t n, bool strict);
+/* The same from s to d, which must not overlap s and has room for n
+ * bytes (all of which it may write, whatever the decoded length). */
+ssize_t weft__adecode_to(char *restrict d, const char *restrict s, size_t n, bool strict);
 
 /* ---- the pump: one Assuan endpoint's bytes over a weft_stream ----------- */
 

@@ -268,15 +268,13 @@ int weft__aenc_err(struct weft__abuf *b, gpg_error_t err, const char *text)
 
 /* ---- decoding ------------------------------------------------------------- */
 
-static int hexval(unsigned char c)
+static inline int hexval(unsigned char c)
 {
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	return -1;
+	unsigned v = (unsigned)c - '0';
+	if (v < 10)
+		return (int)v;
+	v = ((unsigned)c | 0x20) - 'a';
+	return v < 6 ? (int)v + 10 : -1;
 }
 
 /* Copy bytes up to the next % (at most lim) from s to d; return how many.
@@ -303,35 +301,83 @@ static size_t copy_to_pct(char *d, const char *s, size_t lim)
 	return i + k;
 }
 
-ssize_t weft__adecode_to(char *d, const char *s, size_t n, bool strict)
+/* The escape at s[i] (a %): its byte into *out; returns how many bytes
+ * of s it took (3), or 0 for a % without two hex digits after it. */
+static inline size_t decode_pct(char *out, const char *s, size_t i, size_t n)
+{
+	if (i + 2 >= n)
+		return 0;
+	int h = hexval((unsigned char)s[i + 1]), l = hexval((unsigned char)s[i + 2]);
+	if ((h | l) < 0)
+		return 0;
+	*out = (char)(h << 4 | l);
+	return 3;
+}
+
+/* d and s apart: every 16-byte block is stored whole before its first %
+ * is looked for (o <= i, so the store stays inside d's n bytes, and what
+ * it wrote past the % is written again), so an escape costs no call. */
+ssize_t weft__adecode_to(char *restrict d, const char *restrict s, size_t n, bool strict)
+{
+	size_t i = 0, o = 0;
+	for (;;) {
+#ifdef __SSE2__
+		unsigned m = 0;
+		while (i + 16 <= n) {
+			__m128i v = _mm_loadu_si128((const __m128i *)(const void *)(s + i));
+			_mm_storeu_si128((__m128i *)(void *)(d + o), v);
+			m = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_set1_epi8('%')));
+			if (m != 0)
+				break;
+			i += 16;
+			o += 16;
+		}
+		if (m != 0) {
+			size_t k = (size_t)__builtin_ctz(m);
+			i += k;
+			o += k;
+		} else
+#endif
+		{
+			const char *q = memchr(s + i, '%', n - i);
+			size_t k = q != NULL ? (size_t)(q - (s + i)) : n - i;
+			memcpy(d + o, s + i, k);
+			if (q == NULL)
+				return (ssize_t)(o + k);
+			i += k;
+			o += k;
+		}
+		size_t took = decode_pct(d + o, s, i, n);
+		if (took == 0) {
+			if (strict)
+				return -1;
+			d[o] = '%';
+			took = 1;
+		}
+		i += took;
+		o++;
+	}
+}
+
+/* In place: d trails s, so only the bytes before each % are moved. */
+ssize_t weft__adecode(char *s, size_t n, bool strict)
 {
 	size_t i = 0, o = 0;
 	while (i < n) {
-		size_t run = copy_to_pct(d + o, s + i, n - i);
+		size_t run = copy_to_pct(s + o, s + i, n - i);
 		o += run;
 		i += run;
 		if (i == n)
 			break;
-		/* s[i] is a % */
-		int h = -1, l = -1;
-		if (i + 2 < n) {
-			h = hexval((unsigned char)s[i + 1]);
-			l = hexval((unsigned char)s[i + 2]);
-		}
-		if (h < 0 || l < 0) {
+		size_t took = decode_pct(s + o, s, i, n);
+		if (took == 0) {
 			if (strict)
 				return -1;
-			d[o++] = '%';
-			i++;
-		} else {
-			d[o++] = (char)(h << 4 | l);
-			i += 3;
+			s[o] = '%';
+			took = 1;
 		}
+		i += took;
+		o++;
 	}
 	return (ssize_t)o;
-}
-
-ssize_t weft__adecode(char *s, size_t n, bool strict)
-{
-	return weft__adecode_to(s, s, n, strict);
 }

@@ -500,6 +500,17 @@ static void test_engine_dlines_model(void)
 	free(ref);
 }
 
+static int hexdigit(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
 static void test_engine_decode(void)
 {
 	struct {
@@ -540,6 +551,45 @@ static void test_engine_decode(void)
 	char nul[] = "a\0%41";
 	CHECK_EQ(weft__adecode(nul, 5, true), 3);
 	CHECK_BYTES(nul, 3, "a\0A", 3);
+
+	/* Both decoders (in place, and into another buffer, which works a
+	 * 16-byte block at a time) agree with a byte-by-byte reading on
+	 * escapes at every offset, across block edges and at the very end. */
+	static const char alphabet[] = "%%%4aF0g\nx";
+	uint32_t seed = 12345;
+	for (int round = 0; round < 20000; round++) {
+		char in[80], a[80], b[80], want[80];
+		size_t n = (size_t)(round % 80);
+		for (size_t i = 0; i < n; i++) {
+			seed = seed * 1103515245u + 12345u;
+			in[i] = alphabet[(seed >> 16) % (sizeof alphabet - 1)];
+		}
+		for (int strict = 0; strict < 2; strict++) {
+			ssize_t w = 0;
+			for (size_t i = 0; i < n && w >= 0;) {
+				int h = i + 2 < n ? hexdigit(in[i + 1]) : -1, l = i + 2 < n ? hexdigit(in[i + 2]) : -1;
+				if (in[i] != '%') {
+					want[w++] = in[i++];
+				} else if (h >= 0 && l >= 0) {
+					want[w++] = (char)(h << 4 | l);
+					i += 3;
+				} else if (strict) {
+					w = -1;
+				} else {
+					want[w++] = in[i++];
+				}
+			}
+			memcpy(a, in, n);
+			ssize_t ka = weft__adecode(a, n, strict);
+			ssize_t kb = weft__adecode_to(b, in, n, strict);
+			CHECK_EQ(ka, w);
+			CHECK_EQ(kb, w);
+			if (w > 0 && ka == w && kb == w) {
+				CHECK_BYTES(a, (size_t)w, want, (size_t)w);
+				CHECK_BYTES(b, (size_t)w, want, (size_t)w);
+			}
+		}
+	}
 }
 
 static void test_engine_responses(void)
