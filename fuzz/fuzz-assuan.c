@@ -40,9 +40,14 @@ static void lines(const uint8_t *data, size_t size)
 			memcpy(copy, line, len);
 			ssize_t a = weft__adecode(copy, len, true);
 			assert(a <= (ssize_t)len);
+			char apart[WEFT_ASSUAN_LINELENGTH];
+			assert(weft__adecode_to(apart, line, len, true) == a);
 			memcpy(copy, line, len);
 			ssize_t b = weft__adecode(copy, len, false);
 			assert(b >= 0 && b <= (ssize_t)len);
+			/* the block-wise decoder into another buffer agrees */
+			assert(weft__adecode_to(apart, line, len, false) == b);
+			assert(memcmp(apart, copy, (size_t)b) == 0);
 		}
 		/* The buffer never holds more than a line's worth without an LF. */
 		assert(in.len < sizeof(buf));
