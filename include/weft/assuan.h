@@ -349,8 +349,9 @@ WEFT_EXPORT weft_req *weft_assuan_client_adopt_send(weft_loop *loop, weft_stream
  * socketpair named in the environment as _assuan_connection_fd (libassuan's
  * convention), so descriptors can be passed.  _assuan_pipe_connect_pid is
  * set to this process's pid.  inherit (n entries, may be NULL) are
- * descriptors the child keeps under the same numbers; everything else of
- * ours is close-on-exec.  The child is reaped on the loop (a pidfd, or
+ * descriptors the child keeps under the same numbers; besides them and
+ * stderr the child gets none of ours, even those opened without
+ * close-on-exec (as with libassuan).  The child is reaped on the loop (a pidfd, or
  * waitpid every 20 ms where pidfd_open is missing); see
  * weft_assuan_client_on_exit.  If the connect fails (no greeting, timeout,
  * request freed) the child, which nobody else can reach, gets SIGTERM.

@@ -751,6 +751,32 @@ int weft_assuan_connect_recv(weft_req *req, weft_assuan_client **ret_client, int
 
 /* ---- pipe servers ------------------------------------------------------------------ */
 
+/* As libassuan does: the child keeps stdin, stdout and stderr, the
+ * connection and what the caller listed, and nothing else of ours — not
+ * even a descriptor someone opened without close-on-exec.  The numbers in
+ * between are closed one by one (glibc ignores those not open), the rest
+ * at once. */
+static int close_the_rest(posix_spawn_file_actions_t *fa, const int *inherit, size_t n, int conn)
+{
+	int top = conn > 2 ? conn : 2;
+	for (size_t i = 0; i < n; i++)
+		if (inherit[i] > top)
+			top = inherit[i];
+	for (int fd = 3; fd < top; fd++) {
+		bool keep = fd == conn;
+		for (size_t i = 0; !keep && i < n; i++)
+			keep = inherit[i] == fd;
+		int r = keep ? 0 : posix_spawn_file_actions_addclose(fa, fd);
+		if (r != 0)
+			return r;
+	}
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 34))
+	return posix_spawn_file_actions_addclosefrom_np(fa, top + 1);
+#else
+	return 0; /* no closefrom action: above the listed ones, close-on-exec only */
+#endif
+}
+
 static int spawn_server(const char *const argv[], const int *inherit, size_t n, unsigned flags,
 		int child_in, int child_out, pid_t *ret_pid)
 {
@@ -786,6 +812,8 @@ static int spawn_server(const char *const argv[], const int *inherit, size_t n, 
 	}
 	for (size_t i = 0; r == 0 && i < n; i++)
 		r = posix_spawn_file_actions_adddup2(&fa, inherit[i], inherit[i]);
+	if (r == 0)
+		r = close_the_rest(&fa, inherit, n, (flags & WEFT_ASSUAN_PIPE_FDPASSING) ? child_in : -1);
 	pid_t pid = 0;
 	if (r == 0)
 		r = posix_spawnp(&pid, argv[0], &fa, NULL, (char *const *)argv, envp);
