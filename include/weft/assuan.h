@@ -330,7 +330,9 @@ WEFT_EXPORT int weft_assuan_process_next(weft_assuan_conn *c, bool *done);
 typedef struct weft_assuan_client weft_assuan_client;
 
 /* Connect to a server: name is "unix:/path", "unix:@abstract", "tcp:...",
- * or a plain absolute socket path as libassuan takes it.  The request
+ * or a plain socket path as libassuan takes it.  A path naming a regular
+ * file in libassuan's redirect format ("%Assuan%\nsocket=NAME\n", ${VAR}
+ * in NAME from the environment) connects to NAME instead.  The request
  * completes once the greeting's OK line was read (comment lines before it
  * are skipped).  Set a timeout on it with weft_req_set_timeout. */
 WEFT_EXPORT weft_req *weft_assuan_connect_send(weft_loop *loop, const char *name);

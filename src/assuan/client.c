@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -691,6 +692,58 @@ static void connected(weft_req *sub, void *data)
 	connect_attach(req, s);
 }
 
+/* libassuan's redirect file: where a socket cannot live (a file system
+ * without sockets, a home shared by several machines) the socket's path
+ * holds a small regular file, "%Assuan%\nsocket=NAME\n", and NAME (with
+ * ${VAR} taken from the environment, an unset one empty) is the real
+ * socket.  Returns 1 with the name in out, 0 if path is not a regular
+ * file or not such a file (connect to path itself), or -errno for a
+ * redirect that cannot be followed.  The read is of a local file of at
+ * most 511 bytes, as libassuan reads it. */
+static int read_redirect(const char *path, char out[108])
+{
+	static const char magic[] = "%Assuan%\nsocket=";
+	struct stat st;
+	if (stat(path, &st) < 0 || !S_ISREG(st.st_mode))
+		return 0;
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+	if (fd < 0)
+		return 0;
+	char buf[512];
+	ssize_t n;
+	do
+		n = read(fd, buf, sizeof(buf) - 1);
+	while (n < 0 && errno == EINTR);
+	close(fd);
+	const size_t ml = sizeof(magic) - 1;
+	if (n < (ssize_t)ml + 1 || buf[n - 1] != '\n' || memcmp(buf, magic, ml) != 0 || buf[ml] == '\n')
+		return 0;
+	buf[n - 1] = '\0';
+	size_t o = 0;
+	for (const char *p = buf + ml; *p != '\0' && *p != '\n'; p++) {
+		const char *add = p, *end = p + 1;
+		if (p[0] == '$' && p[1] == '{') {
+			const char *close_brace = strchr(p + 2, '}');
+			if (close_brace == NULL)
+				return -EINVAL;
+			char var[512];
+			size_t vl = (size_t)(close_brace - (p + 2));
+			memcpy(var, p + 2, vl);
+			var[vl] = '\0';
+			add = vl > 0 ? getenv(var) : NULL;
+			end = add != NULL ? add + strlen(add) : add;
+			p = close_brace;
+		}
+		for (; add != end; add++) {
+			if (o + 1 >= 108)
+				return -ENAMETOOLONG;
+			out[o++] = *add;
+		}
+	}
+	out[o] = '\0';
+	return 1;
+}
+
 weft_req *weft_assuan_connect_send(weft_loop *loop, const char *name)
 {
 	weft_req *req = connect_req_new(loop);
@@ -700,10 +753,18 @@ weft_req *weft_assuan_connect_send(weft_loop *loop, const char *name)
 		weft_req_error(req, EINVAL);
 		return req;
 	}
-	char buf[160];
+	char buf[160], target[108];
 	if (strncmp(name, "file://", 7) == 0)
 		name += 7;
-	if (name[0] == '/') {
+	else if (strncmp(name, "unix:", 5) == 0 && name[5] != '@')
+		name += 5;
+	if (name[0] == '/' || (name[0] != '@' && strchr(name, ':') == NULL)) {
+		/* a path, relative or absolute, maybe a redirect file */
+		int rr = read_redirect(name, target);
+		if (weft_req_error(req, rr < 0 ? -rr : 0))
+			return req;
+		if (rr == 1)
+			name = target;
 		if (strlen(name) >= 108) {
 			weft_req_error(req, ENAMETOOLONG);
 			return req;

@@ -1004,9 +1004,11 @@ static void test_connect_timeout(void)
 	t_loop_free(loop);
 }
 
+static int make_file(const char *name, const char *content, char *path, size_t size);
+
 /* Connect by name to a weft server listening on a Unix path: the plain
- * path libassuan takes and the "unix:" form; a missing path; a name that
- * cannot be a socket path. */
+ * path libassuan takes and the "unix:" form; libassuan's redirect files;
+ * a missing path; a name that cannot be a socket path. */
 static void test_connect_path(void)
 {
 	weft_loop *loop = t_loop_new();
@@ -1030,6 +1032,48 @@ static void test_connect_path(void)
 		}
 		weft_assuan_client_free(cl);
 	}
+	/* libassuan's redirect file in the socket's place: followed, with
+	 * ${VAR} from the environment (an unset one is empty); a regular
+	 * file in another format is connected to as it is (refused); a
+	 * redirect that cannot be followed is an error of its own */
+	setenv("WEFT_TEST_SOCKDIR", g_dir, 1);
+	unsetenv("WEFT_TEST_UNSET");
+	char long_target[300];
+	memset(long_target, 'y', sizeof(long_target));
+	long_target[0] = '/';
+	long_target[sizeof(long_target) - 1] = '\0';
+	struct {
+		const char *content;
+		int err;
+	} redirects[] = {
+		{"%Assuan%\nsocket=${WEFT_TEST_SOCKDIR}/s1\n", 0},
+		{"%Assuan%\nsocket=${WEFT_TEST_UNSET}${WEFT_TEST_SOCKDIR}${}/s1\n", 0},
+		{"just a file\n", ECONNREFUSED},
+		{"%Assuan%\nsocket=/tmp/x", ECONNREFUSED}, /* no final LF: not a redirect */
+		{"%Assuan%\nsocket=${WEFT_TEST_SOCKDIR/s1\n", EINVAL},
+		{long_target, ENAMETOOLONG},
+	};
+	for (size_t i = 0; i < sizeof(redirects) / sizeof(redirects[0]); i++) {
+		char rname[32], rpath[160], content[400];
+		snprintf(rname, sizeof(rname), "redirect%zu", i);
+		if (redirects[i].content == long_target)
+			snprintf(content, sizeof(content), "%%Assuan%%\nsocket=%s\n", long_target);
+		else
+			snprintf(content, sizeof(content), "%s", redirects[i].content);
+		int fd = make_file(rname, content, rpath, sizeof(rpath));
+		REQUIRE(fd >= 0);
+		close(fd);
+		int err = 0;
+		weft_assuan_client *cl = connect_wait(loop, weft_assuan_connect_send(loop, rpath), &err);
+		CHECK_EQ(err, redirects[i].err);
+		if (cl) {
+			CHECK(strcmp(weft_assuan_client_greeting(cl), "path server") == 0);
+			expect_ok(loop, cl, "NOP");
+		}
+		weft_assuan_client_free(cl);
+		unlink(rpath);
+	}
+	unsetenv("WEFT_TEST_SOCKDIR");
 	t_run_for(loop, 20);
 	weft_assuan_server_free(srv);
 
