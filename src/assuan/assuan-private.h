@@ -5,6 +5,8 @@
 
 #include <weft/assuan.h>
 
+#include "loop-private.h"
+
 #include <stdbool.h>
 #include <stddef.h>
 #include <string.h>
@@ -78,29 +80,46 @@ ssize_t weft__adecode_to(char *d, const char *s, size_t n, bool strict);
 #define WEFT__APUMP_OUT_KEEP 4096 /* output buffers above this are given back */
 
 /* Reads into the line buffer, writes the output buffer (what the transport
- * takes at once, the rest by a write request while new output gathers in
- * a second buffer), and tells its owner through event() when a read or a
- * write request finished (input arrived, the input ended: eof, or a
- * transfer failed: err).  An idle endpoint keeps a small inline input
- * buffer and no output buffer: a read that fills the small buffer moves
- * to a big one, given back once it empties. */
+ * takes at once, the rest later while new output gathers in a second
+ * buffer), and tells its owner through event() when a read or a write
+ * finished (input arrived, the input ended: eof, or a transfer failed:
+ * err).  An idle endpoint keeps a small inline input buffer and no output
+ * buffer: a read that fills the small buffer moves to a big one, given back
+ * once it empties.
+ *
+ * Two ways to drive the stream.  Requests (the client, whose stream also
+ * carries descriptor messages and hand-overs): the stream's registered
+ * reader and write requests.  Taken (the server, weft__apump_take): the
+ * pump takes the stream's transport over as a stacked layer does, hears
+ * its readiness first hand and reads and writes it with one call each —
+ * no request, no reader bookkeeping per message. */
 struct weft__apump {
 	weft_stream *s;
 	struct weft__ain in;
 	size_t rroom;  /* how many bytes the read under way may take */
 	int err;       /* first transport error (positive errno), 0 if none */
-	bool reading;  /* the stream's registered reader is started */
+	bool reading;  /* requests: the reader is started; taken: READ wanted */
 	bool filled;   /* the last read filled its room: more is coming */
 	bool eof;      /* no more input (EOF, reset, error) or none wanted */
+	bool taken;    /* the transport is ours (see above) */
+	bool drained;  /* taken: the last read was short: wait for readiness */
+	bool wblocked; /* taken: wbuf waits for the transport's room */
+	unsigned watching; /* taken: what the transport was asked to watch */
+	unsigned busy;     /* taken: inside the readiness hook */
 	struct weft__abuf out;  /* gathering */
 	struct weft__abuf wbuf; /* being written */
+	size_t woff;            /* taken: bytes of wbuf written */
 	weft_req *wreq;
 	size_t dcount; /* length of the open D line in out */
 	void (*event)(struct weft__apump *p);
+	weft_defer kick; /* taken: a read without readiness (bytes buffered) */
 	char small[WEFT__APUMP_SMALL];
 };
 
 void weft__apump_init(struct weft__apump *p, weft_stream *s, void (*event)(struct weft__apump *p));
+/* Take the stream's transport (see above).  Returns 0, or -errno when the
+ * stream cannot be taken: the pump then drives it by requests. */
+int weft__apump_take(struct weft__apump *p);
 /* Start a read if there is room and none runs.  Returns 0 or -ENOMEM.
  * (Inline: a reader that runs with room left is the usual case.) */
 int weft__apump_read_slow(struct weft__apump *p);
@@ -116,8 +135,15 @@ int weft__apump_flush(struct weft__apump *p);
 /* Bytes gathered or being written. */
 static inline size_t weft__apump_pending(const struct weft__apump *p)
 {
-	return p->out.len + p->wbuf.len;
+	return p->out.len + p->wbuf.len - p->woff;
 }
+/* Whether a write waits for the transport (hand-driven mode polls for it). */
+static inline bool weft__apump_writing(const struct weft__apump *p)
+{
+	return p->wreq != NULL || p->wblocked;
+}
+/* The transport is ready (hand-driven mode: the caller polled it). */
+void weft__apump_ready(struct weft__apump *p, unsigned revents);
 /* Drop requests and buffers, close the stream (it is gone after this). */
 void weft__apump_close(struct weft__apump *p);
 

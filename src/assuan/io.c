@@ -2,6 +2,7 @@
  * weft_stream.  Output is written once per pass of the owner, not once per
  * line; an idle endpoint holds little memory (see assuan-private.h). */
 #include "assuan-private.h"
+#include "sock-private.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -17,30 +18,28 @@ static bool big_buffer(const struct weft__apump *p)
 	return p->in.buf != NULL && p->in.buf != p->small;
 }
 
-/* The stream asks where its next read goes: after the unparsed bytes, in
- * the small buffer while lines are short and few, the big one while data
- * streams in (given back once it empties). */
-static void alloc_other(struct weft__apump *p, weft_stream *s, void **ret_buf, size_t *ret_len);
+/* Where the next read goes: after the unparsed bytes, in the small buffer
+ * while lines are short and few, the big one while data streams in (given
+ * back once it empties).  False when there is no room: the reader stops
+ * (lines wait for the owner, or the memory ran out: err and event). */
+static bool alloc_other(struct weft__apump *p, void **ret_buf, size_t *ret_len);
 
-static void on_alloc(weft_stream *s, size_t suggested, void **ret_buf, size_t *ret_len, void *data)
+static inline bool take_room(struct weft__apump *p, void **ret_buf, size_t *ret_len)
 {
-	struct weft__apump *p = data;
-	(void)suggested;
 	if (p->in.len == 0 && p->in.buf == p->small && !p->filled) {
 		/* The usual read of an idle endpoint: all of the small buffer. */
 		p->in.off = 0;
 		p->rroom = sizeof(p->small);
 		*ret_buf = p->small;
 		*ret_len = sizeof(p->small);
-		return;
+		return true;
 	}
-	alloc_other(p, s, ret_buf, ret_len);
+	return alloc_other(p, ret_buf, ret_len);
 }
 
 /* Any other read: bytes kept, the first read, a switch between buffers.
  * Out of line, so that the usual read saves no registers. */
-static __attribute__((noinline)) void alloc_other(struct weft__apump *p, weft_stream *s, void **ret_buf,
-		size_t *ret_len)
+static __attribute__((noinline)) bool alloc_other(struct weft__apump *p, void **ret_buf, size_t *ret_len)
 {
 	if (p->in.buf == NULL || (p->in.len == 0 && !p->filled && big_buffer(p))) {
 		if (big_buffer(p))
@@ -55,9 +54,10 @@ static __attribute__((noinline)) void alloc_other(struct weft__apump *p, weft_st
 			p->eof = true;
 			if (p->err == 0)
 				p->err = ENOMEM;
-			weft_stream_read_stop(s);
+			if (!p->taken)
+				weft_stream_read_stop(p->s);
 			p->event(p);
-			return;
+			return false;
 		}
 		if (big != NULL) {
 			memcpy(big, p->in.buf, p->in.len);
@@ -68,11 +68,35 @@ static __attribute__((noinline)) void alloc_other(struct weft__apump *p, weft_st
 	}
 	if (room == 0) {
 		p->reading = false; /* full of lines the owner does not take yet */
-		return;
+		return false;
 	}
 	p->rroom = room;
 	*ret_buf = p->in.buf + p->in.len;
 	*ret_len = room;
+	return true;
+}
+
+/* n bytes arrived (0: the end of the input; < 0: -errno). */
+static inline void got_bytes(struct weft__apump *p, ssize_t n)
+{
+	if (n > 0) {
+		p->in.len += (size_t)n;
+		p->filled = (size_t)n == p->rroom;
+	} else {
+		p->reading = false;
+		p->eof = true;
+		if (n != 0 && n != -EPIPE && p->err == 0)
+			p->err = (int)-n; /* EPIPE is the orderly end */
+	}
+}
+
+/* ---- driving by requests (the stream's registered reader) --------------- */
+
+static void on_alloc(weft_stream *s, size_t suggested, void **ret_buf, size_t *ret_len, void *data)
+{
+	(void)s;
+	(void)suggested;
+	take_room(data, ret_buf, ret_len); /* none given: the reader stops */
 }
 
 static void on_read(weft_stream *s, ssize_t n, void *buf, void *data)
@@ -80,17 +104,131 @@ static void on_read(weft_stream *s, ssize_t n, void *buf, void *data)
 	struct weft__apump *p = data;
 	(void)s;
 	(void)buf;
-	if (n > 0) {
-		p->in.len += (size_t)n;
-		p->filled = (size_t)n == p->rroom;
-	} else {
-		p->reading = false;
-		p->eof = true;
-		if (n != -EPIPE && p->err == 0)
-			p->err = (int)-n; /* EPIPE is the orderly end */
-	}
+	got_bytes(p, n == -EPIPE ? 0 : n);
 	p->event(p);
 }
+
+/* ---- driving a taken transport ---------------------------------------------- */
+
+#define TAKEN_READS 32 /* reads per wake-up before yielding to other fds */
+
+/* Ask the transport to watch what the pump waits for.  READ stays armed
+ * while reading (level-triggered: dropping and re-adding it would cost two
+ * syscalls per command). */
+static void taken_watch(struct weft__apump *p)
+{
+	unsigned want = (p->reading ? WEFT_IO_READ : 0u) | (p->wblocked ? WEFT_IO_WRITE : 0u);
+	if (want != p->watching && weft__stream_raw_watch(p->s, want) == 0)
+		p->watching = want;
+}
+
+/* Read while there is room and the transport is not known to be empty. */
+static void taken_read(struct weft__apump *p)
+{
+	for (unsigned i = 0; p->reading && !p->drained; i++) {
+		if (i == TAKEN_READS) {
+			weft_defer_schedule(&p->kick); /* yield, come back */
+			return;
+		}
+		struct iovec iov;
+		if (!take_room(p, &iov.iov_base, &iov.iov_len))
+			return;
+		ssize_t n;
+		do
+			n = weft__stream_raw_readv(p->s, &iov, 1);
+		while (n == -EINTR);
+		if (n == -EAGAIN || n == -EWOULDBLOCK) {
+			p->drained = true;
+			return;
+		}
+		if (n > 0 && (size_t)n < iov.iov_len)
+			p->drained = true; /* a short read: the transport is empty */
+		got_bytes(p, n);
+		p->event(p);
+		if (p->s == NULL)
+			return; /* closed from the event */
+	}
+}
+
+/* Write the rest of wbuf.  0: written, or blocked (wblocked); -errno. */
+static int taken_write(struct weft__apump *p)
+{
+	while (p->woff < p->wbuf.len) {
+		struct iovec iov = {p->wbuf.p + p->woff, p->wbuf.len - p->woff};
+		ssize_t n = weft__stream_raw_writev(p->s, &iov, 1);
+		if (n == -EINTR)
+			continue;
+		if (n == -EAGAIN || n == -EWOULDBLOCK || n == 0) {
+			p->wblocked = true;
+			return 0;
+		}
+		if (n < 0) {
+			p->wblocked = false;
+			return (int)n;
+		}
+		p->woff += (size_t)n;
+	}
+	p->wblocked = false;
+	p->wbuf.len = 0;
+	p->woff = 0;
+	if (p->wbuf.cap > WEFT__APUMP_OUT_KEEP)
+		weft__abuf_free(&p->wbuf); /* a burst of D data is over */
+	return 0;
+}
+
+static void taken_hook(void *data, unsigned revents)
+{
+	struct weft__apump *p = data;
+	p->busy++;
+	if (p->wblocked && (revents & (WEFT_IO_WRITE | WEFT_IO_ERR | WEFT_IO_HUP))) {
+		int r = taken_write(p);
+		if (r < 0 && p->err == 0)
+			p->err = -r;
+		if (r < 0 || !p->wblocked)
+			p->event(p); /* written (the owner gathers on) or failed */
+	}
+	if (revents & (WEFT_IO_READ | WEFT_IO_ERR | WEFT_IO_HUP))
+		p->drained = false;
+	if (p->s != NULL)
+		taken_read(p);
+	if (--p->busy == 0 && p->s != NULL)
+		taken_watch(p);
+}
+
+static void taken_kick(weft_defer *d, void *data)
+{
+	struct weft__apump *p = data;
+	(void)d;
+	if (p->s == NULL)
+		return;
+	p->busy++;
+	taken_read(p);
+	if (--p->busy == 0 && p->s != NULL)
+		taken_watch(p);
+}
+
+int weft__apump_take(struct weft__apump *p)
+{
+	int r = weft__stream_take(p->s, taken_hook, p);
+	if (r < 0)
+		return r;
+	p->taken = true;
+	p->watching = ~0u; /* unknown: the first look tells the transport */
+	weft__defer_init(weft_stream_loop(p->s), &p->kick, taken_kick, p);
+	return 0;
+}
+
+void weft__apump_ready(struct weft__apump *p, unsigned revents)
+{
+	if (p->s == NULL)
+		return;
+	if (p->taken)
+		taken_hook(p, revents);
+	else
+		weft_stream_ready(p->s, revents);
+}
+
+/* ---- both ------------------------------------------------------------------ */
 
 int weft__apump_read_slow(struct weft__apump *p)
 {
@@ -100,12 +238,24 @@ int weft__apump_read_slow(struct weft__apump *p)
 	if (full) {
 		if (p->reading) {
 			p->reading = false; /* the owner takes lines first */
-			weft_stream_read_stop(p->s);
+			if (!p->taken)
+				weft_stream_read_stop(p->s);
+			else if (p->busy == 0)
+				taken_watch(p);
 		}
 		return 0;
 	}
 	if (p->reading)
 		return 0;
+	if (p->taken) {
+		p->reading = true;
+		/* Bytes may wait where readiness does not tell: read from the loop. */
+		if (!p->drained || weft__stream_raw_pending(p->s) > 0)
+			weft_defer_schedule(&p->kick);
+		if (p->busy == 0)
+			taken_watch(p);
+		return 0;
+	}
 	int r = weft_stream_read_start(p->s, on_alloc, on_read, p);
 	if (r < 0)
 		return r;
@@ -128,10 +278,45 @@ static void write_done(weft_req *req, void *data)
 	p->event(p);
 }
 
+/* A taken transport: write at once; what it does not take waits in wbuf
+ * for its room while new output gathers in out. */
+static __attribute__((noinline)) int taken_flush_rest(struct weft__apump *p, ssize_t n)
+{
+	if (n < 0 && n != -EAGAIN && n != -EWOULDBLOCK && n != -EINTR) {
+		p->err = (int)-n;
+		return (int)n;
+	}
+	struct weft__abuf t = p->wbuf;
+	p->wbuf = p->out;
+	p->out = t;
+	p->out.len = 0;
+	p->woff = n > 0 ? (size_t)n : 0;
+	int r = taken_write(p);
+	if (r < 0) {
+		p->err = -r;
+		return r;
+	}
+	if (p->busy == 0)
+		taken_watch(p);
+	return 0;
+}
+
 int weft__apump_flush(struct weft__apump *p)
 {
 	if (p->err != 0)
 		return -p->err;
+	if (p->taken) {
+		if (p->out.len == 0 || p->wbuf.len > 0 || p->s == NULL)
+			return 0;
+		struct iovec iov = {p->out.p, p->out.len};
+		ssize_t n = weft__stream_raw_writev(p->s, &iov, 1);
+		if (n != (ssize_t)p->out.len)
+			return taken_flush_rest(p, n);
+		p->out.len = 0; /* the usual end: all of it taken at once */
+		if (p->out.cap > WEFT__APUMP_OUT_KEEP)
+			weft__abuf_free(&p->out); /* an idle endpoint keeps little */
+		return 0;
+	}
 	if (p->out.len == 0 || p->wreq != NULL || p->s == NULL)
 		return 0;
 	struct iovec iov = {p->out.p, p->out.len};
@@ -173,6 +358,13 @@ int weft__apump_flush(struct weft__apump *p)
 void weft__apump_close(struct weft__apump *p)
 {
 	p->reading = false; /* closing the stream stops its reader */
+	if (p->taken) {
+		weft_defer_cancel(&p->kick);
+		weft__handle_fini(&p->kick.h);
+		p->taken = false;
+	}
+	p->wblocked = false;
+	p->woff = 0;
 	weft_req_free(p->wreq);
 	p->wreq = NULL;
 	weft_stream_close(p->s, NULL, NULL);

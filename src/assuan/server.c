@@ -1191,6 +1191,9 @@ int weft_assuan_server_adopt(weft_assuan_server *srv, weft_stream *s, weft_assua
 	weft__defer_init(srv->loop, &c->kick, kick_cb, c);
 	if (srv->fdpassing && weft_stream_set_fd_receiver(s, on_passed_fd, c) == 0)
 		c->fd_receiver = true;
+	/* The connection drives the transport itself; a stream that cannot be
+	 * taken (a request attached) is driven by requests instead. */
+	(void)weft__apump_take(&c->io);
 	weft__list_append(&srv->conns, &c->link);
 	srv->nconns++;
 	srv->nalive++;
@@ -1312,7 +1315,7 @@ int weft_assuan_get_active_fds(weft_assuan_conn *c, int what, int *fds, int n)
 		return -EINVAL;
 	if (c->closed)
 		return 0;
-	bool want = what == 0 ? c->io.reading : c->io.wreq != NULL;
+	bool want = what == 0 ? c->io.reading : weft__apump_writing(&c->io);
 	if (!want)
 		return 0; /* the usual answer for writing: no lookup */
 	int fd = weft_stream_fd(c->io.s);
@@ -1335,7 +1338,7 @@ int weft_assuan_process_next(weft_assuan_conn *c, bool *done)
 	 * (reads, answers, writes run from here), so that the loop — and its
 	 * epoll_wait — is needed only for work that was posted. */
 	if (!c->closed && c->greeted)
-		weft_stream_ready(c->io.s, WEFT_IO_READ | WEFT_IO_WRITE);
+		weft__apump_ready(&c->io, WEFT_IO_READ | WEFT_IO_WRITE);
 	/* Run what is ready, and the work it posts, without waiting. */
 	for (int i = 0; i < 16 && !gone; i++) {
 		if (weft_loop_get_timeout(loop) != 0)
