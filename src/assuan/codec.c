@@ -112,13 +112,22 @@ static __attribute__((noinline)) enum weft__aline ain_take_long(struct weft__ain
 
 enum weft__aline weft__ain_take(struct weft__ain *in, char **line, size_t *len)
 {
-	/* A short command line, whole: looked at byte by byte, no call. */
-	if (!in->discarding && in->scanned == 0 && in->len <= 16) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+	/* A short line, whole (a command without arguments): its LF found in
+	 * one word, no call.  The word may reach past the input, never past
+	 * the buffer. */
+	if (in->len - 1 < 8 && in->cap - in->off >= 8 && !in->discarding && in->scanned == 0) {
+		const uint64_t ones = 0x0101010101010101u, highs = 0x8080808080808080u;
 		char *start = in->buf + in->off;
-		for (size_t i = 0; i < in->len; i++)
-			if (start[i] == '\n')
-				return ain_line(in, start, start + i, line, len);
+		uint64_t w;
+		memcpy(&w, start, 8);
+		uint64_t x = w ^ (ones * '\n');
+		uint64_t f = (x - ones) & ~x & highs; /* exact up to the first LF */
+		f &= ~UINT64_C(0) >> ((8 - in->len) * 8); /* 1 <= in->len <= 8 */
+		if (f != 0)
+			return ain_line(in, start, start + ((size_t)__builtin_ctzll(f) >> 3), line, len);
 	}
+#endif
 	return ain_take_long(in, line, len);
 }
 

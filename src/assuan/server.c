@@ -12,6 +12,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,6 +33,7 @@ enum cstate { C_IDLE, C_CMD, C_INQUIRE };
 enum builtin { B_NONE, B_NOP, B_CANCEL, B_OPTION, B_BYE, B_AUTH, B_RESET, B_END, B_HELP, B_INPUT, B_OUTPUT };
 
 struct cmd {
+	uint64_t key; /* a name of up to 8 bytes, as a word (see name_word); else 0 */
 	char *name;
 	size_t len; /* of name */
 	char *help;
@@ -82,6 +84,10 @@ struct weft_assuan_conn {
 
 	enum cstate state;
 	enum builtin cur_builtin;
+	/* finish has more to do than answer OK: an okay line, an error text,
+	 * a cancel callback or an inquiry was set, descriptors are open, BYE
+	 * or force_close.  Set where those are set; recomputed by finish. */
+	bool dirty;
 	weft_assuan_err err_no;
 	weft_assuan_err inq_err;
 	int input_fd, output_fd;
@@ -127,6 +133,37 @@ static const struct {
 	{"END", B_END, true}, {"HELP", B_HELP, true}, {"INPUT", B_INPUT, false},
 	{"OUTPUT", B_OUTPUT, false},
 };
+
+/* Word tricks over 8 bytes, read as a little-endian word: the high bit of
+ * each byte equal to ch (exact up to the first such byte; bytes above it
+ * may be flagged too). */
+#define ONES UINT64_C(0x0101010101010101)
+#define HIGHS UINT64_C(0x8080808080808080)
+static inline uint64_t bytes_eq(uint64_t w, unsigned char ch)
+{
+	uint64_t x = w ^ (ONES * ch);
+	return (x - ONES) & ~x & HIGHS;
+}
+
+/* The first n (1..8) bytes of w, the rest zero. */
+static inline uint64_t low_bytes(uint64_t w, size_t n)
+{
+	return n >= 8 ? w : w & ((UINT64_C(1) << (n * 8)) - 1);
+}
+
+/* A name of up to 8 bytes as a word: its bytes, zero-padded (names hold
+ * no NUL, so equal words mean equal names).  0 for a longer name. */
+static uint64_t name_key(const char *name, size_t len)
+{
+	if (len == 0 || len > 8)
+		return 0;
+	unsigned char b[8] = {0};
+	memcpy(b, name, len);
+	uint64_t w = 0;
+	for (int i = 7; i >= 0; i--)
+		w = w << 8 | b[i];
+	return w;
+}
 
 static bool name_eq_upper(const char *registered, const char *input)
 {
@@ -209,7 +246,8 @@ int weft_assuan_register(weft_assuan_server *srv, const char *name, weft_assuan_
 		}
 		slot = &srv->cmds[srv->ncmds++];
 	}
-	*slot = (struct cmd){.name = n, .len = strlen(n), .help = h, .fn = handler, .data = data, .builtin = b};
+	*slot = (struct cmd){.key = name_key(n, strlen(n)), .name = n, .len = strlen(n), .help = h,
+		.fn = handler, .data = data, .builtin = b};
 	return 0;
 }
 
@@ -451,6 +489,7 @@ int weft_assuan_on_cancel(weft_assuan_conn *c, weft_assuan_cancel_cb cb, void *d
 		return -EINVAL;
 	c->cancel_cb = cb;
 	c->cancel_data = data;
+	c->dirty = true;
 	return 0;
 }
 
@@ -467,6 +506,7 @@ int weft_assuan_set_okay_line(weft_assuan_conn *c, const char *text)
 	}
 	free(c->okay);
 	c->okay = t;
+	c->dirty = true;
 	return 0;
 }
 
@@ -477,13 +517,16 @@ weft_assuan_err weft_assuan_set_error(weft_assuan_conn *c, weft_assuan_err err, 
 	free(c->err_text);
 	c->err_text = text ? strdup(text) : NULL;
 	c->err_no = err;
+	c->dirty = true;
 	return err;
 }
 
 void weft_assuan_set_force_close(weft_assuan_conn *c)
 {
-	if (c != NULL)
+	if (c != NULL) {
 		c->force_close = true;
+		c->dirty = true;
+	}
 }
 
 /* ---- descriptors ----------------------------------------------------------------- */
@@ -612,12 +655,30 @@ static bool keeps_fds(enum builtin b)
 	return b == B_INPUT || b == B_OUTPUT || b == B_OPTION || b == B_NOP || b == B_HELP;
 }
 
-static void finish(weft_assuan_conn *c, weft_assuan_err err)
+static void finish_slow(weft_assuan_conn *c, weft_assuan_err err);
+
+/* Answer the command and end it. */
+static inline void finish(weft_assuan_conn *c, weft_assuan_err err)
+{
+	struct weft__abuf *out = &c->io.out;
+	if (err == 0 && !c->dirty && c->io.dcount == 0 && out->cap - out->len >= 3 &&
+	    c->srv->hooks.post_cmd == NULL) {
+		/* The usual end: OK, and nothing of the command to clear. */
+		memcpy(out->p + out->len, "OK\n", 3);
+		out->len += 3;
+		c->state = C_IDLE;
+		c->cmd_seq++;
+		conn_touch(c);
+		return;
+	}
+	finish_slow(c, err);
+}
+
+static __attribute__((noinline)) void finish_slow(weft_assuan_conn *c, weft_assuan_err err)
 {
 	struct weft__abuf *out = &c->io.out;
 	int r = c->io.dcount != 0 ? weft__aenc_data_end(out, &c->io.dcount) : 0;
 	if (err == 0 && c->okay == NULL && !c->bye) {
-		/* The usual answer, written straight into the buffer. */
 		if (r == 0 && (out->cap - out->len >= 3 || (r = weft__abuf_reserve(out, 3)) == 0)) {
 			memcpy(out->p + out->len, "OK\n", 3);
 			out->len += 3;
@@ -639,6 +700,8 @@ static void finish(weft_assuan_conn *c, weft_assuan_err err)
 		close_fd(&c->input_fd);
 		close_fd(&c->output_fd);
 	}
+	/* What the next finish must look at (a hook below may add to it). */
+	c->dirty = c->input_fd >= 0 || c->output_fd >= 0 || c->bye || c->force_close;
 	if (c->srv->hooks.post_cmd) {
 		c->depth++; /* a hook that frees the server: c stays until the loop */
 		c->srv->hooks.post_cmd(c, err, c->srv->hooks_data);
@@ -692,6 +755,7 @@ int weft_assuan_inquire(weft_assuan_conn *c, const char *keyword, size_t maxlen,
 	if (r < 0)
 		return r;
 	c->state = C_INQUIRE;
+	c->dirty = true;
 	c->inq_cb = cb;
 	c->inq_data = data;
 	c->inq_max = maxlen ? maxlen : c->srv->limits.inquire;
@@ -893,6 +957,7 @@ static weft_assuan_err std_fd(weft_assuan_conn *c, char *line, bool input)
 	int *slot = input ? &c->input_fd : &c->output_fd;
 	close_fd(slot);
 	*slot = fd;
+	c->dirty = true;
 	return 0;
 }
 
@@ -914,6 +979,7 @@ static weft_assuan_err run_builtin(weft_assuan_conn *c, enum builtin b, char *li
 		close_fd(&c->input_fd);
 		close_fd(&c->output_fd);
 		c->bye = true;
+		c->dirty = true;
 		return 0;
 	case B_RESET: {
 		weft_assuan_err e = srv->hooks.reset ? srv->hooks.reset(c, line, srv->hooks_data) : 0;
@@ -948,31 +1014,71 @@ static void answer(weft_assuan_conn *c, enum builtin b, weft_assuan_err err)
 	finish(c, err);
 }
 
-static void command_line(weft_assuan_conn *c, char *line)
+/* The length of the command name at line (up to the first blank or NUL)
+ * and, for a name of up to 8 bytes, the name as a word (name_key); else 0.
+ * end: how far the line's buffer may be read. */
+static inline size_t scan_name(const char *line, const char *end, uint64_t *ret_key)
+{
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+	if (end - line >= 8) {
+		uint64_t w;
+		memcpy(&w, line, 8);
+		uint64_t f = bytes_eq(w, ' ') | bytes_eq(w, '\t') | bytes_eq(w, '\0');
+		if (f != 0) {
+			size_t n = (size_t)__builtin_ctzll(f) >> 3;
+			*ret_key = n > 0 ? low_bytes(w, n) : 0;
+			return n;
+		}
+	}
+#else
+	(void)end;
+#endif
+	size_t n = 0;
+	while (line[n] && !blank(line[n]))
+		n++;
+	*ret_key = name_key(line, n);
+	return n;
+}
+
+/* The command named name: an exact match of a short name by its word,
+ * else find_cmd. */
+static inline struct cmd *lookup(weft_assuan_server *srv, const char *name, size_t len, uint64_t key)
+{
+	if (key != 0) {
+		for (size_t i = 0; i < srv->ncmds; i++)
+			if (srv->cmds[i].key == key)
+				return &srv->cmds[i];
+	}
+	return find_cmd(srv, name, len);
+}
+
+/* A command line; end: how far its buffer may be read. */
+static void command_line(weft_assuan_conn *c, char *line, const char *end)
 {
 	weft_assuan_server *srv = c->srv;
-	if (line[0] == '\0' || line[0] == '#')
+	uint64_t key;
+	size_t nlen = scan_name(line, end, &key);
+	if (line[0] == '#')
 		return; /* no answer, as libassuan */
-	if (line[0] == 'D' && line[1] == ' ') {
-		answer(c, B_NONE, mkerr(srv, GPG_ERR_NOT_IMPLEMENTED));
-		return;
-	}
-	char *p = line;
-	while (*p && !blank(*p))
-		p++;
-	if (p == line) {
+	if (nlen == 0) {
+		if (line[0] == '\0')
+			return; /* an empty line: no answer either */
 		c->state = C_CMD;
 		c->cur_builtin = B_NONE;
 		finish(c, syntax(c, "leading white-space"));
 		return;
 	}
-	size_t nlen = (size_t)(p - line);
+	if (line[0] == 'D' && line[1] == ' ') {
+		answer(c, B_NONE, mkerr(srv, GPG_ERR_NOT_IMPLEMENTED));
+		return;
+	}
+	char *p = line + nlen;
 	if (*p) {
 		*p++ = '\0';
 		while (blank(*p))
 			p++;
 	}
-	struct cmd *cmd = find_cmd(srv, line, nlen);
+	struct cmd *cmd = lookup(srv, line, nlen, key);
 	if (cmd == NULL) {
 		answer(c, B_NONE, mkerr(srv, GPG_ERR_ASS_UNKNOWN_CMD));
 		return;
@@ -1067,7 +1173,7 @@ static void conn_process(weft_assuan_conn *c)
 		if (c->state == C_INQUIRE)
 			inquire_line(c, line, len);
 		else
-			command_line(c, line);
+			command_line(c, line, c->io.in.buf + c->io.in.cap);
 	}
 	if (!c->closed && c->io.eof && !c->close_after_write) {
 		/* The client closed (or half-closed) its side.  Lines it sent
