@@ -9,8 +9,10 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <string.h>
 #include <sys/types.h>
+#include <sys/uio.h>
 
 /* A growable byte buffer. */
 struct weft__abuf {
@@ -37,12 +39,39 @@ enum weft__aline {
 };
 
 /* Take the next line.  The line points into buf and stays valid until the
- * buffer is compacted or refilled.  (The test for no input at all is
- * inline: it is the usual answer of a second look.) */
+ * buffer is compacted or refilled.  (weft__ain_next is the same with the
+ * usual answers inline: no input at all, a short line whole.) */
 enum weft__aline weft__ain_take(struct weft__ain *in, char **line, size_t *len);
 static inline enum weft__aline weft__ain_next(struct weft__ain *in, char **line, size_t *len)
 {
-	return in->len == 0 ? WEFT__ALINE_NONE : weft__ain_take(in, line, len);
+	if (in->len == 0)
+		return WEFT__ALINE_NONE;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+	/* A short line, whole (a command without arguments): its LF found in
+	 * one word.  The word may reach past the input, never past the
+	 * buffer. */
+	if (in->len <= 8 && in->cap - in->off >= 8 && !in->discarding && in->scanned == 0) {
+		const uint64_t ones = 0x0101010101010101u, highs = 0x8080808080808080u;
+		char *start = in->buf + in->off;
+		uint64_t w;
+		memcpy(&w, start, 8);
+		uint64_t x = w ^ (ones * '\n');
+		uint64_t f = (x - ones) & ~x & highs; /* exact up to the first LF */
+		f &= ~UINT64_C(0) >> ((8 - in->len) * 8); /* 1 <= in->len <= 8 */
+		if (f != 0) {
+			size_t n = (size_t)__builtin_ctzll(f) >> 3; /* the line without its LF */
+			in->off += n + 1;
+			in->len -= n + 1;
+			if (n > 0 && start[n - 1] == '\r')
+				n--;
+			start[n] = '\0';
+			*line = start;
+			*len = n;
+			return WEFT__ALINE_LINE;
+		}
+	}
+#endif
+	return weft__ain_take(in, line, len);
 }
 /* Move unparsed bytes to the front; returns the free room after them. */
 static inline size_t weft__ain_compact(struct weft__ain *in)
@@ -112,14 +141,42 @@ struct weft__apump {
 	weft_req *wreq;
 	size_t dcount; /* length of the open D line in out */
 	void (*event)(struct weft__apump *p);
+	/* taken: the transport's own read and write, and who hears readiness */
+	ssize_t (*readv)(weft_stream *s, const struct iovec *iov, int count);
+	ssize_t (*writev)(weft_stream *s, const struct iovec *iov, int count);
+	void (*hook)(void *data, unsigned revents);
+	void *hook_data;
 	weft_defer kick; /* taken: a read without readiness (bytes buffered) */
 	char small[WEFT__APUMP_SMALL];
 };
 
 void weft__apump_init(struct weft__apump *p, weft_stream *s, void (*event)(struct weft__apump *p));
-/* Take the stream's transport (see above).  Returns 0, or -errno when the
- * stream cannot be taken: the pump then drives it by requests. */
-int weft__apump_take(struct weft__apump *p);
+/* Take the stream's transport (see above).  Readiness goes to hook(data,
+ * revents), which either serves it itself or passes it on to
+ * weft__apump_hook; hook NULL: weft__apump_hook.  Returns 0, or -errno when
+ * the stream cannot be taken (a request attached, bytes read ahead): the
+ * pump then drives it by requests. */
+int weft__apump_take(struct weft__apump *p, void (*hook)(void *data, unsigned revents), void *data);
+/* The pump's own handling of readiness. */
+void weft__apump_hook(struct weft__apump *p, unsigned revents);
+/* An owner's hook that read the small buffer of an idle pump itself (busy
+ * raised, in.off 0, what the transport's readv returned): the rest of the
+ * usual handling, event included; busy is lowered. */
+void weft__apump_read_result(struct weft__apump *p, ssize_t n);
+/* Whether the owner's hook may read the small buffer itself. */
+static inline bool weft__apump_idle_read(const struct weft__apump *p, unsigned revents)
+{
+	return (revents & (WEFT_IO_READ | WEFT_IO_ERR | WEFT_IO_HUP)) == WEFT_IO_READ && p->reading &&
+	       p->in.len == 0 && p->in.buf == p->small && !p->filled && !p->wblocked && p->busy == 0;
+}
+/* Tell the transport what the pump waits for now (taken, not busy). */
+void weft__apump_watch_slow(struct weft__apump *p);
+static inline void weft__apump_watch(struct weft__apump *p)
+{
+	unsigned want = (p->reading ? WEFT_IO_READ : 0u) | (p->wblocked ? WEFT_IO_WRITE : 0u);
+	if (want != p->watching)
+		weft__apump_watch_slow(p);
+}
 /* Start a read if there is room and none runs.  Returns 0 or -ENOMEM.
  * (Inline: a reader that runs with room left is the usual case.) */
 int weft__apump_read_slow(struct weft__apump *p);
@@ -130,8 +187,23 @@ static inline int weft__apump_read(struct weft__apump *p)
 	return weft__apump_read_slow(p);
 }
 /* Write what was gathered.  Returns 0, or -errno when the transport failed
- * (p->err is set; event is not called for it). */
-int weft__apump_flush(struct weft__apump *p);
+ * (p->err is set; event is not called for it).  (Inline: a taken transport
+ * that takes all of it at once is the usual case.) */
+int weft__apump_flush_slow(struct weft__apump *p);
+int weft__apump_flush_rest(struct weft__apump *p, ssize_t n);
+static inline int weft__apump_flush(struct weft__apump *p)
+{
+	if (p->taken && p->out.len != 0 && p->wbuf.len == 0 && p->err == 0) {
+		struct iovec iov = {p->out.p, p->out.len};
+		ssize_t n = p->writev(p->s, &iov, 1);
+		if (n == (ssize_t)p->out.len && p->out.cap <= WEFT__APUMP_OUT_KEEP) {
+			p->out.len = 0;
+			return 0;
+		}
+		return weft__apump_flush_rest(p, n);
+	}
+	return weft__apump_flush_slow(p);
+}
 /* Bytes gathered or being written. */
 static inline size_t weft__apump_pending(const struct weft__apump *p)
 {

@@ -92,8 +92,9 @@ static enum weft__aline ain_line(struct weft__ain *in, char *start, char *nl, ch
 	return WEFT__ALINE_LINE;
 }
 
-/* Lines longer than a command, an over-long line, or no LF yet. */
-static __attribute__((noinline)) enum weft__aline ain_take_long(struct weft__ain *in, char **line, size_t *len)
+/* Lines longer than a command, an over-long line, or no LF yet (the short
+ * line whole is weft__ain_next's, inline). */
+enum weft__aline weft__ain_take(struct weft__ain *in, char **line, size_t *len)
 {
 	if (in->discarding)
 		return ain_discard(in);
@@ -108,27 +109,6 @@ static __attribute__((noinline)) enum weft__aline ain_take_long(struct weft__ain
 		return WEFT__ALINE_NONE;
 	}
 	return ain_line(in, start, nl, line, len);
-}
-
-enum weft__aline weft__ain_take(struct weft__ain *in, char **line, size_t *len)
-{
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-	/* A short line, whole (a command without arguments): its LF found in
-	 * one word, no call.  The word may reach past the input, never past
-	 * the buffer. */
-	if (in->len - 1 < 8 && in->cap - in->off >= 8 && !in->discarding && in->scanned == 0) {
-		const uint64_t ones = 0x0101010101010101u, highs = 0x8080808080808080u;
-		char *start = in->buf + in->off;
-		uint64_t w;
-		memcpy(&w, start, 8);
-		uint64_t x = w ^ (ones * '\n');
-		uint64_t f = (x - ones) & ~x & highs; /* exact up to the first LF */
-		f &= ~UINT64_C(0) >> ((8 - in->len) * 8); /* 1 <= in->len <= 8 */
-		if (f != 0)
-			return ain_line(in, start, start + ((size_t)__builtin_ctzll(f) >> 3), line, len);
-	}
-#endif
-	return ain_take_long(in, line, len);
 }
 
 /* ---- output --------------------------------------------------------------- */

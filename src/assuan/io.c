@@ -115,11 +115,16 @@ static void on_read(weft_stream *s, ssize_t n, void *buf, void *data)
 /* Ask the transport to watch what the pump waits for.  READ stays armed
  * while reading (level-triggered: dropping and re-adding it would cost two
  * syscalls per command). */
-static void taken_watch(struct weft__apump *p)
+void weft__apump_watch_slow(struct weft__apump *p)
 {
 	unsigned want = (p->reading ? WEFT_IO_READ : 0u) | (p->wblocked ? WEFT_IO_WRITE : 0u);
 	if (want != p->watching && weft__stream_raw_watch(p->s, want) == 0)
 		p->watching = want;
+}
+
+static void taken_watch(struct weft__apump *p)
+{
+	weft__apump_watch(p);
 }
 
 /* Read while there is room and the transport is not known to be empty. */
@@ -135,7 +140,7 @@ static void taken_read(struct weft__apump *p)
 			return;
 		ssize_t n;
 		do
-			n = weft__stream_raw_readv(p->s, &iov, 1);
+			n = p->readv(p->s, &iov, 1);
 		while (n == -EINTR);
 		if (n == -EAGAIN || n == -EWOULDBLOCK) {
 			p->drained = true;
@@ -155,7 +160,7 @@ static int taken_write(struct weft__apump *p)
 {
 	while (p->woff < p->wbuf.len) {
 		struct iovec iov = {p->wbuf.p + p->woff, p->wbuf.len - p->woff};
-		ssize_t n = weft__stream_raw_writev(p->s, &iov, 1);
+		ssize_t n = p->writev(p->s, &iov, 1);
 		if (n == -EINTR)
 			continue;
 		if (n == -EAGAIN || n == -EWOULDBLOCK || n == 0) {
@@ -176,9 +181,26 @@ static int taken_write(struct weft__apump *p)
 	return 0;
 }
 
-static void taken_hook(void *data, unsigned revents)
+void weft__apump_read_result(struct weft__apump *p, ssize_t n)
 {
-	struct weft__apump *p = data;
+	p->in.off = 0;
+	p->rroom = sizeof(p->small);
+	if (n == -EAGAIN || n == -EWOULDBLOCK) {
+		p->drained = true;
+	} else if (n != -EINTR) {
+		if (n > 0 && (size_t)n < sizeof(p->small))
+			p->drained = true;
+		got_bytes(p, n);
+		p->event(p);
+	}
+	if (p->s != NULL)
+		taken_read(p); /* on while more may come */
+	if (--p->busy == 0 && p->s != NULL)
+		taken_watch(p);
+}
+
+void weft__apump_hook(struct weft__apump *p, unsigned revents)
+{
 	p->busy++;
 	if (p->wblocked && (revents & (WEFT_IO_WRITE | WEFT_IO_ERR | WEFT_IO_HUP))) {
 		int r = taken_write(p);
@@ -207,11 +229,28 @@ static void taken_kick(weft_defer *d, void *data)
 		taken_watch(p);
 }
 
-int weft__apump_take(struct weft__apump *p)
+static void taken_hook(void *data, unsigned revents)
 {
-	int r = weft__stream_take(p->s, taken_hook, p);
+	weft__apump_hook(data, revents);
+}
+
+int weft__apump_take(struct weft__apump *p, void (*hook)(void *data, unsigned revents), void *data)
+{
+	const weft_stream_ops *ops = weft__stream_ops(p->s);
+	size_t own = ops->pending ? ops->pending(p->s) : 0;
+	if (weft__stream_raw_pending(p->s) > own)
+		return -EBUSY; /* bytes read ahead: the stream's reader hands them out */
+	if (hook == NULL) {
+		hook = taken_hook;
+		data = p;
+	}
+	int r = weft__stream_take(p->s, hook, data);
 	if (r < 0)
 		return r;
+	p->readv = ops->readv;
+	p->writev = ops->writev;
+	p->hook = hook;
+	p->hook_data = data;
 	p->taken = true;
 	p->watching = ~0u; /* unknown: the first look tells the transport */
 	weft__defer_init(weft_stream_loop(p->s), &p->kick, taken_kick, p);
@@ -223,7 +262,7 @@ void weft__apump_ready(struct weft__apump *p, unsigned revents)
 	if (p->s == NULL)
 		return;
 	if (p->taken)
-		taken_hook(p, revents);
+		p->hook(p->hook_data, revents);
 	else
 		weft_stream_ready(p->s, revents);
 }
@@ -280,8 +319,13 @@ static void write_done(weft_req *req, void *data)
 
 /* A taken transport: write at once; what it does not take waits in wbuf
  * for its room while new output gathers in out. */
-static __attribute__((noinline)) int taken_flush_rest(struct weft__apump *p, ssize_t n)
+int weft__apump_flush_rest(struct weft__apump *p, ssize_t n)
 {
+	if (n == (ssize_t)p->out.len) {
+		p->out.len = 0; /* all of it, from a buffer grown by a burst */
+		weft__abuf_free(&p->out); /* an idle endpoint keeps little */
+		return 0;
+	}
 	if (n < 0 && n != -EAGAIN && n != -EWOULDBLOCK && n != -EINTR) {
 		p->err = (int)-n;
 		return (int)n;
@@ -301,7 +345,7 @@ static __attribute__((noinline)) int taken_flush_rest(struct weft__apump *p, ssi
 	return 0;
 }
 
-int weft__apump_flush(struct weft__apump *p)
+int weft__apump_flush_slow(struct weft__apump *p)
 {
 	if (p->err != 0)
 		return -p->err;
@@ -309,13 +353,7 @@ int weft__apump_flush(struct weft__apump *p)
 		if (p->out.len == 0 || p->wbuf.len > 0 || p->s == NULL)
 			return 0;
 		struct iovec iov = {p->out.p, p->out.len};
-		ssize_t n = weft__stream_raw_writev(p->s, &iov, 1);
-		if (n != (ssize_t)p->out.len)
-			return taken_flush_rest(p, n);
-		p->out.len = 0; /* the usual end: all of it taken at once */
-		if (p->out.cap > WEFT__APUMP_OUT_KEEP)
-			weft__abuf_free(&p->out); /* an idle endpoint keeps little */
-		return 0;
+		return weft__apump_flush_rest(p, p->writev(p->s, &iov, 1));
 	}
 	if (p->out.len == 0 || p->wreq != NULL || p->s == NULL)
 		return 0;

@@ -134,17 +134,9 @@ static const struct {
 	{"OUTPUT", B_OUTPUT, false},
 };
 
-/* Word tricks over 8 bytes, read as a little-endian word: the high bit of
- * each byte equal to ch (exact up to the first such byte; bytes above it
- * may be flagged too). */
+/* Word tricks over 8 bytes read as a little-endian word. */
 #define ONES UINT64_C(0x0101010101010101)
 #define HIGHS UINT64_C(0x8080808080808080)
-static inline uint64_t bytes_eq(uint64_t w, unsigned char ch)
-{
-	uint64_t x = w ^ (ONES * ch);
-	return (x - ONES) & ~x & HIGHS;
-}
-
 /* The first n (1..8) bytes of w, the rest zero. */
 static inline uint64_t low_bytes(uint64_t w, size_t n)
 {
@@ -727,8 +719,8 @@ int weft_assuan_process_done(weft_assuan_conn *c, weft_assuan_err err)
 /* Run a handler or continuation's verdict for command seq. */
 static void verdict(weft_assuan_conn *c, unsigned seq, weft_assuan_err r)
 {
-	if (c->closed || c->cmd_seq != seq || c->state == C_IDLE)
-		return; /* finished inside, or gone */
+	if (c->cmd_seq != seq)
+		return; /* finished inside, or gone (closing bumps it too) */
 	if (r == WEFT_ASSUAN_PENDING)
 		return;
 	if (c->state == C_INQUIRE) {
@@ -1021,13 +1013,18 @@ static inline size_t scan_name(const char *line, const char *end, uint64_t *ret_
 {
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
 	if (end - line >= 8) {
+		/* The first byte below 0x21 (exact for the lowest flagged byte):
+		 * the end of the name if it is a blank or the NUL. */
 		uint64_t w;
 		memcpy(&w, line, 8);
-		uint64_t f = bytes_eq(w, ' ') | bytes_eq(w, '\t') | bytes_eq(w, '\0');
+		uint64_t f = (w - ONES * 0x21) & ~w & HIGHS;
 		if (f != 0) {
 			size_t n = (size_t)__builtin_ctzll(f) >> 3;
-			*ret_key = n > 0 ? low_bytes(w, n) : 0;
-			return n;
+			char ch = line[n];
+			if (ch == '\0' || blank(ch)) {
+				*ret_key = n > 0 ? low_bytes(w, n) : 0;
+				return n;
+			}
 		}
 	}
 #else
@@ -1150,7 +1147,7 @@ static void conn_process(weft_assuan_conn *c)
 	if (!c->greeted)
 		send_greeting(c);
 	bool waiting_lines = false; /* lines left unread for lack of room */
-	while (!c->closed && !c->close_after_write && c->state != C_CMD) {
+	while (c->io.in.len > 0 && !c->closed && !c->close_after_write && c->state != C_CMD) {
 		if (c->state == C_IDLE && out_pending(c) >= c->srv->limits.output) {
 			waiting_lines = true; /* the client reads no answers */
 			break;
@@ -1197,6 +1194,34 @@ static void conn_process(weft_assuan_conn *c)
 	}
 	start_read(c);
 	c->depth--;
+}
+
+/* The transport of a connection is ready.  The usual wake-up — a command
+ * line for an idle connection — is served here in one piece: read into
+ * the small buffer, the lines dispatched and answered, the answers written;
+ * anything else goes the pump's way. */
+static void conn_hook(void *data, unsigned revents)
+{
+	weft_assuan_conn *c = data;
+	struct weft__apump *p = &c->io;
+	if (!weft__apump_idle_read(p, revents)) {
+		weft__apump_hook(p, revents);
+		return;
+	}
+	p->busy = 1;
+	struct iovec iov = {p->small, sizeof(p->small)};
+	ssize_t n = p->readv(p->s, &iov, 1);
+	if (n <= 0 || (size_t)n == sizeof(p->small)) {
+		weft__apump_read_result(p, n); /* the end, an error, or more to come */
+		return;
+	}
+	p->in.off = 0;
+	p->in.len = (size_t)n;
+	p->drained = true; /* a short read: the transport is empty */
+	conn_process(c);   /* what pump_event does; conn_flush looks at the room */
+	p->busy = 0;
+	if (p->s != NULL)
+		weft__apump_watch(p);
 }
 
 /* ---- connection life ---------------------------------------------------------------- */
@@ -1253,6 +1278,7 @@ static void conn_close(weft_assuan_conn *c)
 		cb(c, c->cancel_data);
 	}
 	c->state = C_IDLE;
+	c->cmd_seq++; /* a verdict still to come is stale */
 	c->room_cb = NULL;
 	weft__apump_close(&c->io); /* requests abandoned, stream closed */
 	close_fd(&c->input_fd);
@@ -1299,7 +1325,7 @@ int weft_assuan_server_adopt(weft_assuan_server *srv, weft_stream *s, weft_assua
 		c->fd_receiver = true;
 	/* The connection drives the transport itself; a stream that cannot be
 	 * taken (a request attached) is driven by requests instead. */
-	(void)weft__apump_take(&c->io);
+	(void)weft__apump_take(&c->io, conn_hook, c);
 	weft__list_append(&srv->conns, &c->link);
 	srv->nconns++;
 	srv->nalive++;
