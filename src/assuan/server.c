@@ -85,8 +85,9 @@ struct weft_assuan_conn {
 	enum cstate state;
 	enum builtin cur_builtin;
 	/* finish has more to do than answer OK: an okay line, an error text,
-	 * a cancel callback or an inquiry was set, descriptors are open, BYE
-	 * or force_close.  Set where those are set; recomputed by finish. */
+	 * a cancel callback or an inquiry was set, descriptors are open, a D
+	 * line may be open, BYE, force_close, or the server has a post_cmd
+	 * hook.  Set where those are set; recomputed by finish. */
 	bool dirty;
 	weft_assuan_err err_no;
 	weft_assuan_err inq_err;
@@ -102,7 +103,6 @@ struct weft_assuan_conn {
 
 static void conn_process(weft_assuan_conn *c);
 static void conn_close(weft_assuan_conn *c);
-static void conn_flush(weft_assuan_conn *c);
 
 static weft_assuan_err mkerr(const weft_assuan_server *srv, gpg_err_code_t code)
 {
@@ -335,6 +335,9 @@ void weft_assuan_server_set_hooks(weft_assuan_server *srv, const weft_assuan_hoo
 	else
 		memset(&srv->hooks, 0, sizeof(srv->hooks));
 	srv->hooks_data = data;
+	/* A post_cmd hook: every finish looks (dirty is recomputed there). */
+	for (struct weft__list *l = srv->conns.next; l != &srv->conns; l = l->next)
+		weft__container_of(l, weft_assuan_conn, link)->dirty = true;
 }
 
 void weft_assuan_server_set_limits(weft_assuan_server *srv, const weft_assuan_limits *limits)
@@ -395,17 +398,6 @@ static void pump_event(struct weft__apump *p)
 	conn_process(c); /* lines to dispatch; more output; paused commands */
 }
 
-static void conn_flush(weft_assuan_conn *c)
-{
-	if (c->closed)
-		return;
-	if (weft__apump_flush(&c->io) < 0) {
-		conn_close(c);
-		return;
-	}
-	room_check(c);
-}
-
 static int out_line(weft_assuan_conn *c, const char *prefix, const char *text)
 {
 	if (c->closed)
@@ -443,8 +435,10 @@ int weft_assuan_send_data(weft_assuan_conn *c, const void *buf, size_t len)
 	if (out_pending(c) >= c->srv->limits.output)
 		return -ENOBUFS;
 	int r = weft__aenc_data(&c->io.out, &c->io.dcount, buf, len);
-	if (r == 0)
+	if (r == 0) {
+		c->dirty = true; /* a D line may be open */
 		conn_touch(c);
+	}
 	return r;
 }
 
@@ -653,8 +647,7 @@ static void finish_slow(weft_assuan_conn *c, weft_assuan_err err);
 static inline void finish(weft_assuan_conn *c, weft_assuan_err err)
 {
 	struct weft__abuf *out = &c->io.out;
-	if (err == 0 && !c->dirty && c->io.dcount == 0 && out->cap - out->len >= 3 &&
-	    c->srv->hooks.post_cmd == NULL) {
+	if (err == 0 && !c->dirty && out->cap - out->len >= 3) {
 		/* The usual end: OK, and nothing of the command to clear. */
 		memcpy(out->p + out->len, "OK\n", 3);
 		out->len += 3;
@@ -693,7 +686,8 @@ static __attribute__((noinline)) void finish_slow(weft_assuan_conn *c, weft_assu
 		close_fd(&c->output_fd);
 	}
 	/* What the next finish must look at (a hook below may add to it). */
-	c->dirty = c->input_fd >= 0 || c->output_fd >= 0 || c->bye || c->force_close;
+	c->dirty = c->input_fd >= 0 || c->output_fd >= 0 || c->bye || c->force_close ||
+		c->io.dcount != 0 || c->srv->hooks.post_cmd != NULL;
 	if (c->srv->hooks.post_cmd) {
 		c->depth++; /* a hook that frees the server: c stays until the loop */
 		c->srv->hooks.post_cmd(c, err, c->srv->hooks_data);
@@ -1037,24 +1031,28 @@ static inline size_t scan_name(const char *line, const char *end, uint64_t *ret_
 	return n;
 }
 
+static __attribute__((noinline)) struct cmd *find_cmd_slow(weft_assuan_server *srv, const char *name, size_t len)
+{
+	return find_cmd(srv, name, len);
+}
+
 /* The command named name: an exact match of a short name by its word,
  * else find_cmd. */
 static inline struct cmd *lookup(weft_assuan_server *srv, const char *name, size_t len, uint64_t key)
 {
 	if (key != 0) {
-		for (size_t i = 0; i < srv->ncmds; i++)
-			if (srv->cmds[i].key == key)
-				return &srv->cmds[i];
+		struct cmd *cmd = srv->cmds, *e = cmd + srv->ncmds;
+		for (; cmd < e; cmd++)
+			if (cmd->key == key)
+				return cmd;
 	}
-	return find_cmd(srv, name, len);
+	return find_cmd_slow(srv, name, len);
 }
 
-/* A command line; end: how far its buffer may be read. */
-static void command_line(weft_assuan_conn *c, char *line, const char *end)
+/* Lines that name no command: a comment, an empty line, a leading blank,
+ * a D line. */
+static __attribute__((noinline)) void command_odd(weft_assuan_conn *c, char *line, size_t nlen)
 {
-	weft_assuan_server *srv = c->srv;
-	uint64_t key;
-	size_t nlen = scan_name(line, end, &key);
 	if (line[0] == '#')
 		return; /* no answer, as libassuan */
 	if (nlen == 0) {
@@ -1065,8 +1063,41 @@ static void command_line(weft_assuan_conn *c, char *line, const char *end)
 		finish(c, syntax(c, "leading white-space"));
 		return;
 	}
-	if (line[0] == 'D' && line[1] == ' ') {
-		answer(c, B_NONE, mkerr(srv, GPG_ERR_NOT_IMPLEMENTED));
+	answer(c, B_NONE, mkerr(c->srv, GPG_ERR_NOT_IMPLEMENTED)); /* D line */
+}
+
+static __attribute__((noinline)) void command_unknown(weft_assuan_conn *c)
+{
+	answer(c, B_NONE, mkerr(c->srv, GPG_ERR_ASS_UNKNOWN_CMD));
+}
+
+/* The pre_cmd hook; false when the command is over (answered, or the
+ * connection closed). */
+static __attribute__((noinline)) bool command_pre(weft_assuan_conn *c, const char *name, unsigned seq)
+{
+	weft_assuan_server *srv = c->srv;
+	weft_assuan_err e = srv->hooks.pre_cmd(c, name, srv->hooks_data);
+	if (c->closed || c->cmd_seq != seq)
+		return false;
+	if (e != 0) {
+		finish(c, e);
+		return false;
+	}
+	return true;
+}
+
+static __attribute__((noinline)) weft_assuan_err run_builtin_slow(weft_assuan_conn *c, enum builtin b, char *line)
+{
+	return run_builtin(c, b, line);
+}
+
+/* A command line; end: how far its buffer may be read. */
+static inline __attribute__((always_inline)) void command_line(weft_assuan_conn *c, char *line, const char *end)
+{
+	uint64_t key;
+	size_t nlen = scan_name(line, end, &key);
+	if (line[0] == '#' || nlen == 0 || (line[0] == 'D' && line[1] == ' ')) {
+		command_odd(c, line, nlen);
 		return;
 	}
 	char *p = line + nlen;
@@ -1075,9 +1106,9 @@ static void command_line(weft_assuan_conn *c, char *line, const char *end)
 		while (blank(*p))
 			p++;
 	}
-	struct cmd *cmd = lookup(srv, line, nlen, key);
+	struct cmd *cmd = lookup(c->srv, line, nlen, key);
 	if (cmd == NULL) {
-		answer(c, B_NONE, mkerr(srv, GPG_ERR_ASS_UNKNOWN_CMD));
+		command_unknown(c);
 		return;
 	}
 	c->state = C_CMD;
@@ -1087,20 +1118,15 @@ static void command_line(weft_assuan_conn *c, char *line, const char *end)
 	weft_assuan_handler fn = cmd->fn;
 	void *fn_data = cmd->data;
 	enum builtin b = cmd->builtin;
-	if (srv->hooks.pre_cmd) {
-		weft_assuan_err e = srv->hooks.pre_cmd(c, cmd->name, srv->hooks_data);
-		if (c->closed || c->cmd_seq != seq)
-			return;
-		if (e != 0) {
-			finish(c, e);
-			return;
-		}
-	}
+	if (c->srv->hooks.pre_cmd != NULL && !command_pre(c, cmd->name, seq))
+		return;
 	weft_assuan_err r;
 	if (fn != NULL)
 		r = fn(c, p, fn_data);
+	else if (b == B_NOP)
+		r = 0;
 	else
-		r = run_builtin(c, b, p);
+		r = run_builtin_slow(c, b, p);
 	verdict(c, seq, r);
 }
 
@@ -1132,14 +1158,9 @@ static void send_greeting(weft_assuan_conn *c)
 	}
 }
 
-static void start_read(weft_assuan_conn *c)
-{
-	if (!c->closed && weft__apump_read(&c->io) < 0)
-		conn_close(c);
-}
-
-/* The pump: dispatch what can be, write what was answered, read more. */
-static void conn_process(weft_assuan_conn *c)
+/* The pump: dispatch what can be, write what was answered, read more.
+ * Inline in conn_hook, which runs it for every command line. */
+static inline __attribute__((always_inline)) void conn_serve(weft_assuan_conn *c)
 {
 	if (c->closed)
 		return;
@@ -1172,7 +1193,9 @@ static void conn_process(weft_assuan_conn *c)
 		else
 			command_line(c, line, c->io.in.buf + c->io.in.cap);
 	}
-	if (!c->closed && c->io.eof && !c->close_after_write) {
+	if (c->closed)
+		goto out;
+	if (c->io.eof && !c->close_after_write) {
 		/* The client closed (or half-closed) its side.  Lines it sent
 		 * before were answered above; a command still running is
 		 * cancelled; an incomplete last line is dropped. */
@@ -1184,16 +1207,27 @@ static void conn_process(weft_assuan_conn *c)
 		if (!waiting_lines)
 			c->close_after_write = true;
 	}
-	conn_flush(c);
-	if (!c->closed && waiting_lines && out_pending(c) < c->srv->limits.output)
+	if (weft__apump_flush(&c->io) < 0) {
+		conn_close(c);
+		goto out;
+	}
+	room_check(c);
+	if (waiting_lines && out_pending(c) < c->srv->limits.output)
 		weft_defer_schedule(&c->kick); /* written at once: on with the waiting lines */
-	if (!c->closed && c->close_after_write && out_pending(c) == 0) {
+	if (c->close_after_write && out_pending(c) == 0) {
 		c->depth--;
 		conn_close(c);
 		return;
 	}
-	start_read(c);
+	if (weft__apump_read(&c->io) < 0)
+		conn_close(c);
+out:
 	c->depth--;
+}
+
+static void conn_process(weft_assuan_conn *c)
+{
+	conn_serve(c);
 }
 
 /* The transport of a connection is ready.  The usual wake-up — a command
@@ -1218,7 +1252,7 @@ static void conn_hook(void *data, unsigned revents)
 	p->in.off = 0;
 	p->in.len = (size_t)n;
 	p->drained = true; /* a short read: the transport is empty */
-	conn_process(c);   /* what pump_event does; conn_flush looks at the room */
+	conn_serve(c);     /* what pump_event does; it looks at the room too */
 	p->busy = 0;
 	if (p->s != NULL)
 		weft__apump_watch(p);
@@ -1320,6 +1354,7 @@ int weft_assuan_server_adopt(weft_assuan_server *srv, weft_stream *s, weft_assua
 	c->srv = srv;
 	weft__apump_init(&c->io, s, pump_event);
 	c->input_fd = c->output_fd = -1;
+	c->dirty = true; /* the first finish looks at the hooks */
 	weft__defer_init(srv->loop, &c->kick, kick_cb, c);
 	if (srv->fdpassing && weft_stream_set_fd_receiver(s, on_passed_fd, c) == 0)
 		c->fd_receiver = true;
