@@ -133,6 +133,7 @@ struct weft__apump {
 	bool taken;    /* the transport is ours (see above) */
 	bool drained;  /* taken: the last read was short: wait for readiness */
 	bool wblocked; /* taken: wbuf waits for the transport's room */
+	bool rewatch;  /* taken: reading or wblocked changed since the last look */
 	unsigned watching; /* taken: what the transport was asked to watch */
 	unsigned busy;     /* taken: inside the readiness hook */
 	struct weft__abuf out;  /* gathering */
@@ -173,8 +174,7 @@ static inline bool weft__apump_idle_read(const struct weft__apump *p, unsigned r
 void weft__apump_watch_slow(struct weft__apump *p);
 static inline void weft__apump_watch(struct weft__apump *p)
 {
-	unsigned want = (p->reading ? WEFT_IO_READ : 0u) | (p->wblocked ? WEFT_IO_WRITE : 0u);
-	if (want != p->watching)
+	if (p->rewatch)
 		weft__apump_watch_slow(p);
 }
 /* Start a read if there is room and none runs.  Returns 0 or -ENOMEM.
@@ -194,6 +194,21 @@ int weft__apump_flush_rest(struct weft__apump *p, ssize_t n);
 static inline int weft__apump_flush(struct weft__apump *p)
 {
 	if (p->taken && p->out.len != 0 && p->wbuf.len == 0 && p->err == 0) {
+		struct iovec iov = {p->out.p, p->out.len};
+		ssize_t n = p->writev(p->s, &iov, 1);
+		if (n == (ssize_t)p->out.len && p->out.cap <= WEFT__APUMP_OUT_KEEP) {
+			p->out.len = 0;
+			return 0;
+		}
+		return weft__apump_flush_rest(p, n);
+	}
+	return weft__apump_flush_slow(p);
+}
+/* The same for a pump known to be taken and open (its owner closes it on
+ * a transport error, so err is 0 too). */
+static inline int weft__apump_flush_taken(struct weft__apump *p)
+{
+	if (p->out.len != 0 && p->wbuf.len == 0) {
 		struct iovec iov = {p->out.p, p->out.len};
 		ssize_t n = p->writev(p->s, &iov, 1);
 		if (n == (ssize_t)p->out.len && p->out.cap <= WEFT__APUMP_OUT_KEEP) {

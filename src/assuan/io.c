@@ -51,6 +51,7 @@ static __attribute__((noinline)) bool alloc_other(struct weft__apump *p, void **
 		char *big = malloc(WEFT__APUMP_BIG);
 		if (big == NULL && room == 0) {
 			p->reading = false; /* stops: no buffer given */
+			p->rewatch = true;
 			p->eof = true;
 			if (p->err == 0)
 				p->err = ENOMEM;
@@ -68,6 +69,7 @@ static __attribute__((noinline)) bool alloc_other(struct weft__apump *p, void **
 	}
 	if (room == 0) {
 		p->reading = false; /* full of lines the owner does not take yet */
+		p->rewatch = true;
 		return false;
 	}
 	p->rroom = room;
@@ -84,6 +86,7 @@ static inline void got_bytes(struct weft__apump *p, ssize_t n)
 		p->filled = (size_t)n == p->rroom;
 	} else {
 		p->reading = false;
+		p->rewatch = true;
 		p->eof = true;
 		if (n != 0 && n != -EPIPE && p->err == 0)
 			p->err = (int)-n; /* EPIPE is the orderly end */
@@ -117,6 +120,7 @@ static void on_read(weft_stream *s, ssize_t n, void *buf, void *data)
  * syscalls per command). */
 void weft__apump_watch_slow(struct weft__apump *p)
 {
+	p->rewatch = false;
 	unsigned want = (p->reading ? WEFT_IO_READ : 0u) | (p->wblocked ? WEFT_IO_WRITE : 0u);
 	if (want != p->watching && weft__stream_raw_watch(p->s, want) == 0)
 		p->watching = want;
@@ -165,15 +169,18 @@ static int taken_write(struct weft__apump *p)
 			continue;
 		if (n == -EAGAIN || n == -EWOULDBLOCK || n == 0) {
 			p->wblocked = true;
+			p->rewatch = true;
 			return 0;
 		}
 		if (n < 0) {
 			p->wblocked = false;
+			p->rewatch = true;
 			return (int)n;
 		}
 		p->woff += (size_t)n;
 	}
 	p->wblocked = false;
+	p->rewatch = true;
 	p->wbuf.len = 0;
 	p->woff = 0;
 	if (p->wbuf.cap > WEFT__APUMP_OUT_KEEP)
@@ -253,6 +260,7 @@ int weft__apump_take(struct weft__apump *p, void (*hook)(void *data, unsigned re
 	p->hook_data = data;
 	p->taken = true;
 	p->watching = ~0u; /* unknown: the first look tells the transport */
+	p->rewatch = true;
 	weft__defer_init(weft_stream_loop(p->s), &p->kick, taken_kick, p);
 	return 0;
 }
@@ -277,6 +285,7 @@ int weft__apump_read_slow(struct weft__apump *p)
 	if (full) {
 		if (p->reading) {
 			p->reading = false; /* the owner takes lines first */
+			p->rewatch = true;
 			if (!p->taken)
 				weft_stream_read_stop(p->s);
 			else if (p->busy == 0)
@@ -288,6 +297,7 @@ int weft__apump_read_slow(struct weft__apump *p)
 		return 0;
 	if (p->taken) {
 		p->reading = true;
+		p->rewatch = true;
 		/* Bytes may wait where readiness does not tell: read from the loop. */
 		if (!p->drained || weft__stream_raw_pending(p->s) > 0)
 			weft_defer_schedule(&p->kick);
@@ -299,6 +309,7 @@ int weft__apump_read_slow(struct weft__apump *p)
 	if (r < 0)
 		return r;
 	p->reading = true;
+	p->rewatch = true;
 	return 0;
 }
 
@@ -402,6 +413,7 @@ void weft__apump_close(struct weft__apump *p)
 		p->taken = false;
 	}
 	p->wblocked = false;
+	p->rewatch = true;
 	p->woff = 0;
 	weft_req_free(p->wreq);
 	p->wreq = NULL;

@@ -1120,13 +1120,11 @@ static inline __attribute__((always_inline)) void command_line(weft_assuan_conn 
 	enum builtin b = cmd->builtin;
 	if (c->srv->hooks.pre_cmd != NULL && !command_pre(c, cmd->name, seq))
 		return;
-	weft_assuan_err r;
-	if (fn != NULL)
-		r = fn(c, p, fn_data);
-	else if (b == B_NOP)
-		r = 0;
-	else
-		r = run_builtin_slow(c, b, p);
+	if (fn == NULL && b == B_NOP) {
+		finish(c, 0); /* nothing ran: answered at once */
+		return;
+	}
+	weft_assuan_err r = fn != NULL ? fn(c, p, fn_data) : run_builtin_slow(c, b, p);
 	verdict(c, seq, r);
 }
 
@@ -1159,13 +1157,14 @@ static void send_greeting(weft_assuan_conn *c)
 }
 
 /* The pump: dispatch what can be, write what was answered, read more.
- * Inline in conn_hook, which runs it for every command line. */
-static inline __attribute__((always_inline)) void conn_serve(weft_assuan_conn *c)
+ * Inline in conn_hook, which runs it for every command line (hot: the
+ * connection is open and greeted — it reads — and its transport taken). */
+static inline __attribute__((always_inline)) void conn_serve(weft_assuan_conn *c, bool hot)
 {
-	if (c->closed)
+	if (!hot && c->closed)
 		return;
 	c->depth++;
-	if (!c->greeted)
+	if (!hot && !c->greeted)
 		send_greeting(c);
 	bool waiting_lines = false; /* lines left unread for lack of room */
 	while (c->io.in.len > 0 && !c->closed && !c->close_after_write && c->state != C_CMD) {
@@ -1207,7 +1206,7 @@ static inline __attribute__((always_inline)) void conn_serve(weft_assuan_conn *c
 		if (!waiting_lines)
 			c->close_after_write = true;
 	}
-	if (weft__apump_flush(&c->io) < 0) {
+	if ((hot ? weft__apump_flush_taken(&c->io) : weft__apump_flush(&c->io)) < 0) {
 		conn_close(c);
 		goto out;
 	}
@@ -1227,7 +1226,7 @@ out:
 
 static void conn_process(weft_assuan_conn *c)
 {
-	conn_serve(c);
+	conn_serve(c, false);
 }
 
 /* The transport of a connection is ready.  The usual wake-up — a command
@@ -1252,7 +1251,7 @@ static void conn_hook(void *data, unsigned revents)
 	p->in.off = 0;
 	p->in.len = (size_t)n;
 	p->drained = true; /* a short read: the transport is empty */
-	conn_serve(c);     /* what pump_event does; it looks at the room too */
+	conn_serve(c, true); /* what pump_event does; it looks at the room too */
 	p->busy = 0;
 	if (p->s != NULL)
 		weft__apump_watch(p);
