@@ -105,7 +105,7 @@ enum weft__aline weft__ain_take(struct weft__ain *in, char **line, size_t *len)
 			in->discarding = true; /* no LF within the limit */
 			return ain_discard(in);
 		}
-		in->scanned = in->len;
+		in->scanned = (uint32_t)in->len; /* below LINELENGTH here */
 		return WEFT__ALINE_NONE;
 	}
 	return ain_line(in, start, nl, line, len);

@@ -8,7 +8,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-void weft__apump_init(struct weft__apump *p, weft_stream *s, void (*event)(struct weft__apump *p))
+#define TAKEN_READS 32 /* reads per wake-up of a taken transport before yielding */
+
+void weft__apump_init(struct weft__apump *p, weft_stream *s,
+		void (*event)(struct weft__apump *p, enum weft__apump_ev ev))
 {
 	*p = (struct weft__apump){.s = s, .event = event};
 }
@@ -17,6 +20,21 @@ static bool big_buffer(const struct weft__apump *p)
 {
 	return p->in.buf != NULL && p->in.buf != p->small;
 }
+
+/* reading or wblocked changed: the transport's watch is looked at again. */
+static void set_reading(struct weft__apump *p, bool on)
+{
+	p->reading = on;
+	p->watching = WEFT__APUMP_WATCH_UNKNOWN;
+}
+
+static void set_wblocked(struct weft__apump *p, bool on)
+{
+	p->wblocked = on;
+	p->watching = WEFT__APUMP_WATCH_UNKNOWN;
+}
+
+/* ---- input buffers ---------------------------------------------------------- */
 
 /* Where the next read goes: after the unparsed bytes, in the small buffer
  * while lines are short and few, the big one while data streams in (given
@@ -50,14 +68,13 @@ static __attribute__((noinline)) bool alloc_other(struct weft__apump *p, void **
 	if ((room == 0 || p->filled) && p->in.cap < WEFT__APUMP_BIG) {
 		char *big = malloc(WEFT__APUMP_BIG);
 		if (big == NULL && room == 0) {
-			p->reading = false; /* stops: no buffer given */
-			p->rewatch = true;
+			set_reading(p, false); /* stops: no buffer given */
 			p->eof = true;
 			if (p->err == 0)
 				p->err = ENOMEM;
-			if (!p->taken)
+			if (!weft__apump_taken(p))
 				weft_stream_read_stop(p->s);
-			p->event(p);
+			p->event(p, WEFT__APUMP_DONE);
 			return false;
 		}
 		if (big != NULL) {
@@ -68,11 +85,10 @@ static __attribute__((noinline)) bool alloc_other(struct weft__apump *p, void **
 		}
 	}
 	if (room == 0) {
-		p->reading = false; /* full of lines the owner does not take yet */
-		p->rewatch = true;
+		set_reading(p, false); /* full of lines the owner does not take yet */
 		return false;
 	}
-	p->rroom = room;
+	p->rroom = (uint32_t)room; /* at most WEFT__APUMP_BIG */
 	*ret_buf = p->in.buf + p->in.len;
 	*ret_len = room;
 	return true;
@@ -85,8 +101,7 @@ static inline void got_bytes(struct weft__apump *p, ssize_t n)
 		p->in.len += (size_t)n;
 		p->filled = (size_t)n == p->rroom;
 	} else {
-		p->reading = false;
-		p->rewatch = true;
+		set_reading(p, false);
 		p->eof = true;
 		if (n != 0 && n != -EPIPE && p->err == 0)
 			p->err = (int)-n; /* EPIPE is the orderly end */
@@ -108,209 +123,7 @@ static void on_read(weft_stream *s, ssize_t n, void *buf, void *data)
 	(void)s;
 	(void)buf;
 	got_bytes(p, n == -EPIPE ? 0 : n);
-	p->event(p);
-}
-
-/* ---- driving a taken transport ---------------------------------------------- */
-
-#define TAKEN_READS 32 /* reads per wake-up before yielding to other fds */
-
-/* Ask the transport to watch what the pump waits for.  READ stays armed
- * while reading (level-triggered: dropping and re-adding it would cost two
- * syscalls per command). */
-void weft__apump_watch_slow(struct weft__apump *p)
-{
-	p->rewatch = false;
-	unsigned want = (p->reading ? WEFT_IO_READ : 0u) | (p->wblocked ? WEFT_IO_WRITE : 0u);
-	if (want != p->watching && weft__stream_raw_watch(p->s, want) == 0)
-		p->watching = want;
-}
-
-static void taken_watch(struct weft__apump *p)
-{
-	weft__apump_watch(p);
-}
-
-/* Read while there is room and the transport is not known to be empty. */
-static void taken_read(struct weft__apump *p)
-{
-	for (unsigned i = 0; p->reading && !p->drained; i++) {
-		if (i == TAKEN_READS) {
-			weft_defer_schedule(&p->kick); /* yield, come back */
-			return;
-		}
-		struct iovec iov;
-		if (!take_room(p, &iov.iov_base, &iov.iov_len))
-			return;
-		ssize_t n;
-		do
-			n = p->readv(p->s, &iov, 1);
-		while (n == -EINTR);
-		if (n == -EAGAIN || n == -EWOULDBLOCK) {
-			p->drained = true;
-			return;
-		}
-		if (n > 0 && (size_t)n < iov.iov_len)
-			p->drained = true; /* a short read: the transport is empty */
-		got_bytes(p, n);
-		p->event(p);
-		if (p->s == NULL)
-			return; /* closed from the event */
-	}
-}
-
-/* Write the rest of wbuf.  0: written, or blocked (wblocked); -errno. */
-static int taken_write(struct weft__apump *p)
-{
-	while (p->woff < p->wbuf.len) {
-		struct iovec iov = {p->wbuf.p + p->woff, p->wbuf.len - p->woff};
-		ssize_t n = p->writev(p->s, &iov, 1);
-		if (n == -EINTR)
-			continue;
-		if (n == -EAGAIN || n == -EWOULDBLOCK || n == 0) {
-			p->wblocked = true;
-			p->rewatch = true;
-			return 0;
-		}
-		if (n < 0) {
-			p->wblocked = false;
-			p->rewatch = true;
-			return (int)n;
-		}
-		p->woff += (size_t)n;
-	}
-	p->wblocked = false;
-	p->rewatch = true;
-	p->wbuf.len = 0;
-	p->woff = 0;
-	if (p->wbuf.cap > WEFT__APUMP_OUT_KEEP)
-		weft__abuf_free(&p->wbuf); /* a burst of D data is over */
-	return 0;
-}
-
-void weft__apump_read_result(struct weft__apump *p, ssize_t n)
-{
-	p->in.off = 0;
-	p->rroom = sizeof(p->small);
-	if (n == -EAGAIN || n == -EWOULDBLOCK) {
-		p->drained = true;
-	} else if (n != -EINTR) {
-		if (n > 0 && (size_t)n < sizeof(p->small))
-			p->drained = true;
-		got_bytes(p, n);
-		p->event(p);
-	}
-	if (p->s != NULL)
-		taken_read(p); /* on while more may come */
-	if (--p->busy == 0 && p->s != NULL)
-		taken_watch(p);
-}
-
-void weft__apump_hook(struct weft__apump *p, unsigned revents)
-{
-	p->busy++;
-	if (p->wblocked && (revents & (WEFT_IO_WRITE | WEFT_IO_ERR | WEFT_IO_HUP))) {
-		int r = taken_write(p);
-		if (r < 0 && p->err == 0)
-			p->err = -r;
-		if (r < 0 || !p->wblocked)
-			p->event(p); /* written (the owner gathers on) or failed */
-	}
-	if (revents & (WEFT_IO_READ | WEFT_IO_ERR | WEFT_IO_HUP))
-		p->drained = false;
-	if (p->s != NULL)
-		taken_read(p);
-	if (--p->busy == 0 && p->s != NULL)
-		taken_watch(p);
-}
-
-static void taken_kick(weft_defer *d, void *data)
-{
-	struct weft__apump *p = data;
-	(void)d;
-	if (p->s == NULL)
-		return;
-	p->busy++;
-	taken_read(p);
-	if (--p->busy == 0 && p->s != NULL)
-		taken_watch(p);
-}
-
-static void taken_hook(void *data, unsigned revents)
-{
-	weft__apump_hook(data, revents);
-}
-
-int weft__apump_take(struct weft__apump *p, void (*hook)(void *data, unsigned revents), void *data)
-{
-	const weft_stream_ops *ops = weft__stream_ops(p->s);
-	size_t own = ops->pending ? ops->pending(p->s) : 0;
-	if (weft__stream_raw_pending(p->s) > own)
-		return -EBUSY; /* bytes read ahead: the stream's reader hands them out */
-	if (hook == NULL) {
-		hook = taken_hook;
-		data = p;
-	}
-	int r = weft__stream_take(p->s, hook, data);
-	if (r < 0)
-		return r;
-	p->readv = ops->readv;
-	p->writev = ops->writev;
-	p->hook = hook;
-	p->hook_data = data;
-	p->taken = true;
-	p->watching = ~0u; /* unknown: the first look tells the transport */
-	p->rewatch = true;
-	weft__defer_init(weft_stream_loop(p->s), &p->kick, taken_kick, p);
-	return 0;
-}
-
-void weft__apump_ready(struct weft__apump *p, unsigned revents)
-{
-	if (p->s == NULL)
-		return;
-	if (p->taken)
-		p->hook(p->hook_data, revents);
-	else
-		weft_stream_ready(p->s, revents);
-}
-
-/* ---- both ------------------------------------------------------------------ */
-
-int weft__apump_read_slow(struct weft__apump *p)
-{
-	if (p->s == NULL || p->eof)
-		return 0;
-	bool full = p->in.buf != NULL && p->in.cap == WEFT__APUMP_BIG && p->in.len == p->in.cap;
-	if (full) {
-		if (p->reading) {
-			p->reading = false; /* the owner takes lines first */
-			p->rewatch = true;
-			if (!p->taken)
-				weft_stream_read_stop(p->s);
-			else if (p->busy == 0)
-				taken_watch(p);
-		}
-		return 0;
-	}
-	if (p->reading)
-		return 0;
-	if (p->taken) {
-		p->reading = true;
-		p->rewatch = true;
-		/* Bytes may wait where readiness does not tell: read from the loop. */
-		if (!p->drained || weft__stream_raw_pending(p->s) > 0)
-			weft_defer_schedule(&p->kick);
-		if (p->busy == 0)
-			taken_watch(p);
-		return 0;
-	}
-	int r = weft_stream_read_start(p->s, on_alloc, on_read, p);
-	if (r < 0)
-		return r;
-	p->reading = true;
-	p->rewatch = true;
-	return 0;
+	p->event(p, WEFT__APUMP_DONE);
 }
 
 static void write_done(weft_req *req, void *data)
@@ -325,11 +138,156 @@ static void write_done(weft_req *req, void *data)
 		weft__abuf_free(&p->wbuf); /* a burst of D data is over */
 	if (r < 0 && p->err == 0)
 		p->err = err;
-	p->event(p);
+	p->event(p, WEFT__APUMP_DONE);
 }
 
-/* A taken transport: write at once; what it does not take waits in wbuf
- * for its room while new output gathers in out. */
+/* ---- driving a taken transport ---------------------------------------------- */
+
+/* READ stays armed while reading (level-triggered: dropping and re-adding
+ * it would cost two syscalls per command). */
+void weft__apump_watch_slow(struct weft__apump *p)
+{
+	unsigned want = (p->reading ? WEFT_IO_READ : 0u) | (p->wblocked ? WEFT_IO_WRITE : 0u);
+	if (weft__stream_raw_watch(p->s, want) == 0) /* no call when unchanged */
+		p->watching = (uint8_t)want;
+}
+
+/* Read from the loop, not from the stack of whoever asked. */
+static void ask_kick(struct weft__apump *p)
+{
+	if (!p->kick_read) {
+		p->kick_read = true;
+		p->event(p, WEFT__APUMP_WAKE);
+	}
+}
+
+/* Read while there is room and the transport is not known to be empty. */
+static void taken_read(struct weft__apump *p)
+{
+	for (unsigned i = 0; p->reading && !p->drained; i++) {
+		if (i == TAKEN_READS) {
+			ask_kick(p); /* yield to the other fds, come back */
+			return;
+		}
+		struct iovec iov;
+		if (!take_room(p, &iov.iov_base, &iov.iov_len))
+			return;
+		ssize_t n;
+		do
+			n = p->ops->readv(p->s, &iov, 1);
+		while (n == -EINTR);
+		if (n == -EAGAIN || n == -EWOULDBLOCK) {
+			p->drained = true;
+			return;
+		}
+		if (n > 0 && (size_t)n < iov.iov_len)
+			p->drained = true; /* a short read: the transport is empty */
+		got_bytes(p, n);
+		p->event(p, WEFT__APUMP_DONE);
+		if (p->s == NULL)
+			return; /* closed from the event */
+	}
+}
+
+/* Write the rest of wbuf.  0: written, or blocked (wblocked); -errno. */
+static int taken_write(struct weft__apump *p)
+{
+	while (p->woff < p->wbuf.len) {
+		struct iovec iov = {p->wbuf.p + p->woff, p->wbuf.len - p->woff};
+		ssize_t n = p->ops->writev(p->s, &iov, 1);
+		if (n == -EINTR)
+			continue;
+		if (n == -EAGAIN || n == -EWOULDBLOCK || n == 0) {
+			if (!p->wblocked)
+				set_wblocked(p, true);
+			return 0;
+		}
+		if (n < 0) {
+			set_wblocked(p, false);
+			return (int)n;
+		}
+		p->woff += (size_t)n;
+	}
+	if (p->wblocked)
+		set_wblocked(p, false);
+	p->wbuf.len = 0;
+	p->woff = 0;
+	if (p->wbuf.cap > WEFT__APUMP_OUT_KEEP)
+		weft__abuf_free(&p->wbuf); /* a burst of D data is over */
+	return 0;
+}
+
+static void taken_end(struct weft__apump *p)
+{
+	if (--p->busy == 0 && p->s != NULL)
+		weft__apump_watch(p);
+}
+
+void weft__apump_hook(struct weft__apump *p, unsigned revents)
+{
+	p->busy++;
+	if (p->wblocked && (revents & (WEFT_IO_WRITE | WEFT_IO_ERR | WEFT_IO_HUP))) {
+		int r = taken_write(p);
+		if (r < 0 && p->err == 0)
+			p->err = -r;
+		if (r < 0 || !p->wblocked)
+			p->event(p, WEFT__APUMP_DONE); /* written (the owner gathers on) or failed */
+	}
+	if (revents & (WEFT_IO_READ | WEFT_IO_ERR | WEFT_IO_HUP))
+		p->drained = false;
+	if (p->s != NULL)
+		taken_read(p);
+	taken_end(p);
+}
+
+void weft__apump_read_result(struct weft__apump *p, ssize_t n)
+{
+	p->in.off = 0;
+	p->rroom = sizeof(p->small);
+	if (n == -EAGAIN || n == -EWOULDBLOCK) {
+		p->drained = true;
+	} else if (n != -EINTR) {
+		if (n > 0 && (size_t)n < sizeof(p->small))
+			p->drained = true;
+		got_bytes(p, n);
+		p->event(p, WEFT__APUMP_DONE);
+	}
+	if (p->s != NULL)
+		taken_read(p); /* on while more may come */
+	taken_end(p);
+}
+
+void weft__apump_kick(struct weft__apump *p)
+{
+	if (!p->kick_read || p->s == NULL)
+		return;
+	p->kick_read = false;
+	p->busy++;
+	taken_read(p);
+	taken_end(p);
+}
+
+static void taken_hook(void *data, unsigned revents)
+{
+	weft__apump_hook(data, revents);
+}
+
+int weft__apump_take(struct weft__apump *p, void (*hook)(void *p, unsigned revents))
+{
+	const weft_stream_ops *ops = weft__stream_ops(p->s);
+	size_t own = ops->pending ? ops->pending(p->s) : 0;
+	if (weft__stream_raw_pending(p->s) > own)
+		return -EBUSY; /* bytes read ahead: the stream's reader hands them out */
+	int r = weft__stream_take(p->s, hook != NULL ? hook : taken_hook, p);
+	if (r < 0)
+		return r;
+	p->ops = ops;
+	p->watching = WEFT__APUMP_WATCH_UNKNOWN;
+	return 0;
+}
+
+/* A taken transport: what it did not take of out waits in wbuf for its
+ * room while new output gathers in out. */
 int weft__apump_flush_rest(struct weft__apump *p, ssize_t n)
 {
 	if (n == (ssize_t)p->out.len) {
@@ -352,7 +310,43 @@ int weft__apump_flush_rest(struct weft__apump *p, ssize_t n)
 		return r;
 	}
 	if (p->busy == 0)
-		taken_watch(p);
+		weft__apump_watch(p);
+	return 0;
+}
+
+/* ---- both ------------------------------------------------------------------ */
+
+int weft__apump_read_slow(struct weft__apump *p)
+{
+	if (p->s == NULL || p->eof)
+		return 0;
+	bool taken = weft__apump_taken(p);
+	bool full = p->in.buf != NULL && p->in.cap == WEFT__APUMP_BIG && p->in.len == p->in.cap;
+	if (full) {
+		if (p->reading) {
+			set_reading(p, false); /* the owner takes lines first */
+			if (!taken)
+				weft_stream_read_stop(p->s);
+			else if (p->busy == 0)
+				weft__apump_watch(p);
+		}
+		return 0;
+	}
+	if (p->reading)
+		return 0;
+	if (taken) {
+		set_reading(p, true);
+		/* Bytes may wait where readiness does not tell: read from the loop. */
+		if (!p->drained || weft__stream_raw_pending(p->s) > 0)
+			ask_kick(p);
+		if (p->busy == 0)
+			weft__apump_watch(p);
+		return 0;
+	}
+	int r = weft_stream_read_start(p->s, on_alloc, on_read, p);
+	if (r < 0)
+		return r;
+	p->reading = true;
 	return 0;
 }
 
@@ -360,11 +354,11 @@ int weft__apump_flush_slow(struct weft__apump *p)
 {
 	if (p->err != 0)
 		return -p->err;
-	if (p->taken) {
+	if (weft__apump_taken(p)) {
 		if (p->out.len == 0 || p->wbuf.len > 0 || p->s == NULL)
 			return 0;
 		struct iovec iov = {p->out.p, p->out.len};
-		return weft__apump_flush_rest(p, p->writev(p->s, &iov, 1));
+		return weft__apump_flush_rest(p, p->ops->writev(p->s, &iov, 1));
 	}
 	if (p->out.len == 0 || p->wreq != NULL || p->s == NULL)
 		return 0;
@@ -407,14 +401,12 @@ int weft__apump_flush_slow(struct weft__apump *p)
 void weft__apump_close(struct weft__apump *p)
 {
 	p->reading = false; /* closing the stream stops its reader */
-	if (p->taken) {
-		weft_defer_cancel(&p->kick);
-		weft__handle_fini(&p->kick.h);
-		p->taken = false;
+	if (weft__apump_taken(p)) {
+		p->woff = 0; /* shares its place with wreq */
+		p->ops = NULL;
 	}
 	p->wblocked = false;
-	p->rewatch = true;
-	p->woff = 0;
+	p->kick_read = false;
 	weft_req_free(p->wreq);
 	p->wreq = NULL;
 	weft_stream_close(p->s, NULL, NULL);

@@ -84,11 +84,6 @@ struct weft_assuan_conn {
 
 	enum cstate state;
 	enum builtin cur_builtin;
-	/* finish has more to do than answer OK: an okay line, an error text,
-	 * a cancel callback or an inquiry was set, descriptors are open, a D
-	 * line may be open, BYE, force_close, or the server has a post_cmd
-	 * hook.  Set where those are set; recomputed by finish. */
-	bool dirty;
 	weft_assuan_err err_no;
 	weft_assuan_err inq_err;
 	int input_fd, output_fd;
@@ -99,6 +94,11 @@ struct weft_assuan_conn {
 	unsigned depth;
 	bool force_close, bye, greeted, close_after_write, fd_receiver;
 	bool closed;
+	/* finish has more to do than answer OK: an okay line, an error text,
+	 * a cancel callback or an inquiry was set, descriptors are open, a D
+	 * line may be open, BYE, force_close, or the server has a post_cmd
+	 * hook.  Set where those are set; recomputed by finish. */
+	bool dirty;
 };
 
 static void conn_process(weft_assuan_conn *c);
@@ -387,14 +387,20 @@ static void room_check(weft_assuan_conn *c)
 }
 
 /* A read or write request of the pump finished. */
-static void pump_event(struct weft__apump *p)
+static void pump_event(struct weft__apump *p, enum weft__apump_ev ev)
 {
 	weft_assuan_conn *c = weft__container_of(p, weft_assuan_conn, io);
-	if (p->err != 0) {
-		conn_close(c); /* the peer went away */
+	if (ev == WEFT__APUMP_WAKE) {
+		weft_defer_schedule(&c->kick); /* kick_cb runs weft__apump_kick */
 		return;
 	}
-	room_check(c); /* conn_flush does not look when nothing new is queued */
+	if (p->err != 0) {
+		c->depth++; /* c stays until the loop, even if the server goes */
+		conn_close(c); /* the peer went away */
+		c->depth--;
+		return;
+	}
+	room_check(c); /* conn_serve looks only after a flush */
 	conn_process(c); /* lines to dispatch; more output; paused commands */
 }
 
@@ -1235,15 +1241,15 @@ static void conn_process(weft_assuan_conn *c)
  * anything else goes the pump's way. */
 static void conn_hook(void *data, unsigned revents)
 {
-	weft_assuan_conn *c = data;
-	struct weft__apump *p = &c->io;
+	struct weft__apump *p = data;
+	weft_assuan_conn *c = weft__container_of(p, weft_assuan_conn, io);
 	if (!weft__apump_idle_read(p, revents)) {
 		weft__apump_hook(p, revents);
 		return;
 	}
 	p->busy = 1;
 	struct iovec iov = {p->small, sizeof(p->small)};
-	ssize_t n = p->readv(p->s, &iov, 1);
+	ssize_t n = p->ops->readv(p->s, &iov, 1);
 	if (n <= 0 || (size_t)n == sizeof(p->small)) {
 		weft__apump_read_result(p, n); /* the end, an error, or more to come */
 		return;
@@ -1287,6 +1293,9 @@ static void kick_cb(weft_defer *d, void *data)
 		conn_free(c);
 		return;
 	}
+	weft__apump_kick(&c->io); /* a read the pump asked for */
+	if (c->closed)
+		return; /* closed by it: this kick runs again to free */
 	if (c->room_cb != NULL && out_pending(c) <= c->srv->limits.output / 2) {
 		weft_assuan_room_cb cb = c->room_cb;
 		c->room_cb = NULL;
@@ -1359,7 +1368,7 @@ int weft_assuan_server_adopt(weft_assuan_server *srv, weft_stream *s, weft_assua
 		c->fd_receiver = true;
 	/* The connection drives the transport itself; a stream that cannot be
 	 * taken (a request attached) is driven by requests instead. */
-	(void)weft__apump_take(&c->io, conn_hook, c);
+	(void)weft__apump_take(&c->io, conn_hook);
 	weft__list_append(&srv->conns, &c->link);
 	srv->nconns++;
 	srv->nalive++;
@@ -1503,8 +1512,12 @@ int weft_assuan_process_next(weft_assuan_conn *c, bool *done)
 	/* The caller polled the connection's fd: serve its stream at once
 	 * (reads, answers, writes run from here), so that the loop — and its
 	 * epoll_wait — is needed only for work that was posted. */
-	if (!c->closed && c->greeted)
-		weft__apump_ready(&c->io, WEFT_IO_READ | WEFT_IO_WRITE);
+	if (!c->closed && c->greeted) {
+		if (weft__apump_taken(&c->io))
+			conn_hook(&c->io, WEFT_IO_READ | WEFT_IO_WRITE);
+		else
+			weft_stream_ready(c->io.s, WEFT_IO_READ | WEFT_IO_WRITE);
+	}
 	/* Run what is ready, and the work it posts, without waiting. */
 	for (int i = 0; i < 16 && !gone; i++) {
 		if (weft_loop_get_timeout(loop) != 0)
