@@ -2663,6 +2663,60 @@ static void test_pipe_stream(void)
 	fix_close(&f);
 }
 
+/* A stream with a request still attached cannot be taken over: the
+ * connection drives it by requests instead — the same answers, 1 MiB of D
+ * data through a socket the client drains slowly, fds passed. */
+static void test_request_driven(void)
+{
+	struct fix f;
+	fix_server(&f);
+	CHECK_EQ(weft_assuan_register(f.srv, "STREAM", cmd_stream, NULL, NULL), 0);
+	weft_assuan_limits lim = {.output = 64 * 1024};
+	weft_assuan_server_set_limits(f.srv, &lim);
+	int sv[2];
+	CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	weft_stream *s;
+	CHECK_EQ(weft_stream_new_socket(f.loop, sv[0], &s), 0);
+	/* 1 MiB of comment lines: more than the socket takes, so the write is
+	 * still under way (attached) when the stream is adopted. */
+	size_t prelen = 1u << 20;
+	char *prebuf = malloc(prelen);
+	for (size_t i = 0; i < prelen; i += 64) {
+		memset(prebuf + i, 'c', 64);
+		memcpy(prebuf + i, "# ", 2);
+		prebuf[i + 63] = '\n';
+	}
+	struct iovec iov = {prebuf, prelen};
+	weft_req *pre = weft_stream_writev_send(s, &iov, 1);
+	CHECK(pre != NULL && weft_req_is_in_progress(pre));
+	CHECK_EQ(weft_assuan_server_adopt(f.srv, s, &f.conn), 0);
+	f.rfd = f.wfd = sv[1];
+	EXPECTN(&f, prebuf, prelen);
+	free(prebuf);
+	EXPECT(&f, greeting());
+	TALK(&f, "NOP\nnop\r\n# c\nECHO req\n", "OK\nOK\nD req\nOK\n");
+	int tf = temp_file("y");
+	send_fd(f.wfd, tf);
+	char want[64];
+	snprintf(want, sizeof want, "OK\nOK %lu -\n", ino_of(tf));
+	TALK(&f, "INPUT FD\nFDINFO\n", want);
+	close(tf);
+	size_t total = 1u << 20;
+	char cmd[64];
+	snprintf(cmd, sizeof cmd, "STREAM %zu\n", total);
+	fix_send(&f, cmd, strlen(cmd));
+	uint64_t end = t_now_ms() + 20000;
+	while (t_now_ms() < end && !(f.rxlen > total && memcmp(f.rx + f.rxlen - 4, "\nOK\n", 4) == 0))
+		pump(&f, (size_t)-1, 2);
+	check_stream(f.rx, f.rxlen, total);
+	f.rxlen = 0;
+	TALK(&f, "BYE\n", "OK closing connection\n");
+	EXPECT_EOF(&f);
+	run_until_closed(&f);
+	weft_req_free(pre);
+	fix_close(&f);
+}
+
 /* ---- tier 3: interop with the real gpg-connect-agent ------------------------------------ */
 
 #ifdef GPG_CONNECT_AGENT
@@ -3050,6 +3104,7 @@ int main(void)
 	run("transports: TCP, abstract Unix name, adopt_pipe on one socket", test_transports, 60);
 	run("transports: a pipe server streams 2 MiB through a full pipe; client leaves mid-stream", test_pipe_stream, 60);
 	run("hand-driven: poll() loop, split lines answered at once, pending, BYE", test_hand_driven, 60);
+	run("transports: a stream that cannot be taken over is driven by requests (D, fds, BYE)", test_request_driven, 60);
 	run("many: 200 clients on one loop, all pending at once", test_many_clients, 60);
 #ifdef GPG_CONNECT_AGENT
 	run("interop: gpg-connect-agent drives an in-test server (OPTION, HELP, D, INQUIRE, errors)", test_gca_inprocess, 120);
