@@ -56,10 +56,9 @@ static inline enum weft__aline weft__ain_next(struct weft__ain *in, char **line,
 		uint64_t w;
 		memcpy(&w, start, 8);
 		uint64_t x = w ^ (ones * '\n');
-		uint64_t f = (x - ones) & ~x & highs; /* exact up to the first LF */
-		f &= ~UINT64_C(0) >> ((8 - in->len) * 8); /* 1 <= in->len <= 8 */
-		if (f != 0) {
-			size_t n = (size_t)__builtin_ctzll(f) >> 3; /* the line without its LF */
+		uint64_t f = (x - ones) & ~x & highs; /* the lowest flag is exact */
+		size_t n = f != 0 ? (size_t)__builtin_ctzll(f) >> 3 : 8; /* the line without its LF */
+		if (n < in->len) {
 			in->off += n + 1;
 			in->len -= n + 1;
 			if (n > 0 && start[n - 1] == '\r')
