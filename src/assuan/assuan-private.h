@@ -177,11 +177,14 @@ void weft__apump_kick(struct weft__apump *p);
  * raised, what the transport's readv returned): the rest of the usual
  * handling, event included; busy is lowered. */
 void weft__apump_read_result(struct weft__apump *p, ssize_t n);
-/* Whether the owner's hook may read the small buffer itself. */
+/* Whether the owner's hook may read the small buffer itself: readable, the
+ * transport watched for READ alone (so reading, and no write blocked), an
+ * empty small buffer after a short read, outside the pump's own hook. */
 static inline bool weft__apump_idle_read(const struct weft__apump *p, unsigned revents)
 {
-	return (revents & (WEFT_IO_READ | WEFT_IO_ERR | WEFT_IO_HUP)) == WEFT_IO_READ && p->reading &&
-	       p->in.len == 0 && p->in.buf == p->small && !p->filled && !p->wblocked && p->busy == 0;
+	return (revents & (WEFT_IO_READ | WEFT_IO_ERR | WEFT_IO_HUP)) == WEFT_IO_READ &&
+	       p->watching == WEFT_IO_READ && p->in.len == 0 && p->in.buf == p->small && !p->filled &&
+	       p->busy == 0;
 }
 /* Tell the transport what the pump waits for now (taken, open, not busy). */
 void weft__apump_watch_slow(struct weft__apump *p);

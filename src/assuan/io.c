@@ -406,6 +406,7 @@ void weft__apump_close(struct weft__apump *p)
 		p->ops = NULL;
 	}
 	p->wblocked = false;
+	p->watching = WEFT__APUMP_WATCH_UNKNOWN; /* no hook reads the small buffer now */
 	p->kick_read = false;
 	weft_req_free(p->wreq);
 	p->wreq = NULL;
