@@ -1771,6 +1771,24 @@ static void test_input_full(void)
 	EXPECT(&f, want);
 	free(many);
 	free(want);
+	/* More than the big input buffer and the socket hold: reading stops
+	 * while the command is pending and starts again (from the loop, the
+	 * transport not being drained) once it is answered. */
+	n = 150000;
+	many = malloc(9 + n * 4 + 1);
+	memcpy(many, "ASYNC 30\n", 9);
+	for (size_t i = 0; i < n; i++)
+		memcpy(many + 9 + i * 4, "NOP\n", 4);
+	fix_send(&f, many, 9 + n * 4);
+	want = malloc(30 + n * 3 + 1);
+	w = (size_t)sprintf(want, "S PROGRESS start\nD late\nOK\n");
+	for (size_t i = 0; i < n; i++)
+		memcpy(want + w + i * 3, "OK\n", 3);
+	want[w + n * 3] = '\0';
+	EXPECT(&f, want);
+	free(many);
+	free(want);
+	TALK(&f, "NOP\n", "OK\n");
 	fix_close(&f);
 }
 
@@ -3094,7 +3112,7 @@ int main(void)
 	run("pending: a streaming command cancelled when the client leaves without reading", test_disconnect_while_streaming, 60);
 	run("inquire: V11/V12, CAN, unexpected, too much data drained, malformed %, chained", test_inquire, 60);
 	run("inquire: 1 MiB of escaped data, the server's default limit, bad keywords", test_inquire_big, 60);
-	run("input: 40 KB of lines waiting behind a pending command", test_input_full, 60);
+	run("input: 40 KB and 600 KB of lines waiting behind a pending command", test_input_full, 60);
 	run("output: D lines, END, status and comments mixed; flush; default greeting restored", test_mixed_output, 60);
 	run("random sessions: garbage, inquiries and escapes in random pieces; always back in sync", test_random_sessions, 60);
 	run("INPUT/OUTPUT without fd passing (V4); FD=n only for passed/allowed fds", test_fds_no_passing, 60);
