@@ -990,6 +990,11 @@ struct fix {
 	bool eof;
 };
 
+/* Without pre_cmd and post_cmd hooks a command that sets nothing special
+ * ends on the server's short path (OK appended, nothing to clear): the
+ * second run of the server tests uses that. */
+static bool g_no_cmd_hooks;
+
 static void fix_server(struct fix *f)
 {
 	memset(f, 0, sizeof *f);
@@ -999,7 +1004,10 @@ static void fix_server(struct fix *f)
 	CHECK_EQ(weft_loop_new(&f->loop), 0);
 	CHECK_EQ(weft_assuan_server_new(f->loop, &f->srv), 0);
 	weft_assuan_server_set_err_source(f->srv, AGENT);
-	weft_assuan_server_set_hooks(f->srv, &all_hooks, NULL);
+	weft_assuan_hooks hooks = all_hooks;
+	if (g_no_cmd_hooks)
+		hooks.pre_cmd = NULL, hooks.post_cmd = NULL;
+	weft_assuan_server_set_hooks(f->srv, &hooks, NULL);
 	register_test_commands(f->srv);
 }
 
@@ -3083,6 +3091,59 @@ static void run(const char *name, void (*fn)(void), unsigned seconds)
 	}
 }
 
+/* Command hooks set while a connection is open take effect for its next
+ * command (the connection's short path is left); force close without
+ * hooks. */
+static void test_hooks_later(void)
+{
+	struct fix f;
+	g_no_cmd_hooks = true;
+	fix_open(&f);
+	g_no_cmd_hooks = false;
+	EXPECT(&f, greeting());
+	TALK(&f, "NOP\nECHO x\nNOP\n", "OK\nD x\nOK\nOK\n");
+	CHECK_STR(g.post, "");
+	weft_assuan_server_set_hooks(f.srv, &all_hooks, NULL);
+	TALK(&f, "NOP\nNOP\n", "OK\nOK\n");
+	CHECK_STR(g.pre, "NOP;NOP;");
+	CHECK_STR(g.post, "0;0;");
+	weft_assuan_hooks none = {.open = h_open, .close = h_close};
+	weft_assuan_server_set_hooks(f.srv, &none, NULL);
+	TALK(&f, "NOP\n", "OK\n");
+	CHECK_STR(g.post, "0;0;");
+	TALK(&f, "CLOSE ok\nNOP\n", "OK\n");
+	EXPECT_EOF(&f);
+	run_until_closed(&f);
+	fix_close(&f);
+}
+
+/* The server tests that do not look at the command hooks, again without
+ * them. */
+static const struct {
+	const char *name;
+	void (*fn)(void);
+} plain_tests[] = {
+	{"greeting", test_greeting}, {"basics", test_basics}, {"errors", test_errors},
+	{"OPTION", test_option}, {"HELP", test_help}, {"over-long lines", test_line_too_long},
+	{"pending", test_pending}, {"pending, disconnect", test_pending_disconnect},
+	{"pending, server free", test_pending_server_free},
+	{"streaming command cancelled", test_disconnect_while_streaming},
+	{"inquire", test_inquire}, {"inquire, 1 MiB", test_inquire_big}, {"input full", test_input_full},
+	{"mixed output", test_mixed_output}, {"random sessions", test_random_sessions},
+	{"fds without passing", test_fds_no_passing}, {"fd passing", test_fd_passing},
+	{"backpressure", test_backpressure}, {"pipeline flood", test_pipeline_flood},
+	{"transports", test_transports}, {"pipe stream", test_pipe_stream}, {"hand-driven", test_hand_driven},
+	{"many clients", test_many_clients}, {"request-driven stream", test_request_driven},
+};
+static size_t g_plain_idx;
+
+static void run_plain(void)
+{
+	g_no_cmd_hooks = true;
+	plain_tests[g_plain_idx].fn();
+	g_no_cmd_hooks = false;
+}
+
 /* ---- main ------------------------------------------------------------------------ */
 
 int main(void)
@@ -3123,6 +3184,12 @@ int main(void)
 	run("transports: a pipe server streams 2 MiB through a full pipe; client leaves mid-stream", test_pipe_stream, 60);
 	run("hand-driven: poll() loop, split lines answered at once, pending, BYE", test_hand_driven, 60);
 	run("transports: a stream that cannot be taken over is driven by requests (D, fds, BYE)", test_request_driven, 60);
+	run("hooks: command hooks set while a connection is open; force close without hooks", test_hooks_later, 60);
+	for (g_plain_idx = 0; g_plain_idx < sizeof(plain_tests) / sizeof(plain_tests[0]); g_plain_idx++) {
+		char name[96];
+		snprintf(name, sizeof name, "no command hooks: %s", plain_tests[g_plain_idx].name);
+		run(name, run_plain, 60);
+	}
 	run("many: 200 clients on one loop, all pending at once", test_many_clients, 60);
 #ifdef GPG_CONNECT_AGENT
 	run("interop: gpg-connect-agent drives an in-test server (OPTION, HELP, D, INQUIRE, errors)", test_gca_inprocess, 120);
