@@ -33,7 +33,7 @@ enum cstate { C_IDLE, C_CMD, C_INQUIRE };
 enum builtin { B_NONE, B_NOP, B_CANCEL, B_OPTION, B_BYE, B_AUTH, B_RESET, B_END, B_HELP, B_INPUT, B_OUTPUT };
 
 struct cmd {
-	uint64_t key; /* a name of up to 8 bytes, as a word (see name_word); else 0 */
+	uint64_t key; /* a name of up to 8 bytes as a word (name_key); else 0 */
 	char *name;
 	size_t len; /* of name */
 	char *help;
