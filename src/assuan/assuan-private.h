@@ -5,8 +5,6 @@
 
 #include <weft/assuan.h>
 
-#include "loop-private.h"
-
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
