@@ -166,7 +166,13 @@ WEFT_EXPORT weft_listener *weft_assuan_server_listener(const weft_assuan_server 
 /* Serve an already connected stream (a socket you accepted yourself, a TLS
  * stream, a pipe pair).  Ownership of s passes to the connection, also on
  * failure.  *ret_conn (may be NULL) is valid until the close hook.
- * Returns 0, -EINVAL, -ENOMEM. */
+ * The connection takes the stream's transport over, as a TLS stream takes
+ * its socket: it hears the readiness and reads and writes through the
+ * stream's own operations, so start no reads or writes on s yourself
+ * afterwards (weft_assuan_conn_stream is for its loop, fd and peer).  A
+ * stream that still has a request attached, or bytes it read ahead, is
+ * served through requests instead (the same protocol, more instructions
+ * per command).  Returns 0, -EINVAL, -ENOMEM. */
 WEFT_EXPORT int weft_assuan_server_adopt(weft_assuan_server *srv, weft_stream *s,
 		weft_assuan_conn **ret_conn);
 /* The same for an accepted socket fd (the seed's "accept yourself, then hand

@@ -534,8 +534,9 @@ static void client_process(weft_assuan_client *cl)
 		client_release(cl);
 }
 
-static void pump_event(struct weft__apump *p)
+static void pump_event(struct weft__apump *p, enum weft__apump_ev ev)
 {
+	(void)ev; /* only a taken pump asks to be woken */
 	client_process(weft__container_of(p, weft_assuan_client, io));
 }
 

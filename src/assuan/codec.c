@@ -92,8 +92,9 @@ static enum weft__aline ain_line(struct weft__ain *in, char *start, char *nl, ch
 	return WEFT__ALINE_LINE;
 }
 
-/* Lines longer than a command, an over-long line, or no LF yet. */
-static __attribute__((noinline)) enum weft__aline ain_take_long(struct weft__ain *in, char **line, size_t *len)
+/* Lines longer than a command, an over-long line, or no LF yet (the short
+ * line whole is weft__ain_next's, inline). */
+enum weft__aline weft__ain_take(struct weft__ain *in, char **line, size_t *len)
 {
 	if (in->discarding)
 		return ain_discard(in);
@@ -104,22 +105,10 @@ static __attribute__((noinline)) enum weft__aline ain_take_long(struct weft__ain
 			in->discarding = true; /* no LF within the limit */
 			return ain_discard(in);
 		}
-		in->scanned = in->len;
+		in->scanned = (uint32_t)in->len; /* below LINELENGTH here */
 		return WEFT__ALINE_NONE;
 	}
 	return ain_line(in, start, nl, line, len);
-}
-
-enum weft__aline weft__ain_take(struct weft__ain *in, char **line, size_t *len)
-{
-	/* A short command line, whole: looked at byte by byte, no call. */
-	if (!in->discarding && in->scanned == 0 && in->len <= 16) {
-		char *start = in->buf + in->off;
-		for (size_t i = 0; i < in->len; i++)
-			if (start[i] == '\n')
-				return ain_line(in, start, start + i, line, len);
-	}
-	return ain_take_long(in, line, len);
 }
 
 /* ---- output --------------------------------------------------------------- */

@@ -12,6 +12,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,6 +33,7 @@ enum cstate { C_IDLE, C_CMD, C_INQUIRE };
 enum builtin { B_NONE, B_NOP, B_CANCEL, B_OPTION, B_BYE, B_AUTH, B_RESET, B_END, B_HELP, B_INPUT, B_OUTPUT };
 
 struct cmd {
+	uint64_t key; /* a name of up to 8 bytes as a word (name_key); else 0 */
 	char *name;
 	size_t len; /* of name */
 	char *help;
@@ -92,11 +94,15 @@ struct weft_assuan_conn {
 	unsigned depth;
 	bool force_close, bye, greeted, close_after_write, fd_receiver;
 	bool closed;
+	/* finish has more to do than answer OK: an okay line, an error text,
+	 * a cancel callback or an inquiry was set, descriptors are open, a D
+	 * line may be open, BYE, force_close, or the server has a post_cmd
+	 * hook.  Set where those are set; recomputed by finish. */
+	bool dirty;
 };
 
 static void conn_process(weft_assuan_conn *c);
 static void conn_close(weft_assuan_conn *c);
-static void conn_flush(weft_assuan_conn *c);
 
 static weft_assuan_err mkerr(const weft_assuan_server *srv, gpg_err_code_t code)
 {
@@ -127,6 +133,29 @@ static const struct {
 	{"END", B_END, true}, {"HELP", B_HELP, true}, {"INPUT", B_INPUT, false},
 	{"OUTPUT", B_OUTPUT, false},
 };
+
+/* Word tricks over 8 bytes read as a little-endian word. */
+#define ONES UINT64_C(0x0101010101010101)
+#define HIGHS UINT64_C(0x8080808080808080)
+/* The first n (1..8) bytes of w, the rest zero. */
+static inline uint64_t low_bytes(uint64_t w, size_t n)
+{
+	return n >= 8 ? w : w & ((UINT64_C(1) << (n * 8)) - 1);
+}
+
+/* A name of up to 8 bytes as a word: its bytes, zero-padded (names hold
+ * no NUL, so equal words mean equal names).  0 for a longer name. */
+static uint64_t name_key(const char *name, size_t len)
+{
+	if (len == 0 || len > 8)
+		return 0;
+	unsigned char b[8] = {0};
+	memcpy(b, name, len);
+	uint64_t w = 0;
+	for (int i = 7; i >= 0; i--)
+		w = w << 8 | b[i];
+	return w;
+}
 
 static bool name_eq_upper(const char *registered, const char *input)
 {
@@ -209,7 +238,8 @@ int weft_assuan_register(weft_assuan_server *srv, const char *name, weft_assuan_
 		}
 		slot = &srv->cmds[srv->ncmds++];
 	}
-	*slot = (struct cmd){.name = n, .len = strlen(n), .help = h, .fn = handler, .data = data, .builtin = b};
+	*slot = (struct cmd){.key = name_key(n, strlen(n)), .name = n, .len = strlen(n), .help = h,
+		.fn = handler, .data = data, .builtin = b};
 	return 0;
 }
 
@@ -305,6 +335,9 @@ void weft_assuan_server_set_hooks(weft_assuan_server *srv, const weft_assuan_hoo
 	else
 		memset(&srv->hooks, 0, sizeof(srv->hooks));
 	srv->hooks_data = data;
+	/* A post_cmd hook: every finish looks (dirty is recomputed there). */
+	for (struct weft__list *l = srv->conns.next; l != &srv->conns; l = l->next)
+		weft__container_of(l, weft_assuan_conn, link)->dirty = true;
 }
 
 void weft_assuan_server_set_limits(weft_assuan_server *srv, const weft_assuan_limits *limits)
@@ -354,26 +387,21 @@ static void room_check(weft_assuan_conn *c)
 }
 
 /* A read or write request of the pump finished. */
-static void pump_event(struct weft__apump *p)
+static void pump_event(struct weft__apump *p, enum weft__apump_ev ev)
 {
 	weft_assuan_conn *c = weft__container_of(p, weft_assuan_conn, io);
+	if (ev == WEFT__APUMP_WAKE) {
+		weft_defer_schedule(&c->kick); /* kick_cb runs weft__apump_kick */
+		return;
+	}
 	if (p->err != 0) {
+		c->depth++; /* c stays until the loop, even if the server goes */
 		conn_close(c); /* the peer went away */
+		c->depth--;
 		return;
 	}
-	room_check(c); /* conn_flush does not look when nothing new is queued */
+	room_check(c); /* conn_serve looks only after a flush */
 	conn_process(c); /* lines to dispatch; more output; paused commands */
-}
-
-static void conn_flush(weft_assuan_conn *c)
-{
-	if (c->closed)
-		return;
-	if (weft__apump_flush(&c->io) < 0) {
-		conn_close(c);
-		return;
-	}
-	room_check(c);
 }
 
 static int out_line(weft_assuan_conn *c, const char *prefix, const char *text)
@@ -413,8 +441,10 @@ int weft_assuan_send_data(weft_assuan_conn *c, const void *buf, size_t len)
 	if (out_pending(c) >= c->srv->limits.output)
 		return -ENOBUFS;
 	int r = weft__aenc_data(&c->io.out, &c->io.dcount, buf, len);
-	if (r == 0)
+	if (r == 0) {
+		c->dirty = true; /* a D line may be open */
 		conn_touch(c);
+	}
 	return r;
 }
 
@@ -451,6 +481,7 @@ int weft_assuan_on_cancel(weft_assuan_conn *c, weft_assuan_cancel_cb cb, void *d
 		return -EINVAL;
 	c->cancel_cb = cb;
 	c->cancel_data = data;
+	c->dirty = true;
 	return 0;
 }
 
@@ -467,6 +498,7 @@ int weft_assuan_set_okay_line(weft_assuan_conn *c, const char *text)
 	}
 	free(c->okay);
 	c->okay = t;
+	c->dirty = true;
 	return 0;
 }
 
@@ -477,13 +509,16 @@ weft_assuan_err weft_assuan_set_error(weft_assuan_conn *c, weft_assuan_err err, 
 	free(c->err_text);
 	c->err_text = text ? strdup(text) : NULL;
 	c->err_no = err;
+	c->dirty = true;
 	return err;
 }
 
 void weft_assuan_set_force_close(weft_assuan_conn *c)
 {
-	if (c != NULL)
+	if (c != NULL) {
 		c->force_close = true;
+		c->dirty = true;
+	}
 }
 
 /* ---- descriptors ----------------------------------------------------------------- */
@@ -612,12 +647,29 @@ static bool keeps_fds(enum builtin b)
 	return b == B_INPUT || b == B_OUTPUT || b == B_OPTION || b == B_NOP || b == B_HELP;
 }
 
-static void finish(weft_assuan_conn *c, weft_assuan_err err)
+static void finish_slow(weft_assuan_conn *c, weft_assuan_err err);
+
+/* Answer the command and end it. */
+static inline void finish(weft_assuan_conn *c, weft_assuan_err err)
+{
+	struct weft__abuf *out = &c->io.out;
+	if (err == 0 && !c->dirty && out->cap - out->len >= 3) {
+		/* The usual end: OK, and nothing of the command to clear. */
+		memcpy(out->p + out->len, "OK\n", 3);
+		out->len += 3;
+		c->state = C_IDLE;
+		c->cmd_seq++;
+		conn_touch(c);
+		return;
+	}
+	finish_slow(c, err);
+}
+
+static __attribute__((noinline)) void finish_slow(weft_assuan_conn *c, weft_assuan_err err)
 {
 	struct weft__abuf *out = &c->io.out;
 	int r = c->io.dcount != 0 ? weft__aenc_data_end(out, &c->io.dcount) : 0;
 	if (err == 0 && c->okay == NULL && !c->bye) {
-		/* The usual answer, written straight into the buffer. */
 		if (r == 0 && (out->cap - out->len >= 3 || (r = weft__abuf_reserve(out, 3)) == 0)) {
 			memcpy(out->p + out->len, "OK\n", 3);
 			out->len += 3;
@@ -639,6 +691,9 @@ static void finish(weft_assuan_conn *c, weft_assuan_err err)
 		close_fd(&c->input_fd);
 		close_fd(&c->output_fd);
 	}
+	/* What the next finish must look at (a hook below may add to it). */
+	c->dirty = c->input_fd >= 0 || c->output_fd >= 0 || c->bye || c->force_close ||
+		c->io.dcount != 0 || c->srv->hooks.post_cmd != NULL;
 	if (c->srv->hooks.post_cmd) {
 		c->depth++; /* a hook that frees the server: c stays until the loop */
 		c->srv->hooks.post_cmd(c, err, c->srv->hooks_data);
@@ -664,8 +719,8 @@ int weft_assuan_process_done(weft_assuan_conn *c, weft_assuan_err err)
 /* Run a handler or continuation's verdict for command seq. */
 static void verdict(weft_assuan_conn *c, unsigned seq, weft_assuan_err r)
 {
-	if (c->closed || c->cmd_seq != seq || c->state == C_IDLE)
-		return; /* finished inside, or gone */
+	if (c->cmd_seq != seq)
+		return; /* finished inside, or gone (closing bumps it too) */
 	if (r == WEFT_ASSUAN_PENDING)
 		return;
 	if (c->state == C_INQUIRE) {
@@ -692,6 +747,7 @@ int weft_assuan_inquire(weft_assuan_conn *c, const char *keyword, size_t maxlen,
 	if (r < 0)
 		return r;
 	c->state = C_INQUIRE;
+	c->dirty = true;
 	c->inq_cb = cb;
 	c->inq_data = data;
 	c->inq_max = maxlen ? maxlen : c->srv->limits.inquire;
@@ -893,6 +949,7 @@ static weft_assuan_err std_fd(weft_assuan_conn *c, char *line, bool input)
 	int *slot = input ? &c->input_fd : &c->output_fd;
 	close_fd(slot);
 	*slot = fd;
+	c->dirty = true;
 	return 0;
 }
 
@@ -914,6 +971,7 @@ static weft_assuan_err run_builtin(weft_assuan_conn *c, enum builtin b, char *li
 		close_fd(&c->input_fd);
 		close_fd(&c->output_fd);
 		c->bye = true;
+		c->dirty = true;
 		return 0;
 	case B_RESET: {
 		weft_assuan_err e = srv->hooks.reset ? srv->hooks.reset(c, line, srv->hooks_data) : 0;
@@ -948,33 +1006,115 @@ static void answer(weft_assuan_conn *c, enum builtin b, weft_assuan_err err)
 	finish(c, err);
 }
 
-static void command_line(weft_assuan_conn *c, char *line)
+/* The length of the command name at line (up to the first blank or NUL)
+ * and, for a name of up to 8 bytes, the name as a word (name_key); else 0.
+ * end: how far the line's buffer may be read. */
+static inline size_t scan_name(const char *line, const char *end, uint64_t *ret_key)
 {
-	weft_assuan_server *srv = c->srv;
-	if (line[0] == '\0' || line[0] == '#')
-		return; /* no answer, as libassuan */
-	if (line[0] == 'D' && line[1] == ' ') {
-		answer(c, B_NONE, mkerr(srv, GPG_ERR_NOT_IMPLEMENTED));
-		return;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+	if (end - line >= 8) {
+		/* The first byte below 0x21 (exact for the lowest flagged byte):
+		 * the end of the name if it is a blank or the NUL. */
+		uint64_t w;
+		memcpy(&w, line, 8);
+		uint64_t f = (w - ONES * 0x21) & ~w & HIGHS;
+		if (f != 0) {
+			size_t n = (size_t)__builtin_ctzll(f) >> 3;
+			char ch = line[n];
+			if (ch == '\0' || blank(ch)) {
+				*ret_key = n > 0 ? low_bytes(w, n) : 0;
+				return n;
+			}
+		}
 	}
-	char *p = line;
-	while (*p && !blank(*p))
-		p++;
-	if (p == line) {
+#else
+	(void)end;
+#endif
+	size_t n = 0;
+	while (line[n] && !blank(line[n]))
+		n++;
+	*ret_key = name_key(line, n);
+	return n;
+}
+
+static __attribute__((noinline)) struct cmd *find_cmd_slow(weft_assuan_server *srv, const char *name, size_t len)
+{
+	return find_cmd(srv, name, len);
+}
+
+/* The command named name: an exact match of a short name by its word,
+ * else find_cmd. */
+static inline struct cmd *lookup(weft_assuan_server *srv, const char *name, size_t len, uint64_t key)
+{
+	if (key != 0) {
+		struct cmd *cmd = srv->cmds, *e = cmd + srv->ncmds;
+		for (; cmd < e; cmd++)
+			if (cmd->key == key)
+				return cmd;
+	}
+	return find_cmd_slow(srv, name, len);
+}
+
+/* Lines that name no command: a comment, an empty line, a leading blank,
+ * a D line. */
+static __attribute__((noinline)) void command_odd(weft_assuan_conn *c, char *line, size_t nlen)
+{
+	if (line[0] == '#')
+		return; /* no answer, as libassuan */
+	if (nlen == 0) {
+		if (line[0] == '\0')
+			return; /* an empty line: no answer either */
 		c->state = C_CMD;
 		c->cur_builtin = B_NONE;
 		finish(c, syntax(c, "leading white-space"));
 		return;
 	}
-	size_t nlen = (size_t)(p - line);
+	answer(c, B_NONE, mkerr(c->srv, GPG_ERR_NOT_IMPLEMENTED)); /* D line */
+}
+
+static __attribute__((noinline)) void command_unknown(weft_assuan_conn *c)
+{
+	answer(c, B_NONE, mkerr(c->srv, GPG_ERR_ASS_UNKNOWN_CMD));
+}
+
+/* The pre_cmd hook; false when the command is over (answered, or the
+ * connection closed). */
+static __attribute__((noinline)) bool command_pre(weft_assuan_conn *c, const char *name, unsigned seq)
+{
+	weft_assuan_server *srv = c->srv;
+	weft_assuan_err e = srv->hooks.pre_cmd(c, name, srv->hooks_data);
+	if (c->closed || c->cmd_seq != seq)
+		return false;
+	if (e != 0) {
+		finish(c, e);
+		return false;
+	}
+	return true;
+}
+
+static __attribute__((noinline)) weft_assuan_err run_builtin_slow(weft_assuan_conn *c, enum builtin b, char *line)
+{
+	return run_builtin(c, b, line);
+}
+
+/* A command line; end: how far its buffer may be read. */
+static inline __attribute__((always_inline)) void command_line(weft_assuan_conn *c, char *line, const char *end)
+{
+	uint64_t key;
+	size_t nlen = scan_name(line, end, &key);
+	if (line[0] == '#' || nlen == 0 || (line[0] == 'D' && line[1] == ' ')) {
+		command_odd(c, line, nlen);
+		return;
+	}
+	char *p = line + nlen;
 	if (*p) {
 		*p++ = '\0';
 		while (blank(*p))
 			p++;
 	}
-	struct cmd *cmd = find_cmd(srv, line, nlen);
+	struct cmd *cmd = lookup(c->srv, line, nlen, key);
 	if (cmd == NULL) {
-		answer(c, B_NONE, mkerr(srv, GPG_ERR_ASS_UNKNOWN_CMD));
+		command_unknown(c);
 		return;
 	}
 	c->state = C_CMD;
@@ -984,20 +1124,13 @@ static void command_line(weft_assuan_conn *c, char *line)
 	weft_assuan_handler fn = cmd->fn;
 	void *fn_data = cmd->data;
 	enum builtin b = cmd->builtin;
-	if (srv->hooks.pre_cmd) {
-		weft_assuan_err e = srv->hooks.pre_cmd(c, cmd->name, srv->hooks_data);
-		if (c->closed || c->cmd_seq != seq)
-			return;
-		if (e != 0) {
-			finish(c, e);
-			return;
-		}
+	if (c->srv->hooks.pre_cmd != NULL && !command_pre(c, cmd->name, seq))
+		return;
+	if (fn == NULL && b == B_NOP) {
+		finish(c, 0); /* nothing ran: answered at once */
+		return;
 	}
-	weft_assuan_err r;
-	if (fn != NULL)
-		r = fn(c, p, fn_data);
-	else
-		r = run_builtin(c, b, p);
+	weft_assuan_err r = fn != NULL ? fn(c, p, fn_data) : run_builtin_slow(c, b, p);
 	verdict(c, seq, r);
 }
 
@@ -1029,22 +1162,18 @@ static void send_greeting(weft_assuan_conn *c)
 	}
 }
 
-static void start_read(weft_assuan_conn *c)
+/* The pump: dispatch what can be, write what was answered, read more.
+ * Inline in conn_hook, which runs it for every command line (hot: the
+ * connection is open and greeted — it reads — and its transport taken). */
+static inline __attribute__((always_inline)) void conn_serve(weft_assuan_conn *c, bool hot)
 {
-	if (!c->closed && weft__apump_read(&c->io) < 0)
-		conn_close(c);
-}
-
-/* The pump: dispatch what can be, write what was answered, read more. */
-static void conn_process(weft_assuan_conn *c)
-{
-	if (c->closed)
+	if (!hot && c->closed)
 		return;
 	c->depth++;
-	if (!c->greeted)
+	if (!hot && !c->greeted)
 		send_greeting(c);
 	bool waiting_lines = false; /* lines left unread for lack of room */
-	while (!c->closed && !c->close_after_write && c->state != C_CMD) {
+	while (c->io.in.len > 0 && !c->closed && !c->close_after_write && c->state != C_CMD) {
 		if (c->state == C_IDLE && out_pending(c) >= c->srv->limits.output) {
 			waiting_lines = true; /* the client reads no answers */
 			break;
@@ -1067,9 +1196,11 @@ static void conn_process(weft_assuan_conn *c)
 		if (c->state == C_INQUIRE)
 			inquire_line(c, line, len);
 		else
-			command_line(c, line);
+			command_line(c, line, c->io.in.buf + c->io.in.cap);
 	}
-	if (!c->closed && c->io.eof && !c->close_after_write) {
+	if (c->closed)
+		goto out;
+	if (c->io.eof && !c->close_after_write) {
 		/* The client closed (or half-closed) its side.  Lines it sent
 		 * before were answered above; a command still running is
 		 * cancelled; an incomplete last line is dropped. */
@@ -1081,16 +1212,55 @@ static void conn_process(weft_assuan_conn *c)
 		if (!waiting_lines)
 			c->close_after_write = true;
 	}
-	conn_flush(c);
-	if (!c->closed && waiting_lines && out_pending(c) < c->srv->limits.output)
+	if ((hot ? weft__apump_flush_taken(&c->io) : weft__apump_flush(&c->io)) < 0) {
+		conn_close(c);
+		goto out;
+	}
+	room_check(c);
+	if (waiting_lines && out_pending(c) < c->srv->limits.output)
 		weft_defer_schedule(&c->kick); /* written at once: on with the waiting lines */
-	if (!c->closed && c->close_after_write && out_pending(c) == 0) {
+	if (c->close_after_write && out_pending(c) == 0) {
 		c->depth--;
 		conn_close(c);
 		return;
 	}
-	start_read(c);
+	if (weft__apump_read(&c->io) < 0)
+		conn_close(c);
+out:
 	c->depth--;
+}
+
+static void conn_process(weft_assuan_conn *c)
+{
+	conn_serve(c, false);
+}
+
+/* The transport of a connection is ready.  The usual wake-up — a command
+ * line for an idle connection — is served here in one piece: read into
+ * the small buffer, the lines dispatched and answered, the answers written;
+ * anything else goes the pump's way. */
+static void conn_hook(void *data, unsigned revents)
+{
+	struct weft__apump *p = data;
+	weft_assuan_conn *c = weft__container_of(p, weft_assuan_conn, io);
+	if (!weft__apump_idle_read(p, revents)) {
+		weft__apump_hook(p, revents);
+		return;
+	}
+	p->busy = 1;
+	struct iovec iov = {p->small, sizeof(p->small)};
+	ssize_t n = p->ops->readv(p->s, &iov, 1);
+	if (n <= 0 || (size_t)n == sizeof(p->small)) {
+		weft__apump_read_result(p, n); /* the end, an error, or more to come */
+		return;
+	}
+	p->in.off = 0;
+	p->in.len = (size_t)n;
+	p->drained = true; /* a short read: the transport is empty */
+	conn_serve(c, true); /* what pump_event does; it looks at the room too */
+	p->busy = 0;
+	if (p->s != NULL)
+		weft__apump_watch(p);
 }
 
 /* ---- connection life ---------------------------------------------------------------- */
@@ -1123,6 +1293,9 @@ static void kick_cb(weft_defer *d, void *data)
 		conn_free(c);
 		return;
 	}
+	weft__apump_kick(&c->io); /* a read the pump asked for */
+	if (c->closed)
+		return; /* closed by it: this kick runs again to free */
 	if (c->room_cb != NULL && out_pending(c) <= c->srv->limits.output / 2) {
 		weft_assuan_room_cb cb = c->room_cb;
 		c->room_cb = NULL;
@@ -1147,6 +1320,7 @@ static void conn_close(weft_assuan_conn *c)
 		cb(c, c->cancel_data);
 	}
 	c->state = C_IDLE;
+	c->cmd_seq++; /* a verdict still to come is stale */
 	c->room_cb = NULL;
 	weft__apump_close(&c->io); /* requests abandoned, stream closed */
 	close_fd(&c->input_fd);
@@ -1188,9 +1362,13 @@ int weft_assuan_server_adopt(weft_assuan_server *srv, weft_stream *s, weft_assua
 	c->srv = srv;
 	weft__apump_init(&c->io, s, pump_event);
 	c->input_fd = c->output_fd = -1;
+	c->dirty = true; /* the first finish looks at the hooks */
 	weft__defer_init(srv->loop, &c->kick, kick_cb, c);
 	if (srv->fdpassing && weft_stream_set_fd_receiver(s, on_passed_fd, c) == 0)
 		c->fd_receiver = true;
+	/* The connection drives the transport itself; a stream that cannot be
+	 * taken (a request attached) is driven by requests instead. */
+	(void)weft__apump_take(&c->io, conn_hook);
 	weft__list_append(&srv->conns, &c->link);
 	srv->nconns++;
 	srv->nalive++;
@@ -1312,7 +1490,7 @@ int weft_assuan_get_active_fds(weft_assuan_conn *c, int what, int *fds, int n)
 		return -EINVAL;
 	if (c->closed)
 		return 0;
-	bool want = what == 0 ? c->io.reading : c->io.wreq != NULL;
+	bool want = what == 0 ? c->io.reading : weft__apump_writing(&c->io);
 	if (!want)
 		return 0; /* the usual answer for writing: no lookup */
 	int fd = weft_stream_fd(c->io.s);
@@ -1334,8 +1512,12 @@ int weft_assuan_process_next(weft_assuan_conn *c, bool *done)
 	/* The caller polled the connection's fd: serve its stream at once
 	 * (reads, answers, writes run from here), so that the loop — and its
 	 * epoll_wait — is needed only for work that was posted. */
-	if (!c->closed && c->greeted)
-		weft_stream_ready(c->io.s, WEFT_IO_READ | WEFT_IO_WRITE);
+	if (!c->closed && c->greeted) {
+		if (weft__apump_taken(&c->io))
+			conn_hook(&c->io, WEFT_IO_READ | WEFT_IO_WRITE);
+		else
+			weft_stream_ready(c->io.s, WEFT_IO_READ | WEFT_IO_WRITE);
+	}
 	/* Run what is ready, and the work it posts, without waiting. */
 	for (int i = 0; i < 16 && !gone; i++) {
 		if (weft_loop_get_timeout(loop) != 0)

@@ -1040,6 +1040,11 @@ struct fix {
 	bool eof;
 };
 
+/* Without pre_cmd and post_cmd hooks a command that sets nothing special
+ * ends on the server's short path (OK appended, nothing to clear): the
+ * second run of the server tests uses that. */
+static bool g_no_cmd_hooks;
+
 static void fix_server(struct fix *f)
 {
 	memset(f, 0, sizeof *f);
@@ -1049,7 +1054,10 @@ static void fix_server(struct fix *f)
 	CHECK_EQ(weft_loop_new(&f->loop), 0);
 	CHECK_EQ(weft_assuan_server_new(f->loop, &f->srv), 0);
 	weft_assuan_server_set_err_source(f->srv, AGENT);
-	weft_assuan_server_set_hooks(f->srv, &all_hooks, NULL);
+	weft_assuan_hooks hooks = all_hooks;
+	if (g_no_cmd_hooks)
+		hooks.pre_cmd = NULL, hooks.post_cmd = NULL;
+	weft_assuan_server_set_hooks(f->srv, &hooks, NULL);
 	register_test_commands(f->srv);
 }
 
@@ -1821,6 +1829,24 @@ static void test_input_full(void)
 	EXPECT(&f, want);
 	free(many);
 	free(want);
+	/* More than the big input buffer and the socket hold: reading stops
+	 * while the command is pending and starts again (from the loop, the
+	 * transport not being drained) once it is answered. */
+	n = 150000;
+	many = malloc(9 + n * 4 + 1);
+	memcpy(many, "ASYNC 30\n", 9);
+	for (size_t i = 0; i < n; i++)
+		memcpy(many + 9 + i * 4, "NOP\n", 4);
+	fix_send(&f, many, 9 + n * 4);
+	want = malloc(30 + n * 3 + 1);
+	w = (size_t)sprintf(want, "S PROGRESS start\nD late\nOK\n");
+	for (size_t i = 0; i < n; i++)
+		memcpy(want + w + i * 3, "OK\n", 3);
+	want[w + n * 3] = '\0';
+	EXPECT(&f, want);
+	free(many);
+	free(want);
+	TALK(&f, "NOP\n", "OK\n");
 	fix_close(&f);
 }
 
@@ -2713,6 +2739,60 @@ static void test_pipe_stream(void)
 	fix_close(&f);
 }
 
+/* A stream with a request still attached cannot be taken over: the
+ * connection drives it by requests instead — the same answers, 1 MiB of D
+ * data through a socket the client drains slowly, fds passed. */
+static void test_request_driven(void)
+{
+	struct fix f;
+	fix_server(&f);
+	CHECK_EQ(weft_assuan_register(f.srv, "STREAM", cmd_stream, NULL, NULL), 0);
+	weft_assuan_limits lim = {.output = 64 * 1024};
+	weft_assuan_server_set_limits(f.srv, &lim);
+	int sv[2];
+	CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	weft_stream *s;
+	CHECK_EQ(weft_stream_new_socket(f.loop, sv[0], &s), 0);
+	/* 1 MiB of comment lines: more than the socket takes, so the write is
+	 * still under way (attached) when the stream is adopted. */
+	size_t prelen = 1u << 20;
+	char *prebuf = malloc(prelen);
+	for (size_t i = 0; i < prelen; i += 64) {
+		memset(prebuf + i, 'c', 64);
+		memcpy(prebuf + i, "# ", 2);
+		prebuf[i + 63] = '\n';
+	}
+	struct iovec iov = {prebuf, prelen};
+	weft_req *pre = weft_stream_writev_send(s, &iov, 1);
+	CHECK(pre != NULL && weft_req_is_in_progress(pre));
+	CHECK_EQ(weft_assuan_server_adopt(f.srv, s, &f.conn), 0);
+	f.rfd = f.wfd = sv[1];
+	EXPECTN(&f, prebuf, prelen);
+	free(prebuf);
+	EXPECT(&f, greeting());
+	TALK(&f, "NOP\nnop\r\n# c\nECHO req\n", "OK\nOK\nD req\nOK\n");
+	int tf = temp_file("y");
+	send_fd(f.wfd, tf);
+	char want[64];
+	snprintf(want, sizeof want, "OK\nOK %lu -\n", ino_of(tf));
+	TALK(&f, "INPUT FD\nFDINFO\n", want);
+	close(tf);
+	size_t total = 1u << 20;
+	char cmd[64];
+	snprintf(cmd, sizeof cmd, "STREAM %zu\n", total);
+	fix_send(&f, cmd, strlen(cmd));
+	uint64_t end = t_now_ms() + 20000;
+	while (t_now_ms() < end && !(f.rxlen > total && memcmp(f.rx + f.rxlen - 4, "\nOK\n", 4) == 0))
+		pump(&f, (size_t)-1, 2);
+	check_stream(f.rx, f.rxlen, total);
+	f.rxlen = 0;
+	TALK(&f, "BYE\n", "OK closing connection\n");
+	EXPECT_EOF(&f);
+	run_until_closed(&f);
+	weft_req_free(pre);
+	fix_close(&f);
+}
+
 /* ---- tier 3: interop with the real gpg-connect-agent ------------------------------------ */
 
 #ifdef GPG_CONNECT_AGENT
@@ -3061,6 +3141,59 @@ static void run(const char *name, void (*fn)(void), unsigned seconds)
 	}
 }
 
+/* Command hooks set while a connection is open take effect for its next
+ * command (the connection's short path is left); force close without
+ * hooks. */
+static void test_hooks_later(void)
+{
+	struct fix f;
+	g_no_cmd_hooks = true;
+	fix_open(&f);
+	g_no_cmd_hooks = false;
+	EXPECT(&f, greeting());
+	TALK(&f, "NOP\nECHO x\nNOP\n", "OK\nD x\nOK\nOK\n");
+	CHECK_STR(g.post, "");
+	weft_assuan_server_set_hooks(f.srv, &all_hooks, NULL);
+	TALK(&f, "NOP\nNOP\n", "OK\nOK\n");
+	CHECK_STR(g.pre, "NOP;NOP;");
+	CHECK_STR(g.post, "0;0;");
+	weft_assuan_hooks none = {.open = h_open, .close = h_close};
+	weft_assuan_server_set_hooks(f.srv, &none, NULL);
+	TALK(&f, "NOP\n", "OK\n");
+	CHECK_STR(g.post, "0;0;");
+	TALK(&f, "CLOSE ok\nNOP\n", "OK\n");
+	EXPECT_EOF(&f);
+	run_until_closed(&f);
+	fix_close(&f);
+}
+
+/* The server tests that do not look at the command hooks, again without
+ * them. */
+static const struct {
+	const char *name;
+	void (*fn)(void);
+} plain_tests[] = {
+	{"greeting", test_greeting}, {"basics", test_basics}, {"errors", test_errors},
+	{"OPTION", test_option}, {"HELP", test_help}, {"over-long lines", test_line_too_long},
+	{"pending", test_pending}, {"pending, disconnect", test_pending_disconnect},
+	{"pending, server free", test_pending_server_free},
+	{"streaming command cancelled", test_disconnect_while_streaming},
+	{"inquire", test_inquire}, {"inquire, 1 MiB", test_inquire_big}, {"input full", test_input_full},
+	{"mixed output", test_mixed_output}, {"random sessions", test_random_sessions},
+	{"fds without passing", test_fds_no_passing}, {"fd passing", test_fd_passing},
+	{"backpressure", test_backpressure}, {"pipeline flood", test_pipeline_flood},
+	{"transports", test_transports}, {"pipe stream", test_pipe_stream}, {"hand-driven", test_hand_driven},
+	{"many clients", test_many_clients}, {"request-driven stream", test_request_driven},
+};
+static size_t g_plain_idx;
+
+static void run_plain(void)
+{
+	g_no_cmd_hooks = true;
+	plain_tests[g_plain_idx].fn();
+	g_no_cmd_hooks = false;
+}
+
 /* ---- main ------------------------------------------------------------------------ */
 
 int main(void)
@@ -3090,7 +3223,7 @@ int main(void)
 	run("pending: a streaming command cancelled when the client leaves without reading", test_disconnect_while_streaming, 60);
 	run("inquire: V11/V12, CAN, unexpected, too much data drained, malformed %, chained", test_inquire, 60);
 	run("inquire: 1 MiB of escaped data, the server's default limit, bad keywords", test_inquire_big, 60);
-	run("input: 40 KB of lines waiting behind a pending command", test_input_full, 60);
+	run("input: 40 KB and 600 KB of lines waiting behind a pending command", test_input_full, 60);
 	run("output: D lines, END, status and comments mixed; flush; default greeting restored", test_mixed_output, 60);
 	run("random sessions: garbage, inquiries and escapes in random pieces; always back in sync", test_random_sessions, 60);
 	run("INPUT/OUTPUT without fd passing (V4); FD=n only for passed/allowed fds", test_fds_no_passing, 60);
@@ -3100,6 +3233,13 @@ int main(void)
 	run("transports: TCP, abstract Unix name, adopt_pipe on one socket", test_transports, 60);
 	run("transports: a pipe server streams 2 MiB through a full pipe; client leaves mid-stream", test_pipe_stream, 60);
 	run("hand-driven: poll() loop, split lines answered at once, pending, BYE", test_hand_driven, 60);
+	run("transports: a stream that cannot be taken over is driven by requests (D, fds, BYE)", test_request_driven, 60);
+	run("hooks: command hooks set while a connection is open; force close without hooks", test_hooks_later, 60);
+	for (g_plain_idx = 0; g_plain_idx < sizeof(plain_tests) / sizeof(plain_tests[0]); g_plain_idx++) {
+		char name[96];
+		snprintf(name, sizeof name, "no command hooks: %s", plain_tests[g_plain_idx].name);
+		run(name, run_plain, 60);
+	}
 	run("many: 200 clients on one loop, all pending at once", test_many_clients, 60);
 #ifdef GPG_CONNECT_AGENT
 	run("interop: gpg-connect-agent drives an in-test server (OPTION, HELP, D, INQUIRE, errors)", test_gca_inprocess, 120);
