@@ -355,7 +355,9 @@ static void client_read(weft_fdpass_client *c)
 	for (int i = 0; i < READS_PER_WAKEUP && !c->dead && !c->freed; i++) {
 		size_t room = 0;
 		weft_fdpass_op op = WEFT_FDPASS_OP_RECVMSG;
-		ssize_t n = weft__fdp_read_into(&c->dec, c->fd, c->lim.max_fds, &room, &op);
+		struct weft__fdp_msg m;
+		bool whole = false;
+		ssize_t n = weft__fdp_read_into(&c->dec, c->fd, c->lim.max_fds, &room, &op, &m, &whole);
 		if (n == -EAGAIN)
 			return;
 		if (n < 0) {
@@ -370,9 +372,11 @@ static void client_read(weft_fdpass_client *c)
 			return;
 		}
 		int r = 0;
-		struct weft__fdp_msg m;
-		while (r == 0 && (r = weft__fdp_dec_next(&c->dec, &m)) == 1)
+		if (whole) /* the read was this one message: nothing else to take out */
 			r = client_deliver(c, &m) ? 0 : 1;
+		else
+			while (r == 0 && (r = weft__fdp_dec_next(&c->dec, &m)) == 1)
+				r = client_deliver(c, &m) ? 0 : 1;
 		if (r == 1)
 			return; /* failed or freed */
 		if (r < 0) {

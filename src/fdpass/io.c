@@ -30,24 +30,34 @@ typedef union {
 	char buf[CMSG_SPACE(sizeof(int) * WEFT_FDPASS_MAX_FDS_LIMIT)];
 } cmsg_buf;
 
+/* Fill cb with one SCM_RIGHTS record of fds[0..nfds) for msg: the record
+ * and its padding up to CMSG_SPACE, nothing more of the buffer. */
+static inline void put_rights(struct msghdr *msg, cmsg_buf *cb, const int *fds, size_t nfds)
+{
+	msg->msg_control = cb->buf;
+	msg->msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
+	struct cmsghdr *c = &cb->align;
+	c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+	c->cmsg_level = SOL_SOCKET;
+	c->cmsg_type = SCM_RIGHTS;
+	unsigned char *data = CMSG_DATA(c);
+	if (nfds == 1)
+		memcpy(data, fds, sizeof(int));
+	else
+		memcpy(data, fds, sizeof(int) * nfds);
+	size_t pad = CMSG_SPACE(sizeof(int) * nfds) - CMSG_LEN(sizeof(int) * nfds);
+	if (pad == sizeof(int))
+		memset(data + sizeof(int) * nfds, 0, sizeof(int));
+	else if (pad > 0)
+		memset(data + sizeof(int) * nfds, 0, pad);
+}
+
 ssize_t weft__fdp_sendmsgv(int sock, const struct iovec *iov, size_t iovcnt, const int *fds, size_t nfds)
 {
 	cmsg_buf cb;
 	struct msghdr msg = {.msg_iov = (struct iovec *)iov, .msg_iovlen = iovcnt};
-	if (nfds > 0) {
-		/* A constant size for the usual few descriptors: zeroed inline. */
-		if (nfds <= 4)
-			memset(cb.buf, 0, CMSG_SPACE(sizeof(int) * 4));
-		else
-			memset(cb.buf, 0, CMSG_SPACE(sizeof(int) * nfds));
-		msg.msg_control = cb.buf;
-		msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
-		struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
-		c->cmsg_level = SOL_SOCKET;
-		c->cmsg_type = SCM_RIGHTS;
-		c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
-		memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
-	}
+	if (nfds > 0)
+		put_rights(&msg, &cb, fds, nfds);
 	ssize_t n;
 	do
 		n = sendmsg(sock, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -57,8 +67,23 @@ ssize_t weft__fdp_sendmsgv(int sock, const struct iovec *iov, size_t iovcnt, con
 
 ssize_t weft__fdp_sendmsg(int sock, const void *buf, size_t len, const int *fds, size_t nfds)
 {
+	ssize_t n;
+	if (nfds == 0) {
+		/* No descriptors: send(2), which hands the kernel the buffer
+		 * directly (sendmsg makes it copy in a msghdr and an iovec). */
+		do
+			n = send(sock, buf, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+		while (n < 0 && errno == EINTR);
+		return n < 0 ? -errno : n;
+	}
+	cmsg_buf cb;
 	struct iovec iov = {.iov_base = (void *)buf, .iov_len = len};
-	return weft__fdp_sendmsgv(sock, &iov, 1, fds, nfds);
+	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
+	put_rights(&msg, &cb, fds, nfds);
+	do
+		n = sendmsg(sock, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+	while (n < 0 && errno == EINTR);
+	return n < 0 ? -errno : n;
 }
 
 /* The descriptors of a received msghdr, walking every record: up to
@@ -360,7 +385,7 @@ ssize_t weft_fdpass_recv(int sock, void *buf, size_t size, int *fds, size_t *nfd
 }
 
 ssize_t weft__fdp_read_into(struct weft__fdp_dec *dec, int sock, size_t maxfds, size_t *ret_room,
-		weft_fdpass_op *ret_op)
+		weft_fdpass_op *ret_op, struct weft__fdp_msg *ret_msg, bool *ret_whole)
 {
 	uint8_t *space;
 	size_t room;
@@ -386,26 +411,25 @@ ssize_t weft__fdp_read_into(struct weft__fdp_dec *dec, int sock, size_t maxfds, 
 	}
 	/* Bytes alone (the kernel set no control data and truncated none) need
 	 * no descriptor bookkeeping. */
-	if (msg.msg_controllen == 0 && (msg.msg_flags & MSG_CTRUNC) == 0) {
-		if (n == 0)
-			return 0;
-		r = weft__fdp_dec_ack(dec, (size_t)n, NULL, 0, false);
-	} else {
-		int fdbuf[WEFT_FDPASS_MAX_FDS_LIMIT];
-		size_t nfds = 0;
-		bool trunc = false;
+	int fdbuf[WEFT_FDPASS_MAX_FDS_LIMIT];
+	const int *fds = NULL;
+	size_t nfds = 0;
+	bool trunc = false;
+	if (msg.msg_controllen != 0 || (msg.msg_flags & MSG_CTRUNC) != 0) {
 		if (maxfds > WEFT_FDPASS_MAX_FDS_LIMIT)
 			maxfds = WEFT_FDPASS_MAX_FDS_LIMIT;
 		take_fds(&msg, fdbuf, maxfds, &nfds, &trunc);
-		if (n == 0) {
+		fds = fdbuf;
+		if (n == 0)
 			close_fds(fdbuf, nfds); /* descriptors with no byte: end of stream anyway */
-			return 0;
-		}
-		r = weft__fdp_dec_ack(dec, (size_t)n, fdbuf, nfds, trunc);
 	}
+	if (n == 0)
+		return 0;
+	r = weft__fdp_dec_ack_msg(dec, (size_t)n, fds, nfds, trunc, ret_msg);
 	if (r < 0) {
 		*ret_op = WEFT_FDPASS_OP_DECODE;
 		return r;
 	}
+	*ret_whole = r == 1;
 	return n;
 }

@@ -362,7 +362,9 @@ static void conn_read(struct conn *c)
 			break;
 		size_t room = 0;
 		weft_fdpass_op op = WEFT_FDPASS_OP_RECVMSG;
-		ssize_t n = weft__fdp_read_into(&c->dec, c->fd, c->lim.max_fds, &room, &op);
+		struct weft__fdp_msg m;
+		bool whole = false;
+		ssize_t n = weft__fdp_read_into(&c->dec, c->fd, c->lim.max_fds, &room, &op, &m, &whole);
 		if (n == -EAGAIN)
 			break;
 		if (n < 0) {
@@ -374,7 +376,10 @@ static void conn_read(struct conn *c)
 			conn_check_end(c);
 			return;
 		}
-		conn_pump(c);
+		if (whole)
+			conn_dispatch_msg(c, &m); /* the read was this one request (below max_pending: checked above) */
+		else
+			conn_pump(c);
 		if (c->dead)
 			return;
 		if ((size_t)n < room)
