@@ -335,6 +335,12 @@ ssize_t weft__fdp_recvmsg(int sock, void *buf, size_t len, int *fds, size_t maxf
 ssize_t weft__fdp_read_into(struct weft__fdp_dec *dec, int sock, size_t maxfds, size_t *ret_room,
 		weft_fdpass_op *ret_op, struct weft__fdp_msg *ret_msg, bool *ret_whole);
 
+/* A block of at least size bytes for a response handed out to the user
+ * (descriptors first, then the payload), given back by
+ * weft_fdpass_msg_clear; small ones come from a per-thread spare.  NULL
+ * when out of memory. */
+void *weft__fdp_block_get(size_t size);
+
 /* Resolve zero fields of limits to defaults into ret; -EINVAL above the
  * ceilings. */
 int weft__fdp_limits(const weft_fdpass_limits *in, weft_fdpass_limits *ret);

@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -215,6 +216,73 @@ const char *weft_fdpass_op_name(weft_fdpass_op op)
 	}
 }
 
+/* ---- response blocks ---------------------------------------------------------
+ *
+ * A response is handed out in one block (weft__fdp_block_get) that
+ * weft_fdpass_msg_clear gives back.  Small blocks all have the same size,
+ * and each thread keeps one given back for the next: request/response
+ * traffic takes and returns a block per message without malloc and free.
+ * Per thread, not per client, because a message may be cleared on any
+ * thread and after its client is gone.  A pthread key's destructor frees
+ * the spare when the thread exits. */
+#define BLOCK_SMALL 256u
+
+static _Thread_local void *spare_block;
+static _Thread_local bool spare_armed; /* the key's destructor runs for this thread */
+static pthread_key_t spare_key;
+static pthread_once_t spare_once = PTHREAD_ONCE_INIT;
+static bool spare_key_ok;
+
+static void spare_destroy(void *unused)
+{
+	(void)unused;
+	free(spare_block);
+	spare_block = NULL;
+	spare_armed = false;
+}
+
+static void spare_key_create(void)
+{
+	spare_key_ok = pthread_key_create(&spare_key, spare_destroy) == 0;
+}
+
+/* Make sure the spare of this thread is freed when the thread exits. */
+static bool spare_arm(void)
+{
+	if (spare_armed)
+		return true;
+	pthread_once(&spare_once, spare_key_create);
+	if (!spare_key_ok || pthread_setspecific(spare_key, &spare_armed) != 0)
+		return false;
+	spare_armed = true;
+	return true;
+}
+
+void *weft__fdp_block_get(size_t size)
+{
+	if (size > BLOCK_SMALL)
+		return malloc(size);
+	void *b = spare_block;
+	if (b != NULL) {
+		spare_block = NULL;
+		return b;
+	}
+	return malloc(BLOCK_SMALL);
+}
+
+/* Give back a block of a message of size bytes (descriptors and payload).
+ * Every block has room for at least BLOCK_SMALL bytes (smaller requests
+ * get that much), so whatever the size says, a block kept here serves
+ * any small request; the size only keeps large blocks from being held. */
+static void block_put(void *b, size_t size)
+{
+	if (b != NULL && size <= BLOCK_SMALL && spare_block == NULL && spare_arm()) {
+		spare_block = b;
+		return;
+	}
+	free(b);
+}
+
 void weft_fdpass_msg_clear(weft_fdpass_msg *msg)
 {
 	if (msg == NULL)
@@ -222,7 +290,7 @@ void weft_fdpass_msg_clear(weft_fdpass_msg *msg)
 	if (msg->fds != NULL)
 		close_fds(msg->fds, msg->nfds);
 	/* buf and fds are one block (fds first) when both exist */
-	free(msg->fds != NULL ? (void *)msg->fds : msg->buf);
+	block_put(msg->fds != NULL ? (void *)msg->fds : msg->buf, msg->nfds * sizeof(int) + msg->len);
 	memset(msg, 0, sizeof(*msg));
 }
 

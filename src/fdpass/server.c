@@ -149,7 +149,21 @@ static weft_fdpass_call *call_get(struct conn *c)
 		if (call == NULL)
 			return NULL;
 	}
-	memset(call, 0, offsetof(weft_fdpass_call, fds_inline));
+	/* Every field before the inline arrays, stored one by one (cheaper
+	 * than a memset call for this size). */
+	call->link.next = call->link.prev = NULL;
+	call->conn = NULL;
+	call->seq = 0;
+	call->fds = NULL;
+	call->nfds = 0;
+	call->answered = false;
+	call->want_post = false;
+	call->post_err = 0;
+	call->post_data = NULL;
+	call->rfds = NULL;
+	call->nrfds = 0;
+	call->out = NULL;
+	call->out_len = call->out_off = 0;
 	return call;
 }
 

@@ -25,6 +25,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -889,6 +890,54 @@ static void test_request_response(void)
 	close(p[1]);
 	close(file);
 	t_loop_free(loop);
+}
+
+/* Response blocks: a small response comes in the block the last small one
+ * of this thread gave back (weft_fdpass_msg_clear), a large one in its
+ * own; run in a thread of its own, whose spare block is freed when it
+ * exits (ASan's leak check sees it otherwise). */
+static void blocks_run(void)
+{
+	weft_loop *loop = t_loop_new();
+	struct srv_ctx x = {0};
+	weft_addr addr;
+	REQUIRE(start_server(&x, loop, &addr, NULL) != NULL);
+	weft_fdpass_client *c = connect_client(loop, &addr);
+	REQUIRE(c != NULL);
+	static char big[1001];
+	memset(big, 'b', sizeof(big) - 1);
+	const char *texts[] = {"small", big, "again", "", big, "last"};
+	void *first = NULL;
+	for (size_t i = 0; i < sizeof(texts) / sizeof(texts[0]); i++) {
+		weft_fdpass_msg m = {0};
+		weft_fdpass_error e;
+		CHECK_EQ(request_sync(c, texts[i], NULL, 0, &m, &e), 0);
+		CHECK_EQ(m.len, strlen(texts[i]));
+		CHECK(m.len == 0 || (m.buf != NULL && memcmp(m.buf, texts[i], m.len) == 0));
+		if (i == 0)
+			first = m.buf;
+		if (i == 2 || i == 5)
+			CHECK(m.buf == first); /* the spare came back */
+		weft_fdpass_msg_clear(&m);
+	}
+	weft_fdpass_client_free(c);
+	close_server(&x);
+	t_loop_free(loop);
+}
+
+static void *blocks_thread(void *arg)
+{
+	(void)arg;
+	blocks_run();
+	return NULL;
+}
+
+static void test_response_blocks(void)
+{
+	pthread_t t;
+	REQUIRE(pthread_create(&t, NULL, blocks_thread, NULL) == 0);
+	CHECK_EQ(pthread_join(t, NULL), 0);
+	blocks_run(); /* and in this thread */
 }
 
 /* Reuse: a server without a post handler (a call is freed as soon as its
@@ -2209,6 +2258,7 @@ int main(int argc, char **argv)
 	run("low-level: send/recv, same file, EAGAIN, timeout, EMSGSIZE, EPROTO", test_lowlevel);
 	run("request/response: fds both ways, peer creds, post, fail, limits", test_request_response);
 	run("reuse: no post handler, small and large requests, 0/1/6 fds, fd count equal", test_reuse);
+	run("response blocks: a small one reuses the spare, a thread's spare freed at exit", test_response_blocks);
 	run("server: replies that do not fit the socket queue up, in order, fds intact", test_server_send_blocked);
 	run("pipelined: 200 in flight, answered in reverse, delivered in order", test_pipelined_out_of_order);
 	run("back-pressure: at most max_pending calls held, reading resumes", test_back_pressure);
