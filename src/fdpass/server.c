@@ -544,9 +544,18 @@ static void call_sent(weft_fdpass_call *call, const int *fds, size_t nfds, bool 
 	} else {
 		call_free(call);
 	}
-	c->dispatching++;
-	conn_flush(c); /* what follows; READ back on; a finished connection closes */
-	c->dispatching--;
+	if (c->calls.head == NULL && !c->eof) {
+		/* Nothing behind it (what conn_flush would find): READ back on
+		 * below max_pending, buffered requests served from the loop. */
+		conn_update_watch(c);
+		if (!c->in_io && c->ncalls < c->lim.max_pending &&
+		    (weft__fdp_dec_buffered(&c->dec) > 0 || c->peer_closed))
+			weft_defer_schedule(c->after);
+	} else {
+		c->dispatching++;
+		conn_flush(c); /* what follows; a finished connection closes */
+		c->dispatching--;
+	}
 	if (!c->in_io && (c->done.head != NULL || c->dead))
 		weft_defer_schedule(c->after); /* posts and destruction run from the loop */
 }
