@@ -546,11 +546,14 @@ static void call_sent(weft_fdpass_call *call, const int *fds, size_t nfds, bool 
 	}
 	if (c->calls.head == NULL && !c->eof) {
 		/* Nothing behind it (what conn_flush would find): READ back on
-		 * below max_pending, buffered requests served from the loop. */
-		conn_update_watch(c);
-		if (!c->in_io && c->ncalls < c->lim.max_pending &&
-		    (weft__fdp_dec_buffered(&c->dec) > 0 || c->peer_closed))
-			weft_defer_schedule(c->after);
+		 * below max_pending, buffered requests served from the loop.
+		 * Inside the connection's own dispatch (a reply from the request
+		 * handler) the read loop does both when the handler returns. */
+		if (!c->in_io) {
+			conn_update_watch(c);
+			if (c->ncalls < c->lim.max_pending && (weft__fdp_dec_buffered(&c->dec) > 0 || c->peer_closed))
+				weft_defer_schedule(c->after);
+		}
 	} else {
 		c->dispatching++;
 		conn_flush(c); /* what follows; a finished connection closes */
