@@ -86,7 +86,7 @@ static void slot_drop_fds(struct slot *s)
 	s->nfds = 0;
 }
 
-static void slot_free(weft_fdpass_client *c, struct slot *s)
+static inline void slot_free(weft_fdpass_client *c, struct slot *s)
 {
 	slot_drop_fds(s);
 	if (s->small && c->nspare < SLOT_SPARES) {

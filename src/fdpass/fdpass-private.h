@@ -230,8 +230,9 @@ static inline int weft__fdp_dec_ack_msg(struct weft__fdp_dec *dec, size_t n, con
 		bool truncated, struct weft__fdp_msg *ret_msg)
 {
 	struct weft__fdp_hdr h;
-	if (dec->end == 0 && dec->err == 0 && !truncated && dec->nbatches == 0 && dec->consume == 0 &&
-	    dec->regions_used == 0 && n >= WEFT__FDP_HDR && (nfds == 0 || dec->fdstore != NULL) &&
+	/* nothing held: no bytes, no error, no batch, no array handed out */
+	if ((dec->end | dec->consume | dec->nbatches | (unsigned)dec->err | dec->regions_used) == 0 &&
+	    !truncated && n >= WEFT__FDP_HDR && (nfds == 0 || dec->fdstore != NULL) &&
 	    weft__fdp_parse_header(dec->buf, dec->max_payload, dec->max_fds, &h) == 0 &&
 	    n == WEFT__FDP_HDR + h.len && nfds == h.nfds) {
 		int *store = NULL;

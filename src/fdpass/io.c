@@ -2,6 +2,7 @@
  * calls, limits, error records and names. */
 #include "fdpass-private.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
@@ -35,21 +36,24 @@ typedef union {
  * and its padding up to CMSG_SPACE, nothing more of the buffer. */
 static inline void put_rights(struct msghdr *msg, cmsg_buf *cb, const int *fds, size_t nfds)
 {
-	msg->msg_control = cb->buf;
-	msg->msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
 	struct cmsghdr *c = &cb->align;
-	c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+	unsigned char *data = CMSG_DATA(c);
+	msg->msg_control = cb->buf;
 	c->cmsg_level = SOL_SOCKET;
 	c->cmsg_type = SCM_RIGHTS;
-	unsigned char *data = CMSG_DATA(c);
-	if (nfds == 1)
+	if (nfds == 1) {
+		/* the usual case, in constants */
+		msg->msg_controllen = CMSG_SPACE(sizeof(int));
+		c->cmsg_len = CMSG_LEN(sizeof(int));
 		memcpy(data, fds, sizeof(int));
-	else
-		memcpy(data, fds, sizeof(int) * nfds);
+		memset(data + sizeof(int), 0, CMSG_SPACE(sizeof(int)) - CMSG_LEN(sizeof(int)));
+		return;
+	}
+	msg->msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
+	c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+	memcpy(data, fds, sizeof(int) * nfds);
 	size_t pad = CMSG_SPACE(sizeof(int) * nfds) - CMSG_LEN(sizeof(int) * nfds);
-	if (pad == sizeof(int))
-		memset(data + sizeof(int) * nfds, 0, sizeof(int));
-	else if (pad > 0)
+	if (pad > 0)
 		memset(data + sizeof(int) * nfds, 0, pad);
 }
 
@@ -455,6 +459,7 @@ ssize_t weft_fdpass_recv(int sock, void *buf, size_t size, int *fds, size_t *nfd
 ssize_t weft__fdp_read_into(struct weft__fdp_dec *dec, int sock, size_t maxfds, size_t *ret_room,
 		weft_fdpass_op *ret_op, struct weft__fdp_msg *ret_msg, bool *ret_whole)
 {
+	assert(maxfds <= WEFT_FDPASS_MAX_FDS_LIMIT); /* limits are checked when set */
 	uint8_t *space;
 	size_t room;
 	int r = weft__fdp_dec_space(dec, &space, &room);
@@ -484,8 +489,6 @@ ssize_t weft__fdp_read_into(struct weft__fdp_dec *dec, int sock, size_t maxfds, 
 	size_t nfds = 0;
 	bool trunc = false;
 	if (msg.msg_controllen != 0 || (msg.msg_flags & MSG_CTRUNC) != 0) {
-		if (maxfds > WEFT_FDPASS_MAX_FDS_LIMIT)
-			maxfds = WEFT_FDPASS_MAX_FDS_LIMIT;
 		take_fds(&msg, fdbuf, maxfds, &nfds, &trunc);
 		fds = fdbuf;
 		if (n == 0)
