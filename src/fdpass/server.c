@@ -301,8 +301,10 @@ static void conn_dispatch_msg(struct conn *c, struct weft__fdp_msg *m)
 		call = call_get(c);
 	if (call != NULL) {
 		call->conn = c;
-		call->fds = m->hdr.nfds <= CALL_INLINE_FDS ? call->fds_inline : malloc(m->hdr.nfds * sizeof(int));
-		if (call->fds == NULL) {
+		/* No descriptors: fds stays NULL (as the handler's message says) */
+		if (m->hdr.nfds > 0)
+			call->fds = m->hdr.nfds <= CALL_INLINE_FDS ? call->fds_inline : malloc(m->hdr.nfds * sizeof(int));
+		if (m->hdr.nfds > 0 && call->fds == NULL) {
 			call_free(call);
 			call = NULL;
 		}

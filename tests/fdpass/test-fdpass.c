@@ -651,6 +651,8 @@ static void srv_request(weft_fdpass_server *srv, weft_fdpass_call *call, const w
 	(void)srv;
 	x->requests++;
 	x->peer = *peer;
+	CHECK((req->nfds == 0) == (req->fds == NULL)); /* fds NULL exactly when none came */
+	CHECK((req->len == 0) == (req->buf == NULL));
 	if (x->hold) {
 		if (x->nheld < 256)
 			x->held[x->nheld++] = call;
