@@ -231,8 +231,11 @@ const char *weft_fdpass_op_name(weft_fdpass_op op)
  * the spare when the thread exits. */
 #define BLOCK_SMALL 256u
 
-static _Thread_local void *spare_block;
-static _Thread_local bool spare_armed; /* the key's destructor runs for this thread */
+/* initial-exec: a direct %fs access in the shared library too (no
+ * __tls_get_addr call); two words of static TLS. */
+#define TLS_IE __attribute__((tls_model("initial-exec")))
+static _Thread_local void *spare_block TLS_IE;
+static _Thread_local bool spare_armed TLS_IE; /* the key's destructor runs for this thread */
 static pthread_key_t spare_key;
 static pthread_once_t spare_once = PTHREAD_ONCE_INIT;
 static bool spare_key_ok;

@@ -416,7 +416,10 @@ static void conn_io_cb(weft_io *io, unsigned revents, void *data)
 		conn_read(c);
 	c->in_io = false;
 	c->dispatching--;
-	conn_after(c);
+	/* conn_after, unless in the common case: a live connection with
+	 * nothing buffered and nothing to post */
+	if (c->dead || c->eof || c->done.head != NULL || weft__fdp_dec_buffered(&c->dec) != 0)
+		conn_after(c);
 }
 
 static void conn_after_cb(weft_defer *d, void *data)
