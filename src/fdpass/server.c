@@ -568,44 +568,16 @@ static void call_sent(weft_fdpass_call *call, const int *fds, size_t nfds, bool 
 		weft_defer_schedule(c->after); /* posts and destruction run from the loop */
 }
 
-static int call_answer(weft_fdpass_call *call, uint8_t type, const void *buf, size_t len,
-		const int *fds, size_t nfds, void *post_data)
+/* Queue an answer that did not go out whole at once: r, an error found
+ * already; framed, the response is in out_inline; sent, the bytes of it
+ * that went out; blocked, the socket said EAGAIN.  Out of line: the common
+ * answer (sent whole) stays in call_answer. */
+static __attribute__((noinline)) int call_queue(weft_fdpass_call *call, uint8_t type, const void *buf,
+		size_t len, const int *fds, size_t nfds, void *post_data, int r, bool framed, size_t sent,
+		bool blocked)
 {
 	struct conn *c = call->conn;
-	int r = 0;
-	if (c->dead)
-		r = -ECONNRESET;
-	else if (len > c->lim.max_payload)
-		r = -EMSGSIZE;
-	else if (nfds > c->lim.max_fds)
-		r = -ETOOMANYREFS;
-	struct weft__fdp_hdr hdr = {.type = type, .nfds = (uint16_t)nfds, .len = (uint32_t)len, .seq = call->seq};
 	bool want_post = type == WEFT__FDP_RESPONSE && c->srv->post != NULL;
-	size_t sent = 0;
-	bool blocked = false, framed = false;
-	if (r == 0 && c->calls.head == &call->link && !c->write_wait && WEFT__FDP_HDR + len <= CALL_INLINE_OUT &&
-	    nfds <= CALL_INLINE_FDS) {
-		/* First in line and nothing blocked: framed in the call's inline
-		 * buffer and sent at once, as one buffer (a single segment is the
-		 * kernel's cheapest import; a header and a payload vector cost
-		 * more there than the copy here).  Only sizes that fit the inline
-		 * storage, so keeping what did not go out cannot fail. */
-		weft__fdp_put_header(call->out_inline, &hdr);
-		if (len > 0)
-			memcpy(call->out_inline + WEFT__FDP_HDR, buf, len);
-		framed = true;
-		ssize_t w = weft__fdp_sendmsg(c->fd, call->out_inline, WEFT__FDP_HDR + len, fds, nfds);
-		if (w == (ssize_t)(WEFT__FDP_HDR + len)) {
-			call_sent(call, fds, nfds, want_post, post_data);
-			return 0;
-		}
-		/* Part of it, or nothing (EAGAIN, an error): the rest is queued
-		 * below and conn_flush carries on (the descriptors went with the
-		 * first byte, if it went); after EAGAIN it waits for WRITE. */
-		if (w > 0)
-			sent = (size_t)w;
-		blocked = w == -EAGAIN;
-	}
 	if (r == 0) {
 		call->out_len = WEFT__FDP_HDR + len;
 		call->out = call->out_len <= CALL_INLINE_OUT ? call->out_inline : malloc(call->out_len);
@@ -623,6 +595,7 @@ static int call_answer(weft_fdpass_call *call, uint8_t type, const void *buf, si
 		return r;
 	}
 	if (!framed) {
+		struct weft__fdp_hdr hdr = {.type = type, .nfds = (uint16_t)nfds, .len = (uint32_t)len, .seq = call->seq};
 		weft__fdp_put_header(call->out, &hdr);
 		if (len > 0)
 			memcpy(call->out + WEFT__FDP_HDR, buf, len);
@@ -645,6 +618,42 @@ static int call_answer(weft_fdpass_call *call, uint8_t type, const void *buf, si
 	if (!c->in_io && (c->done.head != NULL || c->dead))
 		weft_defer_schedule(c->after); /* posts and destruction run from the loop */
 	return 0;
+}
+
+static int call_answer(weft_fdpass_call *call, uint8_t type, const void *buf, size_t len,
+		const int *fds, size_t nfds, void *post_data)
+{
+	struct conn *c = call->conn;
+	int r = 0;
+	if (c->dead)
+		r = -ECONNRESET;
+	else if (len > c->lim.max_payload)
+		r = -EMSGSIZE;
+	else if (nfds > c->lim.max_fds)
+		r = -ETOOMANYREFS;
+	if (r == 0 && c->calls.head == &call->link && !c->write_wait && WEFT__FDP_HDR + len <= CALL_INLINE_OUT &&
+	    nfds <= CALL_INLINE_FDS) {
+		/* First in line and nothing blocked: framed in the call's inline
+		 * buffer and sent at once, as one buffer (a single segment is the
+		 * kernel's cheapest import; a header and a payload vector cost
+		 * more there than the copy here).  Only sizes that fit the inline
+		 * storage, so keeping what did not go out cannot fail. */
+		struct weft__fdp_hdr hdr = {.type = type, .nfds = (uint16_t)nfds, .len = (uint32_t)len, .seq = call->seq};
+		weft__fdp_put_header(call->out_inline, &hdr);
+		if (len > 0)
+			memcpy(call->out_inline + WEFT__FDP_HDR, buf, len);
+		ssize_t w = weft__fdp_sendmsg(c->fd, call->out_inline, WEFT__FDP_HDR + len, fds, nfds);
+		if (w == (ssize_t)(WEFT__FDP_HDR + len)) {
+			call_sent(call, fds, nfds, type == WEFT__FDP_RESPONSE && c->srv->post != NULL, post_data);
+			return 0;
+		}
+		/* Part of it, or nothing (EAGAIN, an error): the rest is queued
+		 * and conn_flush carries on (the descriptors went with the first
+		 * byte, if it went); after EAGAIN it waits for WRITE. */
+		return call_queue(call, type, buf, len, fds, nfds, post_data, 0, true, w > 0 ? (size_t)w : 0,
+				w == -EAGAIN);
+	}
+	return call_queue(call, type, buf, len, fds, nfds, post_data, r, false, 0, false);
 }
 
 
