@@ -253,6 +253,17 @@ static void spare_key_create(void)
 	spare_key_ok = pthread_key_create(&spare_key, spare_destroy) == 0;
 }
 
+/* When the library is unloaded (dlclose), threads still running must not
+ * call spare_destroy at their exit: the key goes with the library (their
+ * spares are leaked, one small block each). */
+__attribute__((destructor)) static void spare_key_delete(void)
+{
+	if (spare_key_ok) {
+		spare_key_ok = false;
+		pthread_key_delete(spare_key);
+	}
+}
+
 /* Make sure the spare of this thread is freed when the thread exits. */
 static bool spare_arm(void)
 {
