@@ -147,9 +147,13 @@ typedef struct weft_fdpass_msg {
 	size_t nfds;
 } weft_fdpass_msg;
 
-/* Release a message handed out by weft_fdpass_request_recv: close every
- * fds slot still >= 0, free the memory (buf and fds may share one block:
- * never free them yourself), zero the struct.  NULL is allowed. */
+/* Release a message handed out by weft_fdpass_request_recv (or a zeroed
+ * one): close every fds slot still >= 0, free the memory (buf and fds may
+ * share one block: never free them yourself), zero the struct.  Any
+ * thread may call it.  The block of a small message (up to 256 bytes of
+ * payload and descriptors) is kept, one per thread, for the next small
+ * response received on that thread, and freed when the thread exits.
+ * NULL is allowed. */
 WEFT_EXPORT void weft_fdpass_msg_clear(weft_fdpass_msg *msg);
 
 /* Peer credentials of a connection (SO_PEERCRED, as of connect time). */

@@ -86,7 +86,7 @@ static void slot_drop_fds(struct slot *s)
 	s->nfds = 0;
 }
 
-static void slot_free(weft_fdpass_client *c, struct slot *s)
+static inline void slot_free(weft_fdpass_client *c, struct slot *s)
 {
 	slot_drop_fds(s);
 	if (s->small && c->nspare < SLOT_SPARES) {
@@ -113,10 +113,19 @@ static struct slot *slot_get(weft_fdpass_client *c, size_t out_len, size_t nfds)
 		if (s == NULL)
 			return NULL;
 	}
-	memset(s, 0, offsetof(struct slot, fds_inline));
+	/* Every field before the inline arrays, stored one by one (cheaper
+	 * than a memset call for this size). */
+	s->link.next = s->link.prev = NULL;
+	s->req = NULL;
+	s->st = NULL;
+	s->sent = false;
 	s->small = small;
+	s->seq = 0;
+	s->fds = NULL;
+	s->nfds = 0;
 	s->out = s->data;
 	s->out_len = out_len;
+	s->out_off = 0;
 	if (nfds > 0) {
 		s->fds = nfds <= SLOT_INLINE_FDS ? s->fds_inline : malloc(nfds * sizeof(int));
 		if (s->fds == NULL) {
@@ -328,7 +337,7 @@ static bool client_deliver(weft_fdpass_client *c, struct weft__fdp_msg *m)
 	size_t fdbytes = m->hdr.nfds * sizeof(int);
 	uint8_t *block = NULL;
 	if (fdbytes + m->hdr.len > 0) {
-		block = malloc(fdbytes + m->hdr.len);
+		block = weft__fdp_block_get(fdbytes + m->hdr.len);
 		if (block == NULL) {
 			close_msg_fds(m->fds, m->hdr.nfds);
 			st->has_error = true;
@@ -355,7 +364,9 @@ static void client_read(weft_fdpass_client *c)
 	for (int i = 0; i < READS_PER_WAKEUP && !c->dead && !c->freed; i++) {
 		size_t room = 0;
 		weft_fdpass_op op = WEFT_FDPASS_OP_RECVMSG;
-		ssize_t n = weft__fdp_read_into(&c->dec, c->fd, c->lim.max_fds, &room, &op);
+		struct weft__fdp_msg m;
+		bool whole = false;
+		ssize_t n = weft__fdp_read_into(&c->dec, c->fd, c->lim.max_fds, &room, &op, &m, &whole);
 		if (n == -EAGAIN)
 			return;
 		if (n < 0) {
@@ -370,9 +381,11 @@ static void client_read(weft_fdpass_client *c)
 			return;
 		}
 		int r = 0;
-		struct weft__fdp_msg m;
-		while (r == 0 && (r = weft__fdp_dec_next(&c->dec, &m)) == 1)
+		if (whole) /* the read was this one message: nothing else to take out */
 			r = client_deliver(c, &m) ? 0 : 1;
+		else
+			while (r == 0 && (r = weft__fdp_dec_next(&c->dec, &m)) == 1)
+				r = client_deliver(c, &m) ? 0 : 1;
 		if (r == 1)
 			return; /* failed or freed */
 		if (r < 0) {
@@ -527,27 +540,45 @@ void weft_fdpass_client_free(weft_fdpass_client *c)
 
 /* ---- requests ------------------------------------------------------------------------ */
 
+/* A request completed early (timeout, cancel, failure) while its slot was
+ * queued: detach it.  Out of line, so the common cleanup (nothing to
+ * detach) stays a few instructions. */
+static __attribute__((noinline)) void request_detach(struct request_state *st)
+{
+	struct slot *s = st->slot;
+	st->phase = s->sent ? WEFT_FDPASS_PHASE_READ_RESPONSE : WEFT_FDPASS_PHASE_WRITE_REQUEST;
+	s->req = NULL;
+	st->slot = NULL;
+	if (!s->sent && s->out_off == 0) {
+		slot_remove(st->c, s); /* not a byte out: it never happened */
+	} else if (!s->sent) {
+		/* Partly written: the rest goes out, the descriptors went with
+		 * the first byte; the caller may close them now. */
+		slot_drop_fds(s);
+	}
+	client_update_ref(st->c);
+}
+
 static void request_cleanup(weft_req *req, weft_req_stage stage)
 {
 	struct request_state *st = weft_req_state(req);
-	struct slot *s = st->slot;
-	if (s != NULL) {
-		st->phase = s->sent ? WEFT_FDPASS_PHASE_READ_RESPONSE : WEFT_FDPASS_PHASE_WRITE_REQUEST;
-		s->req = NULL;
-		st->slot = NULL;
-		if (!s->sent && s->out_off == 0) {
-			slot_remove(st->c, s); /* not a byte out: it never happened */
-		} else if (!s->sent) {
-			/* Partly written: the rest goes out, the descriptors went with
-			 * the first byte; the caller may close them now. */
-			slot_drop_fds(s);
-		}
-		client_update_ref(st->c);
-	}
+	if (st->slot != NULL)
+		request_detach(st);
 	if (stage == WEFT_REQ_STAGE_FREED && !st->handed) {
 		weft_fdpass_msg_clear(&st->msg);
 		st->handed = true;
 	}
+}
+
+/* A request that fails before it is queued: the error is reported from the
+ * loop.  Out of line and cold, to keep the send path short. */
+static __attribute__((noinline, cold)) weft_req *request_fail_now(weft_req *req, struct request_state *st,
+		weft_fdpass_op op, int err, const char *what)
+{
+	st->has_error = true;
+	weft__fdp_error(&st->error, WEFT_FDPASS_PHASE_WRITE_REQUEST, op, err, what);
+	weft_req_error(req, err);
+	return req;
 }
 
 weft_req *weft_fdpass_request_send(weft_fdpass_client *c, const void *buf, size_t len, const int *fds,
@@ -576,19 +607,11 @@ weft_req *weft_fdpass_request_send(weft_fdpass_client *c, const void *buf, size_
 		err = ETOOMANYREFS;
 	else if (c->nslots >= c->lim.max_pending)
 		err = EAGAIN;
-	if (err) {
-		st->has_error = true;
-		weft__fdp_error(&st->error, WEFT_FDPASS_PHASE_WRITE_REQUEST, WEFT_FDPASS_OP_NONE, err, "request");
-		weft_req_error(req, err);
-		return req;
-	}
+	if (err)
+		return request_fail_now(req, st, WEFT_FDPASS_OP_NONE, err, "request");
 	struct slot *s = slot_get(c, WEFT__FDP_HDR + len, nfds);
-	if (s == NULL) {
-		st->has_error = true;
-		weft__fdp_error(&st->error, WEFT_FDPASS_PHASE_WRITE_REQUEST, WEFT_FDPASS_OP_ALLOC, ENOMEM, NULL);
-		weft_req_error(req, ENOMEM);
-		return req;
-	}
+	if (s == NULL)
+		return request_fail_now(req, st, WEFT_FDPASS_OP_ALLOC, ENOMEM, NULL);
 	s->req = req;
 	s->st = st;
 	s->seq = c->next_seq++;
@@ -601,10 +624,8 @@ weft_req *weft_fdpass_request_send(weft_fdpass_client *c, const void *buf, size_
 	client_update_ref(c);
 	if (c->timeout_ms > 0 && weft_req_set_timeout(req, c->timeout_ms) < 0) {
 		weft__dlist_append(&c->sendq, &s->link);
-		st->has_error = true;
-		weft__fdp_error(&st->error, WEFT_FDPASS_PHASE_WRITE_REQUEST, WEFT_FDPASS_OP_ALLOC, ENOMEM, NULL);
-		weft_req_error(req, ENOMEM); /* the cleanup takes the slot back */
-		return req;
+		/* the cleanup takes the slot back */
+		return request_fail_now(req, st, WEFT_FDPASS_OP_ALLOC, ENOMEM, NULL);
 	}
 	size_t sent = 0;
 	bool framed = false;

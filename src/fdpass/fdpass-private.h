@@ -219,6 +219,37 @@ static inline int weft__fdp_dec_ack(struct weft__fdp_dec *dec, size_t n, const i
 	return 0;
 }
 
+/* weft__fdp_dec_ack for the common read: into a decoder that held nothing
+ * (no bytes, no batches, no descriptor array handed out), exactly one
+ * whole, well-formed message with its own descriptors.  That message is
+ * handed out at once, as weft__fdp_dec_next would hand it out (payload and
+ * fds valid until the next decoder call, the descriptors the caller's),
+ * and 1 is returned; the decoder is then empty.  Any other read is
+ * acknowledged as by weft__fdp_dec_ack (0 or -errno). */
+static inline int weft__fdp_dec_ack_msg(struct weft__fdp_dec *dec, size_t n, const int *fds, size_t nfds,
+		bool truncated, struct weft__fdp_msg *ret_msg)
+{
+	struct weft__fdp_hdr h;
+	/* nothing held: no bytes, no error, no batch, no array handed out */
+	if ((dec->end | dec->consume | dec->nbatches | (unsigned)dec->err | dec->regions_used) == 0 &&
+	    !truncated && n >= WEFT__FDP_HDR && (nfds == 0 || dec->fdstore != NULL) &&
+	    weft__fdp_parse_header(dec->buf, dec->max_payload, dec->max_fds, &h) == 0 &&
+	    n == WEFT__FDP_HDR + h.len && nfds == h.nfds) {
+		int *store = NULL;
+		if (nfds > 0) {
+			store = dec->fdstore; /* region 0, free: regions_used is 0 */
+			weft__fdp_copy_fds(store, fds, nfds);
+			dec->regions_used = dec->handed = 1;
+		}
+		dec->pos += n;
+		ret_msg->hdr = h;
+		ret_msg->payload = dec->buf + WEFT__FDP_HDR;
+		ret_msg->fds = store;
+		return 1;
+	}
+	return weft__fdp_dec_ack(dec, n, fds, nfds, truncated);
+}
+
 /* Returns 1 and a message, 0 when more bytes are needed, or -errno (sticky;
  * every descriptor held is closed): -EPROTO, -EMSGSIZE, -ETOOMANYREFS. */
 int weft__fdp_dec_next_slow(struct weft__fdp_dec *dec, struct weft__fdp_msg *ret_msg);
@@ -295,12 +326,21 @@ ssize_t weft__fdp_recvmsg(int sock, void *buf, size_t len, int *fds, size_t maxf
 		size_t *ret_nfds, bool *ret_truncated);
 
 /* One read into the decoder: its free space, one recvmsg (up to maxfds
- * descriptors), the acknowledgement.  Returns the bytes read (> 0), 0 at
- * the end of the stream, -EAGAIN when the socket is drained, or -errno
- * with *ret_op naming the step that failed (ALLOC, DECODE, RECVMSG).
- * *ret_room is the space offered: a shorter read drained the socket. */
+ * descriptors), the acknowledgement (weft__fdp_dec_ack_msg).  Returns the
+ * bytes read (> 0), 0 at the end of the stream, -EAGAIN when the socket is
+ * drained, or -errno with *ret_op naming the step that failed (ALLOC,
+ * DECODE, RECVMSG).  *ret_room is the space offered: a shorter read
+ * drained the socket.  *ret_whole is set when the read was exactly one
+ * whole message, handed out in *ret_msg (nothing is left to take out with
+ * weft__fdp_dec_next); otherwise take the messages out as usual. */
 ssize_t weft__fdp_read_into(struct weft__fdp_dec *dec, int sock, size_t maxfds, size_t *ret_room,
-		weft_fdpass_op *ret_op);
+		weft_fdpass_op *ret_op, struct weft__fdp_msg *ret_msg, bool *ret_whole);
+
+/* A block of at least size bytes for a response handed out to the user
+ * (descriptors first, then the payload), given back by
+ * weft_fdpass_msg_clear; small ones come from a per-thread spare.  NULL
+ * when out of memory. */
+void *weft__fdp_block_get(size_t size);
 
 /* Resolve zero fields of limits to defaults into ret; -EINVAL above the
  * ceilings. */

@@ -2,8 +2,10 @@
  * calls, limits, error records and names. */
 #include "fdpass-private.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,24 +32,37 @@ typedef union {
 	char buf[CMSG_SPACE(sizeof(int) * WEFT_FDPASS_MAX_FDS_LIMIT)];
 } cmsg_buf;
 
+/* Fill cb with one SCM_RIGHTS record of fds[0..nfds) for msg: the record
+ * and its padding up to CMSG_SPACE, nothing more of the buffer. */
+static inline void put_rights(struct msghdr *msg, cmsg_buf *cb, const int *fds, size_t nfds)
+{
+	struct cmsghdr *c = &cb->align;
+	unsigned char *data = CMSG_DATA(c);
+	msg->msg_control = cb->buf;
+	c->cmsg_level = SOL_SOCKET;
+	c->cmsg_type = SCM_RIGHTS;
+	if (nfds == 1) {
+		/* the usual case, in constants */
+		msg->msg_controllen = CMSG_SPACE(sizeof(int));
+		c->cmsg_len = CMSG_LEN(sizeof(int));
+		memcpy(data, fds, sizeof(int));
+		memset(data + sizeof(int), 0, CMSG_SPACE(sizeof(int)) - CMSG_LEN(sizeof(int)));
+		return;
+	}
+	msg->msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
+	c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+	memcpy(data, fds, sizeof(int) * nfds);
+	size_t pad = CMSG_SPACE(sizeof(int) * nfds) - CMSG_LEN(sizeof(int) * nfds);
+	if (pad > 0)
+		memset(data + sizeof(int) * nfds, 0, pad);
+}
+
 ssize_t weft__fdp_sendmsgv(int sock, const struct iovec *iov, size_t iovcnt, const int *fds, size_t nfds)
 {
 	cmsg_buf cb;
 	struct msghdr msg = {.msg_iov = (struct iovec *)iov, .msg_iovlen = iovcnt};
-	if (nfds > 0) {
-		/* A constant size for the usual few descriptors: zeroed inline. */
-		if (nfds <= 4)
-			memset(cb.buf, 0, CMSG_SPACE(sizeof(int) * 4));
-		else
-			memset(cb.buf, 0, CMSG_SPACE(sizeof(int) * nfds));
-		msg.msg_control = cb.buf;
-		msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
-		struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
-		c->cmsg_level = SOL_SOCKET;
-		c->cmsg_type = SCM_RIGHTS;
-		c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
-		memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
-	}
+	if (nfds > 0)
+		put_rights(&msg, &cb, fds, nfds);
 	ssize_t n;
 	do
 		n = sendmsg(sock, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -57,8 +72,23 @@ ssize_t weft__fdp_sendmsgv(int sock, const struct iovec *iov, size_t iovcnt, con
 
 ssize_t weft__fdp_sendmsg(int sock, const void *buf, size_t len, const int *fds, size_t nfds)
 {
+	ssize_t n;
+	if (nfds == 0) {
+		/* No descriptors: send(2), which hands the kernel the buffer
+		 * directly (sendmsg makes it copy in a msghdr and an iovec). */
+		do
+			n = send(sock, buf, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+		while (n < 0 && errno == EINTR);
+		return n < 0 ? -errno : n;
+	}
+	cmsg_buf cb;
 	struct iovec iov = {.iov_base = (void *)buf, .iov_len = len};
-	return weft__fdp_sendmsgv(sock, &iov, 1, fds, nfds);
+	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
+	put_rights(&msg, &cb, fds, nfds);
+	do
+		n = sendmsg(sock, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+	while (n < 0 && errno == EINTR);
+	return n < 0 ? -errno : n;
 }
 
 /* The descriptors of a received msghdr, walking every record: up to
@@ -190,6 +220,87 @@ const char *weft_fdpass_op_name(weft_fdpass_op op)
 	}
 }
 
+/* ---- response blocks ---------------------------------------------------------
+ *
+ * A response is handed out in one block (weft__fdp_block_get) that
+ * weft_fdpass_msg_clear gives back.  Small blocks all have the same size,
+ * and each thread keeps one given back for the next: request/response
+ * traffic takes and returns a block per message without malloc and free.
+ * Per thread, not per client, because a message may be cleared on any
+ * thread and after its client is gone.  A pthread key's destructor frees
+ * the spare when the thread exits. */
+#define BLOCK_SMALL 256u
+
+/* initial-exec: a direct %fs access in the shared library too (no
+ * __tls_get_addr call); two words of static TLS. */
+#define TLS_IE __attribute__((tls_model("initial-exec")))
+static _Thread_local void *spare_block TLS_IE;
+static _Thread_local bool spare_armed TLS_IE; /* the key's destructor runs for this thread */
+static pthread_key_t spare_key;
+static pthread_once_t spare_once = PTHREAD_ONCE_INIT;
+static bool spare_key_ok;
+
+static void spare_destroy(void *unused)
+{
+	(void)unused;
+	free(spare_block);
+	spare_block = NULL;
+	spare_armed = false;
+}
+
+static void spare_key_create(void)
+{
+	spare_key_ok = pthread_key_create(&spare_key, spare_destroy) == 0;
+}
+
+/* When the library is unloaded (dlclose), threads still running must not
+ * call spare_destroy at their exit: the key goes with the library (their
+ * spares are leaked, one small block each). */
+__attribute__((destructor)) static void spare_key_delete(void)
+{
+	if (spare_key_ok) {
+		spare_key_ok = false;
+		pthread_key_delete(spare_key);
+	}
+}
+
+/* Make sure the spare of this thread is freed when the thread exits. */
+static bool spare_arm(void)
+{
+	if (spare_armed)
+		return true;
+	pthread_once(&spare_once, spare_key_create);
+	if (!spare_key_ok || pthread_setspecific(spare_key, &spare_armed) != 0)
+		return false;
+	spare_armed = true;
+	return true;
+}
+
+void *weft__fdp_block_get(size_t size)
+{
+	if (size > BLOCK_SMALL)
+		return malloc(size);
+	void *b = spare_block;
+	if (b != NULL) {
+		spare_block = NULL;
+		return b;
+	}
+	return malloc(BLOCK_SMALL);
+}
+
+/* Give back a block of a message of size bytes (descriptors and payload).
+ * Every block has room for at least BLOCK_SMALL bytes (smaller requests
+ * get that much), so whatever the size says, a block kept here serves
+ * any small request; the size only keeps large blocks from being held. */
+static void block_put(void *b, size_t size)
+{
+	if (b != NULL && size <= BLOCK_SMALL && spare_block == NULL && spare_arm()) {
+		spare_block = b;
+		return;
+	}
+	free(b);
+}
+
 void weft_fdpass_msg_clear(weft_fdpass_msg *msg)
 {
 	if (msg == NULL)
@@ -197,7 +308,7 @@ void weft_fdpass_msg_clear(weft_fdpass_msg *msg)
 	if (msg->fds != NULL)
 		close_fds(msg->fds, msg->nfds);
 	/* buf and fds are one block (fds first) when both exist */
-	free(msg->fds != NULL ? (void *)msg->fds : msg->buf);
+	block_put(msg->fds != NULL ? (void *)msg->fds : msg->buf, msg->nfds * sizeof(int) + msg->len);
 	memset(msg, 0, sizeof(*msg));
 }
 
@@ -360,8 +471,9 @@ ssize_t weft_fdpass_recv(int sock, void *buf, size_t size, int *fds, size_t *nfd
 }
 
 ssize_t weft__fdp_read_into(struct weft__fdp_dec *dec, int sock, size_t maxfds, size_t *ret_room,
-		weft_fdpass_op *ret_op)
+		weft_fdpass_op *ret_op, struct weft__fdp_msg *ret_msg, bool *ret_whole)
 {
+	assert(maxfds <= WEFT_FDPASS_MAX_FDS_LIMIT); /* limits are checked when set */
 	uint8_t *space;
 	size_t room;
 	int r = weft__fdp_dec_space(dec, &space, &room);
@@ -386,26 +498,23 @@ ssize_t weft__fdp_read_into(struct weft__fdp_dec *dec, int sock, size_t maxfds, 
 	}
 	/* Bytes alone (the kernel set no control data and truncated none) need
 	 * no descriptor bookkeeping. */
-	if (msg.msg_controllen == 0 && (msg.msg_flags & MSG_CTRUNC) == 0) {
-		if (n == 0)
-			return 0;
-		r = weft__fdp_dec_ack(dec, (size_t)n, NULL, 0, false);
-	} else {
-		int fdbuf[WEFT_FDPASS_MAX_FDS_LIMIT];
-		size_t nfds = 0;
-		bool trunc = false;
-		if (maxfds > WEFT_FDPASS_MAX_FDS_LIMIT)
-			maxfds = WEFT_FDPASS_MAX_FDS_LIMIT;
+	int fdbuf[WEFT_FDPASS_MAX_FDS_LIMIT];
+	const int *fds = NULL;
+	size_t nfds = 0;
+	bool trunc = false;
+	if (msg.msg_controllen != 0 || (msg.msg_flags & MSG_CTRUNC) != 0) {
 		take_fds(&msg, fdbuf, maxfds, &nfds, &trunc);
-		if (n == 0) {
+		fds = fdbuf;
+		if (n == 0)
 			close_fds(fdbuf, nfds); /* descriptors with no byte: end of stream anyway */
-			return 0;
-		}
-		r = weft__fdp_dec_ack(dec, (size_t)n, fdbuf, nfds, trunc);
 	}
+	if (n == 0)
+		return 0;
+	r = weft__fdp_dec_ack_msg(dec, (size_t)n, fds, nfds, trunc, ret_msg);
 	if (r < 0) {
 		*ret_op = WEFT_FDPASS_OP_DECODE;
 		return r;
 	}
+	*ret_whole = r == 1;
 	return n;
 }

@@ -149,7 +149,21 @@ static weft_fdpass_call *call_get(struct conn *c)
 		if (call == NULL)
 			return NULL;
 	}
-	memset(call, 0, offsetof(weft_fdpass_call, fds_inline));
+	/* Every field before the inline arrays, stored one by one (cheaper
+	 * than a memset call for this size). */
+	call->link.next = call->link.prev = NULL;
+	call->conn = NULL;
+	call->seq = 0;
+	call->fds = NULL;
+	call->nfds = 0;
+	call->answered = false;
+	call->want_post = false;
+	call->post_err = 0;
+	call->post_data = NULL;
+	call->rfds = NULL;
+	call->nrfds = 0;
+	call->out = NULL;
+	call->out_len = call->out_off = 0;
 	return call;
 }
 
@@ -287,8 +301,10 @@ static void conn_dispatch_msg(struct conn *c, struct weft__fdp_msg *m)
 		call = call_get(c);
 	if (call != NULL) {
 		call->conn = c;
-		call->fds = m->hdr.nfds <= CALL_INLINE_FDS ? call->fds_inline : malloc(m->hdr.nfds * sizeof(int));
-		if (call->fds == NULL) {
+		/* No descriptors: fds stays NULL (as the handler's message says) */
+		if (m->hdr.nfds > 0)
+			call->fds = m->hdr.nfds <= CALL_INLINE_FDS ? call->fds_inline : malloc(m->hdr.nfds * sizeof(int));
+		if (m->hdr.nfds > 0 && call->fds == NULL) {
 			call_free(call);
 			call = NULL;
 		}
@@ -362,7 +378,9 @@ static void conn_read(struct conn *c)
 			break;
 		size_t room = 0;
 		weft_fdpass_op op = WEFT_FDPASS_OP_RECVMSG;
-		ssize_t n = weft__fdp_read_into(&c->dec, c->fd, c->lim.max_fds, &room, &op);
+		struct weft__fdp_msg m;
+		bool whole = false;
+		ssize_t n = weft__fdp_read_into(&c->dec, c->fd, c->lim.max_fds, &room, &op, &m, &whole);
 		if (n == -EAGAIN)
 			break;
 		if (n < 0) {
@@ -374,7 +392,10 @@ static void conn_read(struct conn *c)
 			conn_check_end(c);
 			return;
 		}
-		conn_pump(c);
+		if (whole)
+			conn_dispatch_msg(c, &m); /* the read was this one request (below max_pending: checked above) */
+		else
+			conn_pump(c);
 		if (c->dead)
 			return;
 		if ((size_t)n < room)
@@ -395,7 +416,10 @@ static void conn_io_cb(weft_io *io, unsigned revents, void *data)
 		conn_read(c);
 	c->in_io = false;
 	c->dispatching--;
-	conn_after(c);
+	/* conn_after, unless in the common case: a live connection with
+	 * nothing buffered and nothing to post */
+	if (c->dead || c->eof || c->done.head != NULL || weft__fdp_dec_buffered(&c->dec) != 0)
+		conn_after(c);
 }
 
 static void conn_after_cb(weft_defer *d, void *data)
@@ -525,51 +549,35 @@ static void call_sent(weft_fdpass_call *call, const int *fds, size_t nfds, bool 
 	} else {
 		call_free(call);
 	}
-	c->dispatching++;
-	conn_flush(c); /* what follows; READ back on; a finished connection closes */
-	c->dispatching--;
+	if (c->calls.head == NULL && !c->eof) {
+		/* Nothing behind it (what conn_flush would find): READ back on
+		 * below max_pending, buffered requests served from the loop.
+		 * Inside the connection's own dispatch (a reply from the request
+		 * handler) the read loop does both when the handler returns. */
+		if (!c->in_io) {
+			conn_update_watch(c);
+			if (c->ncalls < c->lim.max_pending && (weft__fdp_dec_buffered(&c->dec) > 0 || c->peer_closed))
+				weft_defer_schedule(c->after);
+		}
+	} else {
+		c->dispatching++;
+		conn_flush(c); /* what follows; a finished connection closes */
+		c->dispatching--;
+	}
 	if (!c->in_io && (c->done.head != NULL || c->dead))
 		weft_defer_schedule(c->after); /* posts and destruction run from the loop */
 }
 
-static int call_answer(weft_fdpass_call *call, uint8_t type, const void *buf, size_t len,
-		const int *fds, size_t nfds, void *post_data)
+/* Queue an answer that did not go out whole at once: r, an error found
+ * already; framed, the response is in out_inline; sent, the bytes of it
+ * that went out; blocked, the socket said EAGAIN.  Out of line: the common
+ * answer (sent whole) stays in call_answer. */
+static __attribute__((noinline)) int call_queue(weft_fdpass_call *call, uint8_t type, const void *buf,
+		size_t len, const int *fds, size_t nfds, void *post_data, int r, bool framed, size_t sent,
+		bool blocked)
 {
 	struct conn *c = call->conn;
-	int r = 0;
-	if (c->dead)
-		r = -ECONNRESET;
-	else if (len > c->lim.max_payload)
-		r = -EMSGSIZE;
-	else if (nfds > c->lim.max_fds)
-		r = -ETOOMANYREFS;
-	struct weft__fdp_hdr hdr = {.type = type, .nfds = (uint16_t)nfds, .len = (uint32_t)len, .seq = call->seq};
 	bool want_post = type == WEFT__FDP_RESPONSE && c->srv->post != NULL;
-	size_t sent = 0;
-	bool blocked = false, framed = false;
-	if (r == 0 && c->calls.head == &call->link && !c->write_wait && WEFT__FDP_HDR + len <= CALL_INLINE_OUT &&
-	    nfds <= CALL_INLINE_FDS) {
-		/* First in line and nothing blocked: framed in the call's inline
-		 * buffer and sent at once, as one buffer (a single segment is the
-		 * kernel's cheapest import; a header and a payload vector cost
-		 * more there than the copy here).  Only sizes that fit the inline
-		 * storage, so keeping what did not go out cannot fail. */
-		weft__fdp_put_header(call->out_inline, &hdr);
-		if (len > 0)
-			memcpy(call->out_inline + WEFT__FDP_HDR, buf, len);
-		framed = true;
-		ssize_t w = weft__fdp_sendmsg(c->fd, call->out_inline, WEFT__FDP_HDR + len, fds, nfds);
-		if (w == (ssize_t)(WEFT__FDP_HDR + len)) {
-			call_sent(call, fds, nfds, want_post, post_data);
-			return 0;
-		}
-		/* Part of it, or nothing (EAGAIN, an error): the rest is queued
-		 * below and conn_flush carries on (the descriptors went with the
-		 * first byte, if it went); after EAGAIN it waits for WRITE. */
-		if (w > 0)
-			sent = (size_t)w;
-		blocked = w == -EAGAIN;
-	}
 	if (r == 0) {
 		call->out_len = WEFT__FDP_HDR + len;
 		call->out = call->out_len <= CALL_INLINE_OUT ? call->out_inline : malloc(call->out_len);
@@ -587,6 +595,7 @@ static int call_answer(weft_fdpass_call *call, uint8_t type, const void *buf, si
 		return r;
 	}
 	if (!framed) {
+		struct weft__fdp_hdr hdr = {.type = type, .nfds = (uint16_t)nfds, .len = (uint32_t)len, .seq = call->seq};
 		weft__fdp_put_header(call->out, &hdr);
 		if (len > 0)
 			memcpy(call->out + WEFT__FDP_HDR, buf, len);
@@ -609,6 +618,42 @@ static int call_answer(weft_fdpass_call *call, uint8_t type, const void *buf, si
 	if (!c->in_io && (c->done.head != NULL || c->dead))
 		weft_defer_schedule(c->after); /* posts and destruction run from the loop */
 	return 0;
+}
+
+static int call_answer(weft_fdpass_call *call, uint8_t type, const void *buf, size_t len,
+		const int *fds, size_t nfds, void *post_data)
+{
+	struct conn *c = call->conn;
+	int r = 0;
+	if (c->dead)
+		r = -ECONNRESET;
+	else if (len > c->lim.max_payload)
+		r = -EMSGSIZE;
+	else if (nfds > c->lim.max_fds)
+		r = -ETOOMANYREFS;
+	if (r == 0 && c->calls.head == &call->link && !c->write_wait && WEFT__FDP_HDR + len <= CALL_INLINE_OUT &&
+	    nfds <= CALL_INLINE_FDS) {
+		/* First in line and nothing blocked: framed in the call's inline
+		 * buffer and sent at once, as one buffer (a single segment is the
+		 * kernel's cheapest import; a header and a payload vector cost
+		 * more there than the copy here).  Only sizes that fit the inline
+		 * storage, so keeping what did not go out cannot fail. */
+		struct weft__fdp_hdr hdr = {.type = type, .nfds = (uint16_t)nfds, .len = (uint32_t)len, .seq = call->seq};
+		weft__fdp_put_header(call->out_inline, &hdr);
+		if (len > 0)
+			memcpy(call->out_inline + WEFT__FDP_HDR, buf, len);
+		ssize_t w = weft__fdp_sendmsg(c->fd, call->out_inline, WEFT__FDP_HDR + len, fds, nfds);
+		if (w == (ssize_t)(WEFT__FDP_HDR + len)) {
+			call_sent(call, fds, nfds, type == WEFT__FDP_RESPONSE && c->srv->post != NULL, post_data);
+			return 0;
+		}
+		/* Part of it, or nothing (EAGAIN, an error): the rest is queued
+		 * and conn_flush carries on (the descriptors went with the first
+		 * byte, if it went); after EAGAIN it waits for WRITE. */
+		return call_queue(call, type, buf, len, fds, nfds, post_data, 0, true, w > 0 ? (size_t)w : 0,
+				w == -EAGAIN);
+	}
+	return call_queue(call, type, buf, len, fds, nfds, post_data, r, false, 0, false);
 }
 
 
