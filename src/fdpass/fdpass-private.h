@@ -265,7 +265,7 @@ static inline size_t weft__fdp_dec_buffered(const struct weft__fdp_dec *dec)
  * last is forgotten (what the slow path would do too). */
 static inline int weft__fdp_dec_next(struct weft__fdp_dec *dec, struct weft__fdp_msg *ret_msg)
 {
-	if (dec->err != 0)
+	if (dec->err < 0) /* a failure stays (always -errno) */
 		return dec->err;
 	size_t have = weft__fdp_dec_buffered(dec);
 	if (dec->nbatches == 0 && have == 0) {
