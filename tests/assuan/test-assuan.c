@@ -2283,6 +2283,29 @@ static void check_stream(const char *p, size_t n, size_t total)
 	CHECK(lines >= total / 996);
 }
 
+/* Ask for STREAM n and read all of it and the OK, checked. */
+static void stream_whole(struct fix *f, size_t total)
+{
+	char cmd[64];
+	snprintf(cmd, sizeof cmd, "STREAM %zu\n", total);
+	fix_send(f, cmd, strlen(cmd));
+	uint64_t end = t_now_ms() + 20000;
+	while (t_now_ms() < end && !(f->rxlen > total && memcmp(f->rx + f->rxlen - 4, "\nOK\n", 4) == 0))
+		pump(f, (size_t)-1, 2);
+	check_stream(f->rx, f->rxlen, total);
+	f->rxlen = 0;
+}
+
+/* Run the loop until the streaming handler waits for room (5 s at most). */
+static void wait_streamer_blocked(weft_loop *loop)
+{
+	uint64_t end = t_now_ms() + 5000;
+	while ((g_streamer == NULL || !g_streamer->waiting) && t_now_ms() < end) {
+		weft_loop_run(loop, WEFT_RUN_NOWAIT);
+		t_sleep_ms(1);
+	}
+}
+
 /* A client that does not read while the server streams megabytes: the
  * output queue stops at its limit (send_data refuses with -ENOBUFS, the
  * room callback resumes), another client is served meanwhile, and not a
@@ -2312,11 +2335,7 @@ static void test_backpressure(void)
 	snprintf(cmd, sizeof cmd, "STREAM %zu\n", total);
 	fix_send(&fa, cmd, strlen(cmd));
 	/* A does not read; B is served meanwhile. */
-	uint64_t end = t_now_ms() + 5000;
-	while ((g_streamer == NULL || !g_streamer->waiting) && t_now_ms() < end) {
-		weft_loop_run(fa.loop, WEFT_RUN_NOWAIT);
-		t_sleep_ms(1);
-	}
+	wait_streamer_blocked(fa.loop);
 	REQUIRE(g_streamer != NULL);
 	CHECK(g_streamer->waiting);
 	for (int i = 0; i < 50; i++) {
@@ -2333,7 +2352,7 @@ static void test_backpressure(void)
 	/* A pipelined NOP waits behind STREAM. */
 	fix_send(&fa, "NOP\n", 4);
 	/* Now A reads everything. */
-	end = t_now_ms() + 30000;
+	uint64_t end = t_now_ms() + 30000;
 	while (t_now_ms() < end && !(fa.rxlen >= 7 && memcmp(fa.rx + fa.rxlen - 7, "\nOK\nOK\n", 7) == 0 &&
 				g_streamer == NULL && fa.rxlen > total))
 		pump(&fa, (size_t)-1, 5);
@@ -2714,21 +2733,12 @@ static void test_pipe_stream(void)
 	f.rfd = out[0];
 	EXPECT(&f, "OK Pleased to meet you\n");
 	size_t total = 2u << 20;
+	stream_whole(&f, total);
+	/* Again, and the client closes both pipes while data is queued. */
 	char cmd[64];
 	snprintf(cmd, sizeof cmd, "STREAM %zu\n", total);
 	fix_send(&f, cmd, strlen(cmd));
-	uint64_t end = t_now_ms() + 20000;
-	while (t_now_ms() < end && !(f.rxlen > total && memcmp(f.rx + f.rxlen - 4, "\nOK\n", 4) == 0))
-		pump(&f, (size_t)-1, 2);
-	check_stream(f.rx, f.rxlen, total);
-	f.rxlen = 0;
-	/* Again, and the client closes both pipes while data is queued. */
-	fix_send(&f, cmd, strlen(cmd));
-	end = t_now_ms() + 5000;
-	while ((g_streamer == NULL || !g_streamer->waiting) && t_now_ms() < end) {
-		weft_loop_run(f.loop, WEFT_RUN_NOWAIT);
-		t_sleep_ms(1);
-	}
+	wait_streamer_blocked(f.loop);
 	CHECK(g_streamer != NULL);
 	close(f.rfd);
 	close(f.wfd);
@@ -2777,15 +2787,7 @@ static void test_request_driven(void)
 	snprintf(want, sizeof want, "OK\nOK %lu -\n", ino_of(tf));
 	TALK(&f, "INPUT FD\nFDINFO\n", want);
 	close(tf);
-	size_t total = 1u << 20;
-	char cmd[64];
-	snprintf(cmd, sizeof cmd, "STREAM %zu\n", total);
-	fix_send(&f, cmd, strlen(cmd));
-	uint64_t end = t_now_ms() + 20000;
-	while (t_now_ms() < end && !(f.rxlen > total && memcmp(f.rx + f.rxlen - 4, "\nOK\n", 4) == 0))
-		pump(&f, (size_t)-1, 2);
-	check_stream(f.rx, f.rxlen, total);
-	f.rxlen = 0;
+	stream_whole(&f, 1u << 20);
 	TALK(&f, "BYE\n", "OK closing connection\n");
 	EXPECT_EOF(&f);
 	run_until_closed(&f);
