@@ -1139,8 +1139,8 @@ static double proc_cpu(pid_t pid)
 	return (double)total / 1e9;
 }
 
-/* Round trips per on-CPU second of client and server together, of the last
- * 1-connection ping-pong round (0 if unknown or the server is external). */
+/* The last round's work (round trips, or MiB one way) per on-CPU second of
+ * client and server together (0 if unknown or the server is external). */
 static double last_cpu_rate;
 
 /* One round: connect, handshake, the timed part, close. */
@@ -1162,7 +1162,9 @@ static double run_round(int row, int srv, int port)
 	}
 	double t1 = now_mono();
 	double c1 = spid > 0 ? proc_cpu(spid) + proc_cpu(getpid()) : -1;
-	last_cpu_rate = row == R_PP1 && c0 >= 0 && c1 > c0 ? (double)opt.pp1_rt / (c1 - c0) : 0;
+	double work = row == R_PP1 ? (double)opt.pp1_rt : row == R_PPN ? (double)opt.ppn_rt
+		: (double)bulk_per_conn(row) * nconn / (1 << 20);
+	last_cpu_rate = c0 >= 0 && c1 > c0 ? work / (c1 - c0) : 0;
 	wd_disarm();
 	for (int i = 0; i < nconn; i++)
 		close(fds[i]);
@@ -1176,7 +1178,7 @@ static double run_round(int row, int srv, int port)
 /* ---- table ---------------------------------------------------------------- */
 
 static double samples[NROWS][NSRV][MAX_ROUNDS + 1];
-static double cpu_samples[NSRV][MAX_ROUNDS + 1]; /* R_PP1 per on-CPU second */
+static double cpu_samples[NROWS][NSRV][MAX_ROUNDS + 1]; /* per on-CPU second */
 
 static void row_title(int row, char *buf, size_t len)
 {
@@ -1235,11 +1237,11 @@ static void print_table(void)
 		for (int k = 0; k < nextra; k++)
 			cells[7 + k] = cell[extra[k]];
 		table_row(38, title, ncols, widths, cells);
-		if (row == R_PP1 && opt.client_port <= 0) {
-			/* The same round trips per second both processes spent
-			 * on the CPU: what the wall clock gives on a quiet one. */
+		if (opt.client_port <= 0) {
+			/* The same work per second both processes spent on the
+			 * CPU: what the wall clock gives on a quiet one. */
 			for (int s = 0; s < NSRV; s++) {
-				med[s] = opt.srv[s] ? median(cpu_samples[s], bench.rounds) : 0.0;
+				med[s] = opt.srv[s] ? median(cpu_samples[row][s], bench.rounds) : 0.0;
 				if (opt.srv[s] && med[s] > 0)
 					fmt_value(cell[s], sizeof cell[s], row, med[s]);
 				else
@@ -1299,8 +1301,7 @@ static void row_round(int srv, int round, void *arg)
 	double v = run_round(row, srv, opt.client_port > 0 ? opt.client_port : ports[srv]);
 	if (round >= 0) {
 		samples[row][srv][round] = v;
-		if (row == R_PP1)
-			cpu_samples[srv][round] = last_cpu_rate;
+		cpu_samples[row][srv][round] = last_cpu_rate;
 	}
 }
 
