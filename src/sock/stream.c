@@ -270,6 +270,7 @@ int weft__stream_take(weft_stream *s, weft__stream_hook_fn hook, void *data)
 	if (s->hook != NULL || s->reading || !weft__list_empty(&s->ops_list))
 		return -EBUSY;
 	weft_defer_cancel(&s->kick);
+	weft__sock_stream_level(s); /* the taker's reads may stop before a short one */
 	s->hook = hook;
 	s->hook_data = data;
 	return 0;
