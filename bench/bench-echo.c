@@ -694,7 +694,22 @@ static void u_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 {
 	struct blk *b = buf->base != NULL ? container_of(buf->base, struct blk, data) : NULL;
 	if (nread > 0) {
+		/* What the socket takes now goes out without a request
+		 * (uv_try_write, as the weft server's try_writev); only a
+		 * remainder is queued with uv_write and keeps the block. */
 		uv_buf_t w = uv_buf_init(buf->base, (unsigned)nread);
+		int n = uv_try_write(st, &w, 1);
+		if (n == nread) {
+			blk_put(b);
+			return;
+		}
+		if (n > 0)
+			w = uv_buf_init(buf->base + n, (unsigned)(nread - n));
+		else if (n != UV_EAGAIN) {
+			blk_put(b);
+			u_close(st);
+			return;
+		}
 		if (uv_write(&b->uvw, st, &w, 1, u_written) < 0) {
 			blk_put(b);
 			u_close(st);
