@@ -49,6 +49,7 @@ struct sock_impl {
 
 /* recvmsg with room for descriptors: each one that arrived goes to the
  * receiver (close-on-exec), also when the read itself carried no data. */
+__attribute__((noinline)) /* its control buffer stays off sock_readv's usual path */
 static ssize_t sock_recvmsg_fds(weft_stream *s, struct sock_impl *si, const struct iovec *iov, int count)
 {
 	union {
