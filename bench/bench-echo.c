@@ -364,7 +364,7 @@ static void w_written(weft_req *req, void *data);
 /* Echo the b->len bytes in c->blk: write what the socket takes now
  * (uv_try_write style); only a remainder becomes a queued request, which
  * then owns the block until its callback returns it to the pool.  If all
- * was written, c->blk stays for the next read. */
+ * was written, c->blk stays with the caller. */
 static int w_echo(struct wconn *c, weft_stream *s)
 {
 	struct blk *b = c->blk;
@@ -424,15 +424,22 @@ static void w_alloc(weft_stream *s, size_t suggested, void **ret_buf, size_t *re
 	*ret_len = BUF_SIZE;
 }
 
-/* weft: n >= 1 bytes arrived in c->blk (or the end, or an error). */
+/* weft: n >= 1 bytes arrived in c->blk (or the end, or an error).  A block
+ * written whole goes back to the pool at once, as the libuv server's does:
+ * the next read on any connection takes the same, cache-warm block. */
 static void w_read_some(weft_stream *s, ssize_t n, void *buf, void *data)
 {
 	(void)buf;
 	struct wconn *c = data;
 	if (n > 0) {
 		c->blk->len = (size_t)n;
-		if (w_echo(c, s) == 0)
+		if (w_echo(c, s) == 0) {
+			if (c->blk != NULL) {
+				blk_put(c->blk);
+				c->blk = NULL;
+			}
 			return;
+		}
 	}
 	w_close(c); /* EPIPE: the client closed; otherwise an error */
 }
