@@ -364,7 +364,7 @@ static void w_written(weft_req *req, void *data);
 /* Echo the b->len bytes in c->blk: write what the socket takes now
  * (uv_try_write style); only a remainder becomes a queued request, which
  * then owns the block until its callback returns it to the pool.  If all
- * was written, c->blk stays for the next read. */
+ * was written, c->blk stays with the caller. */
 static int w_echo(struct wconn *c, weft_stream *s)
 {
 	struct blk *b = c->blk;
@@ -424,15 +424,22 @@ static void w_alloc(weft_stream *s, size_t suggested, void **ret_buf, size_t *re
 	*ret_len = BUF_SIZE;
 }
 
-/* weft: n >= 1 bytes arrived in c->blk (or the end, or an error). */
+/* weft: n >= 1 bytes arrived in c->blk (or the end, or an error).  A block
+ * written whole goes back to the pool at once, as the libuv server's does:
+ * the next read on any connection takes the same, cache-warm block. */
 static void w_read_some(weft_stream *s, ssize_t n, void *buf, void *data)
 {
 	(void)buf;
 	struct wconn *c = data;
 	if (n > 0) {
 		c->blk->len = (size_t)n;
-		if (w_echo(c, s) == 0)
+		if (w_echo(c, s) == 0) {
+			if (c->blk != NULL) {
+				blk_put(c->blk);
+				c->blk = NULL;
+			}
 			return;
+		}
 	}
 	w_close(c); /* EPIPE: the client closed; otherwise an error */
 }
@@ -694,7 +701,22 @@ static void u_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 {
 	struct blk *b = buf->base != NULL ? container_of(buf->base, struct blk, data) : NULL;
 	if (nread > 0) {
+		/* What the socket takes now goes out without a request
+		 * (uv_try_write, as the weft server's try_writev); only a
+		 * remainder is queued with uv_write and keeps the block. */
 		uv_buf_t w = uv_buf_init(buf->base, (unsigned)nread);
+		int n = uv_try_write(st, &w, 1);
+		if (n == nread) {
+			blk_put(b);
+			return;
+		}
+		if (n > 0)
+			w = uv_buf_init(buf->base + n, (unsigned)(nread - n));
+		else if (n != UV_EAGAIN) {
+			blk_put(b);
+			u_close(st);
+			return;
+		}
 		if (uv_write(&b->uvw, st, &w, 1, u_written) < 0) {
 			blk_put(b);
 			u_close(st);
@@ -1139,8 +1161,8 @@ static double proc_cpu(pid_t pid)
 	return (double)total / 1e9;
 }
 
-/* Round trips per on-CPU second of client and server together, of the last
- * 1-connection ping-pong round (0 if unknown or the server is external). */
+/* The last round's work (round trips, or MiB one way) per on-CPU second of
+ * client and server together (0 if unknown or the server is external). */
 static double last_cpu_rate;
 
 /* One round: connect, handshake, the timed part, close. */
@@ -1162,7 +1184,9 @@ static double run_round(int row, int srv, int port)
 	}
 	double t1 = now_mono();
 	double c1 = spid > 0 ? proc_cpu(spid) + proc_cpu(getpid()) : -1;
-	last_cpu_rate = row == R_PP1 && c0 >= 0 && c1 > c0 ? (double)opt.pp1_rt / (c1 - c0) : 0;
+	double work = row == R_PP1 ? (double)opt.pp1_rt : row == R_PPN ? (double)opt.ppn_rt
+		: (double)bulk_per_conn(row) * nconn / (1 << 20);
+	last_cpu_rate = c0 >= 0 && c1 > c0 ? work / (c1 - c0) : 0;
 	wd_disarm();
 	for (int i = 0; i < nconn; i++)
 		close(fds[i]);
@@ -1176,7 +1200,7 @@ static double run_round(int row, int srv, int port)
 /* ---- table ---------------------------------------------------------------- */
 
 static double samples[NROWS][NSRV][MAX_ROUNDS + 1];
-static double cpu_samples[NSRV][MAX_ROUNDS + 1]; /* R_PP1 per on-CPU second */
+static double cpu_samples[NROWS][NSRV][MAX_ROUNDS + 1]; /* per on-CPU second */
 
 static void row_title(int row, char *buf, size_t len)
 {
@@ -1235,11 +1259,11 @@ static void print_table(void)
 		for (int k = 0; k < nextra; k++)
 			cells[7 + k] = cell[extra[k]];
 		table_row(38, title, ncols, widths, cells);
-		if (row == R_PP1 && opt.client_port <= 0) {
-			/* The same round trips per second both processes spent
-			 * on the CPU: what the wall clock gives on a quiet one. */
+		if (opt.client_port <= 0) {
+			/* The same work per second both processes spent on the
+			 * CPU: what the wall clock gives on a quiet one. */
 			for (int s = 0; s < NSRV; s++) {
-				med[s] = opt.srv[s] ? median(cpu_samples[s], bench.rounds) : 0.0;
+				med[s] = opt.srv[s] ? median(cpu_samples[row][s], bench.rounds) : 0.0;
 				if (opt.srv[s] && med[s] > 0)
 					fmt_value(cell[s], sizeof cell[s], row, med[s]);
 				else
@@ -1299,8 +1323,7 @@ static void row_round(int srv, int round, void *arg)
 	double v = run_round(row, srv, opt.client_port > 0 ? opt.client_port : ports[srv]);
 	if (round >= 0) {
 		samples[row][srv][round] = v;
-		if (row == R_PP1)
-			cpu_samples[srv][round] = last_cpu_rate;
+		cpu_samples[row][srv][round] = last_cpu_rate;
 	}
 }
 

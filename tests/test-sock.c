@@ -3386,6 +3386,126 @@ static void test_read_after_eof(weft_loop *loop)
 	weft_stream_close(rr.s, NULL, NULL);
 }
 
+/* A TCP stream over 127.0.0.1 (edge-triggered in the epoll backend) and
+ * the peer's blocking fd, or -1. */
+static int tcp_stream_and_fd(weft_loop *loop, weft_stream **s)
+{
+	*s = NULL;
+	int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	socklen_t len = sizeof(a);
+	if (l < 0 || bind(l, (struct sockaddr *)&a, sizeof(a)) < 0 || listen(l, 1) < 0 ||
+	    getsockname(l, (struct sockaddr *)&a, &len) < 0) {
+		CHECK(false);
+		if (l >= 0)
+			close(l);
+		return -1;
+	}
+	int c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	int one = 1;
+	if (c >= 0)
+		setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	int fd = c >= 0 && connect(c, (struct sockaddr *)&a, sizeof(a)) == 0 ? accept4(l, NULL, NULL, SOCK_CLOEXEC) : -1;
+	close(l);
+	if (fd < 0 || weft_stream_new_socket(loop, fd, s) < 0) {
+		CHECK(false);
+		if (c >= 0)
+			close(c);
+		return -1;
+	}
+	return c;
+}
+
+/* Run until the reader got want bytes or a final result, at most 2 s. */
+static void rs_run(weft_loop *loop, struct rs_state *st, size_t want)
+{
+	weft_timer *t;
+	if (weft_timer_new(loop, t_tick, NULL, &t) < 0)
+		return;
+	weft_timer_start(t, 20, 20); /* a lost edge must not block the loop for good */
+	uint64_t start = t_now_ms();
+	while (st->len < want && st->last >= 0 && t_now_ms() - start < 2000)
+		weft_loop_run(loop, WEFT_RUN_ONCE);
+	weft_timer_free(t);
+}
+
+/* On TCP the stream core's watcher is edge-triggered: no event repeats, so
+ * every case where a short read does not prove the socket empty must still
+ * deliver everything. */
+static void test_tcp_edges(weft_loop *loop)
+{
+	weft_stream *s;
+	/* Data and the end of the stream arrive before the first read: the
+	 * short read of the data, then -EPIPE. */
+	int fd = tcp_stream_and_fd(loop, &s);
+	REQUIRE(fd >= 0);
+	struct rs_state st = {0};
+	CHECK_EQ(weft_stream_read_start(s, rs_alloc, rs_read, &st), 0);
+	for (int i = 0; i < 3; i++)
+		weft_loop_run(loop, WEFT_RUN_NOWAIT); /* drained: waits for an edge */
+	CHECK_EQ(write(fd, "hello", 5), 5);
+	CHECK_EQ(shutdown(fd, SHUT_WR), 0);
+	t_sleep_ms(20); /* both in the socket before the loop looks: one edge */
+	rs_run(loop, &st, 6);
+	CHECK_EQ(st.len, 5);
+	CHECK_EQ(st.last, -EPIPE);
+	weft_stream_close(s, NULL, NULL);
+	close(fd);
+
+	/* Urgent data: a read stops short at the mark, with more behind it. */
+	fd = tcp_stream_and_fd(loop, &s);
+	REQUIRE(fd >= 0);
+	memset(&st, 0, sizeof(st));
+	CHECK_EQ(weft_stream_read_start(s, rs_alloc, rs_read, &st), 0);
+	for (int i = 0; i < 3; i++)
+		weft_loop_run(loop, WEFT_RUN_NOWAIT);
+	CHECK_EQ(send(fd, "abc", 3, 0), 3);
+	CHECK_EQ(send(fd, "!", 1, MSG_OOB), 1);
+	CHECK_EQ(send(fd, "def", 3, 0), 3);
+	t_sleep_ms(20);
+	rs_run(loop, &st, 6);
+	CHECK_EQ(st.len, 6);
+	CHECK(memcmp(st.got, "abcdef", 6) == 0);
+	/* Later data still arrives (now level-triggered). */
+	CHECK_EQ(write(fd, "gh", 2), 2);
+	rs_run(loop, &st, 8);
+	CHECK_EQ(st.len, 8);
+	weft_stream_close(s, NULL, NULL);
+	close(fd);
+
+	/* A paused reader leaves data in the socket; started again, it reads
+	 * it without a new edge.  Read requests that fill their buffer read
+	 * on without one too. */
+	fd = tcp_stream_and_fd(loop, &s);
+	REQUIRE(fd >= 0);
+	memset(&st, 0, sizeof(st));
+	CHECK_EQ(weft_stream_read_start(s, rs_alloc, rs_read, &st), 0);
+	CHECK_EQ(write(fd, "12", 2), 2);
+	rs_run(loop, &st, 2);
+	CHECK_EQ(st.len, 2);
+	st.no_room = true;
+	CHECK_EQ(write(fd, "34", 2), 2);
+	for (int i = 0; i < 5; i++)
+		weft_loop_run(loop, WEFT_RUN_NOWAIT);
+	CHECK_EQ(st.len, 2);
+	st.no_room = false;
+	CHECK_EQ(weft_stream_read_start(s, rs_alloc, rs_read, &st), 0);
+	rs_run(loop, &st, 4);
+	CHECK_EQ(st.len, 4);
+	CHECK(memcmp(st.got, "1234", 4) == 0);
+	CHECK_EQ(weft_stream_read_stop(s), 0);
+	CHECK_EQ(write(fd, "abcdefghij", 10), 10);
+	t_sleep_ms(20);
+	char buf[64];
+	CHECK_EQ(finish_sync(weft_stream_read_send(s, buf, 4), read_result, NULL), 4);
+	CHECK_EQ(finish_sync(weft_stream_read_send(s, buf, 3), read_result, NULL), 3);
+	CHECK_EQ(finish_sync(weft_stream_read_send(s, buf, sizeof(buf)), read_result, NULL), 3);
+	CHECK(memcmp(buf, "hij", 3) == 0);
+	close(fd);
+	CHECK_EQ(finish_sync(weft_stream_read_send(s, buf, sizeof(buf)), read_result, NULL), -EPIPE);
+	weft_stream_close(s, NULL, NULL);
+}
+
 int main(int argc, char **argv)
 {
 	g_only = argc > 1 ? argv[1] : NULL;
@@ -3448,6 +3568,7 @@ int main(int argc, char **argv)
 	run_loop("read_send: what is there, leftovers first, EBUSY, EOF", test_read_some);
 	run_loop("try_writev: at once, partial, EAGAIN, EBUSY behind a queued write", test_try_writev);
 	run_loop("read_send: reading again after EPIPE yields to the loop", test_read_after_eof);
+	run_loop("TCP: edge-triggered reads still see EOF behind data, data behind urgent data, paused data", test_tcp_edges);
 
 	run("cleanup: the temporary directory is empty", test_dir_empty);
 	return t_finish();

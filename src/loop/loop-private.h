@@ -33,6 +33,7 @@ struct weft_io {
 	struct weft__handle h;
 	int fd;
 	unsigned events; /* current interest; 0 when stopped */
+	bool edge;       /* epoll: edge-triggered (weft__io_set_edge) */
 	weft_io_cb cb;
 	void *data;
 };
@@ -148,6 +149,17 @@ uint64_t weft__clock_ns(void);
 void *weft__block_alloc(weft_loop *loop, size_t size);
 void weft__block_free(weft_loop *loop, void *p, size_t size);
 
+/* Edge-triggered readiness for a watcher the epoll backend holds (no effect
+ * with the external backend).  Only for an owner that reads and writes
+ * until a short transfer or EAGAIN before it waits again (the stream core
+ * on a TCP socket: a short read there means the receive queue was empty).
+ * While READ is watched, the registration also asks for EPOLLRDHUP and
+ * EPOLLPRI; an event with either, or with an error or hang-up, turns the
+ * watcher level-triggered for good, because a read can then end short
+ * with more to come (at the urgent mark, before the end of the stream or
+ * a pending error) and no new edge would follow. */
+void weft__io_set_edge(weft_io *io, bool edge);
+
 /* Deliver an event collected by a backend to the watcher on fd.  gen is the
  * slot generation captured when the event was armed (epoll), or the current
  * one (external). */
@@ -170,6 +182,7 @@ int weft__epoll_init(weft_loop *loop);
 void weft__epoll_fini(weft_loop *loop);
 int weft__epoll_ctl(weft_loop *loop, int fd, unsigned old_events, unsigned new_events);
 int weft__epoll_poll(weft_loop *loop, int timeout_ms);
+void weft__epoll_level(weft_loop *loop, int fd, uint32_t gen);
 
 int weft__external_ctl(weft_loop *loop, int fd, unsigned old_events, unsigned new_events);
 void weft__external_report_timer(weft_loop *loop);

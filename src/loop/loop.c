@@ -367,6 +367,16 @@ void weft_io_free(weft_io *io)
 	free(io);
 }
 
+void weft__io_set_edge(weft_io *io, bool edge)
+{
+	if (io->edge == edge)
+		return;
+	io->edge = edge;
+	weft_loop *loop = io->h.loop;
+	if (io->events != 0 && loop->kind == WEFT__BACKEND_EPOLL)
+		(void)weft__epoll_ctl(loop, io->fd, io->events, io->events); /* MOD */
+}
+
 void weft__io_dispatch(weft_loop *loop, int fd, uint32_t gen, unsigned revents)
 {
 	if (fd < 0 || (size_t)fd >= loop->nslots)

@@ -43,6 +43,10 @@ void weft__unlink_bound(const struct weft__bound_path *bound);
  * directly (raw_readv first returns bytes s had read ahead).  s must have
  * no request attached (-EBUSY).  The taker closes s with weft_stream_close
  * when done. */
+/* Another layer reads a socket stream its own way (weft__stream_take):
+ * its watcher goes back to level-triggered. */
+void weft__sock_stream_level(weft_stream *s);
+
 typedef void (*weft__stream_hook_fn)(void *data, unsigned revents);
 int weft__stream_take(weft_stream *s, weft__stream_hook_fn hook, void *data);
 ssize_t weft__stream_raw_readv(weft_stream *s, const struct iovec *iov, int count);

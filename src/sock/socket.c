@@ -1,6 +1,7 @@
 /* Stream transports on file descriptors (a socket; a pipe pair), connecting
  * and listening. */
 #include "sock-private.h"
+#include "loop-private.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -12,6 +13,7 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <netinet/in.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 int weft__fd_prepare(int fd)
@@ -47,6 +49,7 @@ struct sock_impl {
 
 /* recvmsg with room for descriptors: each one that arrived goes to the
  * receiver (close-on-exec), also when the read itself carried no data. */
+__attribute__((noinline)) /* its control buffer stays off sock_readv's usual path */
 static ssize_t sock_recvmsg_fds(weft_stream *s, struct sock_impl *si, const struct iovec *iov, int count)
 {
 	union {
@@ -171,8 +174,20 @@ static const weft_stream_ops sock_ops = {
 	.fd = sock_fd,
 };
 
-/* fd_ready: the flags are known to be set (accept4, our own socket()). */
-static int stream_from_fd(weft_loop *loop, int fd, bool fd_ready, weft_stream **ret_stream)
+/* A TCP socket: a short read there means its receive queue was empty. */
+static bool fd_is_tcp(int fd)
+{
+	int proto = 0;
+	socklen_t len = sizeof(proto);
+	return getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, &len) == 0 && proto == IPPROTO_TCP;
+}
+
+/* fd_ready: the flags are known to be set (accept4, our own socket()).
+ * tcp: 1 or 0 when the caller knows, -1 to ask the kernel.  The stream
+ * core reads a TCP socket until a short read before it waits, so its
+ * watcher is edge-triggered: no re-poll of the socket in every epoll_wait
+ * after a message (see weft__io_set_edge for when it turns level). */
+static int stream_from_fd(weft_loop *loop, int fd, bool fd_ready, int tcp, weft_stream **ret_stream)
 {
 	if (fd < 0)
 		return -EINVAL;
@@ -196,6 +211,8 @@ static int stream_from_fd(weft_loop *loop, int fd, bool fd_ready, weft_stream **
 		weft_stream_close(s, NULL, NULL); /* closes fd, frees si */
 		return r;
 	}
+	if (tcp > 0 || (tcp < 0 && fd_is_tcp(fd)))
+		weft__io_set_edge(si->io, true);
 	*ret_stream = s;
 	return 0;
 fail:
@@ -206,7 +223,15 @@ fail:
 
 int weft_stream_new_socket(weft_loop *loop, int fd, weft_stream **ret_stream)
 {
-	return stream_from_fd(loop, fd, false, ret_stream);
+	return stream_from_fd(loop, fd, false, -1, ret_stream);
+}
+
+void weft__sock_stream_level(weft_stream *s)
+{
+	if (weft__stream_ops(s) == &sock_ops) {
+		struct sock_impl *si = weft_stream_impl(s);
+		weft__io_set_edge(si->io, false);
+	}
 }
 
 int weft_stream_set_fd_receiver(weft_stream *s, weft_stream_fd_cb cb, void *data)
@@ -461,7 +486,7 @@ static void connect_finish(weft_req *req)
 	st->io = NULL;
 	int fd = st->fd;
 	st->fd = -1;
-	int r = stream_from_fd(weft_req_loop(req), fd, true, &st->stream);
+	int r = stream_from_fd(weft_req_loop(req), fd, true, st->dst.kind == WEFT_ADDR_TCP, &st->stream);
 	if (!weft_req_error(req, r))
 		weft_req_done(req);
 }
@@ -655,7 +680,7 @@ static int accept_one(weft_listener *l, weft_stream **ret_stream, weft_addr *ret
 		return -errno;
 	if (weft_addr_from_sockaddr((struct sockaddr *)&ss, len, l->kind, ret_peer) < 0)
 		memset(ret_peer, 0, sizeof(*ret_peer));
-	return stream_from_fd(l->loop, fd, true, ret_stream);
+	return stream_from_fd(l->loop, fd, true, l->kind == WEFT_ADDR_TCP, ret_stream);
 }
 
 static void resume_accepting(weft_timer *t, void *data)

@@ -130,9 +130,11 @@ const char *weft_stream_name(const weft_stream *s)
 
 /* Bytes readable without the transport's readiness: read-ahead, plus what
  * the transport buffers (TLS records). */
-static size_t stream_buffered(const weft_stream *s)
+static inline size_t stream_buffered(const weft_stream *s)
 {
-	return s->ra_len + (s->ops->pending ? s->ops->pending((weft_stream *)s) : 0);
+	if (s->ops->pending == NULL)
+		return s->ra_len;
+	return s->ra_len + s->ops->pending((weft_stream *)s);
 }
 
 size_t weft_stream_pending(const weft_stream *s)
@@ -233,7 +235,15 @@ static void stream_finish_close(weft_stream *s)
 
 /* ---- readiness ------------------------------------------------------------ */
 
-static void stream_update_watch(weft_stream *s)
+__attribute__((noinline))
+static void stream_change_watch(weft_stream *s, unsigned want)
+{
+	if (s->ops->watch(s, want) == 0)
+		s->watching = want;
+}
+
+/* Inline: after every message it only finds that nothing changed. */
+static inline __attribute__((always_inline)) void stream_update_watch(weft_stream *s)
 {
 	/* A reader between two vectors still wants data: keeping READ armed
 	 * costs nothing, dropping and re-adding it costs two syscalls. */
@@ -244,10 +254,8 @@ static void stream_update_watch(weft_stream *s)
 		want |= WEFT_IO_READ;
 	if (s->writer != NULL && s->write_blocked)
 		want |= WEFT_IO_WRITE;
-	if (want == s->watching)
-		return;
-	if (s->ops->watch(s, want) == 0)
-		s->watching = want;
+	if (want != s->watching)
+		stream_change_watch(s, want);
 }
 
 void weft_stream_ready(weft_stream *s, unsigned revents)
@@ -270,6 +278,7 @@ int weft__stream_take(weft_stream *s, weft__stream_hook_fn hook, void *data)
 	if (s->hook != NULL || s->reading || !weft__list_empty(&s->ops_list))
 		return -EBUSY;
 	weft_defer_cancel(&s->kick);
+	weft__sock_stream_level(s); /* the taker's reads may stop before a short one */
 	s->hook = hook;
 	s->hook_data = data;
 	return 0;
@@ -598,6 +607,7 @@ static bool serve_reader(weft_stream *s, weft_req *req, size_t *budget_left)
 /* Serve the reader, and the readers its callbacks start (an echo loop reads
  * again from its read callback), within one budget per wake-up — as libuv
  * reads repeatedly on one readiness event. */
+__attribute__((noinline)) /* read_once's vector stays off the registered reader's path */
 static void serve_read(weft_stream *s)
 {
 	size_t budget = READ_BUDGET;
@@ -668,6 +678,7 @@ static void serve_read_started(weft_stream *s)
 			return;
 		}
 		ssize_t n;
+		bool short_read = false;
 		if (s->ra_len > 0) {
 			n = (ssize_t)(len < s->ra_len ? len : s->ra_len);
 			memcpy(buf, s->ra + s->ra_off, (size_t)n);
@@ -685,13 +696,15 @@ static void serve_read_started(weft_stream *s)
 				return;
 			}
 			if (n > 0 && (size_t)n < len && stream_buffered(s) == 0)
-				s->drained = true; /* a short read: the transport is empty */
+				s->drained = short_read = true; /* the transport is empty */
 		}
 		if (n <= 0)
 			s->reading = false; /* the end (EPIPE) or an error: reported once */
 		else
 			budget = (size_t)n >= budget ? 0 : budget - (size_t)n;
 		s->rs_cb(s, n == 0 ? -EPIPE : n, buf, s->rs_data);
+		if (short_read)
+			return; /* nothing left to read: wait for readiness */
 	}
 }
 
@@ -749,6 +762,7 @@ static weft_req *writev_new(weft_stream *s, const struct iovec *vector, size_t c
 	return req;
 }
 
+__attribute__((noinline)) /* queued writes: off the registered reader's path */
 static void serve_write(weft_stream *s)
 {
 	weft_req *req = s->writer;
