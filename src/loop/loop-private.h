@@ -32,9 +32,9 @@ struct weft__handle {
 struct weft_io {
 	struct weft__handle h;
 	int fd;
-	unsigned events; /* current interest; 0 when stopped */
+	uint16_t events; /* current interest (WEFT_IO_*); 0 when stopped */
 	bool edge;       /* epoll: edge-triggered (weft__io_set_edge) */
-	weft_io_cb cb;
+	weft_io_cb cb;   /* fd, events and edge share 8 bytes: a watcher per connection */
 	void *data;
 };
 
