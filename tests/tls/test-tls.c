@@ -308,18 +308,29 @@ static int free_port(void)
 	return port;
 }
 
+/* A UDP port for gnutls-serv, below the kernel's ephemeral range: a port
+ * the kernel handed out could be handed out again, between our check and
+ * the server's bind, to another test's unbound UDP socket on 127.0.0.1 —
+ * which, bound more specifically than the server's wildcard, would then
+ * receive our datagrams. */
 static int free_udp_port(void)
 {
-	int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-	struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-	socklen_t len = sizeof(a);
-	int port = -1;
-	if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0 &&
-	    getsockname(fd, (struct sockaddr *)&a, &len) == 0)
-		port = ntohs(a.sin_port);
-	if (fd >= 0)
+	static unsigned seed;
+	if (seed == 0)
+		seed = (unsigned)getpid() ^ (unsigned)t_now_ms();
+	for (int attempt = 0; attempt < 100; attempt++) {
+		seed = seed * 1103515245u + 12345u;
+		int port = 20000 + (int)((seed >> 8) % 12000); /* 20000..31999 */
+		int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+		if (fd < 0)
+			return -1;
+		struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+		int r = bind(fd, (struct sockaddr *)&a, sizeof(a)); /* the wildcard: free on every address */
 		close(fd);
-	return port;
+		if (r == 0)
+			return port;
+	}
+	return -1;
 }
 
 /* Start argv with stdin from in_file (NULL: /dev/null) and stdout+stderr
