@@ -3429,20 +3429,31 @@ static void rs_run(weft_loop *loop, struct rs_state *st, size_t want)
 	weft_timer_free(t);
 }
 
+/* A TCP stream with a registered reader into st, run until it found the
+ * socket empty and waits for an edge.  Returns the peer's fd (-1: none). */
+static int edge_reader(weft_loop *loop, weft_stream **s, struct rs_state *st)
+{
+	int fd = tcp_stream_and_fd(loop, s);
+	if (fd < 0)
+		return -1;
+	memset(st, 0, sizeof(*st));
+	CHECK_EQ(weft_stream_read_start(*s, rs_alloc, rs_read, st), 0);
+	for (int i = 0; i < 3; i++)
+		weft_loop_run(loop, WEFT_RUN_NOWAIT); /* drained: waits for an edge */
+	return fd;
+}
+
 /* On TCP the stream core's watcher is edge-triggered: no event repeats, so
  * every case where a short read does not prove the socket empty must still
  * deliver everything. */
 static void test_tcp_edges(weft_loop *loop)
 {
 	weft_stream *s;
+	struct rs_state st;
 	/* Data and the end of the stream arrive before the first read: the
 	 * short read of the data, then -EPIPE. */
-	int fd = tcp_stream_and_fd(loop, &s);
+	int fd = edge_reader(loop, &s, &st);
 	REQUIRE(fd >= 0);
-	struct rs_state st = {0};
-	CHECK_EQ(weft_stream_read_start(s, rs_alloc, rs_read, &st), 0);
-	for (int i = 0; i < 3; i++)
-		weft_loop_run(loop, WEFT_RUN_NOWAIT); /* drained: waits for an edge */
 	CHECK_EQ(write(fd, "hello", 5), 5);
 	CHECK_EQ(shutdown(fd, SHUT_WR), 0);
 	t_sleep_ms(20); /* both in the socket before the loop looks: one edge */
@@ -3453,12 +3464,8 @@ static void test_tcp_edges(weft_loop *loop)
 	close(fd);
 
 	/* Urgent data: a read stops short at the mark, with more behind it. */
-	fd = tcp_stream_and_fd(loop, &s);
+	fd = edge_reader(loop, &s, &st);
 	REQUIRE(fd >= 0);
-	memset(&st, 0, sizeof(st));
-	CHECK_EQ(weft_stream_read_start(s, rs_alloc, rs_read, &st), 0);
-	for (int i = 0; i < 3; i++)
-		weft_loop_run(loop, WEFT_RUN_NOWAIT);
 	CHECK_EQ(send(fd, "abc", 3, 0), 3);
 	CHECK_EQ(send(fd, "!", 1, MSG_OOB), 1);
 	CHECK_EQ(send(fd, "def", 3, 0), 3);
@@ -3476,10 +3483,8 @@ static void test_tcp_edges(weft_loop *loop)
 	/* A paused reader leaves data in the socket; started again, it reads
 	 * it without a new edge.  Read requests that fill their buffer read
 	 * on without one too. */
-	fd = tcp_stream_and_fd(loop, &s);
+	fd = edge_reader(loop, &s, &st);
 	REQUIRE(fd >= 0);
-	memset(&st, 0, sizeof(st));
-	CHECK_EQ(weft_stream_read_start(s, rs_alloc, rs_read, &st), 0);
 	CHECK_EQ(write(fd, "12", 2), 2);
 	rs_run(loop, &st, 2);
 	CHECK_EQ(st.len, 2);

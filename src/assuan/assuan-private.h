@@ -206,32 +206,29 @@ static inline int weft__apump_read(struct weft__apump *p)
  * that takes all of it at once is the usual case.) */
 int weft__apump_flush_slow(struct weft__apump *p);
 int weft__apump_flush_rest(struct weft__apump *p, ssize_t n);
+/* out goes to a taken transport in one write (wbuf is empty). */
+static inline int weft__apump_write_out(struct weft__apump *p)
+{
+	struct iovec iov = {p->out.p, p->out.len};
+	ssize_t n = p->ops->writev(p->s, &iov, 1);
+	if (n == (ssize_t)p->out.len && p->out.cap <= WEFT__APUMP_OUT_KEEP) {
+		p->out.len = 0;
+		return 0;
+	}
+	return weft__apump_flush_rest(p, n);
+}
 static inline int weft__apump_flush(struct weft__apump *p)
 {
-	if (p->ops != NULL && p->out.len != 0 && p->wbuf.len == 0 && p->err == 0) {
-		struct iovec iov = {p->out.p, p->out.len};
-		ssize_t n = p->ops->writev(p->s, &iov, 1);
-		if (n == (ssize_t)p->out.len && p->out.cap <= WEFT__APUMP_OUT_KEEP) {
-			p->out.len = 0;
-			return 0;
-		}
-		return weft__apump_flush_rest(p, n);
-	}
+	if (p->ops != NULL && p->out.len != 0 && p->wbuf.len == 0 && p->err == 0)
+		return weft__apump_write_out(p);
 	return weft__apump_flush_slow(p);
 }
 /* The same for a pump known to be taken and open (its owner closes it on
  * a transport error, so err is 0 too). */
 static inline int weft__apump_flush_taken(struct weft__apump *p)
 {
-	if (p->out.len != 0 && p->wbuf.len == 0) {
-		struct iovec iov = {p->out.p, p->out.len};
-		ssize_t n = p->ops->writev(p->s, &iov, 1);
-		if (n == (ssize_t)p->out.len && p->out.cap <= WEFT__APUMP_OUT_KEEP) {
-			p->out.len = 0;
-			return 0;
-		}
-		return weft__apump_flush_rest(p, n);
-	}
+	if (p->out.len != 0 && p->wbuf.len == 0)
+		return weft__apump_write_out(p);
 	return weft__apump_flush_slow(p);
 }
 /* Bytes gathered or being written. */

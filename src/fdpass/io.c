@@ -140,19 +140,28 @@ static inline void take_fds(struct msghdr *msg, int *fds, size_t maxfds, size_t 
 	take_fds_all(msg, fds, maxfds, ret_nfds, ret_truncated);
 }
 
+/* One non-blocking recvmsg into iov with room for descriptors in cb;
+ * msg describes what came.  Returns the bytes or -errno. */
+static inline ssize_t recv_with_fds(int sock, struct iovec *iov, cmsg_buf *cb, struct msghdr *msg)
+{
+	*msg = (struct msghdr){.msg_iov = iov, .msg_iovlen = 1, .msg_control = cb->buf,
+			.msg_controllen = sizeof(cb->buf)};
+	ssize_t n;
+	do
+		n = recvmsg(sock, msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+	while (n < 0 && errno == EINTR);
+	return n < 0 ? -errno : n;
+}
+
 ssize_t weft__fdp_recvmsg(int sock, void *buf, size_t len, int *fds, size_t maxfds,
 		size_t *ret_nfds, bool *ret_truncated)
 {
 	cmsg_buf cb;
 	struct iovec iov = {.iov_base = buf, .iov_len = len};
-	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cb.buf,
-			.msg_controllen = sizeof(cb.buf)};
-	ssize_t n;
-	do
-		n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
-	while (n < 0 && errno == EINTR);
+	struct msghdr msg;
+	ssize_t n = recv_with_fds(sock, &iov, &cb, &msg);
 	if (n < 0)
-		return -errno;
+		return n;
 	take_fds(&msg, fds, maxfds, ret_nfds, ret_truncated);
 	return n;
 }
@@ -484,14 +493,9 @@ ssize_t weft__fdp_read_into(struct weft__fdp_dec *dec, int sock, size_t maxfds, 
 	*ret_room = room;
 	cmsg_buf cb;
 	struct iovec iov = {.iov_base = space, .iov_len = room};
-	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cb.buf,
-			.msg_controllen = sizeof(cb.buf)};
-	ssize_t n;
-	do
-		n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
-	while (n < 0 && errno == EINTR);
+	struct msghdr msg;
+	ssize_t n = recv_with_fds(sock, &iov, &cb, &msg);
 	if (n < 0) {
-		n = -errno;
 		if (n != -EAGAIN)
 			*ret_op = WEFT_FDPASS_OP_RECVMSG;
 		return n;
