@@ -2283,6 +2283,15 @@ static void check_stream(const char *p, size_t n, size_t total)
 	CHECK(lines >= total / 996);
 }
 
+/* The fixture's server with STREAM and a 64 KiB output limit. */
+static void fix_stream_server(struct fix *f)
+{
+	fix_server(f);
+	weft_assuan_limits lim = {.output = 64 * 1024};
+	weft_assuan_server_set_limits(f->srv, &lim);
+	CHECK_EQ(weft_assuan_register(f->srv, "STREAM", cmd_stream, NULL, NULL), 0);
+}
+
 /* Ask for STREAM n and read all of it and the OK, checked. */
 static void stream_whole(struct fix *f, size_t total)
 {
@@ -2313,11 +2322,8 @@ static void wait_streamer_blocked(weft_loop *loop)
 static void test_backpressure(void)
 {
 	struct fix fa;
-	fix_server(&fa);
+	fix_stream_server(&fa);
 	g_max_pending = 0;
-	weft_assuan_limits lim = {.output = 64 * 1024};
-	weft_assuan_server_set_limits(fa.srv, &lim);
-	CHECK_EQ(weft_assuan_register(fa.srv, "STREAM", cmd_stream, NULL, NULL), 0);
 	int sa[2], sb[2];
 	CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sa), 0);
 	CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sb), 0);
@@ -2373,10 +2379,7 @@ static void test_backpressure(void)
 static void test_disconnect_while_streaming(void)
 {
 	struct fix f;
-	fix_server(&f);
-	weft_assuan_limits lim = {.output = 64 * 1024};
-	weft_assuan_server_set_limits(f.srv, &lim);
-	CHECK_EQ(weft_assuan_register(f.srv, "STREAM", cmd_stream, NULL, NULL), 0);
+	fix_stream_server(&f);
 	int sv[2];
 	CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
 	CHECK_EQ(weft_assuan_server_adopt_fd(f.srv, sv[0], &f.conn), 0);
@@ -2721,10 +2724,7 @@ static void test_transports(void)
 static void test_pipe_stream(void)
 {
 	struct fix f;
-	fix_server(&f);
-	CHECK_EQ(weft_assuan_register(f.srv, "STREAM", cmd_stream, NULL, NULL), 0);
-	weft_assuan_limits lim = {.output = 64 * 1024};
-	weft_assuan_server_set_limits(f.srv, &lim);
+	fix_stream_server(&f);
 	int in[2], out[2];
 	CHECK_EQ(pipe2(in, O_CLOEXEC), 0);
 	CHECK_EQ(pipe2(out, O_CLOEXEC), 0);
@@ -2755,10 +2755,7 @@ static void test_pipe_stream(void)
 static void test_request_driven(void)
 {
 	struct fix f;
-	fix_server(&f);
-	CHECK_EQ(weft_assuan_register(f.srv, "STREAM", cmd_stream, NULL, NULL), 0);
-	weft_assuan_limits lim = {.output = 64 * 1024};
-	weft_assuan_server_set_limits(f.srv, &lim);
+	fix_stream_server(&f);
 	int sv[2];
 	CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
 	weft_stream *s;
