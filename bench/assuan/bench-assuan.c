@@ -284,6 +284,10 @@ static weft_assuan_err w_put(weft_assuan_conn *c, char *args, void *data)
 }
 
 static weft_loop *w_loop;
+/* -F: the weft server accepts descriptors (weft's default).  Passed to the
+ * exec'ed helpers through the environment. */
+static bool w_fdpassing;
+#define FDPASSING_ENV "BENCH_ASSUAN_FDPASSING"
 
 static void w_close(weft_assuan_conn *c, void *data)
 {
@@ -297,6 +301,10 @@ static weft_assuan_server *w_server(void)
 	wcheck(weft_assuan_server_new(w_loop, &srv), "weft_assuan_server_new");
 	weft_assuan_hooks hooks = {.close = w_close};
 	weft_assuan_server_set_hooks(srv, &hooks, NULL);
+	/* Configured as the libassuan server below (a socket server without
+	 * ASSUAN_SOCKET_SERVER_FDPASSING): no descriptors accepted, so reads
+	 * need no room for them (recv, not recvmsg).  -F keeps weft's default. */
+	weft_assuan_server_set_fdpassing(srv, w_fdpassing);
 	wcheck(weft_assuan_register(srv, "GET", w_get, NULL, NULL), "register");
 	wcheck(weft_assuan_register(srv, "PUT", w_put, NULL, NULL), "register");
 	return srv;
@@ -1207,11 +1215,12 @@ static void print_mbs(const char *title, enum row r, enum cli c, enum srv s)
 static void usage(FILE *f)
 {
 	fprintf(f,
-		"usage: bench-assuan [-q] [-P] [-r N] [-o] [-v] [-s LIST] [-c] [-i] [-m N]\n"
+		"usage: bench-assuan [-q] [-P] [-F] [-r N] [-o] [-v] [-s LIST] [-c] [-i] [-m N]\n"
 		"       bench-assuan -X SERVER:ROW -n N   (one server in the foreground)\n"
 		"       bench-assuan -C CLIENT:SERVER:ROW -n N   (one client in the foreground)\n"
 		"  -q       quick run (CI smoke test): short rounds, one round\n"
 		"  -P       pin every process to CPU 0\n"
+		"  -F       the weft server accepts descriptors (weft's default; libassuan's server here does not)\n"
 		"  -s LIST  servers: raw,weft,weft-hand,libassuan,libassuan-next (default all)\n"
 		"  -R LIST  rows: nop,get,put (default all)\n"
 		"  -c       syscalls per transaction with strace -c (both sides; and the client alone)\n"
@@ -1238,10 +1247,13 @@ int main(int argc, char **argv)
 	for (int i = 0; i < NROW; i++)
 		row_sel[i] = true;
 	int o;
-	while ((o = bench_getopt(argc, argv, "r:oqvhPs:R:cim:X:Y:C:S:n:", usage)) != -1) {
+	while ((o = bench_getopt(argc, argv, "r:oqvhPFs:R:cim:X:Y:C:S:n:", usage)) != -1) {
 		switch (o) {
 		case 'P':
 			opt.pin = true;
+			break;
+		case 'F':
+			setenv(FDPASSING_ENV, "1", 1);
 			break;
 		case 's':
 			if (!parse_list(optarg, srv_names, NSRV, NULL, srv_sel))
@@ -1280,6 +1292,7 @@ int main(int argc, char **argv)
 			return 2;
 		}
 	}
+	w_fdpassing = getenv(FDPASSING_ENV) != NULL;
 	if (opt.pin)
 		pin_cpu0();
 	const char *spec = xspec ? xspec : yspec ? yspec : cspec ? cspec : sspec;
