@@ -290,17 +290,21 @@ static size_t copy_to_pct(char *d, const char *s, size_t lim)
 	return i + k;
 }
 
-/* The escape at s[i] (a %): its byte into *out; returns how many bytes
- * of s it took (3), or 0 for a % without two hex digits after it. */
-static inline size_t decode_pct(char *out, const char *s, size_t i, size_t n)
+/* The % at s[i]: its byte into *out; returns how many bytes of s it took
+ * (3), or for a % without two hex digits after it 1 (kept as a %) — or 0
+ * when strict (an error). */
+static inline size_t decode_pct(char *out, const char *s, size_t i, size_t n, bool strict)
 {
-	if (i + 2 >= n)
+	int h = i + 2 < n ? hexval((unsigned char)s[i + 1]) : -1;
+	int l = i + 2 < n ? hexval((unsigned char)s[i + 2]) : -1;
+	if ((h | l) >= 0) {
+		*out = (char)(h << 4 | l);
+		return 3;
+	}
+	if (strict)
 		return 0;
-	int h = hexval((unsigned char)s[i + 1]), l = hexval((unsigned char)s[i + 2]);
-	if ((h | l) < 0)
-		return 0;
-	*out = (char)(h << 4 | l);
-	return 3;
+	*out = '%';
+	return 1;
 }
 
 /* d and s apart: every 16-byte block is stored whole before its first %
@@ -336,13 +340,9 @@ ssize_t weft__adecode_to(char *restrict d, const char *restrict s, size_t n, boo
 			i += k;
 			o += k;
 		}
-		size_t took = decode_pct(d + o, s, i, n);
-		if (took == 0) {
-			if (strict)
-				return -1;
-			d[o] = '%';
-			took = 1;
-		}
+		size_t took = decode_pct(d + o, s, i, n, strict);
+		if (took == 0)
+			return -1;
 		i += took;
 		o++;
 	}
@@ -358,13 +358,9 @@ ssize_t weft__adecode(char *s, size_t n, bool strict)
 		i += run;
 		if (i == n)
 			break;
-		size_t took = decode_pct(s + o, s, i, n);
-		if (took == 0) {
-			if (strict)
-				return -1;
-			s[o] = '%';
-			took = 1;
-		}
+		size_t took = decode_pct(s + o, s, i, n, strict);
+		if (took == 0)
+			return -1;
 		i += took;
 		o++;
 	}
