@@ -52,8 +52,7 @@ struct weft_fdpass_client {
 	uint64_t timeout_ms;
 	struct weft__dlist sendq;
 	struct weft__dlist waitq;
-	struct weft__dnode *spare; /* small slots kept for reuse (a stack) */
-	unsigned nspare;
+	struct weft__dspare spare; /* small slots kept for reuse */
 	size_t nslots;
 	bool ref;          /* the io watcher keeps the loop alive (nslots > 0) */
 	uint32_t next_seq;
@@ -89,13 +88,8 @@ static void slot_drop_fds(struct slot *s)
 static inline void slot_free(weft_fdpass_client *c, struct slot *s)
 {
 	slot_drop_fds(s);
-	if (s->small && c->nspare < SLOT_SPARES) {
-		s->link.next = c->spare;
-		c->spare = &s->link;
-		c->nspare++;
-		return;
-	}
-	free(s);
+	if (!s->small || !weft__dspare_push(&c->spare, &s->link, SLOT_SPARES))
+		free(s);
 }
 
 /* A zeroed slot for a request of framed size out_len with nfds
@@ -104,10 +98,9 @@ static struct slot *slot_get(weft_fdpass_client *c, size_t out_len, size_t nfds)
 {
 	bool small = out_len <= SLOT_SMALL;
 	struct slot *s;
-	if (small && c->spare != NULL) {
-		s = weft__dlist_entry(c->spare, struct slot, link);
-		c->spare = c->spare->next;
-		c->nspare--;
+	struct weft__dnode *kept = small ? weft__dspare_pop(&c->spare) : NULL;
+	if (kept != NULL) {
+		s = weft__dlist_entry(kept, struct slot, link);
 	} else {
 		s = malloc(sizeof(*s) + (small ? SLOT_SMALL : out_len));
 		if (s == NULL)
@@ -138,12 +131,9 @@ static struct slot *slot_get(weft_fdpass_client *c, size_t out_len, size_t nfds)
 
 static void free_spares(weft_fdpass_client *c)
 {
-	while (c->spare != NULL) {
-		struct weft__dnode *n = c->spare;
-		c->spare = n->next;
+	struct weft__dnode *n;
+	while ((n = weft__dspare_pop(&c->spare)) != NULL)
 		free(weft__dlist_entry(n, struct slot, link));
-	}
-	c->nspare = 0;
 }
 
 static struct weft__dlist *slot_queue(weft_fdpass_client *c, const struct slot *s)

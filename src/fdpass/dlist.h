@@ -55,6 +55,34 @@ static inline struct weft__dnode *weft__dlist_pop(struct weft__dlist *l)
 	return n;
 }
 
+/* Finished objects kept for reuse: a stack of at most a given count. */
+struct weft__dspare {
+	struct weft__dnode *top;
+	unsigned n;
+};
+
+/* Keep n unless max are kept already; false: the caller frees it. */
+static inline bool weft__dspare_push(struct weft__dspare *sp, struct weft__dnode *n, unsigned max)
+{
+	if (sp->n >= max)
+		return false;
+	n->next = sp->top;
+	sp->top = n;
+	sp->n++;
+	return true;
+}
+
+/* A kept node, or NULL; also how a holder empties it (and frees each). */
+static inline struct weft__dnode *weft__dspare_pop(struct weft__dspare *sp)
+{
+	struct weft__dnode *n = sp->top;
+	if (n != NULL) {
+		sp->top = n->next;
+		sp->n--;
+	}
+	return n;
+}
+
 #define weft__dlist_entry(node, type, member) \
 	((type *)(void *)((char *)(node) - offsetof(type, member)))
 

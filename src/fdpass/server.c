@@ -61,8 +61,7 @@ struct conn {
 	struct weft__dlist calls; /* received, not yet fully answered on the wire */
 	size_t ncalls;
 	struct weft__dlist done;  /* sent (or failed): post handler pending */
-	struct weft__dnode *spare; /* finished calls kept for reuse (a stack) */
-	unsigned nspare;
+	struct weft__dspare spare; /* finished calls kept for reuse */
 	unsigned events;          /* what c->io watches now */
 	unsigned dispatching;
 	bool in_io;      /* inside conn_io_cb: conn_after runs at its end */
@@ -126,29 +125,19 @@ static void call_free(weft_fdpass_call *call)
 	if (call->out != NULL && call->out != call->out_inline)
 		free(call->out);
 	struct conn *c = call->conn;
-	if (c != NULL && c->nspare < CALL_SPARES) {
-		call->link.next = c->spare;
-		c->spare = &call->link;
-		c->nspare++;
-		return;
-	}
-	free(call);
+	if (c == NULL || !weft__dspare_push(&c->spare, &call->link, CALL_SPARES))
+		free(call);
 }
 
 /* A call for a new request: a spare one, or a new allocation, with the
  * fields before the inline arrays zero.  NULL when out of memory. */
 static weft_fdpass_call *call_get(struct conn *c)
 {
-	weft_fdpass_call *call;
-	if (c->spare != NULL) {
-		call = weft__dlist_entry(c->spare, weft_fdpass_call, link);
-		c->spare = c->spare->next;
-		c->nspare--;
-	} else {
-		call = malloc(sizeof(*call));
-		if (call == NULL)
-			return NULL;
-	}
+	struct weft__dnode *kept = weft__dspare_pop(&c->spare);
+	weft_fdpass_call *call = kept != NULL ? weft__dlist_entry(kept, weft_fdpass_call, link)
+					      : malloc(sizeof(*call));
+	if (call == NULL)
+		return NULL;
 	/* Every field before the inline arrays, stored one by one (cheaper
 	 * than a memset call for this size). */
 	call->link.next = call->link.prev = NULL;
@@ -169,12 +158,9 @@ static weft_fdpass_call *call_get(struct conn *c)
 
 static void conn_free_spares(struct conn *c)
 {
-	while (c->spare != NULL) {
-		struct weft__dnode *n = c->spare;
-		c->spare = n->next;
+	struct weft__dnode *n;
+	while ((n = weft__dspare_pop(&c->spare)) != NULL)
 		free(weft__dlist_entry(n, weft_fdpass_call, link));
-	}
-	c->nspare = 0;
 }
 
 /* ---- connections ---------------------------------------------------------- */
