@@ -147,6 +147,8 @@ uint64_t weft__clock_ns(void);
 /* Zeroed memory of size bytes, from the loop's cache when it fits a block;
  * release it with weft__block_free and the same size. */
 void *weft__block_alloc(weft_loop *loop, size_t size);
+/* The same, not zeroed. */
+void *weft__block_get(weft_loop *loop, size_t size);
 void weft__block_free(weft_loop *loop, void *p, size_t size);
 
 /* Edge-triggered readiness for a watcher the epoll backend holds (no effect

@@ -48,14 +48,20 @@ void weft_loop_update_time(weft_loop *loop)
 
 /* ---- recycled blocks ---------------------------------------------------- */
 
-void *weft__block_alloc(weft_loop *loop, size_t size)
+void *weft__block_get(weft_loop *loop, size_t size)
 {
 	if (size > WEFT__BLOCK_SIZE)
-		return calloc(1, size);
+		return malloc(size);
 	if (loop->nblocks == 0)
-		return calloc(1, WEFT__BLOCK_SIZE);
-	void *p = loop->blocks[--loop->nblocks];
-	memset(p, 0, size);
+		return malloc(WEFT__BLOCK_SIZE);
+	return loop->blocks[--loop->nblocks];
+}
+
+void *weft__block_alloc(weft_loop *loop, size_t size)
+{
+	void *p = weft__block_get(loop, size);
+	if (p != NULL)
+		memset(p, 0, size);
 	return p;
 }
 

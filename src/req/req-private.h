@@ -25,9 +25,8 @@ struct weft_req {
 
 	bool force_post;   /* a completion now must be posted (inside cancel) */
 	bool *freed_flag;  /* set by weft_req_free: weft_req_wait is watching */
-	bool has_timeout;
-	weft_timer timeout;
-	weft_defer post;   /* runs the callback of a posted completion */
+	bool has_timeout;  /* timeout is initialised (a timeout was set once) */
+	bool has_post;     /* post is initialised (a completion was posted once) */
 
 	/* queue membership */
 	weft_queue *queue;
@@ -35,6 +34,11 @@ struct weft_req {
 	weft_queue_trigger_fn trigger;
 	void *trigger_data;
 	bool triggered;
+
+	/* Set up on first use, not zeroed by weft_req_new: most requests
+	 * neither time out nor complete inside _send. */
+	weft_timer timeout;
+	weft_defer post;   /* runs the callback of a posted completion */
 
 	alignas(max_align_t) unsigned char state[];
 };

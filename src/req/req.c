@@ -15,17 +15,39 @@ weft_req *weft_req_new(weft_loop *loop, size_t state_size, const char *name)
 	if (loop == NULL || state_size > SIZE_MAX / 2)
 		return NULL;
 	size_t size = sizeof(struct weft_req) + state_size;
-	weft_req *req = weft__block_alloc(loop, size);
+	weft_req *req = weft__block_get(loop, size);
 	if (req == NULL)
 		return NULL;
+	/* The header up to the timer and the caller's state are zeroed; the
+	 * timer and the deferred call are set up when first needed. */
+	memset(req, 0, offsetof(struct weft_req, timeout));
+	memset(req->state, 0, state_size);
 	req->alloc_size = size;
 	req->loop = loop;
 	req->name = name ? name : "req";
 	req->status = WEFT_REQ_IN_PROGRESS;
-	weft__timer_init(loop, &req->timeout, timeout_cb, req);
-	weft__defer_init(loop, &req->post, post_cb, req);
 	loop->nhandles++; /* a live request pins its loop */
 	return req;
+}
+
+static void post_completion(weft_req *req)
+{
+	if (!req->has_post) {
+		weft__defer_init(req->loop, &req->post, post_cb, req);
+		req->has_post = true;
+	}
+	weft_defer_schedule(&req->post);
+}
+
+static bool posted(const weft_req *req)
+{
+	return req->has_post && weft_defer_scheduled(&req->post);
+}
+
+static void stop_timeout(weft_req *req)
+{
+	if (req->has_timeout)
+		weft_timer_stop(&req->timeout);
 }
 
 void *weft_req_state(const weft_req *req)
@@ -69,13 +91,13 @@ void weft__req_finish(weft_req *req, weft_req_status status, int err)
 		return;
 	req->status = status;
 	req->err = err;
-	weft_timer_stop(&req->timeout);
+	stop_timeout(req);
 	run_cleanup(req, WEFT_REQ_STAGE_FINISHED);
 	weft__queue_remove(req);
 	if (req->cb == NULL || req->force_post) {
 		/* Inside _send (no callback yet) or inside cancel: the callback
 		 * runs from the loop, never under the caller's feet. */
-		weft_defer_schedule(&req->post);
+		post_completion(req);
 		return;
 	}
 	req->cb(req, req->cb_data);
@@ -195,8 +217,12 @@ int weft_req_set_timeout(weft_req *req, uint64_t timeout_ms)
 	if (req->status != WEFT_REQ_IN_PROGRESS)
 		return -EALREADY;
 	if (timeout_ms == 0) {
-		weft_timer_stop(&req->timeout);
+		stop_timeout(req);
 		return 0;
+	}
+	if (!req->has_timeout) {
+		weft__timer_init(req->loop, &req->timeout, timeout_cb, req);
+		req->has_timeout = true;
 	}
 	return weft_timer_start(&req->timeout, timeout_ms, 0);
 }
@@ -214,7 +240,7 @@ int weft_req_wait(weft_req *req)
 	/* Cleared before every return below, or the request is gone. */
 	// cppcheck-suppress autoVariables
 	req->freed_flag = &freed;
-	while (req->status == WEFT_REQ_IN_PROGRESS || weft_defer_scheduled(&req->post)) {
+	while (req->status == WEFT_REQ_IN_PROGRESS || posted(req)) {
 		r = weft_loop_run(loop, WEFT_RUN_ONCE);
 		if (freed)
 			return r < 0 ? r : 0;
@@ -237,12 +263,15 @@ void weft_req_free(weft_req *req)
 	weft_loop *loop = req->loop;
 	if (req->freed_flag)
 		*req->freed_flag = true;
-	weft_timer_stop(&req->timeout);
-	weft_defer_cancel(&req->post);
+	stop_timeout(req);
+	if (req->has_post)
+		weft_defer_cancel(&req->post);
 	weft__queue_remove(req);
 	run_cleanup(req, WEFT_REQ_STAGE_FREED);
-	weft__handle_fini(&req->timeout.h);
-	weft__handle_fini(&req->post.h);
+	if (req->has_timeout)
+		weft__handle_fini(&req->timeout.h);
+	if (req->has_post)
+		weft__handle_fini(&req->post.h);
 	loop->nhandles--;
 	weft__block_free(loop, req, req->alloc_size);
 }
