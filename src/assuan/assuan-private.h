@@ -168,6 +168,11 @@ static inline bool weft__apump_taken(const struct weft__apump *p)
  * the stream cannot be taken (a request attached, bytes read ahead): the
  * pump then drives it by requests. */
 int weft__apump_take(struct weft__apump *p, void (*hook)(void *p, unsigned revents));
+/* Give a taken transport back to its stream: the pump is driven by
+ * requests from then on (for good; the client does this before it first
+ * passes a descriptor).  A write still under way continues as a request.
+ * May be called from inside the pump's event.  0 or -ENOMEM (err set). */
+int weft__apump_give_back(struct weft__apump *p);
 /* The pump's own handling of readiness. */
 void weft__apump_hook(struct weft__apump *p, unsigned revents);
 /* The read the pump asked for with WEFT__APUMP_WAKE, if still wanted. */

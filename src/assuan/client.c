@@ -536,14 +536,26 @@ static void client_process(weft_assuan_client *cl)
 
 static void pump_event(struct weft__apump *p, enum weft__apump_ev ev)
 {
-	(void)ev; /* only a taken pump asks to be woken */
-	client_process(weft__container_of(p, weft_assuan_client, io));
+	weft_assuan_client *cl = weft__container_of(p, weft_assuan_client, io);
+	if (ev == WEFT__APUMP_WAKE)
+		weft_defer_schedule(&cl->kick); /* kick_cb runs weft__apump_kick */
+	else
+		client_process(cl);
 }
 
 static void kick_cb(weft_defer *d, void *data)
 {
+	weft_assuan_client *cl = data;
 	(void)d;
-	client_process(data);
+	if (cl->io.kick_read) {
+		cl->depth++; /* the read's lines may free the client */
+		weft__apump_kick(&cl->io);
+		if (--cl->depth == 0 && cl->freeing) {
+			client_release(cl);
+			return;
+		}
+	}
+	client_process(cl);
 }
 
 /* The connection is over: everything waiting fails with err. */
@@ -580,6 +592,10 @@ static weft_assuan_client *client_new(weft_loop *loop, weft_stream *s)
 	}
 	cl->loop = loop;
 	weft__apump_init(&cl->io, s, pump_event);
+	/* The client reads and writes the transport itself, as the server
+	 * does; a stream that cannot be taken (a request attached, bytes
+	 * read ahead) is driven by requests. */
+	(void)weft__apump_take(&cl->io, NULL);
 	weft__list_init(&cl->trs);
 	weft__defer_init(loop, &cl->kick, kick_cb, cl);
 	weft_defer_schedule(&cl->kick); /* first read from the loop */
@@ -1002,7 +1018,9 @@ static void sendfd_done(weft_req *sub, void *data)
 static int pump_hand_over(struct weft__apump *p)
 {
 	weft__aenc_data_end(&p->out, &p->dcount);
-	int r = weft__apump_flush(p);
+	int r = weft__apump_give_back(p); /* descriptors go by stream requests */
+	if (r == 0)
+		r = weft__apump_flush(p);
 	if (r < 0 || p->out.len == 0)
 		return r;
 	char *copy = malloc(p->out.len);

@@ -147,6 +147,8 @@ static void write_done(weft_req *req, void *data)
  * it would cost two syscalls per command). */
 void weft__apump_watch_slow(struct weft__apump *p)
 {
+	if (!weft__apump_taken(p))
+		return; /* given back from inside the hook */
 	unsigned want = (p->reading ? WEFT_IO_READ : 0u) | (p->wblocked ? WEFT_IO_WRITE : 0u);
 	if (weft__stream_raw_watch(p->s, want) == 0) /* no call when unchanged */
 		p->watching = (uint8_t)want;
@@ -164,7 +166,7 @@ static void ask_kick(struct weft__apump *p)
 /* Read while there is room and the transport is not known to be empty. */
 static void taken_read(struct weft__apump *p)
 {
-	for (unsigned i = 0; p->reading && !p->drained; i++) {
+	for (unsigned i = 0; weft__apump_taken(p) && p->reading && !p->drained; i++) {
 		if (i == TAKEN_READS) {
 			ask_kick(p); /* yield to the other fds, come back */
 			return;
@@ -284,6 +286,34 @@ int weft__apump_take(struct weft__apump *p, void (*hook)(void *p, unsigned reven
 	p->ops = ops;
 	p->watching = WEFT__APUMP_WATCH_UNKNOWN;
 	return 0;
+}
+
+int weft__apump_give_back(struct weft__apump *p)
+{
+	if (!weft__apump_taken(p) || p->s == NULL)
+		return 0;
+	weft__stream_untake(p->s);
+	size_t off = p->woff;
+	bool was_reading = p->reading;
+	p->woff = 0; /* wreq from now on */
+	p->ops = NULL;
+	p->wblocked = false;
+	p->kick_read = false;
+	p->drained = false;
+	set_reading(p, false);
+	if (off < p->wbuf.len) {
+		/* The rest of a blocked write goes first, by a request. */
+		struct iovec iov = {p->wbuf.p + off, p->wbuf.len - off};
+		p->wreq = weft_stream_writev_queue_send(p->s, NULL, &iov, 1);
+		if (p->wreq == NULL) {
+			p->err = ENOMEM;
+			return -ENOMEM;
+		}
+		weft_req_set_callback(p->wreq, write_done, p);
+	} else {
+		p->wbuf.len = 0;
+	}
+	return was_reading ? weft__apump_read_slow(p) : 0;
 }
 
 /* A taken transport: what it did not take of out waits in wbuf for its

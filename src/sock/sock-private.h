@@ -49,6 +49,9 @@ void weft__sock_stream_level(weft_stream *s);
 
 typedef void (*weft__stream_hook_fn)(void *data, unsigned revents);
 int weft__stream_take(weft_stream *s, weft__stream_hook_fn hook, void *data);
+/* Give the transport back: s serves its own requests again (its watch
+ * stays what the taker left until they need another). */
+void weft__stream_untake(weft_stream *s);
 ssize_t weft__stream_raw_readv(weft_stream *s, const struct iovec *iov, int count);
 ssize_t weft__stream_raw_writev(weft_stream *s, const struct iovec *iov, int count);
 int weft__stream_raw_shutdown(weft_stream *s);

@@ -284,6 +284,17 @@ int weft__stream_take(weft_stream *s, weft__stream_hook_fn hook, void *data)
 	return 0;
 }
 
+void weft__stream_untake(weft_stream *s)
+{
+	if (s == NULL || s->hook == NULL)
+		return;
+	s->hook = NULL;
+	s->hook_data = NULL;
+	s->drained = false; /* what the taker left unread is not known here */
+	if (s->depth == 0 && !s->closing)
+		stream_update_watch(s);
+}
+
 ssize_t weft__stream_raw_readv(weft_stream *s, const struct iovec *iov, int count)
 {
 	if (s->ra_len > 0) {

@@ -331,8 +331,13 @@ static int hs_ensure(struct tls_impl *t)
 {
 	if (t->hs == HS_NONE)
 		t->hs = HS_RUNNING;
-	if (t->hs == HS_RUNNING && t->hs_want == 0 && t->err == 0)
+	if (t->hs == HS_RUNNING && t->hs_want == 0 && t->err == 0) {
 		hs_step(t, false);
+		/* The step chose a direction: watch for it now, as the core
+		 * may not ask again (its own interest did not change). */
+		if (t->busy == 0 && !t->closed)
+			update_watch(t);
+	}
 	return t->err;
 }
 
