@@ -349,7 +349,11 @@ WEFT_EXPORT int weft_assuan_connect_recv(weft_req *req, weft_assuan_client **ret
 
 /* Run a client over a stream already connected (ownership of s passes,
  * also on failure); reads the greeting like connect.  Collect with
- * weft_assuan_connect_recv. */
+ * weft_assuan_connect_recv.  As a server connection does, the client takes
+ * the stream's transport over (it hears the readiness and reads and writes
+ * through the stream's own operations) until it first passes a descriptor;
+ * start no reads or writes on the stream yourself.  A stream with a
+ * request attached or bytes read ahead is driven through requests. */
 WEFT_EXPORT weft_req *weft_assuan_client_adopt_send(weft_loop *loop, weft_stream *s);
 
 /* Start a pipe server: argv[0] is run (PATH is searched) with the
@@ -377,6 +381,8 @@ WEFT_EXPORT void weft_assuan_client_free(weft_assuan_client *cl);
 
 /* The greeting's text after "OK " (borrowed; "" if none). */
 WEFT_EXPORT const char *weft_assuan_client_greeting(const weft_assuan_client *cl);
+/* The connection's stream (borrowed): for its loop, fd and peer; the
+ * client reads and writes it (see weft_assuan_client_adopt_send). */
 WEFT_EXPORT weft_stream *weft_assuan_client_stream(const weft_assuan_client *cl);
 
 /* The spawned server's pid (0 if none) and its end: cb(pid, wait status as
