@@ -61,6 +61,7 @@ struct weft_assuan_client {
 	bool inquiring;        /* an INQUIRE waits for our answer */
 	unsigned depth;
 	bool freeing;
+	bool released; /* closed, its memory waits for kick_cb */
 	weft_defer kick;
 	struct reaper *reaper;
 };
@@ -547,6 +548,10 @@ static void kick_cb(weft_defer *d, void *data)
 {
 	weft_assuan_client *cl = data;
 	(void)d;
+	if (cl->released) {
+		client_release(cl); /* the hook that held it has returned */
+		return;
+	}
 	if (cl->io.kick_read) {
 		cl->depth++; /* the read's lines may free the client */
 		weft__apump_kick(&cl->io);
@@ -604,14 +609,23 @@ static weft_assuan_client *client_new(weft_loop *loop, weft_stream *s)
 
 static void client_release(weft_assuan_client *cl)
 {
-	weft_defer_cancel(&cl->kick);
-	weft__handle_fini(&cl->kick.h);
-	weft__apump_close(&cl->io);
+	weft__apump_close(&cl->io); /* a second time: nothing left to close */
 	if (cl->reaper != NULL) {
 		cl->reaper->cl = NULL;
 		if (cl->reaper->exited && cl->reaper->cb == NULL && !cl->reaper->reporting)
 			reaper_free(cl->reaper); /* else it frees itself at exit */
+		cl->reaper = NULL;
 	}
+	if (cl->io.busy > 0) {
+		/* Freed from inside the pump's readiness hook, which looks at
+		 * the pump once more on its way out: the memory goes from the
+		 * loop. */
+		cl->released = true;
+		weft_defer_schedule(&cl->kick);
+		return;
+	}
+	weft_defer_cancel(&cl->kick);
+	weft__handle_fini(&cl->kick.h);
 	free(cl->greeting);
 	free(cl->okay);
 	free(cl);
