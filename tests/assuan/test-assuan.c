@@ -2010,6 +2010,20 @@ static int temp_file(const char *content)
 	return fd;
 }
 
+/* Pass a new file over the connection (a socket), take it with INPUT FD
+ * and check the server sees that file (FDINFO: its inode). */
+static void pass_input_fd(const char *file, int line, struct fix *f, const char *content)
+{
+	int tf = temp_file(content);
+	send_fd(f->wfd, tf);
+	char want[64];
+	snprintf(want, sizeof want, "OK\nOK %lu -\n", ino_of(tf));
+	fix_send(f, "INPUT FD\nFDINFO\n", strlen("INPUT FD\nFDINFO\n"));
+	expect_bytes(file, line, f, want, strlen(want));
+	close(tf);
+}
+#define PASS_INPUT_FD(f, content) pass_input_fd(__FILE__, __LINE__, (f), (content))
+
 /* V4: no descriptor passing (gpg-agent's main socket). */
 static void test_fds_no_passing(void)
 {
@@ -2695,12 +2709,7 @@ static void test_transports(void)
 	CHECK_EQ(weft_assuan_server_adopt_pipe(f.srv, sv[0], sv[0], &f.conn), 0);
 	f.rfd = f.wfd = sv[1];
 	EXPECT(&f, greeting());
-	int tf = temp_file("x");
-	send_fd(f.wfd, tf);
-	char want[64];
-	snprintf(want, sizeof want, "OK\nOK %lu -\n", ino_of(tf));
-	TALK(&f, "INPUT FD\nFDINFO\n", want);
-	close(tf);
+	PASS_INPUT_FD(&f, "x");
 	fix_close(&f);
 	/* Bad arguments. */
 	CHECK_EQ(weft_assuan_server_adopt_fd(NULL, -1, NULL), -EINVAL);
@@ -2767,12 +2776,7 @@ static void test_request_driven(void)
 	free(prebuf);
 	EXPECT(&f, greeting());
 	TALK(&f, "NOP\nnop\r\n# c\nECHO req\n", "OK\nOK\nD req\nOK\n");
-	int tf = temp_file("y");
-	send_fd(f.wfd, tf);
-	char want[64];
-	snprintf(want, sizeof want, "OK\nOK %lu -\n", ino_of(tf));
-	TALK(&f, "INPUT FD\nFDINFO\n", want);
-	close(tf);
+	PASS_INPUT_FD(&f, "y");
 	stream_whole(&f, 1u << 20);
 	TALK(&f, "BYE\n", "OK closing connection\n");
 	EXPECT_EOF(&f);

@@ -776,6 +776,15 @@ static weft_fdpass_client *connect_client(weft_loop *loop, const weft_addr *addr
 	return c;
 }
 
+/* A server with default limits at *addr and a client connected to it
+ * (NULL when either failed: the checks above said why). */
+static weft_fdpass_client *server_and_client(struct srv_ctx *x, weft_loop *loop, weft_addr *addr)
+{
+	if (start_server(x, loop, addr, NULL) == NULL)
+		return NULL;
+	return connect_client(loop, addr);
+}
+
 /* Send one request and wait: 0 and *msg, or -errno and *e. */
 static int request_sync(weft_fdpass_client *c, const char *text, const int *fds, size_t nfds,
 		weft_fdpass_msg *msg, weft_fdpass_error *e)
@@ -798,10 +807,9 @@ static void test_request_response(void)
 	weft_loop *loop = t_loop_new();
 	struct srv_ctx x = {0};
 	weft_addr addr;
-	REQUIRE(start_server(&x, loop, &addr, NULL) != NULL);
+	weft_fdpass_client *c = server_and_client(&x, loop, &addr);
 	int file = open(g_file, O_RDONLY | O_CLOEXEC);
 	x.reply_fd = file;
-	weft_fdpass_client *c = connect_client(loop, &addr);
 	REQUIRE(c != NULL);
 	weft_fdpass_peer sp;
 	CHECK_EQ(weft_fdpass_client_peer(c, &sp), 0);
@@ -903,8 +911,7 @@ static void blocks_run(void)
 	weft_loop *loop = t_loop_new();
 	struct srv_ctx x = {0};
 	weft_addr addr;
-	REQUIRE(start_server(&x, loop, &addr, NULL) != NULL);
-	weft_fdpass_client *c = connect_client(loop, &addr);
+	weft_fdpass_client *c = server_and_client(&x, loop, &addr);
 	REQUIRE(c != NULL);
 	static char big[1001];
 	memset(big, 'b', sizeof(big) - 1);
@@ -1298,9 +1305,8 @@ static void test_timeout(void)
 	weft_loop *loop = t_loop_new();
 	struct srv_ctx x = {0};
 	weft_addr addr;
-	REQUIRE(start_server(&x, loop, &addr, NULL) != NULL);
+	weft_fdpass_client *c = server_and_client(&x, loop, &addr);
 	int file = open(g_file, O_RDONLY | O_CLOEXEC);
-	weft_fdpass_client *c = connect_client(loop, &addr);
 	REQUIRE(c != NULL);
 	x.hold = true;
 	weft_fdpass_client_set_timeout(c, 50);
@@ -1414,8 +1420,7 @@ static void test_server_close_graceful(void)
 	weft_loop *loop = t_loop_new();
 	struct srv_ctx x = {0};
 	weft_addr addr;
-	REQUIRE(start_server(&x, loop, &addr, NULL) != NULL);
-	weft_fdpass_client *c = connect_client(loop, &addr);
+	weft_fdpass_client *c = server_and_client(&x, loop, &addr);
 	REQUIRE(c != NULL);
 	x.hold = true;
 	weft_req *req = weft_fdpass_request_send(c, "pending", 7, NULL, 0);
@@ -1496,9 +1501,8 @@ static void test_client_free(void)
 	weft_loop *loop = t_loop_new();
 	struct srv_ctx x = {0};
 	weft_addr addr;
-	REQUIRE(start_server(&x, loop, &addr, NULL) != NULL);
 	struct free_ctx f = {0};
-	f.c = connect_client(loop, &addr);
+	f.c = server_and_client(&x, loop, &addr);
 	REQUIRE(f.c != NULL);
 	x.hold = true;
 	for (int i = 0; i < 5; i++)
